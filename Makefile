@@ -1,0 +1,52 @@
+# ramboot: run `make` (or `make help`) for the targets.
+SHELL := /bin/bash
+GO ?= go
+# Binaries go outside the tree: the repository's top level is fixed.
+BUILD_DIR ?= /tmp/ramboot-build
+GOFLAGS_BUILD := -trimpath
+export CGO_ENABLED := 0
+
+.DEFAULT_GOAL := help
+.PHONY: help deps build test check e2e bench demo fuzz clean
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+
+# Debian packages the demo, the tests and the end-to-end boots need.
+DEB_PACKAGES := qemu-system-x86 ipxe-qemu ipxe ovmf busybox-static cpio zstd iproute2 \
+	atftp tftp-hpa curl ca-certificates file
+
+deps: ## install the Debian packages the demo and tests need (root)
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@$(GO) mod download
+
+build: ## build ramboot and ramboot-agent (static) into $(BUILD_DIR)
+	$(GO) build $(GOFLAGS_BUILD) -o $(BUILD_DIR)/ramboot ./provisioner/cmd/ramboot
+	$(GO) build $(GOFLAGS_BUILD) -o $(BUILD_DIR)/ramboot-agent ./nodeagent/cmd/ramboot-agent
+	@echo "built $(BUILD_DIR)/ramboot $(BUILD_DIR)/ramboot-agent"
+
+test: deps ## run the unit, interop and namespace tests (-race; namespace tests need root)
+	CGO_ENABLED=1 $(GO) test -race -count=1 ./...
+
+check: ## gofmt, go vet, staticcheck, go mod tidy must be clean
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+	@cp go.mod /tmp/ramboot-go.mod.bak; cp go.sum /tmp/ramboot-go.sum.bak; $(GO) mod tidy; \
+	if ! git diff --quiet -- go.mod go.sum; then git diff -- go.mod go.sum; cp /tmp/ramboot-go.mod.bak go.mod; cp /tmp/ramboot-go.sum.bak go.sum; echo "go mod tidy is not clean"; exit 1; fi
+
+e2e: deps ## boot QEMU nodes (BIOS and UEFI) from ramboot serve in a network namespace (root)
+	$(GO) test -tags e2e -count=1 -timeout 30m -v -run TestBoot ./provisioner/internal/lab/
+
+bench: ## run the Go benchmarks
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+demo: deps ## boot one BIOS node end to end and print its boot timeline (root)
+	$(GO) run ./provisioner/internal/lab/demo
+
+clean: ## remove the build directory
+	rm -rf $(BUILD_DIR)

@@ -1,0 +1,458 @@
+// Package tftp serves a fixed catalogue of boot files read-only over TFTP.
+//
+// It is the TFTP step of the boot chain: firmware PXE clients fetch the iPXE
+// binary (undionly.kpxe, snponly.efi, ipxe.efi) from it, and nothing else.
+// The protocol itself (RFC 1350, options RFC 2347-2349: blksize, tsize) is
+// github.com/pin/tftp/v3; this package adds the catalogue, the refusals, the
+// per-transfer events for the boot timeline, logs and metrics.
+//
+// Usage:
+//
+//	srv := &tftp.Server{
+//		Root:     os.DirFS("/usr/lib/ipxe"),
+//		Files:    []string{"undionly.kpxe", "snponly.efi", "ipxe.efi"},
+//		Logger:   logger,
+//		Metrics:  tftp.NewMetrics(prometheus.DefaultRegisterer),
+//		Observer: func(ev tftp.Event) { timeline.Add(ev) },
+//	}
+//	if err := srv.ListenAndServe(ctx, "10.77.0.1:69"); err != nil {
+//		return err
+//	}
+//
+// ListenAndServe (or Serve on a socket from Listen) runs until ctx ends,
+// then stops accepting requests, ends the transfers in flight and returns
+// nil. Every request ends in one Event for the Observer: served, refused
+// (a name outside the catalogue, path traversal, a write request) or failed.
+package tftp
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	pintftp "github.com/pin/tftp/v3"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+)
+
+// Defaults for the zero values of the Server fields.
+const (
+	// DefaultTimeout is the per-packet retransmit timeout used when
+	// Server.Timeout is zero.
+	DefaultTimeout = time.Second
+	// DefaultRetries is the number of retransmissions used when
+	// Server.Retries is zero.
+	DefaultRetries = 5
+	// DefaultMaxBlockSize is the largest blksize granted when
+	// Server.MaxBlockSize is zero: a 1500-byte Ethernet MTU minus the IPv4
+	// (20), UDP (8) and TFTP (4) headers, so DATA packets never fragment.
+	DefaultMaxBlockSize = 1468
+)
+
+// Errors that an Event's Err wraps, for callers that branch with errors.Is.
+var (
+	// ErrNotFound means the requested name is not in the catalogue. The
+	// client gets a TFTP ERROR packet.
+	ErrNotFound = errors.New("file not found")
+	// ErrAccessViolation means the request was a write request or named a
+	// path that is not a clean relative path (for example "../etc/passwd").
+	// The client gets a TFTP ERROR packet.
+	ErrAccessViolation = errors.New("access violation")
+	// ErrAborted means the client ended the transfer with a TFTP ERROR
+	// packet. UEFI firmware does this on purpose after it has read the tsize
+	// option ("error 8 User aborted"), then fetches the file again.
+	ErrAborted = errors.New("aborted by client")
+)
+
+// errStopping ends the transfers in flight when Serve's context ends.
+var errStopping = errors.New("server shutting down")
+
+// Event is one finished (or failed) transfer, for the caller's per-node
+// boot timeline.
+type Event struct {
+	// Remote is the client's address and port (IPv4 addresses unmapped).
+	Remote netip.AddrPort
+	// File is the requested name with leading slashes removed.
+	File string
+	// Bytes is the number of file bytes sent.
+	Bytes int64
+	// Dur is the time from the request to the end of the transfer.
+	Dur time.Duration
+	// Err is nil on success. Otherwise it wraps ErrNotFound or
+	// ErrAccessViolation for a refused request, ErrAborted when the client
+	// ended the transfer (the tsize probe of UEFI firmware: logged at Debug,
+	// not Warn), a net.Error with Timeout() for a client that stopped
+	// acknowledging, or the error that opening or reading the file gave.
+	Err error
+	// Time is when the request arrived.
+	Time time.Time
+}
+
+// Server is a read-only TFTP server for a fixed catalogue of files. Set the
+// fields before calling Serve or ListenAndServe and do not change them
+// afterwards.
+type Server struct {
+	// Root is where files are read from, for example
+	// os.DirFS("/usr/lib/ipxe"). Required.
+	Root fs.FS
+	// Files is the catalogue: the only names served, as slash-separated
+	// paths relative to Root (fs.ValidPath), for example "snponly.efi".
+	// A request may prefix the name with "/" (as PXE firmware does). Any
+	// other name, path traversal or write request is refused with a TFTP
+	// ERROR packet and counted. Required.
+	Files []string
+	// Timeout is the per-packet retransmit timeout. Default 1s
+	// (DefaultTimeout). A transfer whose client stops answering ends after
+	// about Timeout*(Retries+1).
+	Timeout time.Duration
+	// Retries is how many times an unacknowledged packet is sent again.
+	// Default 5 (DefaultRetries).
+	Retries int
+	// MaxBlockSize caps the blksize option granted to clients, between 513
+	// and 65464. Default 1468 (DefaultMaxBlockSize). The block size is also
+	// capped by the MTU of the interface a request came in on.
+	MaxBlockSize int
+	// Observer, if not nil, is called once per request when its transfer
+	// ends (also for refused requests), from the transfer's goroutine. It
+	// must be safe for concurrent use and should return quickly.
+	Observer func(Event)
+	// Logger receives transfer logs. Nil discards them.
+	Logger *slog.Logger
+	// Metrics, if not nil, counts transfers, bytes and malformed packets.
+	Metrics *Metrics
+}
+
+// ListenAndServe listens on the UDP address addr (for example
+// "10.77.0.1:69") with Listen and calls Serve. It returns nil once ctx has
+// ended and the server has stopped.
+func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
+	conn, err := Listen(ctx, addr)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx, conn)
+}
+
+// Listen opens a UDP socket on addr for Serve and asks the kernel to report
+// the destination address and interface of each datagram. Requests that
+// reach a socket before that is on are served with 512-byte blocks, so a
+// caller that makes its own socket should set the same options (pin/tftp
+// sets them only once Serve runs) or use Listen.
+func Listen(ctx context.Context, addr string) (*net.UDPConn, error) {
+	var lc net.ListenConfig
+	pc, err := lc.ListenPacket(ctx, "udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen tftp %s: %w", addr, err)
+	}
+	conn := pc.(*net.UDPConn)
+	if la := conn.LocalAddr().(*net.UDPAddr); la.IP.To4() != nil {
+		err = ipv4.NewPacketConn(conn).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true)
+	} else {
+		err = ipv6.NewPacketConn(conn).SetControlMessage(ipv6.FlagDst|ipv6.FlagInterface, true)
+	}
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("listen tftp %s: %w", addr, err)
+	}
+	return conn, nil
+}
+
+// Serve answers TFTP requests that arrive on conn until ctx ends. Then it
+// stops reading requests, ends the transfers in flight (each at its next
+// block, or after its retransmit timeout if the client is gone), closes conn
+// and returns nil. It returns an error if the configuration is invalid or the
+// server fails on its own; it closes conn in every case.
+//
+// conn should be a *net.UDPConn, best from Listen: only then can the server
+// see which local address and interface a request came in on, which it needs
+// to answer from that address and to grant block sizes above 512 bytes.
+// Other PacketConns must report *net.UDPAddr addresses; their transfers use
+// 512-byte blocks.
+func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
+	defer conn.Close()
+	st, err := s.newState()
+	if err != nil {
+		return err
+	}
+	laddr, ok := conn.LocalAddr().(*net.UDPAddr)
+	if !ok {
+		return fmt.Errorf("serve tftp on %s: not a UDP socket", conn.LocalAddr())
+	}
+
+	ts := pintftp.NewServer(st.handleRead, st.handleWrite)
+	ts.SetTimeout(st.timeout)
+	ts.SetRetries(st.retries)
+	ts.SetBlockSize(st.maxBlockSize)
+	// Retransmit as soon as the timeout expires: Timeout alone sets the pace,
+	// instead of pin's extra random sleep of up to one second per retry.
+	ts.SetBackoff(func(int) time.Duration { return 0 })
+	ts.SetHook(hook{st})
+
+	st.log.Info("tftp server listening", "ip", laddr.String())
+	served := make(chan error, 1)
+	go func() { served <- ts.Serve(conn) }()
+	select {
+	case err := <-served:
+		// pin returns before Shutdown only when it cannot use conn.
+		ts.Shutdown()
+		return fmt.Errorf("serve tftp on %s: %w", laddr, err)
+	case <-ctx.Done():
+	}
+	st.stopping.Store(true)
+	// Shutdown closes conn, tells pin's loop to stop and waits for the
+	// transfers in flight. Closing conn again here covers a Shutdown that
+	// raced with Serve storing it.
+	ts.Shutdown()
+	conn.Close()
+	<-served
+	st.log.Info("tftp server stopped", "ip", laddr.String())
+	return nil
+}
+
+// state is what one Serve call shares with its handlers.
+type state struct {
+	catalogue    map[string]bool
+	root         fs.FS
+	timeout      time.Duration
+	retries      int
+	maxBlockSize int
+	observer     func(Event)
+	log          *slog.Logger
+	metrics      *Metrics
+	stopping     atomic.Bool
+}
+
+// newState checks the configuration and applies the defaults; it reports
+// every problem at once.
+func (s *Server) newState() (*state, error) {
+	st := &state{
+		catalogue:    make(map[string]bool, len(s.Files)),
+		root:         s.Root,
+		timeout:      s.Timeout,
+		retries:      s.Retries,
+		maxBlockSize: s.MaxBlockSize,
+		observer:     s.Observer,
+		log:          s.Logger,
+		metrics:      s.Metrics,
+	}
+	var errs []error
+	if s.Root == nil {
+		errs = append(errs, errors.New("no file system to read from (Root is nil)"))
+	}
+	if len(s.Files) == 0 {
+		errs = append(errs, errors.New("empty catalogue (Files)"))
+	}
+	for _, name := range s.Files {
+		if !fs.ValidPath(name) || name == "." {
+			errs = append(errs, fmt.Errorf("file %q is not a valid fs.FS path", name))
+			continue
+		}
+		st.catalogue[name] = true
+	}
+	switch {
+	case s.Timeout < 0:
+		errs = append(errs, fmt.Errorf("timeout %v is negative (Timeout)", s.Timeout))
+	case s.Timeout == 0:
+		st.timeout = DefaultTimeout
+	}
+	switch {
+	case s.Retries < 0:
+		errs = append(errs, fmt.Errorf("retries %d is negative (Retries)", s.Retries))
+	case s.Retries == 0:
+		st.retries = DefaultRetries
+	}
+	switch {
+	case s.MaxBlockSize == 0:
+		st.maxBlockSize = DefaultMaxBlockSize
+	case s.MaxBlockSize < 513 || s.MaxBlockSize > 65464:
+		errs = append(errs, fmt.Errorf("max block size %d is outside 513..65464 (MaxBlockSize)", s.MaxBlockSize))
+	}
+	if st.log == nil {
+		st.log = slog.New(slog.DiscardHandler)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("configure tftp server: %w", err)
+	}
+	return st, nil
+}
+
+// handleRead serves one read request. pin calls it on the transfer's own
+// goroutine; when it returns an error that pin has not already reported, pin
+// sends it to the client in an ERROR packet.
+func (st *state) handleRead(filename string, rf io.ReaderFrom) error {
+	ev := Event{Time: time.Now(), File: normalise(filename)}
+	if ot, ok := rf.(pintftp.OutgoingTransfer); ok {
+		ev.Remote = addrPort(ot.RemoteAddr())
+	}
+	if err := st.check(ev.File); err != nil {
+		ev.Err = err
+		st.finish(ev, resultRefused)
+		return err
+	}
+	st.metrics.started()
+	defer st.metrics.ended()
+
+	f, err := st.root.Open(ev.File)
+	if err != nil {
+		ev.Err = fmt.Errorf("open %s: %w", ev.File, err)
+		st.finish(ev, resultError)
+		return ev.Err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = errors.New("not a regular file")
+	}
+	if err != nil {
+		ev.Err = fmt.Errorf("stat %s: %w", ev.File, err)
+		st.finish(ev, resultError)
+		return ev.Err
+	}
+	// fs.File need not be an io.Seeker, so pin cannot find the size itself.
+	// SetSize only answers a tsize option the client sent.
+	if ot, ok := rf.(pintftp.OutgoingTransfer); ok {
+		ot.SetSize(fi.Size())
+	}
+
+	rd := &reader{r: bufio.NewReaderSize(f, 64<<10), stopping: &st.stopping}
+	n, err := rf.ReadFrom(rd)
+	ev.Bytes, ev.Dur = n, time.Since(ev.Time)
+	if err == nil {
+		st.finish(ev, resultOK)
+		return nil
+	}
+	ev.Err = st.transferError(ev.File, rd, err)
+	st.finish(ev, resultError)
+	return ev.Err
+}
+
+// handleWrite refuses a write request: the server is read-only.
+func (st *state) handleWrite(filename string, wt io.WriterTo) error {
+	ev := Event{Time: time.Now(), File: normalise(filename)}
+	if it, ok := wt.(pintftp.IncomingTransfer); ok {
+		ev.Remote = addrPort(it.RemoteAddr())
+	}
+	ev.Err = fmt.Errorf("write %q: %w: server is read-only", ev.File, ErrAccessViolation)
+	st.finish(ev, resultRefused)
+	return ev.Err
+}
+
+// check refuses names that are not clean relative paths or not in the
+// catalogue.
+func (st *state) check(name string) error {
+	if !fs.ValidPath(name) {
+		return fmt.Errorf("read %q: %w", name, ErrAccessViolation)
+	}
+	if !st.catalogue[name] {
+		return fmt.Errorf("read %q: %w", name, ErrNotFound)
+	}
+	return nil
+}
+
+// normalise strips the leading slashes that PXE firmware puts in front of a
+// boot file name.
+func normalise(name string) string {
+	for len(name) > 0 && name[0] == '/' {
+		name = name[1:]
+	}
+	return name
+}
+
+// transferError wraps the error pin's ReadFrom returned. pin reports a TFTP
+// ERROR packet from the client as a plain error, a lost client as a
+// net.Error and passes errors of our reader through, so what is neither of
+// the latter two is the client's abort.
+func (st *state) transferError(name string, rd *reader, err error) error {
+	var ne net.Error
+	switch {
+	case rd.err != nil && errors.Is(err, rd.err):
+		return fmt.Errorf("send %s: %w", name, err)
+	case errors.As(err, &ne):
+		return fmt.Errorf("send %s: %w", name, err)
+	default:
+		return fmt.Errorf("send %s: %w: %w", name, ErrAborted, err)
+	}
+}
+
+// result is the value of the result label of ramboot_tftp_transfers_total.
+type result string
+
+const (
+	resultOK      result = "ok"
+	resultError   result = "error"
+	resultRefused result = "refused"
+)
+
+// finish logs, counts and reports one ended request.
+func (st *state) finish(ev Event, res result) {
+	if ev.Dur == 0 {
+		ev.Dur = time.Since(ev.Time)
+	}
+	probe := res == resultError && ev.Bytes == 0 && errors.Is(ev.Err, ErrAborted)
+	st.metrics.finished(res, ev, probe)
+
+	attrs := []any{"ip", ev.Remote.Addr().String(), "path", ev.File, "bytes", ev.Bytes, "dur", ev.Dur}
+	switch {
+	case res == resultOK:
+		st.log.Info("tftp transfer done", attrs...)
+	case probe:
+		// UEFI firmware reads tsize and aborts on purpose before fetching.
+		st.log.Debug("tftp transfer aborted by client after option negotiation", append(attrs, "err", ev.Err)...)
+	case res == resultRefused:
+		st.log.Warn("tftp request refused", append(attrs, "err", ev.Err)...)
+	default:
+		st.log.Warn("tftp transfer failed", append(attrs, "err", ev.Err)...)
+	}
+	if st.observer != nil {
+		st.observer(ev)
+	}
+}
+
+// hook receives pin's transfer statistics. Transfers are reported by the
+// handlers; the hook only sees datagrams on the server port that are not
+// requests (no remote address in the statistics).
+type hook struct{ st *state }
+
+// OnSuccess implements pintftp.Hook; the handlers report transfers.
+func (hook) OnSuccess(pintftp.TransferStats) {}
+
+// OnFailure implements pintftp.Hook and counts malformed datagrams.
+func (h hook) OnFailure(stats pintftp.TransferStats, err error) {
+	if stats.RemoteAddr != nil || h.st.stopping.Load() {
+		return
+	}
+	h.st.metrics.malformed()
+	h.st.log.Debug("tftp datagram dropped", "err", err)
+}
+
+// reader feeds a file to pin and ends the transfer when Serve is stopping.
+type reader struct {
+	r        io.Reader
+	stopping *atomic.Bool
+	err      error // the last error other than io.EOF
+}
+
+func (r *reader) Read(p []byte) (int, error) {
+	if r.stopping.Load() {
+		r.err = errStopping
+		return 0, r.err
+	}
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		r.err = err
+	}
+	return n, err
+}
+
+func addrPort(a net.UDPAddr) netip.AddrPort {
+	ap := a.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}

@@ -1,0 +1,187 @@
+package images_test
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ramboot/ramboot/images"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files in testdata")
+
+var goldenManifest = images.Manifest{
+	SchemaVersion: 1,
+	Name:          "debian12",
+	Created:       time.Date(2025, 6, 1, 14, 30, 0, 0, time.FixedZone("CEST", 2*3600)),
+	Source:        "/srv/rootfs/debian12",
+	KernelVersion: "6.1.0-18-amd64",
+	Kernel: images.Artifact{
+		Digest:    images.Digest("sha256:" + strings.Repeat("1", 64)),
+		Size:      8_000_000,
+		MediaType: images.MediaTypeKernel,
+	},
+	Rootfs: images.Artifact{
+		Digest:    images.Digest("sha256:" + strings.Repeat("2", 64)),
+		Size:      300_000_000,
+		MediaType: images.MediaTypeRootfs,
+	},
+	RootfsUncompressedSize: 1_000_000_000,
+	ContentDigest:          images.Digest("sha256:" + strings.Repeat("3", 64)),
+}
+
+func TestManifestCanonicalGolden(t *testing.T) {
+	b, err := goldenManifest.Canonical()
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden := filepath.Join("testdata", "manifest.golden.json")
+	if *update {
+		if err := os.WriteFile(golden, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b, want) {
+		t.Errorf("canonical manifest:\n%s\nwant (%s):\n%s", b, golden, want)
+	}
+	m, err := images.ParseManifest(want)
+	if err != nil {
+		t.Fatalf("ParseManifest(golden): %v", err)
+	}
+	if !m.Created.Equal(goldenManifest.Created) || m.Created.Location() != time.UTC {
+		t.Errorf("Created %v, want %v in UTC", m.Created, goldenManifest.Created)
+	}
+}
+
+func TestManifestValidate(t *testing.T) {
+	m := goldenManifest
+	m.SchemaVersion = 0
+	m.Name = "Bad"
+	m.Created = time.Time{}
+	m.Kernel.Digest = "md5:x"
+	m.Rootfs.MediaType = "application/x-cpio"
+	m.Rootfs.Size = 0
+	m.RootfsUncompressedSize = -1
+	m.ContentDigest = ""
+	err := m.Validate()
+	if err == nil {
+		t.Fatal("Validate of a bad manifest succeeded")
+	}
+	for _, want := range []string{
+		"schemaVersion: 0", "name: invalid image name", "created: zero time", "kernel.digest",
+		"rootfs.mediaType", "rootfs.size: 0", "rootfsUncompressedSize: -1", "contentDigest",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate error lacks %q:\n%v", want, err)
+		}
+	}
+	if err := goldenManifest.Validate(); err != nil {
+		t.Errorf("Validate(golden) = %v", err)
+	}
+}
+
+func TestParseManifestRejects(t *testing.T) {
+	good, err := goldenManifest.Canonical()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		in   string
+		want string
+	}{
+		{"unknown-field", strings.Replace(string(good), `{`, `{"tag":"x",`, 1), `unknown field "tag"`},
+		{"trailing-data", string(good) + `{}`, "data after the manifest"},
+		{"not-json", "schemaVersion: 1", "decode manifest"},
+		{"empty", "", "decode manifest"},
+		{"too-large", string(good) + strings.Repeat(" ", 1<<20), "limit"},
+		{"invalid", `{"schemaVersion":1}`, "invalid manifest"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := images.ParseManifest([]byte(tt.in))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("ParseManifest = %v, want error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseDigest(t *testing.T) {
+	hex := strings.Repeat("0123456789abcdef", 4)
+	tests := []struct {
+		in string
+		ok bool
+	}{
+		{"sha256:" + hex, true},
+		{"sha256:" + strings.ToUpper(hex), false},
+		{"sha256:" + hex[:63], false},
+		{"sha256:" + hex + "0", false},
+		{"sha512:" + hex, false},
+		{hex, false},
+		{"sha256:" + hex[:62] + "g0", false},
+		{"", false},
+	}
+	for _, tt := range tests {
+		d, err := images.ParseDigest(tt.in)
+		if (err == nil) != tt.ok {
+			t.Errorf("ParseDigest(%q) = %v, want ok=%v", tt.in, err, tt.ok)
+		}
+		if tt.ok && d.Hex() != hex {
+			t.Errorf("Hex() = %q, want %q", d.Hex(), hex)
+		}
+		if !tt.ok && images.Digest(tt.in).Hex() != "" {
+			t.Errorf("Hex() of malformed %q = %q, want empty", tt.in, images.Digest(tt.in).Hex())
+		}
+	}
+	if got := images.DigestOf(nil); got != "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" {
+		t.Errorf("DigestOf(nil) = %s", got)
+	}
+}
+
+func FuzzParseDigest(f *testing.F) {
+	f.Add("sha256:" + strings.Repeat("a", 64))
+	f.Fuzz(func(t *testing.T, s string) {
+		d, err := images.ParseDigest(s)
+		if err != nil {
+			return
+		}
+		if string(d) != s || len(d.Hex()) != 64 || "sha256:"+d.Hex() != s {
+			t.Fatalf("ParseDigest(%q) = %q, Hex %q", s, d, d.Hex())
+		}
+	})
+}
+
+// FuzzParseManifest checks that ParseManifest never panics and that what it
+// accepts survives a canonical round trip unchanged.
+func FuzzParseManifest(f *testing.F) {
+	if b, err := goldenManifest.Canonical(); err == nil {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := images.ParseManifest(b)
+		if err != nil {
+			return
+		}
+		c1, err := m.Canonical()
+		if err != nil {
+			t.Fatalf("accepted manifest does not encode: %v", err)
+		}
+		m2, err := images.ParseManifest(c1)
+		if err != nil {
+			t.Fatalf("canonical encoding does not parse: %v\n%s", err, c1)
+		}
+		c2, err := m2.Canonical()
+		if err != nil || !bytes.Equal(c1, c2) {
+			t.Fatalf("canonical encoding not stable: %v\n%s\n%s", err, c1, c2)
+		}
+	})
+}

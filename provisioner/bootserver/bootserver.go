@@ -1,0 +1,457 @@
+// Package bootserver is the head's HTTP boot service: everything iPXE fetches
+// after DHCP. It renders each node's iPXE script and serves the image's
+// kernel and root file system, the agent archive and the node's overlay,
+// recording each step in the node's boot timeline.
+//
+// Routes (all GET):
+//
+//	/boot/ipxe?mac=MAC                          the node's iPXE script
+//	/boot/image/{manifest-hex}/vmlinuz          the image's kernel
+//	/boot/image/{manifest-hex}/rootfs.cpio.zst  the image's root file system
+//	/boot/agent.cpio.zst                        ramboot-agent as /init
+//	/boot/node/{name}/{nonce}/overlay.cpio.zst  the node's overlay
+//
+// The script and the overlay are served only to the node's reserved address;
+// the overlay also needs the boot nonce from the script it was last given,
+// and carries a fresh report token for this boot.
+//
+//	s := &bootserver.Server{DB: db, Images: store, Agent: agent, BaseURL: "http://10.77.0.1"}
+//	mux.Handle("/boot/", s.Handler())
+package bootserver
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ramboot/ramboot/images"
+	"github.com/ramboot/ramboot/images/newc"
+	"github.com/ramboot/ramboot/images/overlay"
+	"github.com/ramboot/ramboot/provisioner/state"
+	"github.com/ramboot/ramboot/pxe/ipxe"
+)
+
+// Names of the files in every node's script; the kernel's EFI stub finds
+// the initrds by these names.
+const (
+	KernelName  = "vmlinuz"
+	RootfsName  = "rootfs.cpio.zst"
+	AgentName   = "agent.cpio.zst"
+	OverlayName = "overlay.cpio.zst"
+)
+
+// Server serves the /boot/ routes. Its exported fields must be set before
+// Handler is called and not changed after.
+type Server struct {
+	// DB is the inventory and status store; required.
+	DB *state.DB
+	// Images is the image store; required.
+	Images *images.Store
+	// Agent is the agent archive; required.
+	Agent *Archive
+	// BaseURL is the head's HTTP base URL as nodes reach it, e.g.
+	// "http://10.77.0.1"; required.
+	BaseURL string
+	// PrefixLen is the provisioning subnet's prefix length; required.
+	PrefixLen int
+	// Gateway is the nodes' default router; zero value = none.
+	Gateway netip.Addr
+	// DNS lists the nodes' name servers.
+	DNS []netip.Addr
+	// DefaultImage is booted by nodes without an image.
+	DefaultImage string
+	// KernelArgs are appended to every node's kernel command line.
+	KernelArgs string
+	// Modules are the kernel modules the agent loads.
+	Modules []string
+	// Logger receives per-request detail at Debug; nil = discard.
+	Logger *slog.Logger
+	// Metrics, when set, counts requests by route and status.
+	Metrics *Metrics
+}
+
+// Metrics are the boot server's Prometheus metrics.
+type Metrics struct {
+	requests *prometheus.CounterVec
+	bytes    *prometheus.CounterVec
+}
+
+// NewMetrics registers the boot server's metrics with reg:
+// ramboot_http_boot_requests_total{route,code} and
+// ramboot_http_boot_bytes_total{route}.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ramboot_http_boot_requests_total",
+			Help: "Boot HTTP requests by route and status code.",
+		}, []string{"route", "code"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ramboot_http_boot_bytes_total",
+			Help: "Bytes sent by the boot HTTP routes.",
+		}, []string{"route"}),
+	}
+	reg.MustRegister(m.requests, m.bytes)
+	return m
+}
+
+// Archive is a prebuilt file served with a strong ETag.
+type Archive struct {
+	data    []byte
+	etag    string
+	modTime time.Time
+}
+
+// NewAgentArchive builds the agent archive: a zstd-compressed newc cpio
+// holding the ramboot-agent executable at path as /init.
+func NewAgentArchive(path string) (*Archive, error) {
+	bin, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read agent binary: %w", err)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("stat agent binary: %w", err)
+	}
+	return compressArchive([]newc.File{{Name: "init", Mode: 0o755, Data: bin}}, st.ModTime())
+}
+
+func compressArchive(files []newc.File, mod time.Time) (*Archive, error) {
+	var buf bytes.Buffer
+	zw, err := zstd.NewWriter(&buf, zstd.WithEncoderLevel(zstd.SpeedDefault))
+	if err != nil {
+		return nil, fmt.Errorf("start zstd: %w", err)
+	}
+	if err := newc.WriteFiles(zw, files); err != nil {
+		return nil, fmt.Errorf("write archive: %w", err)
+	}
+	if err := zw.Close(); err != nil {
+		return nil, fmt.Errorf("compress archive: %w", err)
+	}
+	sum := sha256.Sum256(buf.Bytes())
+	return &Archive{data: buf.Bytes(), etag: `"sha256:` + hex.EncodeToString(sum[:]) + `"`, modTime: mod}, nil
+}
+
+// Digest returns the archive's "sha256:<hex>".
+func (a *Archive) Digest() string { return strings.Trim(a.etag, `"`) }
+
+// Bytes returns the archive's content; callers must not modify it.
+func (a *Archive) Bytes() []byte { return a.data }
+
+// OverlayFiles returns the files of a node's overlay archive.
+func OverlayFiles(c overlay.Config) ([]newc.File, error) {
+	js, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode node config %s: %w", c.Node, err)
+	}
+	return []newc.File{
+		{Name: "etc", Mode: 0o755 | os.ModeDir},
+		{Name: "etc/ramboot", Mode: 0o755 | os.ModeDir},
+		{Name: overlay.ConfigPath, Mode: 0o600, Data: append(js, '\n')},
+		{Name: "etc/hostname", Mode: 0o644, Data: []byte(c.HostnameOrNode() + "\n")},
+	}, nil
+}
+
+// Handler returns the handler of the /boot/ routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /boot/ipxe", s.serveScript)
+	mux.HandleFunc("GET /boot/image/{digest}/{file}", s.serveImage)
+	mux.HandleFunc("GET /boot/"+AgentName, s.serveAgent)
+	mux.HandleFunc("GET /boot/node/{name}/{nonce}/"+OverlayName, s.serveOverlay)
+	return mux
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Logger
+}
+
+// remoteNode returns the node whose reserved address made the request.
+func (s *Server) remoteNode(r *http.Request) (state.NodeStatus, netip.Addr, error) {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return state.NodeStatus{}, netip.Addr{}, fmt.Errorf("remote address %q: %w", r.RemoteAddr, err)
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return state.NodeStatus{}, netip.Addr{}, fmt.Errorf("remote address %q: %w", r.RemoteAddr, err)
+	}
+	ip = ip.Unmap()
+	n, err := s.DB.ByIP(ip)
+	return n, ip, err
+}
+
+func (s *Server) fail(w http.ResponseWriter, route string, code int, err error, attrs ...any) {
+	s.log().Debug("boot request refused", append(attrs, "route", route, "code", code, "err", err)...)
+	s.count(route, code, 0)
+	http.Error(w, err.Error(), code)
+}
+
+func (s *Server) count(route string, code int, n int64) {
+	if s.Metrics == nil {
+		return
+	}
+	s.Metrics.requests.WithLabelValues(route, fmt.Sprint(code)).Inc()
+	if n > 0 {
+		s.Metrics.bytes.WithLabelValues(route).Add(float64(n))
+	}
+}
+
+// imageFor resolves the node's image.
+func (s *Server) imageFor(n state.NodeStatus) (string, images.Manifest, images.Digest, error) {
+	name := n.Image
+	if name == "" {
+		name = s.DefaultImage
+	}
+	m, d, err := s.Images.Resolve(name)
+	if err != nil {
+		return name, images.Manifest{}, "", fmt.Errorf("node %s: image %s: %w", n.Name, name, err)
+	}
+	return name, m, d, nil
+}
+
+func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
+	const route = "script"
+	mac, err := state.NormalizeMAC(r.URL.Query().Get("mac"))
+	if err != nil {
+		s.fail(w, route, http.StatusBadRequest, err)
+		return
+	}
+	n, ip, err := s.remoteNode(r)
+	if err != nil || n.MAC != mac {
+		s.fail(w, route, http.StatusForbidden, fmt.Errorf("script for %s is served only to its node's reserved address", mac), "mac", mac, "ip", ip)
+		return
+	}
+	name, _, d, err := s.imageFor(n)
+	if err != nil {
+		s.fail(w, route, http.StatusNotFound, err, "node", n.Name)
+		return
+	}
+	nonce, err := s.DB.NewBootNonce(n.Name)
+	if err != nil {
+		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
+		return
+	}
+	base := strings.TrimRight(s.BaseURL, "/")
+	img := base + "/boot/image/" + d.Hex() + "/"
+	args := "ramboot.node=" + n.Name
+	if s.KernelArgs != "" {
+		args += " " + s.KernelArgs
+	}
+	script, err := ipxe.Script{
+		Comment: fmt.Sprintf("node %s, image %s %s", n.Name, name, shortDigest(string(d))),
+		Kernel:  ipxe.File{URL: img + KernelName},
+		Args:    args,
+		Initrds: []ipxe.File{
+			{URL: img + RootfsName},
+			{URL: base + "/boot/" + AgentName},
+			{URL: base + "/boot/node/" + n.Name + "/" + nonce + "/" + OverlayName},
+		},
+	}.Render()
+	if err != nil {
+		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	nw, _ := w.Write(script)
+	s.count(route, http.StatusOK, int64(nw))
+	s.record(n.Name, state.StepScript, fmt.Sprintf("image %s %s", name, shortDigest(string(d))))
+}
+
+func shortDigest(d string) string {
+	if len(d) > len("sha256:")+12 {
+		return d[:len("sha256:")+12]
+	}
+	return d
+}
+
+func (s *Server) record(node, step, detail string) {
+	if err := s.DB.Record(node, state.Event{Step: step, Detail: detail}, false); err != nil {
+		s.log().Warn("record boot step", "node", node, "step", step, "err", err)
+	}
+}
+
+func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
+	file := r.PathValue("file")
+	route, step := "", ""
+	switch file {
+	case KernelName:
+		route, step = "kernel", state.StepKernel
+	case RootfsName:
+		route, step = "rootfs", state.StepImage
+	default:
+		s.fail(w, "image", http.StatusNotFound, fmt.Errorf("no file %q in an image", file))
+		return
+	}
+	md, err := images.ParseDigest("sha256:" + r.PathValue("digest"))
+	if err != nil {
+		s.fail(w, route, http.StatusNotFound, err)
+		return
+	}
+	m, err := s.manifest(md)
+	if err != nil {
+		s.fail(w, route, http.StatusNotFound, err)
+		return
+	}
+	art := m.Kernel
+	if step == state.StepImage {
+		art = m.Rootfs
+	}
+	f, err := s.Images.OpenBlob(art.Digest)
+	if err != nil {
+		s.fail(w, route, http.StatusNotFound, fmt.Errorf("image %s %s: %w", m.Name, file, err))
+		return
+	}
+	defer f.Close()
+	w.Header().Set("ETag", `"`+string(art.Digest)+`"`)
+	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	w.Header().Set("Content-Type", "application/octet-stream")
+	s.serveContent(w, r, route, step, file, m.Created, f)
+}
+
+// manifest reads the manifest blob with digest d.
+func (s *Server) manifest(d images.Digest) (images.Manifest, error) {
+	f, err := s.Images.OpenBlob(d)
+	if err != nil {
+		return images.Manifest{}, fmt.Errorf("image %s: %w", d, err)
+	}
+	defer f.Close()
+	var m images.Manifest
+	if err := json.NewDecoder(io.LimitReader(f, 1<<20)).Decode(&m); err != nil {
+		return images.Manifest{}, fmt.Errorf("image %s: decode manifest: %w", d, err)
+	}
+	if m.SchemaVersion != 1 || m.Rootfs.Digest == "" || m.Kernel.Digest == "" {
+		return images.Manifest{}, fmt.Errorf("image %s: not an image manifest", d)
+	}
+	return m, nil
+}
+
+// serveContent serves content with Range and conditional requests, and
+// records the step for the requesting node once the transfer ends.
+func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, route, step, file string, mod time.Time, content io.ReadSeeker) {
+	start := time.Now()
+	cw := &countingWriter{ResponseWriter: w, code: http.StatusOK}
+	http.ServeContent(cw, r, file, mod, content)
+	s.count(route, cw.code, cw.n)
+	n, ip, err := s.remoteNode(r)
+	if err != nil {
+		s.log().Debug("boot file to a host that is not a node", "route", route, "ip", ip, "bytes", cw.n)
+		return
+	}
+	if cw.code >= 300 && cw.code != http.StatusNotModified {
+		s.record(n.Name, step, fmt.Sprintf("%s: HTTP %d", file, cw.code))
+		return
+	}
+	s.record(n.Name, step, fmt.Sprintf("%s %s in %s", file, humanBytes(cw.n), time.Since(start).Round(time.Millisecond)))
+}
+
+func (s *Server) serveAgent(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("ETag", s.Agent.etag)
+	w.Header().Set("Content-Type", "application/octet-stream")
+	s.serveContent(w, r, "agent", state.StepAgent, AgentName, s.Agent.modTime, bytes.NewReader(s.Agent.data))
+}
+
+func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
+	const route = "overlay"
+	name := r.PathValue("name")
+	n, ip, err := s.remoteNode(r)
+	if err != nil || n.Name != name {
+		s.fail(w, route, http.StatusForbidden, fmt.Errorf("overlay of node %s is served only to its reserved address", name), "node", name, "ip", ip)
+		return
+	}
+	imgName, m, d, err := s.imageFor(n)
+	if err != nil {
+		s.fail(w, route, http.StatusNotFound, err, "node", n.Name)
+		return
+	}
+	token, err := s.DB.NewToken(n.Name, r.PathValue("nonce"))
+	if err != nil {
+		code := http.StatusInternalServerError
+		if errors.Is(err, state.ErrBadToken) {
+			code = http.StatusForbidden
+		}
+		s.fail(w, route, code, err, "node", n.Name)
+		return
+	}
+	c := overlay.Config{
+		Node:    n.Name,
+		HeadURL: strings.TrimRight(s.BaseURL, "/"),
+		Token:   token,
+		Interface: overlay.Interface{
+			MAC:     n.MAC,
+			Address: netip.PrefixFrom(n.IP, s.PrefixLen).String(),
+		},
+		Modules: s.Modules,
+		Image:   overlay.ImageRef{Name: imgName, Digest: string(d), ContentDigest: string(m.ContentDigest)},
+	}
+	if s.Gateway.IsValid() {
+		c.Interface.Gateway = s.Gateway.String()
+	}
+	for _, a := range s.DNS {
+		c.Interface.DNS = append(c.Interface.DNS, a.String())
+	}
+	files, err := OverlayFiles(c)
+	if err != nil {
+		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
+		return
+	}
+	a, err := compressArchive(files, time.Now())
+	if err != nil {
+		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Type", "application/octet-stream")
+	s.serveContent(w, r, route, state.StepOverlay, OverlayName, a.modTime, bytes.NewReader(a.data))
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	code int
+	n    int64
+}
+
+func (c *countingWriter) WriteHeader(code int) {
+	c.code = code
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// ReadFrom keeps the underlying writer's sendfile path for files.
+func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
+	n, err := io.Copy(c.ResponseWriter, r)
+	c.n += n
+	return n, err
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}

@@ -1,0 +1,372 @@
+// Package config is the typed configuration of `ramboot serve`: an embedded
+// default (default.yaml) that a file may override key by key, decoded
+// strictly so that an unknown or mistyped key is an error that names the key
+// and its line.
+//
+//	cfg, err := config.Load(configPath) // "" = the embedded default only
+//	if err != nil { ... }               // e.g. `config.yaml:7: dhcp.lease_tme: unknown key`
+//	cfg.Interface = "eth1"
+//	if err := cfg.Validate(); err != nil { ... } // every problem at once
+package config
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/ramboot/ramboot/pxe"
+)
+
+// Default is the embedded default configuration, as YAML.
+//
+//go:embed default.yaml
+var Default []byte
+
+// Config is the whole configuration of `ramboot serve`.
+type Config struct {
+	// Interface is the provisioning interface; its first IPv4 address is the
+	// head's address.
+	Interface string `yaml:"interface"`
+	// StateDir holds the database, the image store and the admin socket.
+	StateDir string `yaml:"state_dir"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `yaml:"log_level"`
+	// DHCP configures the DHCP server.
+	DHCP DHCP `yaml:"dhcp"`
+	// TFTP configures the TFTP server.
+	TFTP TFTP `yaml:"tftp"`
+	// HTTP configures the boot and node API server.
+	HTTP HTTP `yaml:"http"`
+	// RA configures IPv6 router advertisements.
+	RA RA `yaml:"ra"`
+	// Boot configures what nodes boot.
+	Boot Boot `yaml:"boot"`
+	// Agent configures the node agent that nodes run as /init.
+	Agent Agent `yaml:"agent"`
+
+	// lines maps dotted key paths to the line they were set on, for errors.
+	lines map[string]line
+}
+
+type line struct {
+	file string
+	n    int
+}
+
+// DHCP configures the DHCP server.
+type DHCP struct {
+	// Enabled turns the DHCP server on.
+	Enabled bool `yaml:"enabled"`
+	// LeaseTime is the lease time of every reservation.
+	LeaseTime Duration `yaml:"lease_time"`
+	// BootFiles maps client architecture (DHCP option 93, by number or name)
+	// to the iPXE binary firmware gets over TFTP.
+	BootFiles map[string]string `yaml:"boot_files"`
+	// Router is the default router given to nodes (option 3); empty = none.
+	Router string `yaml:"router"`
+	// DNS lists name servers given to nodes (option 6).
+	DNS []string `yaml:"dns"`
+}
+
+// TFTP configures the TFTP server.
+type TFTP struct {
+	// Enabled turns the TFTP server on.
+	Enabled bool `yaml:"enabled"`
+	// Root is the directory the iPXE binaries are read from.
+	Root string `yaml:"root"`
+	// Files is the catalogue; empty means the values of DHCP.BootFiles.
+	Files []string `yaml:"files"`
+}
+
+// HTTP configures the boot and node API server.
+type HTTP struct {
+	// Port is the TCP port, on the head's address.
+	Port int `yaml:"port"`
+}
+
+// RA configures IPv6 router advertisements on the provisioning link.
+type RA struct {
+	// Enabled turns router advertisements on.
+	Enabled bool `yaml:"enabled"`
+	// Interval is the period of unsolicited advertisements.
+	Interval Duration `yaml:"interval"`
+}
+
+// Boot configures what nodes boot.
+type Boot struct {
+	// DefaultImage is the image of nodes added without one.
+	DefaultImage string `yaml:"default_image"`
+	// KernelArgs are appended to every node's kernel command line.
+	KernelArgs string `yaml:"kernel_args"`
+	// Modules are loaded by the agent before it configures the network.
+	Modules []string `yaml:"modules"`
+}
+
+// Agent configures the node agent.
+type Agent struct {
+	// Binary is the ramboot-agent executable served as the nodes' /init;
+	// empty means next to the running executable, then $PATH.
+	Binary string `yaml:"binary"`
+}
+
+// Duration is a time.Duration written as "90s", "168h".
+type Duration time.Duration
+
+// UnmarshalYAML decodes a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration like 90s or 168h", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML encodes d as a Go duration string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// Load returns the embedded default overridden by the YAML file at path
+// ("" = the default alone).
+func Load(path string) (Config, error) {
+	var c Config
+	if err := c.decode("default.yaml", Default); err != nil {
+		return Config{}, fmt.Errorf("decode embedded default: %w", err)
+	}
+	if path == "" {
+		return c, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	if err := c.decode(path, b); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// Parse decodes YAML over the embedded default; name is used in errors.
+func Parse(name string, b []byte) (Config, error) {
+	var c Config
+	if err := c.decode("default.yaml", Default); err != nil {
+		return Config{}, fmt.Errorf("decode embedded default: %w", err)
+	}
+	if err := c.decode(name, b); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+var yamlLine = regexp.MustCompile(`line (\d+): `)
+
+func (c *Config) decode(name string, b []byte) error {
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err != nil {
+		return fmt.Errorf("%s: %s", name, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	if len(root.Content) == 0 { // empty file
+		return nil
+	}
+	if c.lines == nil {
+		c.lines = map[string]line{}
+	}
+	var errs []error
+	walkKeys(root.Content[0], "", func(path string, key *yaml.Node) {
+		c.lines[path] = line{name, key.Line}
+		if _, ok := knownKeys[path]; !ok && !underMap(path) {
+			errs = append(errs, fmt.Errorf("%s:%d: %s: unknown key", name, key.Line, path))
+		}
+	})
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if _, ok := c.lines["dhcp.boot_files"]; ok && c.lines["dhcp.boot_files"].file == name {
+		// A file that sets boot_files replaces the whole table rather than
+		// merging into the default, so one architecture never has two
+		// spellings with different files.
+		c.DHCP.BootFiles = nil
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n")
+		msg = strings.TrimSpace(yamlLine.ReplaceAllString(msg, name+":$1: "))
+		return errors.New(msg)
+	}
+	return nil
+}
+
+// walkKeys calls fn for every mapping key under n with its dotted path.
+func walkKeys(n *yaml.Node, prefix string, fn func(path string, key *yaml.Node)) {
+	if n.Kind != yaml.MappingNode {
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		path := k.Value
+		if prefix != "" {
+			path = prefix + "." + k.Value
+		}
+		fn(path, k)
+		walkKeys(v, path, fn)
+	}
+}
+
+// knownKeys lists every key path of Config, derived from the yaml tags of
+// a marshalled zero Config.
+var knownKeys = func() map[string]struct{} {
+	m := map[string]struct{}{}
+	b, err := yaml.Marshal(Config{})
+	if err != nil {
+		panic(fmt.Sprintf("marshal zero config: %v", err))
+	}
+	var n yaml.Node
+	if err := yaml.Unmarshal(b, &n); err != nil {
+		panic(fmt.Sprintf("unmarshal zero config: %v", err))
+	}
+	walkKeys(n.Content[0], "", func(path string, _ *yaml.Node) { m[path] = struct{}{} })
+	return m
+}()
+
+// underMap reports whether path is a key inside a free-form map.
+func underMap(path string) bool { return strings.HasPrefix(path, "dhcp.boot_files.") }
+
+// Line returns "file:line: " for a key path that a file set, or "".
+func (c Config) Line(path string) string {
+	if l, ok := c.lines[path]; ok {
+		return fmt.Sprintf("%s:%d: ", l.file, l.n)
+	}
+	return ""
+}
+
+// archNames maps the names of pxe.Arch values (bios, efi-x64, ...) to
+// their option 93 numbers, for boot_files keys.
+var archNames = func() map[string]uint16 {
+	m := map[string]uint16{}
+	for a := range pxe.Arch(64) {
+		if n := a.String(); !strings.HasPrefix(n, "arch-") {
+			m[n] = uint16(a)
+		}
+	}
+	return m
+}()
+
+// BootFileMap returns DHCP.BootFiles keyed by option 93 value.
+func (c Config) BootFileMap() (map[uint16]string, error) {
+	out := map[uint16]string{}
+	spelled := map[uint16]string{}
+	var errs []error
+	keys := make([]string, 0, len(c.DHCP.BootFiles))
+	for k := range c.DHCP.BootFiles {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		v := c.DHCP.BootFiles[k]
+		a, ok := archNames[k]
+		if !ok {
+			n, err := strconv.ParseUint(k, 10, 16)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%sdhcp.boot_files.%s: not an option 93 number or an architecture name like bios, efi-x64, efi-bc", c.Line("dhcp.boot_files."+k), k))
+				continue
+			}
+			a = uint16(n)
+		}
+		if other, dup := spelled[a]; dup {
+			errs = append(errs, fmt.Errorf("%sdhcp.boot_files.%s: architecture %d is also set as %q", c.Line("dhcp.boot_files."+k), k, a, other))
+			continue
+		}
+		spelled[a] = k
+		if v == "" || strings.ContainsAny(v, "/\\") {
+			errs = append(errs, fmt.Errorf("%sdhcp.boot_files.%s: %q must be a plain file name in tftp.root", c.Line("dhcp.boot_files."+k), k, v))
+			continue
+		}
+		out[a] = v
+	}
+	return out, errors.Join(errs...)
+}
+
+// TFTPFiles returns the TFTP catalogue: TFTP.Files, or the boot file names.
+func (c Config) TFTPFiles() []string {
+	if len(c.TFTP.Files) > 0 {
+		return c.TFTP.Files
+	}
+	var out []string
+	for _, v := range c.DHCP.BootFiles {
+		if !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Validate reports every problem at once, each naming its key (and line,
+// when a file set it).
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(path, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s%s: %s", c.Line(path), path, fmt.Sprintf(format, args...)))
+	}
+	if c.Interface == "" {
+		bad("interface", "required (the provisioning interface, e.g. --interface eth1)")
+	}
+	if c.StateDir == "" || !filepath.IsAbs(c.StateDir) {
+		bad("state_dir", "%q must be an absolute path", c.StateDir)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log_level", "%q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	if c.DHCP.LeaseTime < Duration(time.Minute) {
+		bad("dhcp.lease_time", "%s is shorter than 1m", time.Duration(c.DHCP.LeaseTime))
+	}
+	if _, err := c.BootFileMap(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.DHCP.Router != "" {
+		if a, err := netip.ParseAddr(c.DHCP.Router); err != nil || !a.Is4() {
+			bad("dhcp.router", "%q is not an IPv4 address", c.DHCP.Router)
+		}
+	}
+	for i, d := range c.DHCP.DNS {
+		if a, err := netip.ParseAddr(d); err != nil || !a.Is4() {
+			bad(fmt.Sprintf("dhcp.dns[%d]", i), "%q is not an IPv4 address", d)
+		}
+	}
+	if c.TFTP.Enabled && c.TFTP.Root == "" {
+		bad("tftp.root", "required when tftp.enabled")
+	}
+	for i, f := range c.TFTP.Files {
+		if f == "" || strings.ContainsAny(f, "/\\") {
+			bad(fmt.Sprintf("tftp.files[%d]", i), "%q must be a plain file name", f)
+		}
+	}
+	if c.HTTP.Port < 1 || c.HTTP.Port > 65535 {
+		bad("http.port", "%d is not a TCP port", c.HTTP.Port)
+	}
+	if c.RA.Enabled && c.RA.Interval < Duration(time.Second) {
+		bad("ra.interval", "%s is shorter than 1s", time.Duration(c.RA.Interval))
+	}
+	if c.Boot.DefaultImage == "" {
+		bad("boot.default_image", "required")
+	}
+	for i, m := range c.Boot.Modules {
+		if m == "" || strings.ContainsAny(m, "/ ") {
+			bad(fmt.Sprintf("boot.modules[%d]", i), "%q is not a module name", m)
+		}
+	}
+	return errors.Join(errs...)
+}

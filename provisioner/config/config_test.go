@@ -1,0 +1,138 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefault(t *testing.T) {
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "interface: required") {
+		t.Fatalf("default without interface: got %v, want interface required", err)
+	}
+	c.Interface = "eth1"
+	if err := c.Validate(); err != nil {
+		t.Fatalf("default + interface: %v", err)
+	}
+	if c.StateDir != "/var/lib/ramboot" || c.HTTP.Port != 80 || time.Duration(c.DHCP.LeaseTime) != 168*time.Hour || c.TFTP.Root != "/usr/lib/ipxe" {
+		t.Errorf("unexpected defaults: %+v", c)
+	}
+	m, err := c.BootFileMap()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m[0] != "undionly.kpxe" || m[7] != "snponly.efi" || m[9] != "snponly.efi" {
+		t.Errorf("boot files %v", m)
+	}
+	if got := strings.Join(c.TFTPFiles(), ","); got != "snponly.efi,undionly.kpxe" {
+		t.Errorf("tftp catalogue %q", got)
+	}
+}
+
+func TestOverride(t *testing.T) {
+	c, err := Parse("site.yaml", []byte("interface: eth2\ndhcp:\n  lease_time: 2h\n  boot_files:\n    \"7\": ipxe.efi\nboot:\n  modules: [e1000]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Interface != "eth2" || time.Duration(c.DHCP.LeaseTime) != 2*time.Hour || c.Boot.Modules[0] != "e1000" {
+		t.Errorf("override not applied: %+v", c)
+	}
+	// Keys the file does not set keep their defaults.
+	if c.HTTP.Port != 80 || c.Boot.DefaultImage != "default" {
+		t.Errorf("defaults lost: %+v", c)
+	}
+	m, err := c.BootFileMap()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A file's boot_files replaces the default table as a whole.
+	if len(m) != 1 || m[7] != "ipxe.efi" {
+		t.Errorf("boot files %v, want only 7 -> ipxe.efi", m)
+	}
+	dup, err := Parse("dup.yaml", []byte("dhcp:\n  boot_files:\n    \"7\": a.efi\n    efi-x64: b.efi\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dup.BootFileMap(); err == nil || !strings.Contains(err.Error(), "also set") {
+		t.Errorf("two spellings of one architecture not refused: %v", err)
+	}
+}
+
+func TestErrorsNameKeyAndLine(t *testing.T) {
+	cases := []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"unknown key", "interface: eth1\ndhcp:\n  lease_tme: 1h\n", []string{"site.yaml:3: dhcp.lease_tme: unknown key"}},
+		{"unknown top key", "interfac: eth1\n", []string{"site.yaml:1: interfac: unknown key"}},
+		{"bad duration", "interface: eth1\nra:\n  interval: soon\n", []string{"site.yaml:3", "not a duration"}},
+		{"bad type", "interface: eth1\nhttp:\n  port: eighty\n", []string{"site.yaml:3", "eighty"}},
+		{"syntax", "interface: [eth1\n", []string{"site.yaml"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("site.yaml", []byte(tc.yaml))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestValidateReportsEverything(t *testing.T) {
+	c, err := Parse("site.yaml", []byte(`interface: eth1
+state_dir: relative
+log_level: loud
+dhcp:
+  lease_time: 10s
+  router: not-an-ip
+  dns: [1.2.3.4, nope]
+  boot_files:
+    sparc: x.bin
+    "7": ../etc/passwd
+http:
+  port: 0
+boot:
+  modules: ["a b"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Validate()
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, w := range []string{
+		"site.yaml:2: state_dir", "site.yaml:3: log_level", "site.yaml:5: dhcp.lease_time", "site.yaml:6: dhcp.router",
+		"dhcp.dns[1]", "site.yaml:9: dhcp.boot_files.sparc", "site.yaml:10: dhcp.boot_files.7", "site.yaml:12: http.port", "boot.modules[0]",
+	} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error lacks %q:\n%v", w, err)
+		}
+	}
+}
+
+func TestLoadFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "ramboot.yaml")
+	if err := os.WriteFile(p, []byte("interface: br0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(p)
+	if err != nil || c.Interface != "br0" {
+		t.Fatalf("Load: %+v %v", c, err)
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "missing.yaml")); err == nil {
+		t.Fatal("missing file: no error")
+	}
+}

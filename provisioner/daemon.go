@@ -1,0 +1,297 @@
+// Package provisioner is the head-node daemon behind `ramboot serve`: it
+// owns the state directory and runs, on the provisioning interface, the
+// DHCP, TFTP, HTTP boot and IPv6 router-advertisement services plus the
+// admin API socket, feeding every boot step into the nodes' timelines.
+//
+//	cfg, _ := config.Load("")
+//	cfg.Interface = "eth1"
+//	d := &provisioner.Daemon{Config: cfg, Logger: slog.Default()}
+//	err := d.Run(ctx) // until ctx ends
+package provisioner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ramboot/ramboot/images"
+	"github.com/ramboot/ramboot/provisioner/api"
+	"github.com/ramboot/ramboot/provisioner/bootserver"
+	"github.com/ramboot/ramboot/provisioner/config"
+	"github.com/ramboot/ramboot/provisioner/state"
+	"github.com/ramboot/ramboot/pxe"
+	"github.com/ramboot/ramboot/pxe/dhcp"
+	"github.com/ramboot/ramboot/pxe/ra"
+	"github.com/ramboot/ramboot/pxe/tftp"
+)
+
+// Files under the state directory.
+const (
+	DBFile     = "ramboot.db"   // the bbolt database
+	SocketFile = "ramboot.sock" // the admin API socket (root only)
+	ImagesDir  = "images"       // the image store
+)
+
+// Daemon is one running head. Set its fields, then call Run once.
+type Daemon struct {
+	// Config is the validated configuration.
+	Config config.Config
+	// Logger receives the daemon's logs; nil = discard.
+	Logger *slog.Logger
+	// Registry collects the metrics served at /metrics; nil = a new one.
+	Registry *prometheus.Registry
+	// Ready, if set, is called once every listener is open.
+	Ready func(Head)
+}
+
+// Head describes where a running daemon serves.
+type Head struct {
+	// IP is the head's address on the provisioning interface.
+	IP netip.Addr
+	// Subnet is the provisioning subnet (the address with its prefix).
+	Subnet netip.Prefix
+	// BaseURL is the HTTP base URL nodes use.
+	BaseURL string
+	// Socket is the admin API socket path.
+	Socket string
+}
+
+// InterfaceAddr returns the first IPv4 address of iface with its prefix.
+func InterfaceAddr(iface string) (netip.Prefix, error) {
+	ifi, err := net.InterfaceByName(iface)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("find interface %s: %w", iface, err)
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("list addresses of %s: %w", iface, err)
+	}
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok || ipn.IP.To4() == nil {
+			continue
+		}
+		ip, _ := netip.AddrFromSlice(ipn.IP.To4())
+		ones, _ := ipn.Mask.Size()
+		return netip.PrefixFrom(ip, ones), nil
+	}
+	return netip.Prefix{}, fmt.Errorf("interface %s has no IPv4 address: give it the head's address first (ip addr add 10.0.0.1/24 dev %s)", iface, iface)
+}
+
+// AgentBinary finds the ramboot-agent executable: path if set, else next
+// to the running executable, else on $PATH.
+func AgentBinary(path string) (string, error) {
+	if path != "" {
+		return path, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "ramboot-agent")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath("ramboot-agent")
+	if err != nil {
+		return "", fmt.Errorf("find ramboot-agent (set agent.binary, or put it next to ramboot or on $PATH): %w", err)
+	}
+	return p, nil
+}
+
+func (d *Daemon) log() *slog.Logger {
+	if d.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return d.Logger
+}
+
+// Run serves until ctx ends, then stops every service and returns nil; it
+// returns an error if a service cannot start or fails.
+func (d *Daemon) Run(ctx context.Context) error {
+	cfg := d.Config
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("invalid configuration: %w", err)
+	}
+	log := d.log()
+	prefix, err := InterfaceAddr(cfg.Interface)
+	if err != nil {
+		return err
+	}
+	headIP := prefix.Addr()
+	bootFiles, err := cfg.BootFileMap()
+	if err != nil {
+		return err
+	}
+	agentPath, err := AgentBinary(cfg.Agent.Binary)
+	if err != nil {
+		return err
+	}
+	agent, err := bootserver.NewAgentArchive(agentPath)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("create state directory: %w", err)
+	}
+	db, err := state.Open(filepath.Join(cfg.StateDir, DBFile))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	store := &images.Store{Dir: filepath.Join(cfg.StateDir, ImagesDir)}
+
+	reg := d.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	reg.MustRegister(newNodesCollector(db))
+	var gateway netip.Addr
+	if cfg.DHCP.Router != "" {
+		gateway = netip.MustParseAddr(cfg.DHCP.Router) // validated
+	}
+	var dns []netip.Addr
+	for _, s := range cfg.DHCP.DNS {
+		dns = append(dns, netip.MustParseAddr(s))
+	}
+	baseURL := "http://" + headIP.String()
+	if cfg.HTTP.Port != 80 {
+		baseURL += ":" + strconv.Itoa(cfg.HTTP.Port)
+	}
+	rec := &recorder{db: db, log: log}
+
+	// Listeners first, so a port conflict fails before anything serves.
+	httpLn, err := net.Listen("tcp4", net.JoinHostPort(headIP.String(), strconv.Itoa(cfg.HTTP.Port)))
+	if err != nil {
+		return fmt.Errorf("listen http: %w", err)
+	}
+	sock := filepath.Join(cfg.StateDir, SocketFile)
+	sockLn, err := listenUnix(sock)
+	if err != nil {
+		httpLn.Close()
+		return err
+	}
+
+	boot := &bootserver.Server{
+		DB: db, Images: store, Agent: agent, BaseURL: baseURL, PrefixLen: prefix.Bits(),
+		Gateway: gateway, DNS: dns, DefaultImage: cfg.Boot.DefaultImage,
+		KernelArgs: cfg.Boot.KernelArgs, Modules: cfg.Boot.Modules,
+		Logger: log, Metrics: bootserver.NewMetrics(reg),
+	}
+	nodeAPI := &api.Node{DB: db, Images: store, DefaultImage: cfg.Boot.DefaultImage, Logger: log}
+	admin := &api.Admin{DB: db, Images: store, Subnet: prefix, Logger: log}
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+
+	pub := http.NewServeMux()
+	pub.Handle("/boot/", boot.Handler())
+	pub.Handle("/api/", nodeAPI.Handler())
+	pub.Handle("GET /metrics", metrics)
+	pub.HandleFunc("GET /healthz", healthz)
+	priv := http.NewServeMux()
+	priv.Handle("/api/", admin.Handler())
+	priv.Handle("GET /metrics", metrics)
+	priv.HandleFunc("GET /healthz", healthz)
+
+	g, gctx := errgroup.WithContext(ctx)
+	serveHTTP := func(name string, ln net.Listener, h http.Handler) {
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+		g.Go(func() error {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serve %s: %w", name, err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx) // in-flight boots are cut after 5 s
+			return nil
+		})
+	}
+	serveHTTP("http", httpLn, pub)
+	serveHTTP("admin socket", sockLn, priv)
+	defer os.Remove(sock)
+
+	if cfg.DHCP.Enabled {
+		arches := map[pxe.Arch]string{}
+		for a, f := range bootFiles {
+			arches[pxe.Arch(a)] = f
+		}
+		srv := &dhcp.Server{
+			ServerIP:  headIP,
+			Inventory: dhcp.InventoryFunc(rec.reservation(prefix.Bits(), gateway, dns, baseURL)),
+			BootFiles: arches,
+			LeaseTime: time.Duration(cfg.DHCP.LeaseTime),
+			Observer:  rec.dhcp,
+			Logger:    log.With("svc", "dhcp"),
+			Metrics:   dhcp.NewMetrics(reg),
+		}
+		g.Go(func() error { return srv.ListenAndServe(gctx, cfg.Interface) })
+	}
+	if cfg.TFTP.Enabled {
+		srv := &tftp.Server{
+			Root:     os.DirFS(cfg.TFTP.Root),
+			Files:    cfg.TFTPFiles(),
+			Observer: rec.tftp,
+			Logger:   log.With("svc", "tftp"),
+			Metrics:  tftp.NewMetrics(reg),
+		}
+		g.Go(func() error { return srv.ListenAndServe(gctx, net.JoinHostPort(headIP.String(), "69")) })
+	}
+	if cfg.RA.Enabled {
+		srv := &ra.Server{
+			Interface: cfg.Interface,
+			Interval:  time.Duration(cfg.RA.Interval),
+			Logger:    log.With("svc", "ra"),
+			Metrics:   ra.NewMetrics(reg),
+		}
+		g.Go(func() error { return srv.ListenAndServe(gctx) })
+	}
+
+	head := Head{IP: headIP, Subnet: prefix, BaseURL: baseURL, Socket: sock}
+	log.Info("ramboot serving", "iface", cfg.Interface, "ip", headIP, "http", baseURL, "socket", sock,
+		"state_dir", cfg.StateDir, "agent", agentPath, "dhcp", cfg.DHCP.Enabled, "tftp", cfg.TFTP.Enabled, "ra", cfg.RA.Enabled)
+	if d.Ready != nil {
+		d.Ready(head)
+	}
+	err = g.Wait()
+	log.Info("ramboot stopped")
+	return err
+}
+
+func healthz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain")
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+// listenUnix listens on a root-only unix socket, replacing a stale one.
+func listenUnix(path string) (net.Listener, error) {
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("listen %s: another ramboot daemon is serving this state directory", path)
+	}
+	_ = os.Remove(path) // stale socket of a daemon that died
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("restrict %s: %w", path, err)
+	}
+	return ln, nil
+}

@@ -1,0 +1,108 @@
+//go:build e2e
+
+package lab_test
+
+import (
+	"context"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ramboot/ramboot/provisioner/internal/lab"
+	"github.com/ramboot/ramboot/provisioner/state"
+)
+
+type testLog struct{ t *testing.T }
+
+func (w testLog) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// TestBoot network-boots QEMU from `ramboot serve` in a namespace of its
+// own, once per firmware, and waits for the agent's report to turn the
+// node booted, running the image the test built.
+func TestBoot(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	l, err := lab.New(ctx, lab.Options{Log: testLog{t}, Keep: os.Getenv("RAMBOOT_LAB_KEEP") != ""})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+	})
+	if err := l.Serve(ctx); err != nil {
+		t.Fatal(err)
+	}
+	digest, err := l.BuildImage(ctx, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		mode  lab.Mode
+		node  string
+		mac   string
+		ip    string
+		steps []string
+	}{
+		{lab.BIOS, "bios1", "52:54:00:77:00:0a", "10.77.0.10",
+			[]string{state.StepDHCPOffer, state.StepDHCPAck, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}},
+		{lab.UEFI, "uefi1", "52:54:00:77:00:0b", "10.77.0.11",
+			[]string{state.StepDHCPOffer, state.StepDHCPAck, state.StepTFTP, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}},
+	}
+	for _, tc := range cases {
+		t.Run(string(tc.mode), func(t *testing.T) {
+			if err := l.AddNode(ctx, tc.node, tc.mac, tc.ip, ""); err != nil {
+				t.Fatal(err)
+			}
+			vm, err := l.Boot(ctx, lab.VMOptions{Mode: tc.mode, MAC: tc.mac})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer vm.Stop()
+			n, err := l.WaitBooted(ctx, tc.node, vm, 8*time.Minute)
+			if err != nil {
+				t.Fatalf("%v\nlast serial output:\n%s", err, tail(vm.Serial(), 40))
+			}
+			t.Logf("%s booted %.1fs after QEMU started", tc.node, time.Since(vm.Started()).Seconds())
+			for _, e := range n.Status.Timeline {
+				t.Logf("  %6.2fs  %-12s %s", e.Time.Sub(n.Status.Timeline[0].Time).Seconds(), e.Step, e.Detail)
+			}
+			if n.Status.State != state.StateBooted {
+				t.Fatalf("state %q, want %q; report %+v\nserial:\n%s", n.Status.State, state.StateBooted, n.Status.Report, tail(vm.Serial(), 40))
+			}
+			r := n.Status.Report
+			if r == nil || r.ImageDigest != string(digest) || r.ImageName != "default" {
+				t.Fatalf("node reports image %+v, want default %s", r, digest)
+			}
+			if !strings.HasPrefix(r.Kernel, "6.") || r.MemTotalBytes < 512<<20 {
+				t.Errorf("implausible report: kernel %q, memory %d", r.Kernel, r.MemTotalBytes)
+			}
+			var seen []string
+			for _, e := range n.Status.Timeline {
+				seen = append(seen, e.Step)
+			}
+			for _, s := range tc.steps {
+				if !slices.Contains(seen, s) {
+					t.Errorf("timeline lacks step %q: %v", s, seen)
+				}
+			}
+			if err := vm.WaitSerial(ctx, "ramboot-agent: "+tc.node+" ready", 30*time.Second); err != nil {
+				t.Errorf("console: %v", err)
+			}
+		})
+	}
+}
+
+func tail(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,406 @@
+// Package lab runs real network boots on one machine, for the end-to-end
+// tests and `make demo`: it builds the ramboot binaries, prepares a test
+// image (busybox-static plus the virtio network modules of Debian's kernel
+// package, fetched with `apt-get download`), creates a network namespace
+// with a bridge, runs `ramboot serve` inside it and boots QEMU (software
+// emulation) on a tap on that bridge.
+//
+// Nothing is connected to the host's network: the bridge, the taps, the
+// daemon and QEMU all live in the namespace, and every process the lab
+// starts is stopped by pid when it is closed, even after a failure.
+//
+//	l, err := lab.New(ctx, lab.Options{Log: os.Stderr})
+//	defer l.Close()
+//	err = l.Serve(ctx)
+//	err = l.BuildImage(ctx, "default")
+//	err = l.AddNode(ctx, "n1", mac, "10.77.0.10", "")
+//	vm, err := l.Boot(ctx, lab.VMOptions{Mode: lab.BIOS, MAC: mac})
+//	n, err := l.WaitBooted(ctx, "n1", 5*time.Minute)
+package lab
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ramboot/ramboot/provisioner/state"
+)
+
+// Options configure a lab.
+type Options struct {
+	// CacheDir keeps the downloaded kernel package between runs; default
+	// $RAMBOOT_LAB_CACHE or /var/cache/ramboot-lab.
+	CacheDir string
+	// WorkDir holds binaries, state, logs; default a new temporary directory,
+	// removed by Close unless Keep is set.
+	WorkDir string
+	// Keep leaves WorkDir in place after Close (logs for a person to read).
+	Keep bool
+	// Subnet is the /24 prefix of the lab link, e.g. "10.77.0"; the head is
+	// .1. Default "10.77.0". It exists only inside the namespace.
+	Subnet string
+	// Log receives progress lines; nil = discard.
+	Log io.Writer
+}
+
+// Lab is one namespace with a head daemon in it.
+type Lab struct {
+	opt     Options
+	work    string
+	ns      string
+	bridge  string
+	HeadIP  string // the head's address on the lab bridge
+	Ramboot string // path of the built ramboot binary
+	Agent   string // path of the built ramboot-agent binary
+	State   string // the daemon's state directory
+
+	procs []*proc
+	nsUp  bool
+}
+
+// proc is a process the lab started; done closes when it has been reaped.
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// exited reports whether the process has exited.
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// New checks the machine, builds the binaries and creates the namespace.
+func New(ctx context.Context, opt Options) (*Lab, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("the lab needs root (network namespaces, taps, QEMU)")
+	}
+	if opt.CacheDir == "" {
+		opt.CacheDir = os.Getenv("RAMBOOT_LAB_CACHE")
+	}
+	if opt.CacheDir == "" {
+		opt.CacheDir = "/var/cache/ramboot-lab"
+	}
+	if opt.Subnet == "" {
+		opt.Subnet = "10.77.0"
+	}
+	if opt.Log == nil {
+		opt.Log = io.Discard
+	}
+	for _, bin := range []string{"ip", "qemu-system-x86_64", "apt-get", "dpkg-deb", "go"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return nil, fmt.Errorf("find %s (run `make deps`): %w", bin, err)
+		}
+	}
+	work := opt.WorkDir
+	if work == "" {
+		var err error
+		if work, err = os.MkdirTemp("", "ramboot-lab-"); err != nil {
+			return nil, fmt.Errorf("create work directory: %w", err)
+		}
+	}
+	l := &Lab{
+		opt:    opt,
+		work:   work,
+		ns:     fmt.Sprintf("rblab%d", os.Getpid()),
+		bridge: "rbbr0",
+		HeadIP: opt.Subnet + ".1",
+		State:  filepath.Join(work, "state"),
+	}
+	sweepStale(ctx, opt.Log)
+	if err := l.build(ctx); err != nil {
+		l.Close()
+		return nil, err
+	}
+	if err := l.netnsUp(ctx); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *Lab) logf(format string, args ...any) {
+	fmt.Fprintf(l.opt.Log, "lab: "+format+"\n", args...)
+}
+
+// WorkDir returns the directory with the lab's binaries, state and logs.
+func (l *Lab) WorkDir() string { return l.work }
+
+// Namespace returns the network namespace's name.
+func (l *Lab) Namespace() string { return l.ns }
+
+// run runs a command and returns its combined output in the error.
+func run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return out.Bytes(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out.Bytes()))
+	}
+	return out.Bytes(), nil
+}
+
+// build compiles ramboot and ramboot-agent (static) into the work dir.
+func (l *Lab) build(ctx context.Context) error {
+	gomod, err := run(ctx, "go", "env", "GOMOD")
+	if err != nil {
+		return err
+	}
+	root := filepath.Dir(strings.TrimSpace(string(gomod)))
+	bin := filepath.Join(l.work, "bin")
+	l.Ramboot, l.Agent = filepath.Join(bin, "ramboot"), filepath.Join(bin, "ramboot-agent")
+	l.logf("building ramboot and ramboot-agent into %s", bin)
+	for out, pkg := range map[string]string{l.Ramboot: "./provisioner/cmd/ramboot", l.Agent: "./nodeagent/cmd/ramboot-agent"} {
+		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %w: %s", pkg, err, b)
+		}
+	}
+	return nil
+}
+
+// sweepStale deletes lab namespaces left by lab processes that died
+// without cleaning up (a test binary killed at its timeout, say): their
+// names end in the pid of a process that no longer exists.
+func sweepStale(ctx context.Context, log io.Writer) {
+	out, err := run(ctx, "ip", "netns", "list")
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || !strings.HasPrefix(f[0], "rblab") {
+			continue
+		}
+		var pid int
+		if _, err := fmt.Sscanf(f[0], "rblab%d", &pid); err != nil || pid <= 0 {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); err == nil || errors.Is(err, syscall.EPERM) {
+			continue // its lab is still running
+		}
+		if pids, err := run(ctx, "ip", "netns", "pids", f[0]); err == nil {
+			for _, p := range strings.Fields(string(pids)) {
+				var n int
+				if _, err := fmt.Sscan(p, &n); err == nil && n > 1 {
+					_ = syscall.Kill(n, syscall.SIGKILL)
+				}
+			}
+		}
+		if _, err := run(ctx, "ip", "netns", "del", f[0]); err == nil {
+			fmt.Fprintf(log, "lab: deleted stale namespace %s of dead process %d\n", f[0], pid)
+		}
+	}
+}
+
+// netnsUp creates the namespace and its bridge with the head's address.
+func (l *Lab) netnsUp(ctx context.Context) error {
+	l.logf("creating network namespace %s with bridge %s %s/24 (not connected to the host)", l.ns, l.bridge, l.HeadIP)
+	if _, err := run(ctx, "ip", "netns", "add", l.ns); err != nil {
+		return err
+	}
+	l.nsUp = true
+	for _, args := range [][]string{
+		{"-n", l.ns, "link", "set", "lo", "up"},
+		{"-n", l.ns, "link", "add", l.bridge, "type", "bridge", "forward_delay", "0", "stp_state", "0"},
+		{"-n", l.ns, "addr", "add", l.HeadIP + "/24", "dev", l.bridge},
+		{"-n", l.ns, "link", "set", l.bridge, "up"},
+	} {
+		if _, err := run(ctx, "ip", args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// start runs a command inside the namespace in the background, with its
+// output appended to logFile. The lab stops it on Close.
+func (l *Lab) start(logFile string, name string, args ...string) (*proc, error) {
+	f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open log: %w", err)
+	}
+	defer f.Close()
+	// `ip netns exec` execs the command after joining the namespace, so the
+	// pid is the command's own.
+	cmd := exec.Command("ip", append([]string{"netns", "exec", l.ns, name}, args...)...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	l.procs = append(l.procs, p)
+	return p, nil
+}
+
+// stop sends SIGTERM, then SIGKILL after a grace period, and waits until
+// the process is reaped.
+func (p *proc) stop(grace time.Duration) {
+	if p.exited() {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// Close stops every process the lab started (by pid), kills anything else
+// left in the namespace, deletes the namespace and, unless Keep, the work
+// directory. It is safe to call more than once.
+func (l *Lab) Close() error {
+	for i := len(l.procs) - 1; i >= 0; i-- {
+		l.procs[i].stop(5 * time.Second)
+	}
+	l.procs = nil
+	var errs []error
+	if l.nsUp {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if out, err := run(ctx, "ip", "netns", "pids", l.ns); err == nil {
+			for _, p := range strings.Fields(string(out)) {
+				var pid int
+				if _, err := fmt.Sscan(p, &pid); err == nil && pid > 1 {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
+		if _, err := run(ctx, "ip", "netns", "del", l.ns); err != nil {
+			errs = append(errs, err)
+		} else {
+			l.nsUp = false
+			l.logf("namespace %s deleted", l.ns)
+		}
+	}
+	if !l.opt.Keep && l.work != "" && l.opt.WorkDir == "" {
+		if err := os.RemoveAll(l.work); err != nil {
+			errs = append(errs, err)
+		}
+		l.work = ""
+	}
+	return errors.Join(errs...)
+}
+
+// Serve starts `ramboot serve --interface BRIDGE` in the namespace on the
+// embedded default configuration (plus extra flags) and waits until its
+// admin API answers.
+func (l *Lab) Serve(ctx context.Context, extra ...string) error {
+	logFile := filepath.Join(l.work, "ramboot-serve.log")
+	args := append([]string{"serve", "--interface", l.bridge, "--state-dir", l.State, "--log-level", "debug"}, extra...)
+	p, err := l.start(logFile, l.Ramboot, args...)
+	if err != nil {
+		return err
+	}
+	l.logf("ramboot serve running in %s (pid %d), log %s", l.ns, p.cmd.Process.Pid, logFile)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := l.CLI(ctx, "node", "list"); err == nil {
+			return nil
+		}
+		if p.exited() || time.Now().After(deadline) {
+			b, _ := os.ReadFile(logFile)
+			return fmt.Errorf("ramboot serve did not come up; log:\n%s", b)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// CLI runs the ramboot CLI against the lab's state directory and returns
+// its standard output. (The admin API is a unix socket: no namespace
+// needed.)
+func (l *Lab) CLI(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, l.Ramboot, append(args, "--state-dir", l.State)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.Bytes(), fmt.Errorf("ramboot %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(errb.Bytes()))
+	}
+	return out.Bytes(), nil
+}
+
+// AddNode adds a node through the CLI.
+func (l *Lab) AddNode(ctx context.Context, name, mac, ip, image string) error {
+	args := []string{"node", "add", name, "--mac", mac, "--ip", ip}
+	if image != "" {
+		args = append(args, "--image", image)
+	}
+	_, err := l.CLI(ctx, args...)
+	return err
+}
+
+// Node returns `ramboot node show NAME -o json`.
+func (l *Lab) Node(ctx context.Context, name string) (state.NodeStatus, error) {
+	out, err := l.CLI(ctx, "node", "show", name, "-o", "json")
+	if err != nil {
+		return state.NodeStatus{}, err
+	}
+	var n state.NodeStatus
+	if err := json.Unmarshal(out, &n); err != nil {
+		return state.NodeStatus{}, fmt.Errorf("decode node show: %w", err)
+	}
+	return n, nil
+}
+
+// WaitBooted polls `ramboot node show` until the node is booted or failed,
+// the VM exits, or the deadline passes.
+func (l *Lab) WaitBooted(ctx context.Context, name string, vm *VM, timeout time.Duration) (state.NodeStatus, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		n, err := l.Node(ctx, name)
+		if err == nil && (n.Status.State == state.StateBooted || n.Status.State == state.StateFailed) {
+			return n, nil
+		}
+		if vm != nil && vm.Exited() {
+			return n, fmt.Errorf("QEMU exited before node %s booted; serial log %s", name, vm.SerialLog)
+		}
+		if vm != nil {
+			// The agent cannot report a failure it meets before the network
+			// is up; its console line says it, so stop waiting.
+			if m := agentFailed.Find(vm.Serial()); m != nil {
+				return n, fmt.Errorf("node %s: the agent failed on the console: %s", name, bytes.TrimSpace(m))
+			}
+		}
+		if time.Now().After(deadline) {
+			return n, fmt.Errorf("node %s not booted after %s (state %q); serial log %s", name, timeout, n.Status.State, vmLog(vm))
+		}
+		select {
+		case <-ctx.Done():
+			return n, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+var agentFailed = regexp.MustCompile(`ramboot-agent: [^\n]* failed: [^\n]*`)
+
+func vmLog(vm *VM) string {
+	if vm == nil {
+		return "-"
+	}
+	return vm.SerialLog
+}

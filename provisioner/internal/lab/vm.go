@@ -1,0 +1,134 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Mode is how a VM's firmware network-boots.
+type Mode string
+
+// The firmware modes.
+const (
+	// BIOS is SeaBIOS with the NIC's iPXE option ROM (Debian's ipxe-qemu):
+	// the firmware's PXE client is already iPXE.
+	BIOS Mode = "bios"
+	// UEFI is OVMF with no option ROM: the firmware's own PXE client gets
+	// snponly.efi over TFTP, which then chains to the script.
+	UEFI Mode = "uefi"
+)
+
+// OVMF firmware images (Debian's ovmf package, 4 MiB, no Secure Boot).
+var (
+	OVMFCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	OVMFVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+)
+
+// VMOptions describe one VM.
+type VMOptions struct {
+	// Mode is BIOS or UEFI.
+	Mode Mode
+	// MAC is the NIC's MAC address.
+	MAC string
+	// MemMiB is the VM's RAM; default 1024.
+	MemMiB int
+}
+
+// VM is a running QEMU.
+type VM struct {
+	// SerialLog is the file the VM's serial console is written to.
+	SerialLog string
+	proc      *proc
+	started   time.Time
+}
+
+// Exited reports whether QEMU has exited.
+func (v *VM) Exited() bool { return v.proc.exited() }
+
+// Started returns when QEMU was started.
+func (v *VM) Started() time.Time { return v.started }
+
+// Serial returns the serial console output so far.
+func (v *VM) Serial() []byte {
+	b, _ := os.ReadFile(v.SerialLog)
+	return b
+}
+
+// Boot starts QEMU (software emulation: KVM guests hang on these machines)
+// inside the namespace on a new tap on the lab bridge.
+func (l *Lab) Boot(ctx context.Context, opt VMOptions) (*VM, error) {
+	if opt.MemMiB == 0 {
+		opt.MemMiB = 1024
+	}
+	id := len(l.procs)
+	tap := fmt.Sprintf("rbtap%d", id)
+	for _, args := range [][]string{
+		{"-n", l.ns, "tuntap", "add", "dev", tap, "mode", "tap"},
+		{"-n", l.ns, "link", "set", tap, "master", l.bridge, "up"},
+	} {
+		if _, err := run(ctx, "ip", args...); err != nil {
+			return nil, err
+		}
+	}
+	serial := filepath.Join(l.work, fmt.Sprintf("serial-%s-%d.log", opt.Mode, id))
+	q := []string{
+		"-name", "ramboot-lab-" + string(opt.Mode), "-accel", "tcg", "-m", fmt.Sprint(opt.MemMiB), "-smp", "1",
+		"-display", "none", "-vga", "none", "-monitor", "none", "-no-reboot", "-nodefaults",
+		"-chardev", "file,id=ser0,path=" + serial, "-serial", "chardev:ser0",
+		"-netdev", "tap,id=net0,ifname=" + tap + ",script=no,downscript=no",
+	}
+	switch opt.Mode {
+	case BIOS:
+		sercon := filepath.Join(l.work, "sercon-port")
+		// SeaBIOS "sercon": mirror BIOS and iPXE ROM text to COM1 (0x3f8).
+		if err := os.WriteFile(sercon, []byte{0xf8, 0x03}, 0o644); err != nil {
+			return nil, err
+		}
+		q = append(q, "-machine", "pc", "-boot", "n", "-fw_cfg", "name=etc/sercon-port,file="+sercon,
+			"-device", "virtio-net-pci,netdev=net0,mac="+opt.MAC+",bootindex=1")
+	case UEFI:
+		vars := filepath.Join(l.work, fmt.Sprintf("ovmf-vars-%d.fd", id))
+		if _, err := run(ctx, "cp", OVMFVars, vars); err != nil {
+			return nil, err
+		}
+		q = append(q, "-machine", "q35",
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
+			"-drive", "if=pflash,format=raw,unit=1,file="+vars,
+			"-device", "virtio-net-pci,netdev=net0,mac="+opt.MAC+",bootindex=1,romfile=")
+	default:
+		return nil, fmt.Errorf("unknown VM mode %q", opt.Mode)
+	}
+	p, err := l.start(filepath.Join(l.work, fmt.Sprintf("qemu-%d.log", id)), "qemu-system-x86_64", q...)
+	if err != nil {
+		return nil, err
+	}
+	vm := &VM{SerialLog: serial, proc: p, started: time.Now()}
+	l.logf("QEMU %s booting MAC %s on %s (pid %d), serial %s", opt.Mode, opt.MAC, tap, p.cmd.Process.Pid, serial)
+	return vm, nil
+}
+
+// WaitSerial waits until the VM's serial log contains marker.
+func (v *VM) WaitSerial(ctx context.Context, marker string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for !bytes.Contains(v.Serial(), []byte(marker)) {
+		if v.Exited() {
+			return fmt.Errorf("QEMU exited before %q appeared on its console", marker)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%q not on the console after %s", marker, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// Stop stops QEMU and waits for it to exit.
+func (v *VM) Stop() { v.proc.stop(5 * time.Second) }

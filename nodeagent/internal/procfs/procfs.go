@@ -1,0 +1,153 @@
+// Package procfs parses the few files under /proc that the node agent
+// reports or obeys: /proc/meminfo (MemTotal), /proc/uptime and
+// /proc/cmdline. Readers take an fs.FS rooted at the node's root, so tests
+// can hand them a directory or an fstest.MapFS:
+//
+//	root := os.DirFS("/")
+//	mem, err := procfs.ReadMemTotal(root)   // bytes
+//	up, err := procfs.ReadUptime(root)      // seconds
+//	cl, err := procfs.ReadCmdline(root)
+//	path, ok := cl.Get("ramboot.exec")
+package procfs
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"strconv"
+	"strings"
+)
+
+// The files the readers read, as fs.FS paths.
+const (
+	MeminfoPath = "proc/meminfo"
+	UptimePath  = "proc/uptime"
+	CmdlinePath = "proc/cmdline"
+)
+
+// ReadMemTotal returns MemTotal from MeminfoPath in root, in bytes.
+func ReadMemTotal(root fs.FS) (int64, error) {
+	b, err := fs.ReadFile(root, MeminfoPath)
+	if err != nil {
+		return 0, fmt.Errorf("read meminfo: %w", err)
+	}
+	return ParseMemTotal(b)
+}
+
+// ParseMemTotal returns the MemTotal line of /proc/meminfo content in
+// bytes ("MemTotal:  1014020 kB").
+func ParseMemTotal(b []byte) (int64, error) {
+	for line := range bytes.Lines(b) {
+		rest, ok := bytes.CutPrefix(line, []byte("MemTotal:"))
+		if !ok {
+			continue
+		}
+		f := strings.Fields(string(rest))
+		if len(f) != 2 || f[1] != "kB" {
+			return 0, fmt.Errorf("parse meminfo line %q: want \"MemTotal: N kB\"", bytes.TrimSpace(line))
+		}
+		kb, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil || kb < 0 || kb > math.MaxInt64/1024 {
+			return 0, fmt.Errorf("parse meminfo MemTotal %q: out of range or not a number", f[0])
+		}
+		return kb * 1024, nil
+	}
+	return 0, errors.New("parse meminfo: no MemTotal line")
+}
+
+// ReadUptime returns the system uptime from UptimePath in root, in
+// seconds.
+func ReadUptime(root fs.FS) (float64, error) {
+	b, err := fs.ReadFile(root, UptimePath)
+	if err != nil {
+		return 0, fmt.Errorf("read uptime: %w", err)
+	}
+	return ParseUptime(b)
+}
+
+// ParseUptime returns the first field of /proc/uptime content ("12.34
+// 20.01"): the seconds since boot.
+func ParseUptime(b []byte) (float64, error) {
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0, errors.New("parse uptime: empty")
+	}
+	s, err := strconv.ParseFloat(f[0], 64)
+	if err != nil || s < 0 || math.IsInf(s, 0) || math.IsNaN(s) {
+		return 0, fmt.Errorf("parse uptime %q: not a number of seconds", f[0])
+	}
+	return s, nil
+}
+
+// Param is one kernel command-line parameter.
+type Param struct {
+	// Key is the text before the first '=' (the whole word if none).
+	Key string
+	// Value is the text after the first '=', double quotes removed;
+	// empty when the word has no '='.
+	Value string
+	// HasValue is true when the word had a '='.
+	HasValue bool
+}
+
+// Cmdline is the kernel command line, word by word.
+type Cmdline []Param
+
+// ReadCmdline returns the kernel command line from CmdlinePath in root.
+func ReadCmdline(root fs.FS) (Cmdline, error) {
+	b, err := fs.ReadFile(root, CmdlinePath)
+	if err != nil {
+		return nil, fmt.Errorf("read kernel command line: %w", err)
+	}
+	return ParseCmdline(string(b)), nil
+}
+
+// ParseCmdline splits a kernel command line the way the kernel does:
+// words are separated by white space except inside double quotes, which
+// are then removed (`k="a b"` gives key k and value "a b").
+func ParseCmdline(s string) Cmdline {
+	var (
+		c     Cmdline
+		word  strings.Builder
+		quote bool
+		in    bool
+	)
+	flush := func() {
+		if !in {
+			return
+		}
+		w := word.String()
+		word.Reset()
+		in = false
+		k, v, ok := strings.Cut(w, "=")
+		c = append(c, Param{Key: strings.ReplaceAll(k, `"`, ""), Value: strings.ReplaceAll(v, `"`, ""), HasValue: ok})
+	}
+	for _, r := range s {
+		switch {
+		case r == '"':
+			quote = !quote
+			in = true
+			word.WriteRune(r)
+		case !quote && (r == ' ' || r == '\t' || r == '\n' || r == '\r' || r == '\v' || r == '\f' || r == 0):
+			flush()
+		default:
+			in = true
+			word.WriteRune(r)
+		}
+	}
+	flush()
+	return c
+}
+
+// Get returns the value of the last parameter named key, and whether
+// there is one.
+func (c Cmdline) Get(key string) (string, bool) {
+	for i := len(c) - 1; i >= 0; i-- {
+		if c[i].Key == key {
+			return c[i].Value, true
+		}
+	}
+	return "", false
+}

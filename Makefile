@@ -41,6 +41,9 @@ check: ## gofmt, go vet, staticcheck, go mod tidy must be clean
 
 e2e: deps ## boot QEMU nodes (BIOS and UEFI) from ramboot serve in a network namespace (root)
 	$(GO) test -tags e2e -count=1 -timeout 30m -v -run TestBoot ./provisioner/internal/lab/
+	@# The image builder's own boot check, on the kernel the lab fetched.
+	RAMBOOT_TEST_KERNEL=$$(ls /var/cache/ramboot-lab/kernel/*/boot/vmlinuz-* | head -n 1) \
+		$(GO) test -count=1 -v -run TestBootQEMU ./images/build/
 
 bench: ## run the Go benchmarks
 	$(GO) test -run '^$$' -bench . -benchmem ./...

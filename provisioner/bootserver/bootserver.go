@@ -116,7 +116,8 @@ type Archive struct {
 }
 
 // NewAgentArchive builds the agent archive: a zstd-compressed newc cpio
-// holding the ramboot-agent executable at path as /init.
+// holding the ramboot-agent executable at path as /init, with
+// /dev/console and /dev/null.
 func NewAgentArchive(path string) (*Archive, error) {
 	bin, err := os.ReadFile(path)
 	if err != nil {
@@ -126,7 +127,17 @@ func NewAgentArchive(path string) (*Archive, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stat agent binary: %w", err)
 	}
-	return compressArchive([]newc.File{{Name: "init", Mode: 0o755, Data: bin}}, st.ModTime())
+	// dev/console and dev/null: if the kernel finds no /dev/console it starts
+	// /init with no open descriptors, and the Go runtime aborts before main
+	// when it cannot open /dev/null for them: PID 1 would exit and the
+	// kernel panic. Debian's kernels carry both in their built-in
+	// initramfs; other kernels may not.
+	return compressArchive([]newc.File{
+		{Name: "dev", Mode: 0o755 | os.ModeDir},
+		{Name: "dev/console", Mode: 0o600 | os.ModeDevice | os.ModeCharDevice, Major: 5, Minor: 1},
+		{Name: "dev/null", Mode: 0o666 | os.ModeDevice | os.ModeCharDevice, Major: 1, Minor: 3},
+		{Name: "init", Mode: 0o755, Data: bin},
+	}, st.ModTime())
 }
 
 func compressArchive(files []newc.File, mod time.Time) (*Archive, error) {

@@ -215,8 +215,14 @@ func TestBootFlow(t *testing.T) {
 		if resp.StatusCode != 200 {
 			t.Fatalf("agent: %d", resp.StatusCode)
 		}
-		if got := unpack(t, b)["init"]; string(got) != "#!agent binary" {
+		files := unpack(t, b)
+		if got := files["init"]; string(got) != "#!agent binary" {
 			t.Fatalf("agent archive /init = %q", got)
+		}
+		for _, dev := range []string{"dev/console", "dev/null"} {
+			if _, ok := files[dev]; !ok {
+				t.Errorf("agent archive lacks %s", dev)
+			}
 		}
 	})
 

@@ -316,7 +316,7 @@ func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, route, http.StatusNotFound, err)
 		return
 	}
-	m, err := s.manifest(md)
+	m, err := s.Images.ReadManifest(md)
 	if err != nil {
 		s.fail(w, route, http.StatusNotFound, err)
 		return
@@ -335,23 +335,6 @@ func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
 	w.Header().Set("Content-Type", "application/octet-stream")
 	s.serveContent(w, r, route, step, file, m.Created, f)
-}
-
-// manifest reads the manifest blob with digest d.
-func (s *Server) manifest(d images.Digest) (images.Manifest, error) {
-	f, err := s.Images.OpenBlob(d)
-	if err != nil {
-		return images.Manifest{}, fmt.Errorf("image %s: %w", d, err)
-	}
-	defer f.Close()
-	var m images.Manifest
-	if err := json.NewDecoder(io.LimitReader(f, 1<<20)).Decode(&m); err != nil {
-		return images.Manifest{}, fmt.Errorf("image %s: decode manifest: %w", d, err)
-	}
-	if m.SchemaVersion != 1 || m.Rootfs.Digest == "" || m.Kernel.Digest == "" {
-		return images.Manifest{}, fmt.Errorf("image %s: not an image manifest", d)
-	}
-	return m, nil
 }
 
 // serveContent serves content with Range and conditional requests, and

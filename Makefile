@@ -10,7 +10,7 @@ export CGO_ENABLED := 0
 .PHONY: help deps build test check e2e bench demo fuzz clean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
 
 # Debian packages the demo, the tests and the end-to-end boots need.
 DEB_PACKAGES := qemu-system-x86 ipxe-qemu ipxe ovmf busybox-static cpio zstd iproute2 \
@@ -24,7 +24,7 @@ deps: ## install the Debian packages the demo and tests need (root)
 	fi
 	@$(GO) mod download
 
-build: ## build ramboot and ramboot-agent (static) into $(BUILD_DIR)
+build: ## build ramboot and ramboot-agent (static) into BUILD_DIR (/tmp/ramboot-build)
 	$(GO) build $(GOFLAGS_BUILD) -o $(BUILD_DIR)/ramboot ./provisioner/cmd/ramboot
 	$(GO) build $(GOFLAGS_BUILD) -o $(BUILD_DIR)/ramboot-agent ./nodeagent/cmd/ramboot-agent
 	@echo "built $(BUILD_DIR)/ramboot $(BUILD_DIR)/ramboot-agent"

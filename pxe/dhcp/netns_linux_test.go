@@ -7,8 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -17,7 +15,8 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/insomniacslk/dhcp/iana"
-	"github.com/vishvananda/netns"
+
+	"github.com/ramboot/ramboot/pxe/internal/netnstest"
 )
 
 // TestNetnsDORA runs ListenAndServe in one network namespace and the real
@@ -25,32 +24,18 @@ import (
 // broadcast DISCOVER-OFFER-REQUEST-ACK for a firmware and an iPXE client.
 // Nothing is connected to the host's namespace. It needs root and ip(8).
 func TestNetnsDORA(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs ip(8) from iproute2")
-	}
-
+	srvNS, cliNS := netnstest.New(t, "rb-dhcp-srv"), netnstest.New(t, "rb-dhcp-cli")
+	nsSrv, nsCli := srvNS.Name, cliNS.Name
 	pid := os.Getpid()
-	nsSrv, nsCli := fmt.Sprintf("rb-dhcp-%d-srv", pid), fmt.Sprintf("rb-dhcp-%d-cli", pid)
 	vSrv, vCli := fmt.Sprintf("rbs%d", pid), fmt.Sprintf("rbc%d", pid)
 	clientMAC := mustMAC("02:72:62:00:00:0b")
-	for _, ns := range []string{nsSrv, nsCli} {
-		runIP(t, "netns", "add", ns)
-		t.Cleanup(func() {
-			if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
-				t.Errorf("delete namespace %s: %v: %s", ns, err, out)
-			}
-		})
-	}
 	// The veth pair is born in the server namespace, its peer moved straight
 	// into the client namespace: neither end ever exists on the host.
-	runIP(t, "-n", nsSrv, "link", "add", vSrv, "type", "veth", "peer", "name", vCli, "netns", nsCli)
-	runIP(t, "-n", nsSrv, "addr", "add", "10.213.0.1/24", "dev", vSrv)
-	runIP(t, "-n", nsSrv, "link", "set", vSrv, "up")
-	runIP(t, "-n", nsCli, "link", "set", vCli, "address", clientMAC.String())
-	runIP(t, "-n", nsCli, "link", "set", vCli, "up")
+	netnstest.IP(t, "-n", nsSrv, "link", "add", vSrv, "type", "veth", "peer", "name", vCli, "netns", nsCli)
+	netnstest.IP(t, "-n", nsSrv, "addr", "add", "10.213.0.1/24", "dev", vSrv)
+	netnstest.IP(t, "-n", nsSrv, "link", "set", vSrv, "up")
+	netnstest.IP(t, "-n", nsCli, "link", "set", vCli, "address", clientMAC.String())
+	netnstest.IP(t, "-n", nsCli, "link", "set", vCli, "up")
 
 	res := Reservation{
 		IP:        netip.MustParseAddr("10.213.0.11"),
@@ -79,7 +64,7 @@ func TestNetnsDORA(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	served := make(chan error, 1)
 	go func() {
-		served <- inNetns(nsSrv, func() error { return srv.ListenAndServe(ctx, vSrv) })
+		served <- srvNS.Do(func() error { return srv.ListenAndServe(ctx, vSrv) })
 	}()
 	// Runs before the namespaces are deleted (cleanups run last-in first-out).
 	t.Cleanup(func() {
@@ -97,7 +82,7 @@ func TestNetnsDORA(t *testing.T) {
 	dora := func(t *testing.T, mods ...dhcpv4.Modifier) *nclient4.Lease {
 		t.Helper()
 		var lease *nclient4.Lease
-		err := inNetns(nsCli, func() error {
+		err := cliNS.Do(func() error {
 			// Short timeout, several tries: the server may still be binding.
 			c, err := nclient4.New(vCli, nclient4.WithTimeout(time.Second), nclient4.WithRetry(5))
 			if err != nil {
@@ -185,35 +170,4 @@ func TestNetnsDORA(t *testing.T) {
 	if got := strings.Join(seq, " "); !strings.Contains(got, "discover>offer request>ack") {
 		t.Errorf("events = %s, want discover>offer request>ack", got)
 	}
-}
-
-// runIP runs ip(8) with args and fails the test on error.
-func runIP(t *testing.T, args ...string) {
-	t.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-}
-
-// inNetns runs fn on an OS thread switched into the named network namespace.
-// The thread stays locked and dies with the goroutine, so no other goroutine
-// ever runs in that namespace by accident. Sockets fn opens stay in the
-// namespace after it returns.
-func inNetns(name string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-		h, err := netns.GetFromName(name)
-		if err != nil {
-			errc <- fmt.Errorf("open namespace %s: %w", name, err)
-			return
-		}
-		defer h.Close()
-		if err := netns.Set(h); err != nil {
-			errc <- fmt.Errorf("enter namespace %s: %w", name, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
 }

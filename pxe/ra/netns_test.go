@@ -8,10 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
-	"runtime"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +19,7 @@ import (
 	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 
+	"github.com/ramboot/ramboot/pxe/internal/netnstest"
 	"github.com/ramboot/ramboot/pxe/ra"
 )
 
@@ -30,83 +28,34 @@ import (
 // a Router Solicitation client on the other. No packet leaves the
 // namespace.
 
-var nsCounter atomic.Int32
-
-// testNS is a network namespace owned by one test.
+// testNS is a network namespace owned by one test, with a netlink handle
+// in it.
 type testNS struct {
-	name   string
+	netnstest.NS
 	handle netns.NsHandle
 	nl     *netlink.Handle
 }
 
 func newTestNS(t *testing.T) *testNS {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2's ip")
-	}
-	n := &testNS{name: fmt.Sprintf("ramboot-ra-%d-%d", os.Getpid(), nsCounter.Add(1))}
-	run(t, "ip", "netns", "add", n.name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", n.name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", n.name, err, out)
-		}
-	})
-	h, err := netns.GetFromName(n.name)
+	n := &testNS{NS: netnstest.New(t, "ramboot-ra")}
+	h, err := netns.GetFromName(n.Name)
 	if err != nil {
-		t.Fatalf("open namespace %s: %v", n.name, err)
+		t.Fatalf("open namespace %s: %v", n.Name, err)
 	}
 	n.handle = h
 	t.Cleanup(func() { h.Close() })
 	if n.nl, err = netlink.NewHandleAt(h); err != nil {
-		t.Fatalf("netlink in %s: %v", n.name, err)
+		t.Fatalf("netlink in %s: %v", n.Name, err)
 	}
 	t.Cleanup(n.nl.Close)
 	// No duplicate address detection, so link-local addresses are usable
 	// at once; no kernel solicitations, so the tests count only their own.
-	run(t, "ip", "netns", "exec", n.name, "sysctl", "-q", "-w",
+	netnstest.IP(t, "netns", "exec", n.Name, "sysctl", "-q", "-w",
 		"net.ipv6.conf.all.accept_dad=0",
 		"net.ipv6.conf.default.accept_dad=0",
 		"net.ipv6.conf.default.router_solicitations=0")
 	return n
-}
-
-func run(t *testing.T, name string, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %v: %v: %s", name, args, err, out)
-	}
-}
-
-// do runs f on an OS thread switched into the namespace. Sockets f opens
-// stay in the namespace; other goroutines may use them.
-func (n *testNS) do(f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// Leaving the goroutine with the thread still locked makes the
-		// runtime discard the thread: done on every error path below.
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- fmt.Errorf("get current namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(n.handle); err != nil {
-			errc <- fmt.Errorf("enter namespace %s: %w", n.name, err)
-			return
-		}
-		ferr := f()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leave namespace %s: %w", n.name, err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
 }
 
 // veth creates a veth pair inside the namespace; up brings both ends up.
@@ -170,7 +119,7 @@ func (n *testNS) serve(t *testing.T, s *ra.Server) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- n.do(func() error { return s.ListenAndServe(ctx) }) }()
+	go func() { done <- n.Do(func() error { return s.ListenAndServe(ctx) }) }()
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
@@ -200,12 +149,12 @@ type rsClient struct {
 func (n *testNS) client(t *testing.T, l netlink.Link) *rsClient {
 	t.Helper()
 	var c *icmp.PacketConn
-	err := n.do(func() (err error) {
+	err := n.Do(func() (err error) {
 		c, err = icmp.ListenPacket("ip6:ipv6-icmp", "::")
 		return err
 	})
 	if err != nil {
-		t.Fatalf("open icmpv6 socket in %s: %v", n.name, err)
+		t.Fatalf("open icmpv6 socket in %s: %v", n.Name, err)
 	}
 	t.Cleanup(func() { c.Close() })
 	p := c.IPv6PacketConn()
@@ -490,7 +439,7 @@ func TestNoLinkLocalYet(t *testing.T) {
 func TestIPv6Disabled(t *testing.T) {
 	n := newTestNS(t)
 	n.veth(t, "ra0", "ra1", false)
-	run(t, "ip", "netns", "exec", n.name, "sysctl", "-q", "-w", "net.ipv6.conf.ra0.disable_ipv6=1")
+	netnstest.IP(t, "netns", "exec", n.Name, "sysctl", "-q", "-w", "net.ipv6.conf.ra0.disable_ipv6=1")
 	if err := n.nl.LinkSetUp(n.link(t, "ra0")); err != nil {
 		t.Fatal(err)
 	}
@@ -505,7 +454,7 @@ func TestIPv6Disabled(t *testing.T) {
 
 func TestMissingInterface(t *testing.T) {
 	n := newTestNS(t)
-	err := n.do(func() error {
+	err := n.Do(func() error {
 		return (&ra.Server{Interface: "nosuch0"}).ListenAndServe(context.Background())
 	})
 	if err == nil {

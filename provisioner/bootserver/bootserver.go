@@ -140,27 +140,26 @@ func NewAgentArchive(path string) (*Archive, error) {
 	}, st.ModTime())
 }
 
-func compressArchive(files []newc.File, mod time.Time) (*Archive, error) {
-	var buf bytes.Buffer
-	zw, err := zstd.NewWriter(&buf, zstd.WithEncoderLevel(zstd.SpeedDefault))
+// encoder compresses every archive the server builds. EncodeAll is safe
+// for concurrent use, so one encoder serves all requests instead of a new
+// one (and its buffers) per overlay.
+var encoder = func() *zstd.Encoder {
+	e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault))
 	if err != nil {
-		return nil, fmt.Errorf("start zstd: %w", err)
+		panic(fmt.Sprintf("zstd encoder: %v", err)) // only for invalid options
 	}
-	if err := newc.WriteFiles(zw, files); err != nil {
+	return e
+}()
+
+func compressArchive(files []newc.File, mod time.Time) (*Archive, error) {
+	var raw bytes.Buffer
+	if err := newc.WriteFiles(&raw, files); err != nil {
 		return nil, fmt.Errorf("write archive: %w", err)
 	}
-	if err := zw.Close(); err != nil {
-		return nil, fmt.Errorf("compress archive: %w", err)
-	}
-	sum := sha256.Sum256(buf.Bytes())
-	return &Archive{data: buf.Bytes(), etag: `"sha256:` + hex.EncodeToString(sum[:]) + `"`, modTime: mod}, nil
+	data := encoder.EncodeAll(raw.Bytes(), nil)
+	sum := sha256.Sum256(data)
+	return &Archive{data: data, etag: `"sha256:` + hex.EncodeToString(sum[:]) + `"`, modTime: mod}, nil
 }
-
-// Digest returns the archive's "sha256:<hex>".
-func (a *Archive) Digest() string { return strings.Trim(a.etag, `"`) }
-
-// Bytes returns the archive's content; callers must not modify it.
-func (a *Archive) Bytes() []byte { return a.data }
 
 // OverlayFiles returns the files of a node's overlay archive.
 func OverlayFiles(c overlay.Config) ([]newc.File, error) {

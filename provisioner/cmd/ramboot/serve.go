@@ -30,9 +30,7 @@ configuration (see docs/config.md); --config overrides it key by key.`,
 			if cmd.Flags().Changed("log-level") {
 				cfg.LogLevel = logLevel
 			}
-			if err := cfg.Validate(); err != nil {
-				return err
-			}
+			// Run validates the configuration, naming every bad key.
 			d := &provisioner.Daemon{Config: cfg, Logger: newLogger(g.stderr, cfg.LogLevel)}
 			return d.Run(cmd.Context())
 		},

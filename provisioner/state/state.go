@@ -91,9 +91,6 @@ type Status struct {
 	Timeline []Event `json:"timeline"`
 	// Report is the agent's last report, if any.
 	Report *Report `json:"report,omitempty"`
-
-	bootNonce string // in the overlay URL of the script last served
-	tokenHash string // sha256 of the token in the overlay last served
 }
 
 // Event is one step of a boot, seen by the head.
@@ -129,11 +126,14 @@ type Report struct {
 	UptimeSeconds float64 `json:"uptimeSeconds"`
 }
 
-// record is what is stored per node.
+// record is what is stored per node: what reads return, plus the secrets
+// they never do.
 type record struct {
-	Node      Node   `json:"node"`
-	Status    Status `json:"status"`
+	Node   Node   `json:"node"`
+	Status Status `json:"status"`
+	// BootNonce is in the overlay URL of the script last served.
 	BootNonce string `json:"bootNonce,omitempty"`
+	// TokenHash is the sha256 of the token in the overlay last served.
 	TokenHash string `json:"tokenHash,omitempty"`
 }
 
@@ -168,7 +168,6 @@ func Open(path string) (*DB, error) {
 			if err := json.Unmarshal(v, &r); err != nil {
 				return fmt.Errorf("decode node %q: %w", k, err)
 			}
-			r.Status.bootNonce, r.Status.tokenHash = r.BootNonce, r.TokenHash
 			d.index(&r)
 			return nil
 		})
@@ -191,7 +190,6 @@ func (d *DB) index(r *record) {
 
 // put writes r through to the database; d.mu must be held.
 func (d *DB) put(r *record) error {
-	r.BootNonce, r.TokenHash = r.Status.bootNonce, r.Status.tokenHash
 	b, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("encode node %s: %w", r.Node.Name, err)
@@ -395,7 +393,7 @@ func (d *DB) NewBootNonce(name string) (string, error) {
 	if !ok {
 		return "", fmt.Errorf("boot nonce for node %s: %w", name, ErrNotFound)
 	}
-	r.Status.bootNonce = nonce
+	r.BootNonce = nonce
 	return nonce, d.put(r)
 }
 
@@ -408,11 +406,11 @@ func (d *DB) NewToken(name, nonce string) (string, error) {
 	if !ok {
 		return "", fmt.Errorf("token for node %s: %w", name, ErrNotFound)
 	}
-	if r.Status.bootNonce == "" || subtle.ConstantTimeCompare([]byte(nonce), []byte(r.Status.bootNonce)) != 1 {
+	if r.BootNonce == "" || subtle.ConstantTimeCompare([]byte(nonce), []byte(r.BootNonce)) != 1 {
 		return "", fmt.Errorf("token for node %s: boot nonce: %w", name, ErrBadToken)
 	}
 	tok := randomHex(32)
-	r.Status.tokenHash = hashHex(tok)
+	r.TokenHash = hashHex(tok)
 	return tok, d.put(r)
 }
 
@@ -425,7 +423,7 @@ func (d *DB) SetReport(name, token string, rep Report) error {
 	if !ok {
 		return fmt.Errorf("report from node %s: %w", name, ErrNotFound)
 	}
-	if r.Status.tokenHash == "" || subtle.ConstantTimeCompare([]byte(hashHex(token)), []byte(r.Status.tokenHash)) != 1 {
+	if r.TokenHash == "" || subtle.ConstantTimeCompare([]byte(hashHex(token)), []byte(r.TokenHash)) != 1 {
 		return fmt.Errorf("report from node %s: %w", name, ErrBadToken)
 	}
 	if rep.Received.IsZero() {

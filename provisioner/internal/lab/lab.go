@@ -195,16 +195,23 @@ func sweepStale(ctx context.Context, log io.Writer) {
 		if err := syscall.Kill(pid, 0); err == nil || errors.Is(err, syscall.EPERM) {
 			continue // its lab is still running
 		}
-		if pids, err := run(ctx, "ip", "netns", "pids", f[0]); err == nil {
-			for _, p := range strings.Fields(string(pids)) {
-				var n int
-				if _, err := fmt.Sscan(p, &n); err == nil && n > 1 {
-					_ = syscall.Kill(n, syscall.SIGKILL)
-				}
-			}
-		}
+		killAll(ctx, f[0])
 		if _, err := run(ctx, "ip", "netns", "del", f[0]); err == nil {
 			fmt.Fprintf(log, "lab: deleted stale namespace %s of dead process %d\n", f[0], pid)
+		}
+	}
+}
+
+// killAll kills, by pid, every process still inside namespace ns.
+func killAll(ctx context.Context, ns string) {
+	out, err := run(ctx, "ip", "netns", "pids", ns)
+	if err != nil {
+		return
+	}
+	for _, p := range strings.Fields(string(out)) {
+		var pid int
+		if _, err := fmt.Sscan(p, &pid); err == nil && pid > 1 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
 }
@@ -278,14 +285,7 @@ func (l *Lab) Close() error {
 	if l.nsUp {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if out, err := run(ctx, "ip", "netns", "pids", l.ns); err == nil {
-			for _, p := range strings.Fields(string(out)) {
-				var pid int
-				if _, err := fmt.Sscan(p, &pid); err == nil && pid > 1 {
-					_ = syscall.Kill(pid, syscall.SIGKILL)
-				}
-			}
-		}
+		killAll(ctx, l.ns)
 		if _, err := run(ctx, "ip", "netns", "del", l.ns); err != nil {
 			errs = append(errs, err)
 		} else {

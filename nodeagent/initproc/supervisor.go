@@ -72,7 +72,7 @@ type Supervisor struct {
 	// so that the agent daemon can tell the head why it goes.
 	OnShutdown func(action string)
 
-	mu       sync.Mutex          // held while forking and while reaping
+	mu       sync.Mutex // held while forking and while reaping
 	children map[int]chan<- unix.WaitStatus
 	stopping bool // a shutdown started: Keep restarts nothing
 }

@@ -66,6 +66,12 @@ func (l *Loader) Load(ctx context.Context, names []string) ([]Module, error) {
 	if err != nil {
 		return nil, err
 	}
+	return l.load(ctx, ix, names, map[string]bool{})
+}
+
+// load loads names from ix; see Load. state records the modules gone
+// through (true: loaded, false: failed), across calls that share it.
+func (l *Loader) load(ctx context.Context, ix *Index, names []string, state map[string]bool) ([]Module, error) {
 	insert := l.Insert
 	if insert == nil {
 		insert = Insert
@@ -75,9 +81,8 @@ func (l *Loader) Load(ctx context.Context, names []string) ([]Module, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	var (
-		done  []Module
-		errs  []error
-		state = map[string]bool{} // true: loaded, false: failed
+		done []Module
+		errs []error
 	)
 	for _, name := range names {
 		plan, err := ix.Resolve([]string{name}, l.present)

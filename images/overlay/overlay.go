@@ -188,6 +188,9 @@ type Report struct {
 	State State `json:"state"`
 	// Error is the failed step and its error, when State is StateFailed.
 	Error string `json:"error,omitempty"`
+	// Warnings are problems that failed no step, e.g. the head's clock
+	// could not be read at boot.
+	Warnings []string `json:"warnings,omitempty"`
 	// ContentDigest is read from ImageIDPath in the node's root: the image
 	// the node actually runs. Empty when the image has no such file.
 	ContentDigest string `json:"contentDigest"`

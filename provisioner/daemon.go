@@ -29,6 +29,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ramboot/ramboot/images"
+	"github.com/ramboot/ramboot/images/overlay"
 	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/bootserver"
 	"github.com/ramboot/ramboot/provisioner/config"
@@ -189,7 +190,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 		DB: db, Images: store, Agent: agent, BaseURL: baseURL, PrefixLen: prefix.Bits(),
 		Gateway: gateway, DNS: dns, DefaultImage: cfg.Boot.DefaultImage,
 		KernelArgs: cfg.Boot.KernelArgs, Modules: cfg.Boot.Modules,
-		Logger: log, Metrics: bootserver.NewMetrics(reg),
+		Root:         overlay.Root{Mode: overlay.RootMode(cfg.Boot.Root.Mode), Size: cfg.Boot.Root.Size},
+		ConsoleShell: cfg.Boot.ConsoleShell,
+		Logger:       log, Metrics: bootserver.NewMetrics(reg),
+	}
+	agents := &api.Agents{
+		DB: db, Images: store, DefaultImage: cfg.Boot.DefaultImage, Overlays: boot,
+		Interval: time.Duration(cfg.Agent.HeartbeatInterval), DownAfter: time.Duration(cfg.Agent.DownAfter),
+		RequirePrivilegedPort: cfg.Agent.RequirePrivilegedPort, Logger: log, Metrics: api.NewAgentMetrics(reg),
 	}
 	nodeAPI := &api.Node{DB: db, Images: store, DefaultImage: cfg.Boot.DefaultImage, Logger: log}
 	admin := &api.Admin{DB: db, Images: store, Subnet: prefix, Logger: log}
@@ -198,6 +206,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	pub := http.NewServeMux()
 	pub.Handle("/boot/", boot.Handler())
 	pub.Handle("/api/", nodeAPI.Handler())
+	agents.Register(pub)
 	pub.Handle("GET /metrics", metrics)
 	pub.HandleFunc("GET /healthz", healthz)
 	priv := http.NewServeMux()
@@ -206,6 +215,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	priv.HandleFunc("GET /healthz", healthz)
 
 	g, gctx := errgroup.WithContext(ctx)
+	started := time.Now()
+	g.Go(func() error {
+		return watchHeartbeats(gctx, db, time.Duration(cfg.Agent.DownAfter), started, log.With("svc", "heartbeat"))
+	})
 	serveHTTP := func(name string, ln net.Listener, h http.Handler) {
 		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 		g.Go(func() error {

@@ -108,7 +108,7 @@ func (c *nodesCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 // Collect implements prometheus.Collector.
 func (c *nodesCollector) Collect(ch chan<- prometheus.Metric) {
-	counts := map[string]int{state.StateNew: 0, state.StateBooting: 0, state.StateBooted: 0, state.StateFailed: 0}
+	counts := map[string]int{state.StateNew: 0, state.StateBooting: 0, state.StateBooted: 0, state.StateFailed: 0, state.StateDown: 0, state.StateOff: 0}
 	for _, n := range c.db.List() {
 		counts[n.Status.State]++
 	}

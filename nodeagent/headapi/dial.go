@@ -43,7 +43,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 	if !d.refused.Load() {
 		for range 8 {
 			port := PrivilegedPortMin + rand.N(PrivilegedPortMax-PrivilegedPortMin+1)
-			nd := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{Port: port}}
+			nd := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{Port: port}, Control: reuseAddr}
 			c, err := nd.DialContext(ctx, network, addr)
 			if err == nil {
 				d.privileged.Store(true)
@@ -77,4 +77,17 @@ func NewTransport() *http.Transport {
 		IdleConnTimeout:     5 * time.Minute,
 		TLSHandshakeTimeout: 10 * time.Second,
 	}
+}
+
+// reuseAddr sets SO_REUSEADDR, so a port whose earlier connection is in
+// TIME_WAIT can be bound again (to another peer; the same peer gives
+// EADDRNOTAVAIL at connect, and the Dialer tries another port).
+func reuseAddr(network, address string, c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
 }

@@ -255,7 +255,7 @@ func (n *Node) report(w http.ResponseWriter, r *http.Request) {
 	if assigned == "" {
 		assigned = n.DefaultImage
 	}
-	imgName, imgDigest := n.resolve(assigned, rep.ContentDigest)
+	imgName, imgDigest := resolveImage(n.Images, assigned, rep.ContentDigest)
 	err = n.DB.SetReport(name, token, state.Report{
 		State:         string(rep.State),
 		Error:         rep.Error,
@@ -279,11 +279,11 @@ func (n *Node) report(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// resolve maps the content digest a node reports to the image it runs:
-// the node's assigned image when the content matches it, else any image
-// with that content; the digest is empty when no image matches.
-func (n *Node) resolve(assigned, content string) (name, digest string) {
-	refs, err := n.Images.List()
+// resolveImage maps the content digest a node reports to the image it
+// runs: the node's assigned image when the content matches it, else any
+// image with that content; the digest is empty when no image matches.
+func resolveImage(store *images.Store, assigned, content string) (name, digest string) {
+	refs, err := store.List()
 	if err != nil || content == "" {
 		return assigned, ""
 	}

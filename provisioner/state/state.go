@@ -124,6 +124,8 @@ type Report struct {
 	MemTotalBytes int64 `json:"memTotalBytes"`
 	// UptimeSeconds is the node's uptime at the report.
 	UptimeSeconds float64 `json:"uptimeSeconds"`
+	// The agent daemon's registration adds what follows (heartbeat.go).
+	Registration
 }
 
 // record is what is stored per node: what reads return, plus the secrets
@@ -135,6 +137,9 @@ type record struct {
 	BootNonce string `json:"bootNonce,omitempty"`
 	// TokenHash is the sha256 of the token in the overlay last served.
 	TokenHash string `json:"tokenHash,omitempty"`
+	// live is the agent daemon's last heartbeat: memory only, never
+	// written (heartbeat.go).
+	live *Agent
 }
 
 var bucketNodes = []byte("nodes")
@@ -280,6 +285,9 @@ type NodeStatus struct {
 	Node
 	// Status is the node's boot status.
 	Status Status `json:"status"`
+	// Agent is the agent daemon's last heartbeat since the head started,
+	// if any.
+	Agent *Agent `json:"agent,omitempty"`
 }
 
 func (r *record) copy() NodeStatus {
@@ -287,9 +295,15 @@ func (r *record) copy() NodeStatus {
 	s.Timeline = slices.Clone(s.Timeline)
 	if s.Report != nil {
 		rep := *s.Report
+		rep.Steps, rep.Warnings = slices.Clone(rep.Steps), slices.Clone(rep.Warnings)
 		s.Report = &rep
 	}
-	return NodeStatus{Node: r.Node, Status: s}
+	ns := NodeStatus{Node: r.Node, Status: s}
+	if r.live != nil {
+		a := *r.live
+		ns.Agent = &a
+	}
+	return ns
 }
 
 // Get returns the node called name.

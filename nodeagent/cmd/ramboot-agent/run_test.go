@@ -63,9 +63,9 @@ func TestRunInitDryRun(t *testing.T) {
 	}
 	js, _ := json.Marshal(cfg)
 	files := map[string]string{
-		overlay.ConfigPath:   string(js),
-		"proc/cmdline":       "console=ttyS0\n",
-		"proc/meminfo":       "MemTotal: 1048576 kB\n",
+		overlay.ConfigPath:    string(js),
+		"proc/cmdline":        "console=ttyS0\n",
+		"proc/meminfo":        "MemTotal: 1048576 kB\n",
 		"lib/systemd/systemd": "\x7fELF",
 	}
 	for p, data := range files {

@@ -140,7 +140,9 @@ func printNode(w io.Writer, n state.NodeStatus) error {
 		if r.Error != "" {
 			fmt.Fprintf(tw, "Error:\t%s\n", r.Error)
 		}
+		printRegistration(tw, r)
 	}
+	printAgent(tw, n)
 	if err := tw.Flush(); err != nil {
 		return err
 	}

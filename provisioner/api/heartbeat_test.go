@@ -1,0 +1,339 @@
+package api_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ramboot/ramboot/images"
+	"github.com/ramboot/ramboot/images/overlay"
+	"github.com/ramboot/ramboot/provisioner/api"
+	"github.com/ramboot/ramboot/provisioner/bootserver"
+	"github.com/ramboot/ramboot/provisioner/state"
+)
+
+type head struct {
+	db      *state.DB
+	url     string
+	boot    *bootserver.Server
+	agents  *api.Agents
+	reg     *prometheus.Registry
+	content images.Digest
+}
+
+// newHead runs the agent routes of a head on 127.0.0.1 with a real state
+// database, image store and boot server (the overlay source), with node
+// n1 at 127.0.0.11 and n2 at 127.0.0.12.
+func newHead(t *testing.T, requirePrivileged bool) *head {
+	t.Helper()
+	dir := t.TempDir()
+	db, err := state.Open(filepath.Join(dir, "s.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	store := &images.Store{Dir: filepath.Join(dir, "images")}
+	h := &head{db: db, content: images.DigestOf([]byte("content")), reg: prometheus.NewRegistry()}
+	put := func(b []byte, mt string) images.Artifact {
+		a, err := store.Put(context.Background(), bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.MediaType = mt
+		return a
+	}
+	m := images.Manifest{SchemaVersion: 1, Name: "default", Created: time.Unix(1700000000, 0).UTC(), Source: "/t",
+		Kernel: put([]byte("kernel"), images.MediaTypeKernel), Rootfs: put([]byte("rootfs"), images.MediaTypeRootfs),
+		RootfsUncompressedSize: 1, ContentDigest: h.content}
+	if _, err := store.Commit("default", m); err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range []string{"n1", "n2"} {
+		ip := netip.AddrFrom4([4]byte{127, 0, 0, byte(11 + i)})
+		if err := db.AddNode(state.Node{Name: name, MAC: "52:54:00:00:00:0" + string(rune('1'+i)), IP: ip}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.url = "http://" + ln.Addr().String()
+	h.boot = &bootserver.Server{DB: db, Images: store, BaseURL: h.url, PrefixLen: 8, DefaultImage: "default",
+		Root: overlay.Root{Mode: overlay.RootTmpfs, Size: "50%"}, ConsoleShell: true}
+	h.agents = &api.Agents{DB: db, Images: store, DefaultImage: "default", Overlays: h.boot, Interval: 2 * time.Second,
+		DownAfter: 8 * time.Second, RequirePrivilegedPort: requirePrivileged, Metrics: api.NewAgentMetrics(h.reg)}
+	mux := http.NewServeMux()
+	h.agents.Register(mux)
+	srv := httptest.NewUnstartedServer(mux)
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return h
+}
+
+// token starts a boot of node name and returns its token.
+func (h *head) token(t *testing.T, name string) string {
+	t.Helper()
+	if err := h.db.Record(name, state.Event{Step: state.StepDHCPOffer}, true); err != nil {
+		t.Fatal(err)
+	}
+	nonce, err := h.db.NewBootNonce(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := h.db.NewToken(name, nonce)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// call makes a request from source address src (and port, when not 0) and
+// returns the status and body.
+func (h *head) call(t *testing.T, src string, port int, method, path, token string, body any) (int, []byte) {
+	t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		js, _ := json.Marshal(b)
+		rd = bytes.NewReader(js)
+	}
+	req, _ := http.NewRequest(method, h.url+path, rd)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src), Port: port}, Control: reuseAddr}
+	c := &http.Client{Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+// reuseAddr lets a test bind a fixed source port that an earlier run
+// left in TIME_WAIT.
+func reuseAddr(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1) })
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+var report = overlay.Report{
+	State: overlay.StateReady, ContentDigest: string(images.DigestOf([]byte("content"))), Kernel: "6.1.0-test", MemTotalBytes: 2 << 30,
+	UptimeSeconds: 30, CPUs: 2, Init: "systemd", AgentVersion: "v1",
+	Steps: []overlay.Step{{Name: "mounts", UptimeSeconds: 6}, {Name: "root", UptimeSeconds: 8}},
+	Root:  &overlay.RootUsage{Mode: "tmpfs", SizeBytes: 1 << 30, UsedBytes: 600 << 20},
+	Boot:  &overlay.BootTimes{InitSeconds: 6, HandoverSeconds: 9, KernelStart: time.Now().Add(-30 * time.Second)},
+}
+
+func TestAgentRoutes(t *testing.T) {
+	h := newHead(t, false)
+	tok := h.token(t, "n1")
+	const n1 = "127.0.0.11"
+	reg := "/api/v1/nodes/n1/register"
+	hb := "/api/v1/nodes/n1/heartbeat"
+
+	// Refusals first: nothing is recorded.
+	for _, tc := range []struct {
+		name, src, path, token string
+		body                   any
+		code                   int
+		msg                    string
+	}{
+		{"wrong address", "127.0.0.12", reg, tok, report, http.StatusForbidden, "not the node's reserved address"},
+		{"no token", n1, reg, "", report, http.StatusUnauthorized, "missing bearer token"},
+		{"wrong token", n1, reg, "x" + tok, report, http.StatusUnauthorized, "bad token"},
+		{"unknown node", n1, "/api/v1/nodes/n9/register", tok, report, http.StatusNotFound, "not found"},
+		{"bad state", n1, reg, tok, overlay.Report{State: "dancing"}, http.StatusBadRequest, `unknown state \"dancing\"`},
+		{"unknown field", n1, reg, tok, []byte(`{"state":"ready","surprise":1}`), http.StatusBadRequest, "unknown field"},
+		{"too big", n1, reg, tok, []byte(`{"state":"ready","error":"` + strings.Repeat("x", 70<<10) + `"}`), http.StatusRequestEntityTooLarge, "body over"},
+		{"heartbeat before registering", n1, hb, tok, overlay.Heartbeat{}, http.StatusConflict, "not registered"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, body := h.call(t, tc.src, 0, http.MethodPost, tc.path, tc.token, tc.body)
+			if code != tc.code || !strings.Contains(string(body), tc.msg) {
+				t.Errorf("%d %s, want %d with %q", code, body, tc.code, tc.msg)
+			}
+		})
+	}
+	if n, _ := h.db.Get("n1"); n.Status.State != state.StateBooting {
+		t.Fatalf("state after refused requests: %s", n.Status.State)
+	}
+
+	code, body := h.call(t, n1, 0, http.MethodPost, reg, tok, report)
+	if code != http.StatusOK {
+		t.Fatalf("register: %d %s", code, body)
+	}
+	var s overlay.Schedule
+	if err := json.Unmarshal(body, &s); err != nil {
+		t.Fatal(err)
+	}
+	ro, err := h.boot.RuntimeOverlay("n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.IntervalSeconds != 2 || s.DownAfterSeconds != 8 || s.OverlayGeneration != ro.Generation || s.OverlayGeneration == "" || time.Since(s.HeadTime) > time.Minute {
+		t.Errorf("schedule %+v, generation %s", s, ro.Generation)
+	}
+	n, _ := h.db.Get("n1")
+	r := n.Status.Report
+	if n.Status.State != state.StateBooted || r == nil || r.ImageName != "default" || r.ImageDigest == "" || r.Init != "systemd" || len(r.Steps) != 2 ||
+		r.RootMode != "tmpfs" || r.RootUsedBytes != 600<<20 || r.InitSeconds != 6 || r.HandoverSeconds != 9 || r.KernelStart.IsZero() || r.CPUs != 2 {
+		t.Errorf("after registration: %s %+v", n.Status.State, r)
+	}
+	if n.Agent == nil || n.Agent.Remote[:len(n1)] != n1 {
+		t.Errorf("agent %+v", n.Agent)
+	}
+
+	code, body = h.call(t, n1, 0, http.MethodPost, hb, tok, overlay.Heartbeat{UptimeSeconds: 33, SystemState: "running", Load1: 0.5, Root: &overlay.RootUsage{Mode: "tmpfs", UsedBytes: 601 << 20, SizeBytes: 1 << 30}})
+	if code != http.StatusOK {
+		t.Fatalf("heartbeat: %d %s", code, body)
+	}
+	if n, _ := h.db.Get("n1"); n.Agent == nil || n.Agent.SystemState != "running" || n.Agent.Heartbeats != 1 || n.Agent.RootUsedBytes != 601<<20 {
+		t.Errorf("agent after a heartbeat: %+v", n.Agent)
+	}
+
+	// The runtime overlay: the configuration without any token.
+	code, body = h.call(t, n1, 0, http.MethodGet, "/api/v1/nodes/n1/overlay", tok, nil)
+	if code != http.StatusOK || strings.Contains(string(body), tok) {
+		t.Fatalf("overlay: %d %s", code, body)
+	}
+	var o overlay.RuntimeOverlay
+	json.Unmarshal(body, &o)
+	if o.Generation != s.OverlayGeneration || o.Config.Token != "" || o.Config.Node != "n1" || o.Config.Root.Size != "50%" || !o.Config.ConsoleShell ||
+		len(o.Files) != 1 || o.Files[0].Path != "etc/hostname" || string(o.Files[0].Data) != "n1\n" {
+		t.Errorf("runtime overlay %+v", o)
+	}
+	if code, _ := h.call(t, n1, 0, http.MethodGet, "/api/v1/nodes/n1/overlay", "x"+tok, nil); code != http.StatusUnauthorized {
+		t.Errorf("overlay with a wrong token: %d", code)
+	}
+	if code, _ := h.call(t, "127.0.0.12", 0, http.MethodGet, "/api/v1/nodes/n1/overlay", tok, nil); code != http.StatusForbidden {
+		t.Errorf("overlay to another address: %d", code)
+	}
+
+	// The head's clock, to anyone.
+	code, body = h.call(t, "127.0.0.99", 0, http.MethodGet, "/api/v1/time", "", nil)
+	var ht overlay.HeadTime
+	if json.Unmarshal(body, &ht); code != http.StatusOK || time.Since(ht.Time).Abs() > time.Minute {
+		t.Errorf("time: %d %s", code, body)
+	}
+
+	if code, body := h.call(t, n1, 0, http.MethodPost, "/api/v1/nodes/n1/shutdown", tok, overlay.Shutdown{Action: "explode"}); code != http.StatusBadRequest {
+		t.Errorf("shutdown with a bad action: %d %s", code, body)
+	}
+	if code, body := h.call(t, n1, 0, http.MethodPost, "/api/v1/nodes/n1/shutdown", tok, overlay.Shutdown{Action: overlay.ActionReboot, UptimeSeconds: 99}); code != http.StatusNoContent {
+		t.Errorf("shutdown: %d %s", code, body)
+	}
+	if n, _ := h.db.Get("n1"); n.Status.State != state.StateOff {
+		t.Errorf("state after shutdown: %s", n.Status.State)
+	}
+	if code, _ := h.call(t, n1, 0, http.MethodPost, hb, tok, overlay.Heartbeat{}); code != http.StatusConflict {
+		t.Errorf("heartbeat after shutdown: %d, want 409 (register again)", code)
+	}
+	if got := testutil.ToFloat64(h.agentsCounter("heartbeat", "200")); got != 1 {
+		t.Errorf("ramboot_agent_requests_total{route=heartbeat,code=200} = %v", got)
+	}
+	if got := testutil.ToFloat64(h.agentsCounter("register", "403")); got != 1 {
+		t.Errorf("ramboot_agent_requests_total{route=register,code=403} = %v", got)
+	}
+}
+
+// agentsCounter finds a ramboot_agent_requests_total series.
+func (h *head) agentsCounter(route, code string) prometheus.Collector {
+	return counterOf{h.reg, route, code}
+}
+
+type counterOf struct {
+	reg         *prometheus.Registry
+	route, code string
+}
+
+func (c counterOf) Describe(ch chan<- *prometheus.Desc) {}
+
+func (c counterOf) Collect(ch chan<- prometheus.Metric) {
+	mfs, _ := c.reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() != "ramboot_agent_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["route"] == c.route && labels["code"] == c.code {
+				ch <- prometheus.MustNewConstMetric(prometheus.NewDesc("c", "c", nil, nil), prometheus.CounterValue, m.GetCounter().GetValue())
+			}
+		}
+	}
+}
+
+// TestRequirePrivilegedPort: with agent.require_privileged_port, only a
+// request from a port below 1024 is served.
+func TestRequirePrivilegedPort(t *testing.T) {
+	h := newHead(t, true)
+	tok := h.token(t, "n1")
+	code, body := h.call(t, "127.0.0.11", 0, http.MethodPost, "/api/v1/nodes/n1/register", tok, report)
+	if code != http.StatusForbidden || !strings.Contains(string(body), "port below 1024") {
+		t.Errorf("register from an ephemeral port: %d %s", code, body)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("binding a privileged port needs root")
+	}
+	port := 900 + os.Getpid()%100 // a port an earlier run's TIME_WAIT is unlikely to hold
+	code, body = h.call(t, "127.0.0.11", port, http.MethodPost, "/api/v1/nodes/n1/register", tok, report)
+	if code != http.StatusOK {
+		t.Fatalf("register from port %d: %d %s", port, code, body)
+	}
+	if n, _ := h.db.Get("n1"); n.Agent == nil || !n.Agent.PrivilegedPort {
+		t.Errorf("agent %+v", n.Agent)
+	}
+}
+
+// TestGenerationFollowsConfiguration: the overlay generation the head
+// announces changes with what the node's overlay would hold, and only then.
+func TestGenerationFollowsConfiguration(t *testing.T) {
+	h := newHead(t, false)
+	a, err := h.boot.RuntimeOverlay("n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := h.boot.RuntimeOverlay("n1")
+	if a.Generation != b.Generation {
+		t.Errorf("generation not stable: %s, %s", a.Generation, b.Generation)
+	}
+	h.boot.DNS = []netip.Addr{netip.MustParseAddr("10.0.0.53")}
+	c, _ := h.boot.RuntimeOverlay("n1")
+	if c.Generation == a.Generation || len(c.Config.Interface.DNS) != 1 {
+		t.Errorf("generation %s unchanged by a new name server", c.Generation)
+	}
+	other, _ := h.boot.RuntimeOverlay("n2")
+	if other.Generation == c.Generation {
+		t.Error("two nodes share a generation")
+	}
+}

@@ -352,7 +352,11 @@ func (b *boot) setupRoot(ctx context.Context) error {
 		return nil
 	}
 	b.rec.Root.Mode = string(res.Mode)
-	b.say("root: %s, image %s under a cap of %s (moved off the initramfs in %s)", res.Mode, mib(res.ImageBytes), mib(size), time.Since(start).Round(10*time.Millisecond))
+	how := "capped in place"
+	if !res.InPlace {
+		how = "moved off the initramfs"
+	}
+	b.say("root: %s, image %s under a cap of %s (%s in %s)", res.Mode, mib(res.ImageBytes), mib(size), how, time.Since(start).Round(10*time.Millisecond))
 	return nil
 }
 
@@ -417,6 +421,7 @@ func (b *boot) loadModules(ctx context.Context) error {
 		b.say("would load the modules of the devices present (modalias)")
 		return err
 	}
+	start := time.Now()
 	listed, lerr := loader.Load(ctx, b.cfg.Modules)
 	var cmdline []string
 	if cl, err := procfs.ReadCmdline(b.fsys); err == nil {
@@ -440,8 +445,13 @@ func (b *boot) loadModules(ctx context.Context) error {
 	if len(names) == 0 {
 		names = []string{"none"}
 	}
-	b.say("modules loaded: %s", strings.Join(names, " "))
-	return errors.Join(lerr, derr)
+	b.say("modules loaded in %s: %s", time.Since(start).Round(10*time.Millisecond), strings.Join(names, " "))
+	// A device's module that will not load is worth knowing, not a failed
+	// boot: the node may not need that device. A listed one is.
+	if derr != nil {
+		b.warn("modules for the devices present: %s", OneLine(derr))
+	}
+	return lerr
 }
 
 func moduleNames(mods []kmod.Module) []string {

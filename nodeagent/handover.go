@@ -90,6 +90,10 @@ Type=notify
 ExecStart=` + agent + ` daemon
 Restart=always
 RestartSec=2
+# Its few lines for people ("n001 ready") go to the console too; logs only
+# to the journal.
+StandardOutput=journal+console
+StandardError=journal
 # The daemon tells the head when the node goes down: give it the time.
 TimeoutStopSec=15
 KillMode=mixed

@@ -19,6 +19,8 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -76,6 +78,9 @@ type Daemon struct {
 	Routes []Registrar
 	// Logger receives the daemon's logs; nil discards.
 	Logger *slog.Logger
+	// Console receives the few lines an operator at the node's console
+	// needs ("ramboot-agent: n001 ready"); nil discards.
+	Console io.Writer
 	// Version is the agent's version, reported to the head.
 	Version string
 	// HTTPClient reaches the head; nil means a client that dials from a
@@ -261,6 +266,9 @@ func (d *Daemon) loop(ctx context.Context, client *headapi.Client, sys System) {
 				if bo.Failures() == 1 || bo.Failures()%10 == 0 {
 					log.Warn("head unreachable, retrying", "err", err, "failures", bo.Failures(), "retry_in", wait.Round(time.Millisecond))
 				}
+				if bo.Failures() == 1 {
+					d.say("head unreachable (%v); retrying with backoff", err)
+				}
 			}
 			d.update(func(st *Status) {
 				st.Connected, st.LastError, st.Failures = false, err.Error(), bo.Failures()
@@ -270,8 +278,14 @@ func (d *Daemon) loop(ctx context.Context, client *headapi.Client, sys System) {
 			if !registered {
 				log.Info("registered with the head", "head", client.Config.HeadURL, "interval", s.Interval(), "down_after", s.DownAfter())
 				registered = true
+				if d.Status().Boot.State == overlay.StateFailed {
+					d.say("%s registered with the head, boot failed: %s", client.Config.Node, d.Status().Boot.Error)
+				} else {
+					d.say("%s ready", client.Config.Node)
+				}
 			} else if bo.Failures() > 0 {
 				log.Info("head reachable again", "failures", bo.Failures())
+				d.say("head reachable again after %d failed attempts", bo.Failures())
 			}
 			bo.Reset()
 			if s.IntervalSeconds > 0 {
@@ -356,6 +370,13 @@ func (d *Daemon) reportShutdown(client *headapi.Client, action overlay.ShutdownA
 		return
 	}
 	d.log().Info("told the head about the shutdown", "action", action)
+}
+
+// say prints a line on the console.
+func (d *Daemon) say(format string, args ...any) {
+	if d.Console != nil {
+		fmt.Fprintf(d.Console, "ramboot-agent: "+format+"\n", args...)
+	}
 }
 
 func (d *Daemon) notify(state string) {

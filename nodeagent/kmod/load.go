@@ -66,12 +66,14 @@ func (l *Loader) Load(ctx context.Context, names []string) ([]Module, error) {
 	if err != nil {
 		return nil, err
 	}
-	return l.load(ctx, ix, names, map[string]bool{})
+	return l.load(ctx, ix, names, map[string]bool{}, false)
 }
 
 // load loads names from ix; see Load. state records the modules gone
-// through (true: loaded, false: failed), across calls that share it.
-func (l *Loader) load(ctx context.Context, ix *Index, names []string, state map[string]bool) ([]Module, error) {
+// through (true: loaded, false: failed), across calls that share it. With
+// forDevices, a module that finds no device to drive (ENODEV, ENXIO) is
+// skipped without an error, as udev and modprobe treat an alias match.
+func (l *Loader) load(ctx context.Context, ix *Index, names []string, state map[string]bool, forDevices bool) ([]Module, error) {
 	insert := l.Insert
 	if insert == nil {
 		insert = Insert
@@ -104,6 +106,10 @@ func (l *Loader) load(ctx context.Context, ix *Index, names []string, state map[
 				start := time.Now()
 				if err := insert(m.Path); err != nil {
 					state[m.Name] = false
+					if forDevices && NoDevice(err) {
+						log.Debug("module found no device", "module", m.Name, "err", err)
+						break
+					}
 					errs = append(errs, err)
 					break
 				}
@@ -114,6 +120,13 @@ func (l *Loader) load(ctx context.Context, ix *Index, names []string, state map[
 		}
 	}
 	return done, errors.Join(errs...)
+}
+
+// NoDevice reports whether a module's init refused to load because there
+// is no device for it to drive (ENODEV, ENXIO): CPU-feature and platform
+// drivers matched by a broad alias do that on hardware they do not fit.
+func NoDevice(err error) bool {
+	return errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENXIO)
 }
 
 // Insert loads the module file at path into the running kernel with

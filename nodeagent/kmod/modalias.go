@@ -310,8 +310,9 @@ type DeviceOptions struct {
 // udev's coldplug would: it reads every device's modalias, matches it
 // against the tree's aliases, loads each match that is not blacklisted
 // (with its dependencies), and scans again while that made new devices
-// appear. It returns the modules it went through; a module that fails does
-// not stop the others, and every error is returned, joined.
+// appear. It returns the modules it loaded; a module that finds no device
+// (NoDevice) is skipped quietly, one that fails otherwise does not stop
+// the others, and every such error is returned, joined.
 func (l *Loader) LoadForDevices(ctx context.Context, o DeviceOptions) ([]Module, error) {
 	ix, err := Open(l.Dir)
 	if err != nil {
@@ -356,7 +357,7 @@ func (l *Loader) LoadForDevices(ctx context.Context, o DeviceOptions) ([]Module,
 		if len(want) == 0 {
 			break
 		}
-		mods, err := l.load(ctx, ix, want, loaded)
+		mods, err := l.load(ctx, ix, want, loaded, true)
 		done = append(done, mods...)
 		if err != nil {
 			errs = append(errs, err)

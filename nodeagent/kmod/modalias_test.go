@@ -2,12 +2,16 @@ package kmod_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ramboot/ramboot/nodeagent/kmod"
 	"github.com/ramboot/ramboot/nodeagent/kmod/kmodtest"
@@ -176,13 +180,17 @@ func TestLoadForDevices(t *testing.T) {
 	write("pci0000:00/0000:00:03.0", "pci:v00001AF4d00001041sv00001AF4sd00001100bc02sc00i00")
 	write("platform/pcspkr", "platform:pcspkr")
 	write("platform/serial8250", "platform:serial8250")
+	write("system/cpu", "cpu:type:x86,ven0000fam0006mod0055:feature:,0000,0099")
 	os.MkdirAll(filepath.Join(sys, "system", "cpu", "cpu0"), 0o755) // a device without a modalias
 	var inserted []string
 	l := &kmod.Loader{Dir: dir, SysModule: t.TempDir(), Insert: func(path string) error {
 		name := strings.TrimSuffix(filepath.Base(path), ".ko")
 		inserted = append(inserted, name)
-		if name == "virtio_pci" {
+		switch name {
+		case "virtio_pci":
 			write("pci0000:00/0000:00:03.0/virtio0", "virtio:d00000001v00001AF4")
+		case "aesni_intel":
+			return fmt.Errorf("insert module %s: %w", path, unix.ENODEV) // no AES-NI here
 		}
 		return nil
 	}}
@@ -190,8 +198,13 @@ func TestLoadForDevices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"virtio_pci", "virtio_net"}; !slices.Equal(inserted, want) || !slices.Equal(names(mods), want) {
-		t.Errorf("inserted %v, returned %v; want %v", inserted, names(mods), want)
+	if want := []string{"aesni_intel", "virtio_pci", "virtio_net"}; !slices.Equal(inserted, want) || !slices.Equal(names(mods), want[1:]) {
+		t.Errorf("inserted %v, returned %v; want %v, the first finding no device", inserted, names(mods), want)
+	}
+	// A device module that fails otherwise is an error.
+	l.Insert = func(path string) error { return fmt.Errorf("insert module %s: %w", path, unix.ENOEXEC) }
+	if _, err := l.LoadForDevices(context.Background(), kmod.DeviceOptions{SysDevices: sys}); !errors.Is(err, unix.ENOEXEC) {
+		t.Errorf("LoadForDevices with a module that cannot load: %v", err)
 	}
 	if _, err := l.LoadForDevices(context.Background(), kmod.DeviceOptions{SysDevices: filepath.Join(sys, "missing")}); err == nil {
 		t.Error("LoadForDevices on a missing /sys/devices: no error")

@@ -10,11 +10,15 @@
 //	res, err := rootfs.Setup(ctx, rootfs.Config{Mode: overlay.RootTmpfs, SizeBytes: 4 << 30})
 //	// res.Switched: the root is now a tmpfs capped at 4 GiB holding the image
 //
-// Modes: [overlay.RootTmpfs] mounts a tmpfs with the cap and moves every
-// file into it, deleting each from rootfs once copied, so the RAM peak is
-// the image plus one file. A mode is one function that builds the new root
-// in a directory (see the modes table); a compressed mode (a read-only
-// image under an overlay) slots in beside it.
+// Modes: [overlay.RootTmpfs] wants the image in a tmpfs with the cap. When
+// the kernel made rootfs a tmpfs (no root= on its command line, the usual
+// case) that tmpfs is capped where it is (a remount) and a bind mount of
+// it becomes the root: nothing is copied, and the root is a mount
+// pivot_root accepts. When rootfs is a ramfs, a new tmpfs is mounted and
+// every file moved into it, each deleted from rootfs once copied, so the
+// RAM peak is the image plus one file. A mode is one function that builds
+// the new root in a directory (see the modes table); a compressed mode (a
+// read-only image under an overlay) slots in beside it.
 //
 // Setup never leaves the node without a root: when the image does not fit
 // under the cap (checked before anything moves) or a file cannot be moved,
@@ -64,6 +68,9 @@ type Result struct {
 	ImageBytes int64
 	// Files counts the entries moved.
 	Files int
+	// InPlace is true when the root was capped where the kernel unpacked
+	// it (rootfs was a tmpfs), false when its files were moved.
+	InPlace bool
 }
 
 // mode builds a new root in dir, mounted and filled from the tree at old
@@ -78,8 +85,9 @@ var modes = map[overlay.RootMode]mode{
 
 // stats counts what a build moved.
 type stats struct {
-	files int
-	bytes int64
+	files   int
+	bytes   int64
+	inPlace bool
 }
 
 // NeedsSwitch reports whether a root of file system type fstype (from
@@ -121,6 +129,9 @@ func Setup(ctx context.Context, c Config) (Result, error) {
 	if err := switchTo(dir); err != nil {
 		return res, err
 	}
+	// In place, the new root shows the (now empty) mount point it was
+	// built on.
+	_ = os.Remove(filepath.Join("/", NewRootDir))
 	res.Switched = true
 	return res, nil
 }
@@ -150,13 +161,21 @@ func Build(ctx context.Context, c Config, old string, res *Result) error {
 		_ = os.Remove(dir)
 		return fmt.Errorf("set up %s root: %w", m, err)
 	}
-	res.Mode, res.Files, res.ImageBytes = m, st.files, st.bytes
+	res.Mode, res.Files, res.ImageBytes, res.InPlace = m, st.files, st.bytes, st.inPlace
 	return nil
 }
 
-// buildTmpfs is the tmpfs mode: a tmpfs of c.SizeBytes at dir, and every
-// file of old moved into it.
+// buildTmpfs is the tmpfs mode: old itself, capped, when it is a tmpfs;
+// otherwise a tmpfs of c.SizeBytes at dir with every file of old moved
+// into it.
 func buildTmpfs(ctx context.Context, c Config, old, dir string, st *stats) error {
+	var sf unix.Statfs_t
+	if err := unix.Statfs(old, &sf); err != nil {
+		return fmt.Errorf("statfs %s: %w", old, err)
+	}
+	if sf.Type == unix.TMPFS_MAGIC {
+		return capInPlace(c, old, dir, &sf, st)
+	}
 	need, err := Footprint(old, dir)
 	if err != nil {
 		return err
@@ -179,6 +198,24 @@ func buildTmpfs(ctx context.Context, c Config, old, dir string, st *stats) error
 		}
 		return err
 	}
+	return nil
+}
+
+// capInPlace caps the tmpfs at old at c.SizeBytes and bind-mounts it on
+// dir, to be moved onto "/": the root is then a mount of its own, not the
+// kernel's initial one, so pivot_root works under it.
+func capInPlace(c Config, old, dir string, sf *unix.Statfs_t, st *stats) error {
+	used := int64(sf.Blocks-sf.Bfree) * sf.Bsize
+	if used > c.SizeBytes {
+		return fmt.Errorf("%w: the image takes %s, the cap (root.size) is %s", ErrTooBig, mib(used), mib(c.SizeBytes))
+	}
+	if err := unix.Mount("", old, "", unix.MS_REMOUNT, fmt.Sprintf("size=%d", c.SizeBytes)); err != nil {
+		return fmt.Errorf("cap the tmpfs at %s: %w", old, err)
+	}
+	if err := unix.Mount(old, dir, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s on %s: %w", old, dir, err)
+	}
+	st.bytes, st.inPlace = used, true
 	return nil
 }
 

@@ -36,6 +36,8 @@ func TestMain(m *testing.M) {
 		switch h {
 		case "build":
 			err = buildHelper(os.Getenv("ROOTFS_TEST_DIR"))
+		case "inplace":
+			err = inPlaceHelper(os.Getenv("ROOTFS_TEST_DIR"))
 		default:
 			err = fmt.Errorf("unknown helper %q", h)
 		}
@@ -163,6 +165,68 @@ func buildHelper(dir string) error {
 	used, size, err := Usage(newRoot)
 	if err != nil || size != 64<<20 || used < need {
 		return fmt.Errorf("Usage = %d, %d, %v", used, size, err)
+	}
+	return nil
+}
+
+// TestBuildInPlace: when the old root is a tmpfs (the kernel's rootfs
+// usually is) it is capped where it is and bound on the new root's mount
+// point; nothing is copied. A cap below what the image takes is refused
+// and leaves the size as it was.
+func TestBuildInPlace(t *testing.T) { runHelper(t, "inplace") }
+
+func inPlaceHelper(dir string) error {
+	old := filepath.Join(dir, "old")
+	if err := os.Mkdir(old, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount("tmpfs", old, "tmpfs", 0, "size=128m,mode=0755"); err != nil {
+		return fmt.Errorf("mount tmpfs: %w", err)
+	}
+	if err := populate(old); err != nil {
+		return err
+	}
+	before, err := snapshot(old)
+	if err != nil {
+		return err
+	}
+	var res Result
+	err = Build(context.Background(), Config{SizeBytes: 1 << 20}, old, &res)
+	if !errors.Is(err, ErrTooBig) {
+		return fmt.Errorf("build under a 1 MiB cap: %v, want ErrTooBig", err)
+	}
+	var sf unix.Statfs_t
+	if unix.Statfs(old, &sf); int64(sf.Blocks)*sf.Bsize != 128<<20 {
+		return fmt.Errorf("a refused build changed the size to %d", int64(sf.Blocks)*sf.Bsize)
+	}
+	if err := Build(context.Background(), Config{SizeBytes: 32 << 20}, old, &res); err != nil {
+		return err
+	}
+	if !res.InPlace || res.Mode != overlay.RootTmpfs || res.ImageBytes < 3<<20 || res.Files != 0 {
+		return fmt.Errorf("result %+v", res)
+	}
+	newRoot := filepath.Join(old, NewRootDir)
+	if mp, _ := isMountPoint(newRoot); !mp {
+		return errors.New("the new root is not a mount")
+	}
+	for _, p := range []string{old, newRoot} {
+		if err := unix.Statfs(p, &sf); err != nil || sf.Type != unix.TMPFS_MAGIC || int64(sf.Blocks)*sf.Bsize != 32<<20 {
+			return fmt.Errorf("%s: type %#x, %d bytes (%v); want a 32 MiB tmpfs", p, sf.Type, int64(sf.Blocks)*sf.Bsize, err)
+		}
+	}
+	// The new root shows the old one's files, and its own mount point.
+	after, err := snapshot(newRoot)
+	if err != nil {
+		return err
+	}
+	delete(after, NewRootDir)
+	if err := same(old, before); err != nil {
+		return fmt.Errorf("old root: %w", err)
+	}
+	for p, w := range before {
+		if g, ok := after[p]; !ok || (g != w && p != "." && p != "proc") {
+			return fmt.Errorf("new root: %s is %+v, want %+v", p, g, w)
+		}
 	}
 	return nil
 }

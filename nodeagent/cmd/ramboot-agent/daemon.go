@@ -15,7 +15,7 @@ import (
 var daemonRoutes = []daemon.Registrar{}
 
 func daemonCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	d := &daemon.Daemon{Routes: daemonRoutes, Version: versionString()}
+	d := &daemon.Daemon{Routes: daemonRoutes, Version: versionString(), Console: stdout}
 	var level slog.Level
 	fs := flag.NewFlagSet("daemon", flag.ContinueOnError)
 	fs.StringVar(&d.Root, "root", "/", "the node's root `directory`")

@@ -64,8 +64,10 @@ type Lab struct {
 	Agent   string // path of the built ramboot-agent binary
 	State   string // the daemon's state directory
 
-	procs []*proc
-	nsUp  bool
+	procs     []*proc
+	nsUp      bool
+	head      *proc    // the running ramboot serve
+	serveArgs []string // its extra flags, for a restart
 }
 
 // proc is a process the lab started; done closes when it has been reaped.
@@ -312,6 +314,7 @@ func (l *Lab) Serve(ctx context.Context, extra ...string) error {
 	if err != nil {
 		return err
 	}
+	l.head, l.serveArgs = p, extra
 	l.logf("ramboot serve running in %s (pid %d), log %s", l.ns, p.cmd.Process.Pid, logFile)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -328,6 +331,36 @@ func (l *Lab) Serve(ctx context.Context, extra ...string) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// KillHead kills `ramboot serve` with SIGKILL, as a crash would, and
+// waits until it is gone.
+func (l *Lab) KillHead() error {
+	if l.head == nil || l.head.exited() {
+		return errors.New("no ramboot serve running")
+	}
+	l.logf("killing ramboot serve (pid %d) with SIGKILL", l.head.cmd.Process.Pid)
+	if err := l.head.cmd.Process.Kill(); err != nil {
+		return err
+	}
+	<-l.head.done
+	return nil
+}
+
+// RestartHead starts `ramboot serve` again with the flags of the last
+// Serve, on the same state directory.
+func (l *Lab) RestartHead(ctx context.Context) error {
+	return l.Serve(ctx, l.serveArgs...)
+}
+
+// WriteConfig writes a `ramboot serve` configuration file into the work
+// directory and returns its path, for Serve(ctx, "--config", path).
+func (l *Lab) WriteConfig(name, yaml string) (string, error) {
+	p := filepath.Join(l.work, name)
+	if err := os.WriteFile(p, []byte(yaml), 0o644); err != nil {
+		return "", fmt.Errorf("write config: %w", err)
+	}
+	return p, nil
 }
 
 // CLI runs the ramboot CLI against the lab's state directory and returns

@@ -214,8 +214,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	if sys != nil {
 		wg.Go(func() { d.watchReady(ctx, sys) })
+		wg.Go(func() { d.watchSystem(ctx, sys) })
 	}
-	d.loop(ctx, client, sys)
+	d.loop(ctx, client)
 
 	action := overlay.ActionStop
 	if b, err := os.ReadFile(filepath.Join(root, ShutdownMarker)); err == nil && len(b) > 0 {
@@ -232,7 +233,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 // loop registers, then heartbeats until ctx ends, reconnecting with
 // backoff whenever the head does not answer.
-func (d *Daemon) loop(ctx context.Context, client *headapi.Client, sys System) {
+func (d *Daemon) loop(ctx context.Context, client *headapi.Client) {
 	log := d.log()
 	root := d.root()
 	registered := false
@@ -246,7 +247,7 @@ func (d *Daemon) loop(ctx context.Context, client *headapi.Client, sys System) {
 		if !registered {
 			s, err = client.Register(ctx, d.report(root))
 		} else {
-			s, err = client.Heartbeat(ctx, d.heartbeat(ctx, root, sys))
+			s, err = client.Heartbeat(ctx, d.heartbeat(root))
 		}
 		if ctx.Err() != nil {
 			return
@@ -352,11 +353,41 @@ func (d *Daemon) watchReady(ctx context.Context, sys System) {
 		return
 	}
 	up := uptime(d.root())
-	d.update(func(st *Status) { st.Boot.Boot.ReadySeconds = up })
-	d.log().Info("system started", "uptime", up, "state", sys.State(ctx))
+	state := sys.State(ctx)
+	d.update(func(st *Status) {
+		st.Boot.Boot.ReadySeconds = up
+		if state != "" {
+			st.SystemState = state
+		}
+	})
+	d.log().Info("system started", "uptime", up, "state", state)
 	select {
 	case d.beat <- struct{}{}:
 	default:
+	}
+}
+
+// watchSystem reads the init system's state every heartbeat interval,
+// each read bounded, until ctx ends.
+func (d *Daemon) watchSystem(ctx context.Context, sys System) {
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		state := sys.State(rctx)
+		cancel()
+		var interval float64
+		d.update(func(s *Status) {
+			if state != "" {
+				s.SystemState = state
+			}
+			interval = s.IntervalSeconds
+		})
+		t := time.NewTimer(jitter(time.Duration(interval * float64(time.Second))))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
 	}
 }
 

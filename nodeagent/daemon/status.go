@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -106,20 +105,19 @@ func (d *Daemon) report(root string) overlay.Report {
 	return r
 }
 
-// heartbeat builds a heartbeat, asking the init system for its state.
-func (d *Daemon) heartbeat(ctx context.Context, root string, sys System) overlay.Heartbeat {
+// heartbeat builds a heartbeat. The init system's state is the one
+// watchSystem last read: asking systemd can take seconds while it is busy
+// starting units, and a heartbeat must not wait for that.
+func (d *Daemon) heartbeat(root string) overlay.Heartbeat {
 	st := d.Status()
 	h := overlay.Heartbeat{
 		UptimeSeconds: st.UptimeSeconds, MemAvailableBytes: st.MemAvailableBytes,
 		ReadySeconds: st.Boot.Boot.ReadySeconds, OverlayGeneration: st.OverlayGeneration,
+		SystemState: st.SystemState,
 	}
 	h.Load1, _ = procfs.ReadLoad1(os.DirFS(root))
 	r := st.Root
 	h.Root = &r
-	if sys != nil {
-		h.SystemState = sys.State(ctx)
-		d.update(func(s *Status) { s.SystemState = h.SystemState })
-	}
 	return h
 }
 

@@ -19,7 +19,7 @@ import (
 // driver comes from modalias alone.
 const debianHead = `agent:
   heartbeat_interval: 2s
-  down_after: 10s
+  down_after: 12s
 boot:
   modules: []
   root: {mode: tmpfs, size: 75%}
@@ -142,7 +142,7 @@ func TestDebian(t *testing.T) {
 	}
 	paused := time.Now()
 	waitNode(t, ctx, l, node, nil, 2*time.Minute, "state down", func(n state.NodeStatus) bool { return n.Status.State == state.StateDown })
-	t.Logf("marked down %.1fs after the VM was paused (down_after 10s)", time.Since(paused).Seconds())
+	t.Logf("marked down %.1fs after the VM was paused (down_after 12s)", time.Since(paused).Seconds())
 	if err := vm.QMPCommand(ctx, "cont"); err != nil {
 		t.Fatal(err)
 	}

@@ -165,6 +165,8 @@ type Heartbeat struct {
 	// OverlayGeneration is the generation of the overlay the node has
 	// applied.
 	OverlayGeneration string `json:"overlayGeneration,omitempty"`
+	// AgentRSSBytes is the agent daemon's resident memory.
+	AgentRSSBytes int64 `json:"agentRSSBytes,omitempty"`
 }
 
 // Schedule is the head's answer to a registration or a heartbeat.

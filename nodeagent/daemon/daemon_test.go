@@ -161,7 +161,7 @@ func TestRegisterAndHeartbeat(t *testing.T) {
 		t.Errorf("registration %+v (boot %+v, root %+v)", r, r.Boot, r.Root)
 	}
 	hb := head.Heartbeats()[0].Heartbeat
-	if hb.UptimeSeconds != 42.5 || hb.Load1 != 0.25 || hb.MemAvailableBytes != 1500000*1024 || hb.Root == nil || hb.OverlayGeneration != "g1" {
+	if hb.UptimeSeconds != 42.5 || hb.Load1 != 0.25 || hb.MemAvailableBytes != 1500000*1024 || hb.Root == nil || hb.OverlayGeneration != "g1" || hb.AgentRSSBytes < 1<<20 {
 		t.Errorf("heartbeat %+v", hb)
 	}
 

@@ -116,6 +116,7 @@ func (d *Daemon) heartbeat(root string) overlay.Heartbeat {
 		SystemState: st.SystemState,
 	}
 	h.Load1, _ = procfs.ReadLoad1(os.DirFS(root))
+	h.AgentRSSBytes, _ = procfs.ReadSelfRSS(os.DirFS("/"))
 	r := st.Root
 	h.Root = &r
 	return h

@@ -243,7 +243,7 @@ func populate(root string) error {
 	files := []entry{
 		{"etc/passwd", 0o644, "root:x:0:0::/root:/bin/sh\n", 0},
 		{"etc/shadow", 0o640, "root:*:1::::::\n", 0},
-		{"usr/bin/su", 0o4755 | 0, "#!setuid", 0},
+		{"usr/bin/su", 0o4755, "#!setuid", 0},
 		{"usr/bin/wall", 0o2755, "#!setgid", 0},
 		{"home/u/.profile", 0o600, "PS1=x\n", 1234},
 		{"tmp/empty", 0o644, "", 0},

@@ -231,7 +231,7 @@ func (a *Agents) heartbeat(w http.ResponseWriter, r *http.Request) {
 	live := state.Agent{
 		Remote: c.remote, PrivilegedPort: c.privileged, UptimeSeconds: hb.UptimeSeconds, Load1: hb.Load1,
 		MemAvailableBytes: hb.MemAvailableBytes, SystemState: hb.SystemState, ReadySeconds: hb.ReadySeconds,
-		OverlayGeneration: hb.OverlayGeneration,
+		OverlayGeneration: hb.OverlayGeneration, AgentRSSBytes: hb.AgentRSSBytes,
 	}
 	if hb.Root != nil {
 		live.RootUsedBytes, live.RootSizeBytes = hb.Root.UsedBytes, hb.Root.SizeBytes

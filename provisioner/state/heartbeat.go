@@ -94,6 +94,8 @@ type Agent struct {
 	ReadySeconds float64 `json:"readySeconds,omitempty"`
 	// OverlayGeneration is the overlay the node has applied.
 	OverlayGeneration string `json:"overlayGeneration,omitempty"`
+	// AgentRSSBytes is the agent daemon's resident memory.
+	AgentRSSBytes int64 `json:"agentRSSBytes,omitempty"`
 }
 
 // tokenOK reports whether token is the node's current token.

@@ -201,6 +201,32 @@ func TestPID1(t *testing.T) {
 		t.Errorf("no /init in the new root: %v", err)
 	}
 
+	// Resident memory of the agent as PID 1 and of its daemon, for
+	// docs/benchmarks.md.
+	rss := func(pid string) string {
+		b, _ := os.ReadFile("/proc/" + pid + "/status")
+		var name, vm string
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+				vm = strings.TrimSpace(v)
+			}
+			if v, ok := strings.CutPrefix(l, "Name:"); ok {
+				name = strings.TrimSpace(v)
+			}
+		}
+		return name + " " + vm
+	}
+	line := "PID 1 " + rss(strconv.Itoa(agent))
+	// Each thread lists the children it forked.
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", agent))
+	for _, task := range tasks {
+		kids, _ := os.ReadFile(task)
+		for _, k := range strings.Fields(string(kids)) {
+			line += "; child " + rss(k)
+		}
+	}
+	t.Logf("resident memory: %s", line)
+
 	syscall.Kill(agent, syscall.SIGHUP)
 	waitFor("log of the ignored SIGHUP", 10*time.Second, func() bool { return strings.Contains(read(), "signal ignored") })
 	syscall.Kill(agent, syscall.SIGUSR2)

@@ -96,6 +96,16 @@ func ParseUptime(b []byte) (float64, error) {
 	return s, nil
 }
 
+// ReadSelfRSS returns the calling process's resident memory (VmRSS of
+// proc/self/status in root), in bytes.
+func ReadSelfRSS(root fs.FS) (int64, error) {
+	b, err := fs.ReadFile(root, "proc/self/status")
+	if err != nil {
+		return 0, fmt.Errorf("read status: %w", err)
+	}
+	return ParseMeminfo(b, "VmRSS")
+}
+
 // ReadLoad1 returns the one-minute load average from LoadavgPath in root.
 func ReadLoad1(root fs.FS) (float64, error) {
 	b, err := fs.ReadFile(root, LoadavgPath)

@@ -58,4 +58,7 @@ func printAgent(w io.Writer, n state.NodeStatus) {
 	if a.OverlayGeneration != "" {
 		fmt.Fprintf(w, "Overlay:\tgeneration %s\n", a.OverlayGeneration)
 	}
+	if a.AgentRSSBytes > 0 {
+		fmt.Fprintf(w, "Agent RSS:\t%.1f MiB\n", float64(a.AgentRSSBytes)/(1<<20))
+	}
 }

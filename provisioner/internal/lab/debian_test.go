@@ -105,7 +105,9 @@ func TestDebian(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%s ready: %s", node, phases)
-	t.Logf("root: %d MiB of RAM for a %d MiB image (cap %d MiB)", n.Agent.RootUsedBytes>>20, m.RootfsUncompressedSize>>20, n.Agent.RootSizeBytes>>20)
+	t.Logf("root: %d MiB of RAM for a %d MiB image (cap %d MiB); agent daemon RSS %.1f MiB; %d MiB available of %d MiB",
+		n.Agent.RootUsedBytes>>20, m.RootfsUncompressedSize>>20, n.Agent.RootSizeBytes>>20, float64(n.Agent.AgentRSSBytes)/(1<<20),
+		n.Agent.MemAvailableBytes>>20, n.Status.Report.MemTotalBytes>>20)
 	var seen []string
 	for _, e := range n.Status.Timeline {
 		seen = append(seen, e.Step)

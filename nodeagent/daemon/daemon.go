@@ -102,8 +102,9 @@ type Daemon struct {
 	// changes it; nil means sethostname(2).
 	SetHostname func(name string) error
 
-	mu     sync.Mutex
-	status Status
+	mu       sync.Mutex
+	status   Status
+	rootFull bool
 	dialer *headapi.Dialer
 	beat   chan struct{} // asks for a heartbeat now
 }

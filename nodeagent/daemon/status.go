@@ -119,7 +119,25 @@ func (d *Daemon) heartbeat(root string) overlay.Heartbeat {
 	h.AgentRSSBytes, _ = procfs.ReadSelfRSS(os.DirFS("/"))
 	r := st.Root
 	h.Root = &r
+	d.checkRoot(r)
 	return h
+}
+
+// checkRoot says once, when the root fills up, that writes fail now, and
+// again when it has room.
+func (d *Daemon) checkRoot(r overlay.RootUsage) {
+	full := r.SizeBytes > 0 && r.UsedBytes >= r.SizeBytes/100*98
+	d.mu.Lock()
+	was := d.rootFull
+	d.rootFull = full
+	d.mu.Unlock()
+	switch {
+	case full && !was:
+		d.log().Warn("root file system full: writes fail with ENOSPC", "bytes", r.UsedBytes, "size", r.SizeBytes)
+		d.say("root file system full (%d of %d MiB): writes fail with ENOSPC", r.UsedBytes>>20, r.SizeBytes>>20)
+	case !full && was:
+		d.log().Info("root file system has room again", "bytes", r.UsedBytes, "size", r.SizeBytes)
+	}
 }
 
 func rootUsage(root, mode string) overlay.RootUsage {

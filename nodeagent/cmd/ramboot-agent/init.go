@@ -108,6 +108,7 @@ func runInit(ctx context.Context, o initOptions, stdout, stderr io.Writer) error
 	// Stay PID 1: reap, run the daemon, and offer a console shell.
 	rec.Init = "ramboot-agent"
 	rec.Boot.HandoverSeconds = nodeagent.Uptime()
+	rec.Warnings = append(rec.Warnings, fmt.Sprintf("no init to hand over to (%v): the agent stays PID 1", why))
 	if err := bootrec.Write(o.root, rec); err != nil {
 		say("boot record failed: %v", err)
 	}

@@ -227,6 +227,25 @@ func TestPID1(t *testing.T) {
 	}
 	t.Logf("resident memory: %s", line)
 
+	// `ramboot-agent status` inside the node (its mounts, its root) talks
+	// to the daemon over the local socket.
+	st := nsenter("-m", "-r", "-n", "/usr/sbin/ramboot-agent", "status", "-o", "json")
+	var status struct {
+		Node       string `json:"node"`
+		Registered bool   `json:"registered"`
+		Boot       struct {
+			Init     string   `json:"init"`
+			Warnings []string `json:"warnings"`
+		} `json:"boot"`
+	}
+	if err := json.Unmarshal([]byte(st), &status); err != nil || status.Node != "n001" || !status.Registered || status.Boot.Init != "ramboot-agent" ||
+		len(status.Boot.Warnings) != 1 || !strings.HasPrefix(status.Boot.Warnings[0], "no init to hand over to") {
+		t.Errorf("ramboot-agent status -o json: %v\n%s", err, st)
+	}
+	if table := nsenter("-m", "-r", "-n", "/usr/sbin/ramboot-agent", "status"); !strings.Contains(table, "PID 1:        ramboot-agent") {
+		t.Errorf("ramboot-agent status:\n%s", table)
+	}
+
 	syscall.Kill(agent, syscall.SIGHUP)
 	waitFor("log of the ignored SIGHUP", 10*time.Second, func() bool { return strings.Contains(read(), "signal ignored") })
 	syscall.Kill(agent, syscall.SIGUSR2)

@@ -118,15 +118,24 @@ func TestDebian(t *testing.T) {
 			t.Errorf("timeline lacks %q: %v", s, seen)
 		}
 	}
-	boots, uptime := n.Status.Boots, n.Agent.UptimeSeconds
+	boots, uptime, generation := n.Status.Boots, n.Agent.UptimeSeconds, n.Agent.OverlayGeneration
+	if generation == "" {
+		t.Fatalf("the node reports no overlay generation: %+v", n.Agent)
+	}
 
-	// Fault 1: the head dies (SIGKILL) while the node is up, and comes back.
+	// Fault 1: the head dies (SIGKILL) while the node is up, and comes back,
+	// with a name server added to its configuration: the node's heartbeats
+	// resume, and it applies its new overlay without a reboot.
 	if err := l.KillHead(); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(3 * time.Second) // a heartbeat or two fall into the gap
+	cfg2, err := l.WriteConfig("debian-dns.yaml", debianHead+"dhcp:\n  dns: [10.77.0.53]\n")
+	if err != nil {
+		t.Fatal(err)
+	}
 	restarted := time.Now()
-	if err := l.RestartHead(ctx); err != nil {
+	if err := l.Serve(ctx, "--config", cfg2); err != nil {
 		t.Fatal(err)
 	}
 	n = waitNode(t, ctx, l, node, vm, 2*time.Minute, "heartbeats after the head's restart", func(n state.NodeStatus) bool {
@@ -137,6 +146,10 @@ func TestDebian(t *testing.T) {
 			n.Status.State, n.Status.Boots, boots, n.Agent.UptimeSeconds, uptime)
 	}
 	t.Logf("heartbeats resumed %.1fs after the head restarted", n.Agent.LastSeen.Sub(restarted).Seconds())
+	n = waitNode(t, ctx, l, node, vm, time.Minute, "the new overlay applied", func(n state.NodeStatus) bool {
+		return n.Agent != nil && n.Agent.OverlayGeneration != generation
+	})
+	t.Logf("overlay generation %s -> %s without a reboot", generation, n.Agent.OverlayGeneration)
 
 	// Fault 2: the node stops (its VM paused): the head marks it down.
 	if err := vm.QMPCommand(ctx, "stop"); err != nil {

@@ -30,8 +30,9 @@ boot:
 // `ramboot image build`, on a UEFI VM with an e1000 NIC whose driver the
 // agent finds by modalias. The node reaches systemd's multi-user target
 // with the agent daemon running under systemd and heartbeating. Then the
-// faults: the head is killed (SIGKILL) and restarted, and the node's
-// heartbeats resume without a reboot; the VM is paused and the head marks
+// faults: the head is killed (SIGKILL) and restarted with a name server
+// added, and the node's heartbeats resume and its overlay is refreshed,
+// without a reboot; the VM is paused and the head marks
 // the node down, and up again when it resumes; an ACPI power-off makes the
 // node report its shutdown.
 func TestDebian(t *testing.T) {

@@ -98,6 +98,19 @@ type Agent struct {
 	AgentRSSBytes int64 `json:"agentRSSBytes,omitempty"`
 }
 
+// authed returns node name's record when token is its current token;
+// what names the request in errors. d.mu must be held.
+func (d *DB) authed(name, token, what string) (*record, error) {
+	r, ok := d.nodes[name]
+	if !ok {
+		return nil, fmt.Errorf("%s of node %s: %w", what, name, ErrNotFound)
+	}
+	if !r.tokenOK(token) {
+		return nil, fmt.Errorf("%s of node %s: %w", what, name, ErrBadToken)
+	}
+	return r, nil
+}
+
 // tokenOK reports whether token is the node's current token.
 func (r *record) tokenOK(token string) bool {
 	return r.TokenHash != "" && subtle.ConstantTimeCompare([]byte(hashHex(token)), []byte(r.TokenHash)) == 1
@@ -122,14 +135,8 @@ func (d *DB) change(r *record, f func(nr *record)) error {
 func (d *DB) CheckToken(name, token string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	r, ok := d.nodes[name]
-	if !ok {
-		return fmt.Errorf("node %s: %w", name, ErrNotFound)
-	}
-	if !r.tokenOK(token) {
-		return fmt.Errorf("node %s: %w", name, ErrBadToken)
-	}
-	return nil
+	_, err := d.authed(name, token, "request")
+	return err
 }
 
 // Register checks the node's token and records its agent daemon's
@@ -138,12 +145,9 @@ func (d *DB) CheckToken(name, token string) error {
 func (d *DB) Register(name, token string, rep Report, a Agent) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	r, ok := d.nodes[name]
-	if !ok {
-		return fmt.Errorf("registration of node %s: %w", name, ErrNotFound)
-	}
-	if !r.tokenOK(token) {
-		return fmt.Errorf("registration of node %s: %w", name, ErrBadToken)
+	r, err := d.authed(name, token, "registration")
+	if err != nil {
+		return err
 	}
 	now := d.now()
 	if rep.Received.IsZero() {
@@ -152,7 +156,7 @@ func (d *DB) Register(name, token string, rep Report, a Agent) error {
 	if a.LastSeen.IsZero() {
 		a.LastSeen = now
 	}
-	err := d.change(r, func(nr *record) {
+	return d.change(r, func(nr *record) {
 		st := &nr.Status
 		st.Report = &rep
 		step, detail := StepReady, registrationDetail(rep)
@@ -166,7 +170,6 @@ func (d *DB) Register(name, token string, rep Report, a Agent) error {
 		st.add(Event{Time: rep.Received, Step: step, Detail: detail})
 		nr.live = &a
 	})
-	return err
 }
 
 // registrationDetail sums a registration up for the timeline.
@@ -193,12 +196,9 @@ func registrationDetail(rep Report) string {
 func (d *DB) Heartbeat(name, token string, a Agent) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	r, ok := d.nodes[name]
-	if !ok {
-		return fmt.Errorf("heartbeat of node %s: %w", name, ErrNotFound)
-	}
-	if !r.tokenOK(token) {
-		return fmt.Errorf("heartbeat of node %s: %w", name, ErrBadToken)
+	r, err := d.authed(name, token, "heartbeat")
+	if err != nil {
+		return err
 	}
 	switch r.Status.State {
 	case StateBooted, StateFailed, StateDown:
@@ -261,12 +261,9 @@ func (d *DB) Heartbeat(name, token string, a Agent) error {
 func (d *DB) Shutdown(name, token, action string, uptime float64) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	r, ok := d.nodes[name]
-	if !ok {
-		return fmt.Errorf("shutdown of node %s: %w", name, ErrNotFound)
-	}
-	if !r.tokenOK(token) {
-		return fmt.Errorf("shutdown of node %s: %w", name, ErrBadToken)
+	r, err := d.authed(name, token, "shutdown")
+	if err != nil {
+		return err
 	}
 	now := d.now()
 	return d.change(r, func(nr *record) {

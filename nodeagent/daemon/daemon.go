@@ -105,8 +105,8 @@ type Daemon struct {
 	mu       sync.Mutex
 	status   Status
 	rootFull bool
-	dialer *headapi.Dialer
-	beat   chan struct{} // asks for a heartbeat now
+	dialer   *headapi.Dialer
+	beat     chan struct{} // asks for a heartbeat now
 }
 
 // System is what the daemon asks the node's init system.

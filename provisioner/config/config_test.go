@@ -105,6 +105,12 @@ http:
   port: 0
 boot:
   modules: ["a b"]
+  root:
+    mode: squashfs
+    size: lots
+agent:
+  heartbeat_interval: 10s
+  down_after: 15s
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -116,6 +122,8 @@ boot:
 	for _, w := range []string{
 		"site.yaml:2: state_dir", "site.yaml:3: log_level", "site.yaml:5: dhcp.lease_time", "site.yaml:6: dhcp.router",
 		"dhcp.dns[1]", "site.yaml:9: dhcp.boot_files.sparc", "site.yaml:10: dhcp.boot_files.7", "site.yaml:12: http.port", "boot.modules[0]",
+		`site.yaml:16: boot.root.mode: "squashfs" is not a root mode`, `site.yaml:17: boot.root.size: "lots" is not a size`,
+		"site.yaml:20: agent.down_after: 15s is shorter than two heartbeat intervals (20s)",
 	} {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("error lacks %q:\n%v", w, err)

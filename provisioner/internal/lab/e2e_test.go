@@ -48,12 +48,12 @@ func TestBoot(t *testing.T) {
 		node  string
 		mac   string
 		ip    string
-		steps []string
+		steps []state.Step
 	}{
 		{lab.BIOS, "bios1", "52:54:00:77:00:0a", "10.77.0.10",
-			[]string{state.StepDHCPOffer, state.StepDHCPAck, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}},
+			[]state.Step{state.StepDHCPOffer, state.StepDHCPAck, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}},
 		{lab.UEFI, "uefi1", "52:54:00:77:00:0b", "10.77.0.11",
-			[]string{state.StepDHCPOffer, state.StepDHCPAck, state.StepTFTP, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}},
+			[]state.Step{state.StepDHCPOffer, state.StepDHCPAck, state.StepTFTP, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}},
 	}
 	for _, tc := range cases {
 		t.Run(string(tc.mode), func(t *testing.T) {
@@ -83,7 +83,7 @@ func TestBoot(t *testing.T) {
 			if !strings.HasPrefix(r.Kernel, "6.") || r.MemTotalBytes < 512<<20 {
 				t.Errorf("implausible report: kernel %q, memory %d", r.Kernel, r.MemTotalBytes)
 			}
-			var seen []string
+			var seen []state.Step
 			for _, e := range n.Status.Timeline {
 				seen = append(seen, e.Step)
 			}

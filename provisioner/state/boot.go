@@ -2,7 +2,6 @@ package state
 
 import (
 	"encoding/binary"
-	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -153,11 +152,3 @@ func bootKey(name string, id int) []byte {
 
 // bootPrefix is the prefix of every boot key of node name.
 func bootPrefix(name string) []byte { return append([]byte(name), 0) }
-
-// parseBootKey returns the boot id of a key of node name's boots.
-func parseBootKey(name string, k []byte) (int, error) {
-	if len(k) != len(name)+9 || string(k[:len(name)]) != name || k[len(name)] != 0 {
-		return 0, fmt.Errorf("boot key %q is not one of node %s", k, name)
-	}
-	return int(binary.BigEndian.Uint64(k[len(name)+1:])), nil
-}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,8 +27,9 @@ import (
 	"github.com/ramboot/ramboot/provisioner/state"
 )
 
-// commitImage puts a tiny image named default into the store at dir.
-func commitImage(t *testing.T, dir string) {
+// commitImage puts an image named default, with a 32 MiB kernel, into the
+// store at dir and returns its manifest digest.
+func commitImage(t *testing.T, dir string) images.Digest {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
@@ -43,12 +45,14 @@ func commitImage(t *testing.T, dir string) {
 	}
 	m := images.Manifest{
 		SchemaVersion: 1, Name: "default", Created: time.Unix(1700000000, 0).UTC(), Source: "/test",
-		Kernel: put([]byte("kernel"), images.MediaTypeKernel), Rootfs: put([]byte("rootfs"), images.MediaTypeRootfs),
+		Kernel: put(make([]byte, 32<<20), images.MediaTypeKernel), Rootfs: put([]byte("rootfs"), images.MediaTypeRootfs),
 		RootfsUncompressedSize: 6, ContentDigest: images.DigestOf([]byte("content")),
 	}
-	if _, err := s.Commit("default", m); err != nil {
+	d, err := s.Commit("default", m)
+	if err != nil {
 		t.Fatal(err)
 	}
+	return d
 }
 
 // TestDaemonRefusesDamagedState: an empty or truncated database makes
@@ -126,7 +130,7 @@ func TestDaemonOnLoopback(t *testing.T) {
 	}
 	port := freePort(t)
 	stateDir := filepath.Join(dir, "state")
-	commitImage(t, filepath.Join(stateDir, provisioner.ImagesDir))
+	digest := commitImage(t, filepath.Join(stateDir, provisioner.ImagesDir))
 	cfg, err := config.Parse("test.yaml", []byte(strings.Join([]string{
 		"interface: lo",
 		"state_dir: " + stateDir,
@@ -204,6 +208,31 @@ func TestDaemonOnLoopback(t *testing.T) {
 		t.Errorf("idle keep-alive connection: %v, want EOF (closed by the head)", err)
 	}
 	kc.Close()
+
+	// A client that stops reading a download is cut off (http.send_timeout
+	// 1s); one with a small receive buffer, so the kernel cannot take the
+	// whole file for it.
+	sd := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10) })
+	}}
+	sc, err := sd.Dial("tcp4", head.BaseURL[len("http://"):])
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(sc, "GET /boot/image/%s/vmlinuz HTTP/1.1\r\nHost: h\r\n\r\n", digest.Hex())
+	sresp, err := http.ReadResponse(bufio.NewReader(sc), nil)
+	if err != nil || sresp.StatusCode != 200 {
+		t.Fatalf("kernel download: %v", err)
+	}
+	if _, err := io.CopyN(io.Discard, sresp.Body, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(4 * time.Second) // stopped reading
+	sc.SetReadDeadline(time.Now().Add(15 * time.Second))
+	if n, err := io.Copy(io.Discard, sresp.Body); err == nil && n+64<<10 == 32<<20 {
+		t.Errorf("a client that stopped reading for 4s got the whole download (send_timeout 1s)")
+	}
+	sc.Close()
 
 	// A boot with no progress is marked stalled (boot.stall_timeout 1s):
 	// the node fetches its script, then nothing.

@@ -392,7 +392,7 @@ func (c *conn) window() {
 // progressed reports, at the end of a window whose deadline passed,
 // whether the client acknowledged enough in it; if so, a new window starts.
 func (c *conn) progressed() bool {
-	need := max(1, c.s.MinSendRate*int64(time.Since(c.winStart)/time.Second))
+	need := max(1, int64(float64(c.s.MinSendRate)*time.Since(c.winStart).Seconds()))
 	if c.acked()-c.winAcked >= need {
 		c.window()
 		return true

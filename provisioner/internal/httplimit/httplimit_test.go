@@ -257,25 +257,32 @@ func TestSlowReaderFinishes(t *testing.T) {
 			}
 		})
 	}
-	t.Run("below the minimum rate", func(t *testing.T) {
-		s := &Server{Handler: files(t, size), SendTimeout: 300 * time.Millisecond, MinSendRate: 64 << 10, ReadHeaderTimeout: 5 * time.Second}
-		addr := serve(t, s)
-		c := dial(t, addr, "127.0.0.1")
-		resp, err := http.ReadResponse(get(t, c, "/file"), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// About 20 KiB/s: 1 KiB every 50 ms.
-		c.SetReadDeadline(time.Now().Add(30 * time.Second))
-		n, took, err := slowRead(resp.Body, 1<<10, 50*time.Millisecond)
-		if n == size {
-			t.Fatalf("a reader below the minimum rate got the whole file in %s", took)
-		}
-		t.Logf("cut after %d bytes, %s: %v", n, took, err)
-		if counter(t, s, TimeoutSend) != 1 {
-			t.Errorf("send timeouts counted: %v", counter(t, s, TimeoutSend))
-		}
-	})
+	// The same reader, about 160 KiB/s (16 KiB every 100 ms), is cut off
+	// by a minimum rate above its pace and kept by one below it.
+	for _, tc := range []struct {
+		rate int64
+		cut  bool
+	}{{256 << 10, true}, {32 << 10, false}} {
+		t.Run(fmt.Sprintf("160KiB/s reader, min %dKiB/s", tc.rate>>10), func(t *testing.T) {
+			const size = 512 << 10
+			s := &Server{Handler: files(t, size), SendTimeout: 500 * time.Millisecond, MinSendRate: tc.rate, ReadHeaderTimeout: 5 * time.Second}
+			addr := serve(t, s)
+			c := dial(t, addr, "127.0.0.1")
+			resp, err := http.ReadResponse(get(t, c, "/file"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			n, took, err := slowRead(resp.Body, 16<<10, 100*time.Millisecond)
+			t.Logf("read %d of %d bytes in %s: %v", n, size, took, err)
+			if cut := n < size; cut != tc.cut {
+				t.Fatalf("cut %v, want %v", cut, tc.cut)
+			}
+			if want := map[bool]float64{true: 1, false: 0}[tc.cut]; counter(t, s, TimeoutSend) != want {
+				t.Errorf("send timeouts counted: %v, want %v", counter(t, s, TimeoutSend), want)
+			}
+		})
+	}
 }
 
 // TestConnectionCaps: connections over the per-client cap are closed at

@@ -4,7 +4,6 @@ package lab_test
 
 import (
 	"context"
-	"os"
 	"regexp"
 	"testing"
 	"time"
@@ -22,18 +21,7 @@ import (
 func TestHeadKilledMidDownload(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	l, err := lab.New(ctx, lab.Options{Log: testLog{t}, Keep: os.Getenv("RAMBOOT_LAB_KEEP") != ""})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := l.Close(); err != nil {
-			t.Errorf("close lab: %v", err)
-		}
-	})
-	if err := l.Serve(ctx); err != nil {
-		t.Fatal(err)
-	}
+	l := serveLab(ctx, t)
 	digest, err := l.BuildLargeImage(ctx, "big", 96)
 	if err != nil {
 		t.Fatal(err)

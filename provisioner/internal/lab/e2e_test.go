@@ -21,12 +21,10 @@ func (w testLog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// TestBoot network-boots QEMU from `ramboot serve` in a namespace of its
-// own, once per firmware, and waits for the agent's report to turn the
-// node booted, running the image the test built.
-func TestBoot(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
-	defer cancel()
+// serveLab starts a lab with `ramboot serve` running, closed when the
+// test ends.
+func serveLab(ctx context.Context, t *testing.T) *lab.Lab {
+	t.Helper()
 	l, err := lab.New(ctx, lab.Options{Log: testLog{t}, Keep: os.Getenv("RAMBOOT_LAB_KEEP") != ""})
 	if err != nil {
 		t.Fatal(err)
@@ -39,6 +37,16 @@ func TestBoot(t *testing.T) {
 	if err := l.Serve(ctx); err != nil {
 		t.Fatal(err)
 	}
+	return l
+}
+
+// TestBoot network-boots QEMU from `ramboot serve` in a namespace of its
+// own, once per firmware, and waits for the agent's report to turn the
+// node booted, running the image the test built.
+func TestBoot(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	l := serveLab(ctx, t)
 	digest, err := l.BuildImage(ctx, "default")
 	if err != nil {
 		t.Fatal(err)

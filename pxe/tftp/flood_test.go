@@ -1,0 +1,341 @@
+package tftp_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	pintftp "github.com/pin/tftp/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ramboot/ramboot/pxe/tftp"
+	"github.com/ramboot/ramboot/pxe/tftp/tftptest"
+)
+
+// Issue 12's reproduction: read requests that never acknowledge, about
+// 3,000 a second. Each one held a transfer (its socket, the open file, a
+// goroutine) for its whole retransmit timeout.
+const (
+	floodRate = 3000 // requests per second
+	floodFor  = 3 * time.Second
+)
+
+// openFDs counts the process's open file descriptors.
+func openFDs(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// fdLimit is the process's soft RLIMIT_NOFILE.
+func fdLimit(t testing.TB) int {
+	t.Helper()
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	return int(rl.Cur)
+}
+
+// peaks samples the process's open descriptors and goroutines every 10 ms
+// until stop is called, and returns the largest of each.
+type peaks struct {
+	fds, goroutines atomic.Int64
+	stop            func()
+}
+
+func samplePeaks(t testing.TB) *peaks {
+	p := &peaks{}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if n := int64(openFDs(t)); n > p.fds.Load() {
+				p.fds.Store(n)
+			}
+			if n := int64(runtime.NumGoroutine()); n > p.goroutines.Load() {
+				p.goroutines.Store(n)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	})
+	p.stop = func() { cancel(); wg.Wait() }
+	t.Cleanup(p.stop)
+	return p
+}
+
+// flood sends rate read requests a second for d from the given source
+// addresses in turn, each from a new socket (a new source port) that is
+// closed at once: the server's answers go nowhere and nothing is ever
+// acknowledged. It returns the number of requests sent.
+func flood(t testing.TB, server netip.AddrPort, from []netip.Addr, rate int, d time.Duration) int {
+	t.Helper()
+	req := rrq("snponly.efi", "octet", "blksize", "1468", "tsize", "0")
+	dst := net.UDPAddrFromAddrPort(server)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	start := time.Now()
+	sent := 0
+	for time.Since(start) < d {
+		<-tick.C
+		for sent < int(time.Since(start).Seconds()*float64(rate)) {
+			src := from[sent%len(from)]
+			c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0)))
+			if err != nil {
+				t.Fatalf("flood socket on %s: %v", src, err)
+			}
+			if _, err := c.WriteToUDP(req, dst); err != nil {
+				t.Fatalf("flood send: %v", err)
+			}
+			c.Close()
+			sent++
+		}
+	}
+	return sent
+}
+
+// pinGet fetches name with pin's client from 127.0.0.1.
+func pinGet(server netip.AddrPort, name string) ([]byte, error) {
+	c, err := pintftp.NewClient(server.String())
+	if err != nil {
+		return nil, err
+	}
+	c.SetTimeout(2 * time.Second)
+	c.SetRetries(3)
+	c.SetBlockSize(1468)
+	wt, err := c.Receive(name, "octet")
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	_, err = wt.WriteTo(&buf)
+	return buf.Bytes(), err
+}
+
+// loopbackAddrs returns n addresses 127.0.x.y from base on; Linux answers
+// for the whole of 127/8 on lo, so each can be a distinct client.
+func loopbackAddrs(base netip.Addr, n int) []netip.Addr {
+	out := make([]netip.Addr, n)
+	a := base
+	for i := range out {
+		out[i] = a
+		a = a.Next()
+	}
+	return out
+}
+
+// floodServer serves snponly.efi and undionly.kpxe from a directory, as in
+// production (each transfer opens the file), with default timeouts.
+func floodServer(t *testing.T, configure func(*tftp.Server)) (netip.AddrPort, *prometheus.Registry, []byte) {
+	t.Helper()
+	nbp := randomBytes(200_000, 21)
+	dir := t.TempDir()
+	for _, name := range []string{"snponly.efi", "undionly.kpxe"} {
+		if err := os.WriteFile(filepath.Join(dir, name), nbp, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg := prometheus.NewRegistry()
+	s := &tftp.Server{
+		Root:    os.DirFS(dir),
+		Files:   []string{"snponly.efi", "undionly.kpxe"},
+		Metrics: tftp.NewMetrics(reg),
+		Logger:  slog.New(slog.DiscardHandler),
+	}
+	if configure != nil {
+		configure(s)
+	}
+	return tftptest.Start(t, s), reg, nbp
+}
+
+// waitSettled waits until the descriptors and goroutines are back near
+// their level before the flood: every transfer has ended and nothing
+// leaked. A silent client is given up after Timeout*(Retries+1) = 6 s.
+func waitSettled(t *testing.T, fds0, g0 int) time.Duration {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(time.Duration(tftp.DefaultRetries+1)*tftp.DefaultTimeout + 10*time.Second)
+	for {
+		fds, g := openFDs(t), runtime.NumGoroutine()
+		if fds <= fds0+4 && g <= g0+4 {
+			return time.Since(start)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the flood: %d fds (%d before), %d goroutines (%d before): transfers leaked", fds, fds0, g, g0)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestFloodBounded is issue 12's TFTP flood: never-acknowledging read
+// requests at 3,000/s for 3 s from many source ports of four addresses.
+// Before the limits, every request held a transfer for 6 s (about 18,000
+// descriptors here). Now each address holds at most
+// DefaultMaxTransfersPerClient transfers, the rest are refused, the
+// process's descriptors stay well under its limit, a real client fetching
+// during the flood is served, and every transfer goroutine ends after it.
+func TestFloodBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("floods for 3 s and waits 6 s for the transfers to time out")
+	}
+	addr, reg, nbp := floodServer(t, nil)
+	attackers := loopbackAddrs(netip.MustParseAddr("127.0.0.2"), 4)
+	fds0, g0 := openFDs(t), runtime.NumGoroutine()
+	p := samplePeaks(t)
+
+	var fetchDur time.Duration
+	var fetchErr error
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		time.Sleep(floodFor / 3) // the flood is in full swing
+		start := time.Now()
+		got, err := pinGet(addr, "undionly.kpxe")
+		fetchDur = time.Since(start)
+		if err == nil && !bytes.Equal(got, nbp) {
+			err = fmt.Errorf("got %d bytes, want %d identical bytes", len(got), len(nbp))
+		}
+		fetchErr = err
+	})
+	sent := flood(t, addr, attackers, floodRate, floodFor)
+	wg.Wait()
+	p.stop()
+	if fetchErr != nil {
+		t.Errorf("fetch during the flood: %v", fetchErr)
+	}
+
+	held := len(attackers) * tftp.DefaultMaxTransfersPerClient
+	over := testutil.ToFloat64(gathered{reg, "ramboot_tftp_over_limit_total", "client"})
+	t.Logf("flood: %d requests from %d addresses; peak %d fds (%d before), peak %d goroutines (%d before); %v refused over the per-client limit; fetch of %d bytes during the flood took %v",
+		sent, len(attackers), p.fds.Load(), fds0, p.goroutines.Load(), g0, over, len(nbp), fetchDur.Round(time.Millisecond))
+	// Each held transfer is two descriptors (socket, file); a refused
+	// request's socket lives only until its ERROR is sent.
+	if limit, peak := fdLimit(t), int(p.fds.Load()); peak > fds0+2*held+64 || peak > limit/4 {
+		t.Errorf("peak %d open fds during the flood (%d before, limit %d), want at most %d", peak, fds0, limit, fds0+2*held+64)
+	}
+	if least := float64(sent - held - 64); over < least {
+		t.Errorf("%v requests refused over the per-client limit, want at least %v", over, least)
+	}
+	settled := waitSettled(t, fds0, g0)
+	t.Logf("after the flood: descriptors and goroutines back to their level in %v", settled.Round(time.Millisecond))
+
+	if got, err := pinGet(addr, "snponly.efi"); err != nil || !bytes.Equal(got, nbp) {
+		t.Errorf("fetch after the flood: %d bytes, %v", len(got), err)
+	}
+}
+
+// TestFloodTotalLimit floods from more addresses than MaxTransfers allows
+// (32 addresses x 8 > 64) and checks that the total stays at the limit,
+// that a request over it gets a TFTP ERROR at once rather than silence,
+// and that atftp, a real client, is served once the flood's transfers end.
+func TestFloodTotalLimit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("floods for 3 s and waits 6 s for the transfers to time out")
+	}
+	const maxTotal = 64
+	addr, reg, nbp := floodServer(t, func(s *tftp.Server) { s.MaxTransfers = maxTotal })
+	attackers := loopbackAddrs(netip.MustParseAddr("127.0.1.1"), 32)
+	fds0, g0 := openFDs(t), runtime.NumGoroutine()
+	p := samplePeaks(t)
+	var maxInFlight atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			if n := int64(testutil.ToFloat64(gathered{reg, "ramboot_tftp_transfers_in_flight", ""})); n > maxInFlight.Load() {
+				maxInFlight.Store(n)
+			}
+		}
+	})
+	sent := flood(t, addr, attackers, floodRate, floodFor)
+
+	// The server is full: a request from a new address gets an ERROR.
+	c := dialRaw(t, addr)
+	start := time.Now()
+	c.send(t, rrq("snponly.efi", "octet"))
+	op, body := c.recv(t)
+	if op != opERROR || !bytes.Contains(body, []byte("server busy")) {
+		t.Errorf("request while full: opcode %d %q, want ERROR server busy", op, body)
+	}
+	t.Logf("refusal while full answered in %v", time.Since(start).Round(time.Microsecond))
+	close(stop)
+	wg.Wait()
+	p.stop()
+
+	over := testutil.ToFloat64(gathered{reg, "ramboot_tftp_over_limit_total", "total"})
+	t.Logf("flood: %d requests from %d addresses; peak %d transfers in flight; peak %d fds (%d before), peak %d goroutines (%d before); %v refused over the total limit",
+		sent, len(attackers), maxInFlight.Load(), p.fds.Load(), fds0, p.goroutines.Load(), g0, over)
+	if n := maxInFlight.Load(); n > maxTotal {
+		t.Errorf("peak %d transfers in flight, want at most %d", n, maxTotal)
+	}
+	if over == 0 {
+		t.Error("no request refused over the total limit")
+	}
+	if peak := int(p.fds.Load()); peak > fds0+2*maxTotal+64 {
+		t.Errorf("peak %d open fds during the flood (%d before), want at most %d", peak, fds0, fds0+2*maxTotal+64)
+	}
+	waitSettled(t, fds0, g0)
+
+	atftp := clients[1]
+	atftp.lookPath(t)
+	got, err := atftp.fetch(t, int(addr.Port()), "snponly.efi")
+	if err != nil || !bytes.Equal(got, nbp) {
+		t.Errorf("atftp after the flood: %d bytes, %v", len(got), err)
+	}
+}
+
+// TestFloodAtftpServed runs atftp, a real client, during a flood from four
+// addresses: the per-client limit keeps the flood from taking the slots
+// the client needs.
+func TestFloodAtftpServed(t *testing.T) {
+	if testing.Short() {
+		t.Skip("floods for 3 s and waits 6 s for the transfers to time out")
+	}
+	atftp := clients[1]
+	atftp.lookPath(t)
+	addr, _, nbp := floodServer(t, nil)
+	attackers := loopbackAddrs(netip.MustParseAddr("127.0.0.2"), 4)
+	fds0, g0 := openFDs(t), runtime.NumGoroutine()
+	var wg sync.WaitGroup
+	var got []byte
+	var err error
+	var dur time.Duration
+	wg.Go(func() {
+		time.Sleep(floodFor / 3)
+		start := time.Now()
+		got, err = atftp.fetch(t, int(addr.Port()), "undionly.kpxe")
+		dur = time.Since(start)
+	})
+	flood(t, addr, attackers, floodRate, floodFor)
+	wg.Wait()
+	if err != nil || !bytes.Equal(got, nbp) {
+		t.Fatalf("atftp during the flood: %d bytes, %v", len(got), err)
+	}
+	t.Logf("atftp fetched %d bytes during the flood in %v", len(got), dur.Round(time.Millisecond))
+	waitSettled(t, fds0, g0)
+}

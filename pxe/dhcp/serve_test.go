@@ -220,7 +220,7 @@ func TestServeLoopback(t *testing.T) {
 }
 
 // gather returns the value of one counter series, by its text name.
-func gather(t *testing.T, reg *prometheus.Registry, series string) float64 {
+func gather(t testing.TB, reg *prometheus.Registry, series string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {

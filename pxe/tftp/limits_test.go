@@ -22,7 +22,7 @@ import (
 )
 
 // dialRawFrom is dialRaw from a given loopback address.
-func dialRawFrom(t *testing.T, from netip.Addr, server netip.AddrPort) *rawClient {
+func dialRawFrom(t testing.TB, from netip.Addr, server netip.AddrPort) *rawClient {
 	t.Helper()
 	conn, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(from, 0)))
 	if err != nil {

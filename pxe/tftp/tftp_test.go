@@ -619,7 +619,7 @@ type rawClient struct {
 	peer   *net.UDPAddr // the server's transfer port, once known
 }
 
-func dialRaw(t *testing.T, server netip.AddrPort) *rawClient {
+func dialRaw(t testing.TB, server netip.AddrPort) *rawClient {
 	t.Helper()
 	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -629,7 +629,7 @@ func dialRaw(t *testing.T, server netip.AddrPort) *rawClient {
 	return &rawClient{conn: conn, server: net.UDPAddrFromAddrPort(server)}
 }
 
-func (c *rawClient) send(t *testing.T, b []byte) {
+func (c *rawClient) send(t testing.TB, b []byte) {
 	t.Helper()
 	to := c.server
 	if c.peer != nil && len(b) >= 2 && b[1] != opRRQ && b[1] != opWRQ {
@@ -642,7 +642,7 @@ func (c *rawClient) send(t *testing.T, b []byte) {
 
 func (c *rawClient) tryAck(block uint16) { c.conn.WriteToUDP(ack(block), c.peer) }
 
-func (c *rawClient) recv(t *testing.T) (op uint16, body []byte) {
+func (c *rawClient) recv(t testing.TB) (op uint16, body []byte) {
 	t.Helper()
 	op, body, err := c.tryRecv(5 * time.Second)
 	if err != nil {

@@ -2,6 +2,7 @@ package tftp_test
 
 import (
 	"bytes"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -46,4 +47,32 @@ func BenchmarkRefusal(b *testing.B) {
 			hold.send(b, errPacket(0, "benchmark done")) // ends the held transfer
 		})
 	}
+}
+
+// BenchmarkPinRequestParts measures two things pin/tftp does for every
+// read request before the server's handler can refuse it: bind a UDP
+// socket for the transfer (closed again after the ERROR), and look up the
+// interface the request came in on (net.InterfaceByIndex, a netlink dump),
+// to compare with BenchmarkRefusal.
+func BenchmarkPinRequestParts(b *testing.B) {
+	b.Run("bind-and-close-socket", func(b *testing.B) {
+		for b.Loop() {
+			c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			c.Close()
+		}
+	})
+	b.Run("interface-lookup", func(b *testing.B) {
+		lo, err := net.InterfaceByName("lo")
+		if err != nil {
+			b.Skip("no lo")
+		}
+		for b.Loop() {
+			if _, err := net.InterfaceByIndex(lo.Index); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -3,47 +3,23 @@ package dhcp
 import (
 	"context"
 	"net"
-	"os"
-	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ramboot/ramboot/pxe/internal/udpsock"
 )
 
-// procUDPDrops is the drops column of /proc/net/udp for conn's socket: the
-// kernel's own count, to check the metric against.
+// procUDPDrops is the kernel's count of drops for conn's socket, as
+// /proc/net/udp shows it, to check the metric against.
 func procUDPDrops(t *testing.T, conn *net.UDPConn) float64 {
 	t.Helper()
-	rc, err := conn.SyscallConn()
+	n, err := udpsock.ProcDrops(conn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st syscall.Stat_t
-	if cerr := rc.Control(func(fd uintptr) { err = syscall.Fstat(int(fd), &st) }); cerr != nil {
-		t.Fatal(cerr)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile("/proc/self/net/udp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 13 && f[9] == strconv.FormatUint(st.Ino, 10) {
-			n, err := strconv.ParseFloat(f[len(f)-1], 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return n
-		}
-	}
-	t.Fatalf("socket inode %d not in /proc/self/net/udp", st.Ino)
-	return 0
+	return float64(n)
 }
 
 // TestSocketDrops overflows the server socket for real: a 4 KiB receive

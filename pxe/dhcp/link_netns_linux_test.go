@@ -34,25 +34,6 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// serveInNS runs srv on conn and stops it when the test ends.
-func serveInNS(t *testing.T, serve func(ctx context.Context) error) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("server returned %v after cancel", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Error("server did not stop within 5 s")
-		}
-	})
-}
-
 // dnsmasqArgs runs dnsmasq as a DHCP server only (no DNS, no TFTP) on
 // iface, with its files in dir, as the lab does.
 func dnsmasqArgs(dir, iface, rangeArg string) []string {
@@ -83,7 +64,7 @@ func TestNetnsSecondServerFails(t *testing.T) {
 	if err := ns.Do(func() (err error) { conn, err = Listen(t.Context(), "eth1"); return err }); err != nil {
 		t.Fatal(err)
 	}
-	serveInNS(t, func(ctx context.Context) error { return first.Serve(ctx, conn) })
+	runServer(t, func(ctx context.Context) error { return first.Serve(ctx, conn) })
 
 	// The second server, as another ramboot with another state directory
 	// and HTTP port would run it: same interface, its own socket.
@@ -189,8 +170,8 @@ func TestNetnsRivalDnsmasq(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	serveInNS(t, func(ctx context.Context) error { return srv.Serve(ctx, srvConn) })
-	serveInNS(t, func(ctx context.Context) error { return det.Serve(ctx, detConn) })
+	runServer(t, func(ctx context.Context) error { return srv.Serve(ctx, srvConn) })
+	runServer(t, func(ctx context.Context) error { return det.Serve(ctx, detConn) })
 
 	// discover broadcasts DISCOVERs for mac (broadcast flag set, as PXE
 	// firmware and iPXE do) and returns the first offer.

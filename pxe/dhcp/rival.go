@@ -123,31 +123,12 @@ func (d *RivalDetector) Serve(ctx context.Context, conn net.PacketConn) error {
 	if limit.Interval <= 0 {
 		limit.Interval = DefaultRivalLogInterval
 	}
-	buf := make([]byte, maxPacket)
-	var backoff time.Duration
-	for {
-		n, _, err := conn.ReadFrom(buf)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return fmt.Errorf("watch dhcp replies: %w", err)
-			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			d.logger().Warn("watch dhcp replies", "err", err, "dur", backoff)
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(backoff):
-			}
-			continue
-		}
-		backoff = 0
-		if reply, src, ok := parseReply(buf[:n]); ok {
+	return readLoop(ctx, conn, "watch dhcp replies", d.logger(), func(b []byte, _ net.Addr) bool {
+		if reply, src, ok := parseReply(b); ok {
 			d.observe(ctx, reply, src, limit)
 		}
-	}
+		return true
+	})
 }
 
 // observe judges one DHCP reply seen on the link.

@@ -81,20 +81,7 @@ func TestRivalDetector(t *testing.T) {
 		Metrics:   NewMetrics(reg),
 		Logger:    slog.New(slog.NewTextHandler(syncWriter{&logMu, &logs}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- d.Serve(ctx, conn) }()
-	defer func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Serve = %v, want nil after cancel", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Error("Serve did not return after cancel")
-		}
-	}()
+	runServer(t, func(ctx context.Context) error { return d.Serve(ctx, conn) })
 	send := func(b []byte) {
 		t.Helper()
 		if _, err := sender.WriteTo(b, conn.LocalAddr()); err != nil {
@@ -162,30 +149,6 @@ func TestRivalDetector(t *testing.T) {
 			t.Errorf("log lacks %q:\n%s", want, out)
 		}
 	}
-}
-
-// gatherOr0 is gather for a series that may not exist yet.
-func gatherOr0(t *testing.T, reg *prometheus.Registry, series string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			name := mf.GetName() + "{"
-			for i, lp := range m.GetLabel() {
-				if i > 0 {
-					name += ","
-				}
-				name += lp.GetName() + `="` + lp.GetValue() + `"`
-			}
-			if name+"}" == series {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
 }
 
 // FuzzParseReply feeds arbitrary packets to the detector's parser: it must

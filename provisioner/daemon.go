@@ -176,19 +176,19 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// Listeners first, so a port conflict fails before anything serves:
 	// another DHCP or TFTP server on the link's interface stops this one
 	// here with an error naming it (issue 12: one server per link).
-	pxeConns, err := listenPXE(ctx, cfg, headIP)
+	socks, err := listenPXE(ctx, cfg, headIP)
 	if err != nil {
 		return err
 	}
 	httpLn, err := net.Listen("tcp4", net.JoinHostPort(headIP.String(), strconv.Itoa(cfg.HTTP.Port)))
 	if err != nil {
-		pxeConns.close()
+		socks.close()
 		return fmt.Errorf("listen http: %w", err)
 	}
 	sock := filepath.Join(cfg.StateDir, SocketFile)
 	sockLn, err := listenUnix(sock)
 	if err != nil {
-		pxeConns.close()
+		socks.close()
 		httpLn.Close()
 		return err
 	}
@@ -251,10 +251,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 			Logger:        log.With("svc", "dhcp"),
 			Metrics:       dhcpMetrics,
 		}
-		g.Go(func() error { return srv.Serve(gctx, pxeConns.dhcp) })
-		if pxeConns.rivals != nil {
+		g.Go(func() error { return srv.Serve(gctx, socks.dhcp) })
+		if socks.rivals != nil {
 			det := &dhcp.RivalDetector{ServerIP: headIP, Inventory: inventory, Logger: log.With("svc", "dhcp"), Metrics: dhcpMetrics}
-			g.Go(func() error { return det.Serve(gctx, pxeConns.rivals) })
+			g.Go(func() error { return det.Serve(gctx, socks.rivals) })
 		}
 	}
 	if cfg.TFTP.Enabled {
@@ -268,7 +268,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			Logger:                log.With("svc", "tftp"),
 			Metrics:               tftp.NewMetrics(reg),
 		}
-		g.Go(func() error { return srv.Serve(gctx, pxeConns.tftp) })
+		g.Go(func() error { return srv.Serve(gctx, socks.tftp) })
 	}
 	if cfg.RA.Enabled {
 		srv := &ra.Server{

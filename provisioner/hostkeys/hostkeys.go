@@ -72,6 +72,10 @@ type Key struct {
 	// Private is the private key: ed25519.PrivateKey, *ecdsa.PrivateKey or
 	// *rsa.PrivateKey.
 	Private crypto.Signer
+
+	// file is the private key file as stored (OpenSSH's format holds
+	// random check bytes, so encoding again would give other bytes).
+	file []byte
 }
 
 // Keys are a node's host keys, one per type, in the order of the types
@@ -105,7 +109,11 @@ func Generate(types []Type) (Keys, error) {
 		if err != nil {
 			return nil, fmt.Errorf("generate %s host key: %w", t, err)
 		}
-		ks = append(ks, Key{Type: t, Private: priv})
+		k := Key{Type: t, Private: priv}
+		if k.file, err = k.PrivateFile(); err != nil {
+			return nil, err
+		}
+		ks = append(ks, k)
 	}
 	return ks, nil
 }
@@ -123,8 +131,13 @@ func (k Key) PublicKey() (ssh.PublicKey, error) {
 	return p, nil
 }
 
-// PrivateFile returns the private key file's content in OpenSSH's format.
+// PrivateFile returns the private key file's content in OpenSSH's format:
+// the same bytes every time for a key that Generate made or a Store
+// loaded.
 func (k Key) PrivateFile() ([]byte, error) {
+	if k.file != nil {
+		return k.file, nil
+	}
 	b, err := ssh.MarshalPrivateKey(k.Private, "")
 	if err != nil {
 		return nil, fmt.Errorf("encode %s host key: %w", k.Type, err)
@@ -169,7 +182,7 @@ func parseKey(t Type, b []byte) (Key, error) {
 	if got != t {
 		return Key{}, fmt.Errorf("parse %s host key: file holds a %s key", t, got)
 	}
-	return Key{Type: t, Private: priv}, nil
+	return Key{Type: t, Private: priv, file: b}, nil
 }
 
 // Host is one known_hosts entry: the names and addresses a host answers

@@ -5,6 +5,7 @@ import (
 	"crypto/sha1"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"net"
 	"slices"
 	"strings"
@@ -28,28 +29,30 @@ func header(comment string) string {
 	return comment + " Written by the ramboot head; changes made on the node are lost at reboot.\n"
 }
 
-// fqdn returns name.domain, or name without a domain.
+// fqdn returns name.domain; a name with a dot is already qualified.
 func fqdn(name, domain string) string {
-	if domain == "" {
+	if domain == "" || strings.Contains(name, ".") {
 		return name
 	}
 	return name + "." + domain
 }
 
 // hostNames returns the names of a node's interface i in /etc/hosts and
-// known_hosts: the first interface carries the node's host name (and its
-// inventory name when that differs), another interface
-// "<hostname>-<interface name>" (none when it has no name).
+// known_hosts. The first interface carries the node's host name, its short
+// form and its inventory name; another interface "<short>-<interface
+// name>" (none when it has no name), where short is the host name's first
+// label.
 func hostNames(n *Node, i int, domain string) []string {
 	h := n.HostnameOrName()
+	short, _, _ := strings.Cut(h, ".")
 	if i > 0 {
 		if n.Interfaces[i].Name == "" {
 			return nil
 		}
-		h += "-" + n.Interfaces[i].Name
-		return dedupe(fqdn(h, domain), h)
+		alias := short + "-" + n.Interfaces[i].Name
+		return dedupe(fqdn(alias, domain), alias)
 	}
-	return dedupe(fqdn(h, domain), h, n.Name)
+	return dedupe(fqdn(h, domain), h, short, n.Name)
 }
 
 func dedupe(s ...string) []string {
@@ -150,8 +153,8 @@ func networkFiles(c *Cluster, n *Node) ([]File, error) {
 		// Enable systemd-networkd, as `systemctl enable` would: without it
 		// the .network files would be read by nothing.
 		files = append(files,
-			File{Path: "etc/systemd/system/multi-user.target.wants/systemd-networkd.service", Mode: 0o777, Linkname: "/lib/systemd/system/systemd-networkd.service"},
-			File{Path: "etc/systemd/system/sockets.target.wants/systemd-networkd.socket", Mode: 0o777, Linkname: "/lib/systemd/system/systemd-networkd.socket"},
+			File{Path: "etc/systemd/system/multi-user.target.wants/systemd-networkd.service", Mode: fs.ModeSymlink | 0o777, Linkname: "/lib/systemd/system/systemd-networkd.service"},
+			File{Path: "etc/systemd/system/sockets.target.wants/systemd-networkd.socket", Mode: fs.ModeSymlink | 0o777, Linkname: "/lib/systemd/system/systemd-networkd.socket"},
 		)
 	case NetworkManager:
 		for i, ifc := range n.Interfaces {

@@ -63,6 +63,7 @@ type Renderer struct {
 type nodeKeys struct {
 	keys  hostkeys.Keys
 	files [][2][]byte // private, public
+	known [][]byte    // known_hosts key fields: "type base64\n"
 }
 
 // New loads and parses every profile's template tree, reporting every
@@ -121,6 +122,24 @@ type Overlay struct {
 	Files []File
 	// ModTime is every file's modification time.
 	ModTime time.Time
+
+	shared     map[string]bool // paths of Files that are Snapshot.Shared's
+	sharedGone bool            // a profile skipped a shared file
+}
+
+// Own returns the part of the overlay that is the node's own: every file
+// but those of Snapshot.Shared, and every directory. withShared reports
+// whether Shared followed by Own (later files win, as the kernel unpacks
+// them) gives this overlay; it is false when a profile left a shared file
+// out for this node, and then the head must serve Files whole.
+func (o *Overlay) Own() (own []File, withShared bool) {
+	own = make([]File, 0, len(o.Files)-len(o.shared))
+	for _, f := range o.Files {
+		if !o.shared[f.Path] {
+			own = append(own, f)
+		}
+	}
+	return own, !o.sharedGone
 }
 
 // File returns the overlay's file at path, or nil.
@@ -179,7 +198,8 @@ type Snapshot struct {
 	r      *Renderer
 	c      *Cluster
 	byName map[string]*Node
-	shared []File // hosts, known_hosts, authorized_keys
+	shared    []File // hosts, known_hosts, authorized_keys
+	sharedAll []File // shared and their directories, sorted
 	keys   map[string]*nodeKeys
 
 	mu       sync.Mutex
@@ -232,15 +252,51 @@ func (r *Renderer) Prepare(ctx context.Context, c *Cluster) (*Snapshot, error) {
 		}
 		s.keys = keys
 		if !r.cfg.NoKnownHosts {
-			kh, err := knownHosts(c, keys)
-			if err != nil {
-				return nil, fmt.Errorf("prepare overlays: %w", err)
-			}
+			kh := knownHosts(c, keys)
 			s.shared = append(s.shared, File{Path: KnownHostsPath, Mode: 0o644, Data: kh, Source: "built-in"})
 		}
 	}
+	s.sharedAll = sharedWithDirs(s.shared)
 	r.log.Debug("overlays prepared", "nodes", len(c.Nodes), "dur", time.Since(start))
 	return s, nil
+}
+
+// Shared returns the files every node of the snapshot gets as they are
+// (/etc/hosts, known_hosts, root's authorized_keys) with their
+// directories, sorted: the same slice at every call, never to be modified.
+// The head can archive and compress it once per snapshot and serve it
+// before each node's own part (Overlay.Own), so that a boot storm does not
+// compress /etc/hosts of every node for every node.
+func (s *Snapshot) Shared() []File { return s.sharedAll }
+
+func sharedWithDirs(files []File) []File {
+	m := map[string]File{}
+	for _, f := range files {
+		m[f.Path] = f
+	}
+	for _, f := range files {
+		for d := path.Dir(f.Path); d != "." && d != "/"; d = path.Dir(d) {
+			if _, done := m[d]; done {
+				break
+			}
+			mode := fs.FileMode(0o755)
+			if dm, ok := defaultDirModes[d]; ok {
+				mode = dm
+			}
+			m[d] = File{Path: d, Mode: fs.ModeDir | mode, Source: "directory"}
+		}
+	}
+	out := slices.Collect(maps.Values(m))
+	slices.SortFunc(out, func(a, b File) int { return strings.Compare(a.Path, b.Path) })
+	return out
+}
+
+// firstByte identifies a content slice by its first byte's address.
+func firstByte(b []byte) *byte {
+	if len(b) == 0 {
+		return nil
+	}
+	return &b[0]
 }
 
 // loadKeys returns every node's host keys, from the renderer's copy, the
@@ -274,6 +330,11 @@ func (r *Renderer) loadKeys(ctx context.Context, c *Cluster) (map[string]*nodeKe
 				return nil, fmt.Errorf("host keys of %s: %w", n, err)
 			}
 			nk.files = append(nk.files, [2][]byte{priv, k.PublicFile("root@" + n)})
+			pub, err := k.PublicKey()
+			if err != nil {
+				return nil, fmt.Errorf("host keys of %s: %w", n, err)
+			}
+			nk.known = append(nk.known, ssh.MarshalAuthorizedKey(pub))
 		}
 		r.keys[n] = nk
 		out[n] = nk
@@ -305,6 +366,10 @@ func (s *Snapshot) Render(ctx context.Context, node, token string) (*Overlay, er
 	}
 	for _, f := range s.shared {
 		put(f)
+	}
+	sharedData := make(map[string]*byte, len(s.shared))
+	for _, f := range s.shared {
+		sharedData[f.Path] = firstByte(f.Data)
 	}
 	put(File{Path: HostnamePath, Mode: 0o644, Data: []byte(n.HostnameOrName() + "\n")})
 	cfg, err := nodeConfig(s.c, n, token)
@@ -355,7 +420,16 @@ func (s *Snapshot) Render(ctx context.Context, node, token string) (*Overlay, er
 			attrs = append(attrs, attrSource{t, rule})
 		}
 	}
-	o := &Overlay{Node: node, ModTime: s.c.ModTime}
+	o := &Overlay{Node: node, ModTime: s.c.ModTime, shared: map[string]bool{}}
+	for p, d := range sharedData {
+		f, ok := files[p]
+		switch {
+		case !ok:
+			o.sharedGone = true
+		case firstByte(f.Data) == d:
+			o.shared[p] = true
+		}
+	}
 	if o.ModTime.IsZero() {
 		o.ModTime = time.Unix(0, 0)
 	}
@@ -581,9 +655,11 @@ func checkAuthorizedKeys(b []byte) error {
 	return nil
 }
 
-// knownHosts renders ssh_known_hosts for every node with keys.
-func knownHosts(c *Cluster, keys map[string]*nodeKeys) ([]byte, error) {
-	hosts := make([]hostkeys.Host, 0, len(c.Nodes))
+// knownHosts renders ssh_known_hosts for every node with keys, in the
+// format of hostkeys.WriteKnownHosts, from the keys' cached encodings.
+func knownHosts(c *Cluster, keys map[string]*nodeKeys) []byte {
+	var b bytes.Buffer
+	b.WriteString(header("#"))
 	for i := range c.Nodes {
 		n := &c.Nodes[i]
 		nk := keys[n.Name]
@@ -600,12 +676,12 @@ func knownHosts(c *Cluster, keys map[string]*nodeKeys) ([]byte, error) {
 		if len(names) == 0 {
 			names = []string{n.Name}
 		}
-		hosts = append(hosts, hostkeys.Host{Names: dedupe(names...), Keys: nk.keys})
+		joined := strings.Join(dedupe(names...), ",")
+		for _, k := range nk.known {
+			b.WriteString(joined)
+			b.WriteByte(' ')
+			b.Write(k)
+		}
 	}
-	var b bytes.Buffer
-	b.WriteString(header("#"))
-	if err := hostkeys.WriteKnownHosts(&b, hosts); err != nil {
-		return nil, err
-	}
-	return b.Bytes(), nil
+	return b.Bytes()
 }

@@ -435,3 +435,62 @@ func TestPrepareErrors(t *testing.T) {
 		t.Errorf("account conflict: %v", err)
 	}
 }
+
+// TestSharedAndOwn: the snapshot's shared files followed by a node's own
+// files give the node's overlay, unless a profile left a shared file out.
+func TestSharedAndOwn(t *testing.T) {
+	ctx := context.Background()
+	profiles := testProfiles()
+	profiles["myhosts"] = fstest.MapFS{"etc/hosts.tmpl": {Data: []byte("127.0.0.1 localhost {{.Hostname}}\n"), Mode: 0o644}}
+	r, err := overlayrender.New(overlayrender.Config{Profiles: profiles, HostKeys: &hostkeys.Dir{Path: t.TempDir()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := testCluster(3)
+	c.AuthorizedKeys = []byte("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGXjz9sYl0nN5yJf6c1rmc8ZbOgbUGsqkfdQKqmWRm7W admin@head\n")
+	c.Nodes[1].Profiles = []string{"base", "myhosts"}
+	c.Nodes[2].Profiles = []string{"base", "gpu"} // skips etc/hosts
+	snap, err := r.Prepare(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared := snap.Shared()
+	var paths []string
+	for _, f := range shared {
+		paths = append(paths, f.Path)
+	}
+	if got := strings.Join(paths, " "); got != "etc etc/hosts etc/ssh etc/ssh/ssh_known_hosts root root/.ssh root/.ssh/authorized_keys" {
+		t.Errorf("shared: %s", got)
+	}
+	for i, wantShared := range []bool{true, true, false} {
+		name := c.Nodes[i].Name
+		o, err := snap.Render(ctx, name, "tok")
+		if err != nil {
+			t.Fatal(err)
+		}
+		own, withShared := o.Own()
+		if withShared != wantShared {
+			t.Errorf("%s: withShared %v", name, withShared)
+			continue
+		}
+		if !withShared {
+			continue
+		}
+		// Unpack as the kernel would: shared, then own over it.
+		got := map[string]string{}
+		for _, f := range append(append([]overlayrender.File{}, shared...), own...) {
+			got[f.Path] = fmt.Sprintf("%v %d %d %q %q", f.Mode, f.UID, f.GID, f.Data, f.Linkname)
+		}
+		if len(got) != len(o.Files) {
+			t.Errorf("%s: shared+own has %d paths, the overlay %d", name, len(got), len(o.Files))
+		}
+		for _, f := range o.Files {
+			if w := fmt.Sprintf("%v %d %d %q %q", f.Mode, f.UID, f.GID, f.Data, f.Linkname); got[f.Path] != w {
+				t.Errorf("%s: %s is %s after shared+own, want %s", name, f.Path, got[f.Path], w)
+			}
+		}
+		if i == 0 && len(own) >= len(o.Files)-2 {
+			t.Errorf("%s: own part holds %d of %d files", name, len(own), len(o.Files))
+		}
+	}
+}

@@ -195,12 +195,12 @@ var execLine = regexp.MustCompile(`^template: [^:]*:(\d+)(?::\d+)?: `)
 // shares is rendered once. Make a new one when the cluster changes. It is
 // safe for concurrent use.
 type Snapshot struct {
-	r      *Renderer
-	c      *Cluster
-	byName map[string]*Node
+	r         *Renderer
+	c         *Cluster
+	byName    map[string]*Node
 	shared    []File // hosts, known_hosts, authorized_keys
 	sharedAll []File // shared and their directories, sorted
-	keys   map[string]*nodeKeys
+	keys      map[string]*nodeKeys
 
 	mu       sync.Mutex
 	accounts map[string]*imageAccounts // by image digest

@@ -18,12 +18,12 @@ import (
 // configuration of its own; `show hostnames` and `show hostlist` need no
 // controller.
 type scontrol struct {
-	t    *testing.T
+	t    testing.TB
 	bin  string
 	conf string
 }
 
-func newScontrol(t *testing.T) scontrol {
+func newScontrol(t testing.TB) scontrol {
 	t.Helper()
 	bin, err := exec.LookPath("scontrol")
 	if err != nil {

@@ -120,11 +120,15 @@ func (d *Dir) Create(ctx context.Context, batch map[string]Keys) (map[string]Key
 			os.RemoveAll(t)
 		}
 	}()
+	// A small batch syncs its own files; a large one syncs the file system
+	// once, which also waits for other writers' dirty data (an image
+	// upload), so it is worth it only when it replaces many syncs.
+	each := len(nodes) <= syncEachMax
 	for _, n := range nodes {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		t, err := d.writeTemp(n, batch[n])
+		t, err := d.writeTemp(n, batch[n], each)
 		if err != nil {
 			return nil, err
 		}
@@ -135,8 +139,10 @@ func (d *Dir) Create(ctx context.Context, batch map[string]Keys) (map[string]Key
 		return nil, fmt.Errorf("host key store: %w", err)
 	}
 	defer root.Close()
-	if err := unix.Syncfs(int(root.Fd())); err != nil {
-		return nil, fmt.Errorf("host key store: sync: %w", err)
+	if !each {
+		if err := unix.Syncfs(int(root.Fd())); err != nil {
+			return nil, fmt.Errorf("host key store: sync: %w", err)
+		}
 	}
 	out := make(map[string]Keys, len(nodes))
 	var lost []string
@@ -185,8 +191,12 @@ func (d *Dir) removeStale() {
 	}
 }
 
-// writeTemp writes a node's key files into a new temporary directory.
-func (d *Dir) writeTemp(node string, ks Keys) (string, error) {
+// syncEachMax is the largest batch Create syncs file by file.
+const syncEachMax = 16
+
+// writeTemp writes a node's key files into a new temporary directory,
+// syncing each file and the directory if sync is set.
+func (d *Dir) writeTemp(node string, ks Keys, sync bool) (string, error) {
 	if len(ks) == 0 {
 		return "", fmt.Errorf("store host keys of %s: no keys", node)
 	}
@@ -205,13 +215,39 @@ func (d *Dir) writeTemp(node string, ks Keys) (string, error) {
 			return "", fmt.Errorf("store host keys of %s: %w", node, err)
 		}
 		for name, data := range map[string][]byte{k.FileName(): priv, k.FileName() + ".pub": k.PublicFile("root@" + node)} {
-			if err := os.WriteFile(filepath.Join(tmp, name), data, 0o600); err != nil {
+			if err := writeFile(filepath.Join(tmp, name), data, sync); err != nil {
 				os.RemoveAll(tmp)
 				return "", fmt.Errorf("store host keys of %s: %w", node, err)
 			}
 		}
 	}
+	if sync {
+		if err := syncPath(tmp); err != nil {
+			os.RemoveAll(tmp)
+			return "", fmt.Errorf("store host keys of %s: %w", node, err)
+		}
+	}
 	return tmp, nil
+}
+
+func writeFile(name string, data []byte, sync bool) error {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil && sync {
+		err = f.Sync()
+	}
+	return errors.Join(err, f.Close())
+}
+
+func syncPath(name string) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	return errors.Join(f.Sync(), f.Close())
 }
 
 // Delete implements Store: the node's directory is renamed away (so a

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -276,5 +277,29 @@ func TestKnownHosts(t *testing.T) {
 	}
 	if err := hostkeys.WriteKnownHosts(&b, []hostkeys.Host{{Keys: keys["n001"]}}); err == nil {
 		t.Error("host without names: no error")
+	}
+}
+
+// TestLargeBatch stores a batch large enough to be synced with one syncfs
+// and reads every node back.
+func TestLargeBatch(t *testing.T) {
+	ctx := context.Background()
+	d := &hostkeys.Dir{Path: t.TempDir()}
+	var nodes []string
+	for i := range 40 {
+		nodes = append(nodes, fmt.Sprintf("n%03d", i))
+	}
+	got, err := hostkeys.Ensure(ctx, d, nodes, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		back, err := d.Load(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fingerprint(t, back[0]) != fingerprint(t, got[n][0]) || fingerprint(t, back[1]) != fingerprint(t, got[n][1]) {
+			t.Errorf("%s: stored keys differ from the returned ones", n)
+		}
 	}
 }

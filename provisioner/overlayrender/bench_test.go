@@ -26,34 +26,17 @@ func BenchmarkRenderCluster(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, knownHosts := range []bool{true, false} {
-		name := "known_hosts"
-		if !knownHosts {
-			name = "no-known_hosts"
+	var files int
+	for b.Loop() {
+		for i := range c.Nodes {
+			o, err := snap.Render(ctx, c.Nodes[i].Name, "token")
+			if err != nil {
+				b.Fatal(err)
+			}
+			files += len(o.Files)
 		}
-		b.Run(name, func(b *testing.B) {
-			if !knownHosts {
-				r, err := overlayrender.New(overlayrender.Config{Profiles: testProfiles(), HostKeys: store, Accounts: headSet(b), NoKnownHosts: true})
-				if err != nil {
-					b.Fatal(err)
-				}
-				if snap, err = r.Prepare(ctx, c); err != nil {
-					b.Fatal(err)
-				}
-			}
-			var files int
-			for b.Loop() {
-				for i := range c.Nodes {
-					o, err := snap.Render(ctx, c.Nodes[i].Name, "token")
-					if err != nil {
-						b.Fatal(err)
-					}
-					files += len(o.Files)
-				}
-			}
-			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*benchNodes), "µs/node")
-		})
 	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*benchNodes), "µs/node")
 }
 
 // BenchmarkPrepare prepares a 10,000-node cluster with a new renderer (a

@@ -175,6 +175,8 @@ type TemplateError struct {
 	Line int
 	// Err is text/template's error.
 	Err error
+
+	msg string // Err's message without text/template's location prefix
 }
 
 func (e *TemplateError) Error() string {
@@ -182,7 +184,11 @@ func (e *TemplateError) Error() string {
 	if e.Line > 0 {
 		where += ":" + strconv.Itoa(e.Line)
 	}
-	return fmt.Sprintf("render overlay of %s: profile %s: %s: %v", e.Node, e.Profile, where, e.Err)
+	msg := e.msg
+	if msg == "" {
+		msg = e.Err.Error()
+	}
+	return fmt.Sprintf("render overlay of %s: profile %s: %s: %s", e.Node, e.Profile, where, msg)
 }
 
 func (e *TemplateError) Unwrap() error { return e.Err }
@@ -479,7 +485,7 @@ func (s *Snapshot) renderEntry(n *Node, t *tree, e *entry, data *Data) (File, bo
 			te := &TemplateError{Node: n.Name, Profile: t.profile, Path: e.src, Err: err}
 			if m := execLine.FindStringSubmatch(err.Error()); m != nil {
 				te.Line, _ = strconv.Atoi(m[1])
-				te.Err = errors.New(strings.TrimPrefix(err.Error(), m[0]))
+				te.msg = strings.TrimPrefix(err.Error(), m[0])
 			}
 			return File{}, false, te
 		}

@@ -50,7 +50,11 @@ import (
 // Files are the account databases of one system, as file contents. A nil
 // Shadow or GShadow means the system has no such file.
 type Files struct {
-	Passwd, Group, Shadow, GShadow []byte
+	// Passwd and Group are etc/passwd and etc/group.
+	Passwd, Group []byte
+	// Shadow and GShadow are etc/shadow and etc/gshadow; nil when the
+	// system has no such file.
+	Shadow, GShadow []byte
 }
 
 // The files' paths in a root file system, without the leading slash.
@@ -92,6 +96,7 @@ func ReadFiles(fsys fs.FS) (Files, error) {
 
 // IDRange is an inclusive range of user or group IDs.
 type IDRange struct {
+	// First and Last are the range's first and last IDs.
 	First, Last int
 }
 

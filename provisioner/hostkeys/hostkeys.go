@@ -188,8 +188,11 @@ func parseKey(t Type, b []byte) (Key, error) {
 // Host is one known_hosts entry: the names and addresses a host answers
 // to, and its keys.
 type Host struct {
+	// Names are the host's names and addresses, e.g. "n001",
+	// "n001.cluster.local", "10.0.0.11".
 	Names []string
-	Keys  Keys
+	// Keys are the host's keys.
+	Keys Keys
 }
 
 // WriteKnownHosts writes an ssh_known_hosts file for hosts: one line per

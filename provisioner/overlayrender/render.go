@@ -179,6 +179,7 @@ type TemplateError struct {
 	msg string // Err's message without text/template's location prefix
 }
 
+// Error says node, profile, file, line and what failed.
 func (e *TemplateError) Error() string {
 	where := e.Path
 	if e.Line > 0 {
@@ -191,6 +192,7 @@ func (e *TemplateError) Error() string {
 	return fmt.Sprintf("render overlay of %s: profile %s: %s: %s", e.Node, e.Profile, where, msg)
 }
 
+// Unwrap returns text/template's error.
 func (e *TemplateError) Unwrap() error { return e.Err }
 
 // execLine finds the line in text/template's "template: NAME:LINE:COL: ..."

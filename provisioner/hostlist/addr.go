@@ -26,14 +26,13 @@ func IPs(spec string, n int, subnets ...netip.Prefix) ([]netip.Addr, error) {
 	}
 	out := make([]netip.Addr, 0, n)
 	seen := make(map[netip.Addr]struct{}, n)
-	items := strings.Split(spec, ",")
-	for i, it := range items {
-		it = strings.TrimSpace(it)
-		open := strings.HasSuffix(it, "+")
-		if open && i != len(items)-1 {
-			return nil, fmt.Errorf("addresses %q: %q: an open range (+) must be the last item", spec, it)
-		}
-		lo, hi, err := parseIPItem(strings.TrimSuffix(it, "+"))
+	items, err := splitRanges(spec)
+	if err != nil {
+		return nil, fmt.Errorf("addresses %q: %w", spec, err)
+	}
+	for _, r := range items {
+		it, open := r.text, r.open
+		lo, hi, err := parseIPItem(r.body)
 		if err != nil {
 			return nil, fmt.Errorf("addresses %q: %w", spec, err)
 		}
@@ -123,6 +122,29 @@ func prefixList(ps []netip.Prefix) string {
 	return strings.Join(s, ", ")
 }
 
+// rangeItem is one item of an address list: its text, the text without a
+// trailing "+", and whether it had one.
+type rangeItem struct {
+	text, body string
+	open       bool
+}
+
+// splitRanges splits an address list at commas; only its last item may be
+// open ("+").
+func splitRanges(spec string) ([]rangeItem, error) {
+	parts := strings.Split(spec, ",")
+	out := make([]rangeItem, len(parts))
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		body, open := strings.CutSuffix(p, "+")
+		if open && i != len(parts)-1 {
+			return nil, fmt.Errorf("%q: an open range (+) must be the last item", p)
+		}
+		out[i] = rangeItem{text: p, body: body, open: open}
+	}
+	return out, nil
+}
+
 func checkCount(n int) error {
 	if n < 1 {
 		return fmt.Errorf("need at least one name, have %d", n)
@@ -147,14 +169,13 @@ func MACs(spec string, n int) ([]net.HardwareAddr, error) {
 	}
 	out := make([]net.HardwareAddr, 0, n)
 	seen := make(map[uint64]struct{}, n)
-	items := strings.Split(spec, ",")
-	for i, it := range items {
-		it = strings.TrimSpace(it)
-		open := strings.HasSuffix(it, "+")
-		if open && i != len(items)-1 {
-			return nil, fmt.Errorf("MAC addresses %q: %q: an open range (+) must be the last item", spec, it)
-		}
-		lo, hi, err := parseMACItem(strings.TrimSuffix(it, "+"))
+	items, err := splitRanges(spec)
+	if err != nil {
+		return nil, fmt.Errorf("MAC addresses %q: %w", spec, err)
+	}
+	for _, r := range items {
+		it, open := r.text, r.open
+		lo, hi, err := parseMACItem(r.body)
 		if err != nil {
 			return nil, fmt.Errorf("MAC addresses %q: %w", spec, err)
 		}

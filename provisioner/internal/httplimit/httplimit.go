@@ -71,7 +71,7 @@ type Server struct {
 	open    int
 	perIP   map[netip.Addr]int
 	lastLog time.Time
-	unlog   int // refusals and cuts not logged yet
+	unlog   int // refusals and cuts not logged since the last line
 
 	sendfiles atomic.Int64 // copies that kept the sendfile path (tests)
 }
@@ -188,18 +188,18 @@ func trimNL(p []byte) []byte {
 }
 
 // note logs one line for a refused or cut connection at most every 10 s,
-// with how many happened since the last line.
+// with how many were not logged since the last line (suppressed).
 func (s *Server) note(msg string, attrs ...any) {
 	s.mu.Lock()
-	s.unlog++
 	if time.Since(s.lastLog) < 10*time.Second {
+		s.unlog++
 		s.mu.Unlock()
 		return
 	}
 	n := s.unlog
 	s.unlog, s.lastLog = 0, time.Now()
 	s.mu.Unlock()
-	s.log().Warn(msg, append(attrs, "count_since_last", n)...)
+	s.log().Warn(msg, append(attrs, "suppressed", n)...)
 }
 
 // listener refuses connections over the caps and wraps the others.

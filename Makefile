@@ -40,7 +40,7 @@ check: ## gofmt, go vet, staticcheck, go mod tidy must be clean
 	if ! git diff --quiet -- go.mod go.sum; then git diff -- go.mod go.sum; cp /tmp/ramboot-go.mod.bak go.mod; cp /tmp/ramboot-go.sum.bak go.sum; echo "go mod tidy is not clean"; exit 1; fi
 
 e2e: deps ## boot QEMU nodes (BIOS and UEFI) from ramboot serve in a network namespace (root)
-	$(GO) test -tags e2e -count=1 -timeout 30m -v -run TestBoot ./provisioner/internal/lab/
+	$(GO) test -tags e2e -count=1 -timeout 30m -v -run 'TestBoot|TestHeadKilledMidDownload' ./provisioner/internal/lab/
 	@# The image builder's own boot check, on the kernel the lab fetched.
 	RAMBOOT_TEST_KERNEL=$$(ls /var/cache/ramboot-lab/kernel/*/boot/vmlinuz-* | head -n 1) \
 		$(GO) test -count=1 -v -run TestBootQEMU ./images/build/

@@ -11,7 +11,6 @@ package provisioner
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -32,6 +31,7 @@ import (
 	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/bootserver"
 	"github.com/ramboot/ramboot/provisioner/config"
+	"github.com/ramboot/ramboot/provisioner/internal/httplimit"
 	"github.com/ramboot/ramboot/provisioner/state"
 	"github.com/ramboot/ramboot/pxe"
 	"github.com/ramboot/ramboot/pxe/dhcp"
@@ -143,10 +143,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return fmt.Errorf("create state directory: %w", err)
-	}
-	db, err := state.Open(filepath.Join(cfg.StateDir, DBFile))
+	db, err := OpenState(cfg.StateDir, state.Options{History: cfg.State.BootHistory}, log)
 	if err != nil {
 		return err
 	}
@@ -159,6 +156,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	reg.MustRegister(newNodesCollector(db))
+	stateMetrics := newStateMetrics(reg, db)
+	bak := &backups{db: db, path: filepath.Join(cfg.StateDir, BackupFile), interval: time.Duration(cfg.State.BackupInterval), log: log, m: stateMetrics, last: -1}
+	bak.once() // the last good database, before anything changes it
 	var gateway netip.Addr
 	if cfg.DHCP.Router != "" {
 		gateway = netip.MustParseAddr(cfg.DHCP.Router) // validated
@@ -199,7 +199,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		KernelArgs: cfg.Boot.KernelArgs, Modules: cfg.Boot.Modules,
 		Logger: log, Metrics: bootserver.NewMetrics(reg),
 	}
-	nodeAPI := &api.Node{DB: db, Images: store, DefaultImage: cfg.Boot.DefaultImage, Logger: log}
+	nodeAPI := &api.Node{DB: db, Images: store, DefaultImage: cfg.Boot.DefaultImage, Logger: log, Metrics: api.NewMetrics(reg)}
 	admin := &api.Admin{DB: db, Images: store, Subnet: prefix, Logger: log}
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 
@@ -214,25 +214,21 @@ func (d *Daemon) Run(ctx context.Context) error {
 	priv.HandleFunc("GET /healthz", healthz)
 
 	g, gctx := errgroup.WithContext(ctx)
-	serveHTTP := func(name string, ln net.Listener, h http.Handler) {
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-		g.Go(func() error {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("serve %s: %w", name, err)
-			}
-			return nil
-		})
-		g.Go(func() error {
-			<-gctx.Done()
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(sctx) // in-flight boots are cut after 5 s
-			return nil
-		})
+	pubSrv := &httplimit.Server{
+		Handler: pub, ReadHeaderTimeout: time.Duration(cfg.HTTP.ReadHeaderTimeout), IdleTimeout: time.Duration(cfg.HTTP.IdleTimeout),
+		SendTimeout: time.Duration(cfg.HTTP.SendTimeout), MinSendRate: cfg.HTTP.MinSendRate,
+		MaxConnsPerClient: cfg.HTTP.MaxConnsPerClient, MaxConns: cfg.HTTP.MaxConns,
+		Logger: log.With("svc", "http"), Metrics: httplimit.NewMetrics(reg),
 	}
-	serveHTTP("http", httpLn, pub)
-	serveHTTP("admin socket", sockLn, priv)
+	privSrv := &httplimit.Server{Handler: priv, ReadHeaderTimeout: time.Duration(cfg.HTTP.ReadHeaderTimeout), IdleTimeout: time.Duration(cfg.HTTP.IdleTimeout), Logger: log.With("svc", "admin")}
+	g.Go(func() error { return wrapErr("serve http", pubSrv.Serve(gctx, httpLn)) })
+	g.Go(func() error { return wrapErr("serve admin socket", privSrv.Serve(gctx, sockLn)) })
 	defer os.Remove(sock)
+	g.Go(func() error { return bak.run(gctx) })
+	g.Go(func() error {
+		busy := func(n state.Node) bool { return boot.Busy(n.IP) }
+		return watchStalls(gctx, db, time.Duration(cfg.Boot.StallTimeout), busy, log, stateMetrics)
+	})
 
 	if cfg.DHCP.Enabled {
 		arches := map[pxe.Arch]string{}
@@ -289,6 +285,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	err = g.Wait()
 	log.Info("ramboot stopped")
 	return err
+}
+
+func wrapErr(what string, err error) error {
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
 }
 
 // pxeConns are the sockets of the enabled DHCP and TFTP services, opened

@@ -16,17 +16,38 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/images/overlay"
 	"github.com/ramboot/ramboot/provisioner/state"
 )
 
-// maxBody bounds every request body.
-const maxBody = 1 << 20
+// Bounds of what a client may send.
+const (
+	// maxBody bounds every admin request body.
+	maxBody = 1 << 20
+	// MaxReportBody bounds a node's report body (413 beyond).
+	MaxReportBody = 64 << 10
+	// MaxReportError bounds the error text kept from a failed node's
+	// report; longer text is cut, not refused, so the reason still shows.
+	MaxReportError = 2048
+	// MaxReportKernel bounds the kernel release in a report.
+	MaxReportKernel = 128
+	// MaxReportSteps bounds the boot steps in a report.
+	MaxReportSteps = 32
+	// MaxStepName bounds a step's name in a report.
+	MaxStepName = 64
+	// reportReadTimeout bounds how long reading a report's body may take.
+	reportReadTimeout = 10 * time.Second
+)
 
 // AddNodeRequest is the body of POST /api/v1/nodes.
 type AddNodeRequest struct {
@@ -75,14 +96,20 @@ type Admin struct {
 //	POST   /api/v1/nodes          add a node (AddNodeRequest)
 //	GET    /api/v1/nodes/{name}   one node with its status and timeline
 //	DELETE /api/v1/nodes/{name}   remove a node
+//	GET    /api/v1/nodes/{name}/boots        the boots kept, newest first
+//	GET    /api/v1/nodes/{name}/boots/{boot} one boot, by number
 //	GET    /api/v1/images         list images
+//	GET    /api/v1/state/backup   a consistent copy of the state database
 func (a *Admin) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/nodes", a.listNodes)
 	mux.HandleFunc("POST /api/v1/nodes", a.addNode)
 	mux.HandleFunc("GET /api/v1/nodes/{name}", a.getNode)
 	mux.HandleFunc("DELETE /api/v1/nodes/{name}", a.deleteNode)
+	mux.HandleFunc("GET /api/v1/nodes/{name}/boots", a.listBoots)
+	mux.HandleFunc("GET /api/v1/nodes/{name}/boots/{boot}", a.getBoot)
 	mux.HandleFunc("GET /api/v1/images", a.listImages)
+	mux.HandleFunc("GET /api/v1/state/backup", a.backup)
 	return mux
 }
 
@@ -106,10 +133,14 @@ func writeError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, state.ErrNotFound), errors.Is(err, images.ErrNotFound):
 		code = http.StatusNotFound
-	case errors.Is(err, state.ErrExists):
+	case errors.Is(err, state.ErrExists), errors.Is(err, state.ErrConflict):
 		code = http.StatusConflict
 	case errors.Is(err, state.ErrBadToken):
 		code = http.StatusUnauthorized
+	case errors.Is(err, state.ErrWrongAddress):
+		code = http.StatusForbidden
+	case errors.As(err, new(*http.MaxBytesError)):
+		code = http.StatusRequestEntityTooLarge
 	case errors.As(err, new(badRequest)):
 		code = http.StatusBadRequest
 	}
@@ -124,6 +155,9 @@ func decode(r *http.Request, v any) error {
 	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		if errors.As(err, new(*http.MaxBytesError)) {
+			return fmt.Errorf("decode request body: %w", err)
+		}
 		return badRequest{fmt.Errorf("decode request body: %w", err)}
 	}
 	return nil
@@ -194,6 +228,47 @@ func (a *Admin) deleteNode(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+func (a *Admin) listBoots(w http.ResponseWriter, r *http.Request) {
+	bs, err := a.DB.Boots(r.PathValue("name"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, bs)
+}
+
+func (a *Admin) getBoot(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.Atoi(r.PathValue("boot"))
+	if err != nil || id < 1 {
+		writeError(w, badRequest{fmt.Errorf("boot %q: not a boot number (1, 2, ...)", r.PathValue("boot"))})
+		return
+	}
+	b, err := a.DB.BootByID(r.PathValue("name"), id)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, b)
+}
+
+// backup streams a consistent copy of the database (one read transaction),
+// with its size in Content-Length: a copy cut short does not verify.
+func (a *Admin) backup(w http.ResponseWriter, r *http.Request) {
+	n, err := a.DB.WriteSnapshot(w, func(size int64) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	})
+	if err != nil && n == 0 {
+		writeError(w, err)
+		return
+	}
+	if err != nil {
+		logger(a.Logger).Warn("state backup cut short", "bytes", n, "err", err)
+		return
+	}
+	logger(a.Logger).Info("state backup sent", "bytes", n)
+}
+
 func (a *Admin) listImages(w http.ResponseWriter, r *http.Request) {
 	refs, err := a.Images.List()
 	if err != nil {
@@ -218,6 +293,44 @@ type Node struct {
 	DefaultImage string
 	// Logger logs reports at Info; nil = discard.
 	Logger *slog.Logger
+	// Metrics, when set, counts reports by result.
+	Metrics *Metrics
+}
+
+// Metrics are the node API's Prometheus metrics.
+type Metrics struct {
+	reports *prometheus.CounterVec
+}
+
+// Report results, the values of the result label.
+const (
+	ReportApplied      = "applied"       // recorded: the boot is booted or failed
+	ReportRepeated     = "repeated"      // the same report again: accepted, not applied again
+	ReportConflict     = "conflict"      // a different report for a boot that has one, or a stale boot
+	ReportBadToken     = "bad_token"     // no, a wrong or a revoked token
+	ReportWrongAddress = "wrong_address" // not from the node's reserved address
+	ReportInvalid      = "invalid"       // a malformed or oversized body or field
+	ReportError        = "error"         // the head could not record it (a full disk)
+)
+
+// NewMetrics registers the node API's metrics with reg:
+// ramboot_node_reports_total{result}.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{reports: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ramboot_node_reports_total",
+		Help: "Node reports by result: applied, repeated, conflict, bad_token, wrong_address, invalid, error.",
+	}, []string{"result"})}
+	for _, r := range []string{ReportApplied, ReportRepeated, ReportConflict, ReportBadToken, ReportWrongAddress, ReportInvalid, ReportError} {
+		m.reports.WithLabelValues(r)
+	}
+	reg.MustRegister(m.reports)
+	return m
+}
+
+func (n *Node) count(result string) {
+	if n.Metrics != nil {
+		n.Metrics.reports.WithLabelValues(result).Inc()
+	}
 }
 
 // Handler returns the node routes:
@@ -230,25 +343,75 @@ func (n *Node) Handler() http.Handler {
 	return mux
 }
 
+// checkReport checks every field of a report against its bound and
+// returns it made safe to store and print.
+func checkReport(rep overlay.Report) (overlay.Report, error) {
+	var errs []error
+	if rep.State != overlay.StateReady && rep.State != overlay.StateFailed {
+		errs = append(errs, fmt.Errorf("state %q: not ready or failed", state.Clip(string(rep.State), 32)))
+	}
+	rep.Error = state.Clip(state.Printable(rep.Error), MaxReportError)
+	if len(rep.Kernel) > MaxReportKernel {
+		errs = append(errs, fmt.Errorf("kernel: %d bytes, more than %d", len(rep.Kernel), MaxReportKernel))
+	}
+	rep.Kernel = state.Printable(rep.Kernel)
+	if rep.ContentDigest != "" {
+		if _, err := images.ParseDigest(rep.ContentDigest); err != nil {
+			errs = append(errs, fmt.Errorf("contentDigest: %w", err))
+		}
+	}
+	if rep.MemTotalBytes < 0 {
+		errs = append(errs, fmt.Errorf("memTotalBytes: %d is negative", rep.MemTotalBytes))
+	}
+	if rep.UptimeSeconds < 0 || math.IsInf(rep.UptimeSeconds, 0) || math.IsNaN(rep.UptimeSeconds) {
+		errs = append(errs, fmt.Errorf("uptimeSeconds: %v is not a duration", rep.UptimeSeconds))
+	}
+	if len(rep.Steps) > MaxReportSteps {
+		errs = append(errs, fmt.Errorf("steps: %d, more than %d", len(rep.Steps), MaxReportSteps))
+	}
+	for i, st := range rep.Steps {
+		if len(st.Name) == 0 || len(st.Name) > MaxStepName || state.Printable(st.Name) != st.Name {
+			errs = append(errs, fmt.Errorf("steps[%d].name: must be 1-%d printable bytes", i, MaxStepName))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return rep, badRequest{err}
+	}
+	return rep, nil
+}
+
 func (n *Node) report(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("node")
+	l := logger(n.Logger)
+	refuse := func(result string, err error) {
+		n.count(result)
+		l.Debug("report refused", "node", name, "ip", r.RemoteAddr, "result", result, "err", err)
+		writeError(w, err)
+	}
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || token == "" {
-		writeError(w, fmt.Errorf("report from node %s: missing bearer token: %w", name, state.ErrBadToken))
+		refuse(ReportBadToken, fmt.Errorf("report from node %s: missing bearer token: %w", name, state.ErrBadToken))
 		return
 	}
+	from, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		refuse(ReportInvalid, fmt.Errorf("report from node %s: remote address %q: %w", name, r.RemoteAddr, err))
+		return
+	}
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(reportReadTimeout))
+	r.Body = http.MaxBytesReader(w, r.Body, MaxReportBody)
 	var rep overlay.Report
 	if err := decode(r, &rep); err != nil {
-		writeError(w, err)
+		refuse(ReportInvalid, fmt.Errorf("report from node %s: %w", name, err))
 		return
 	}
-	if rep.State != overlay.StateReady && rep.State != overlay.StateFailed {
-		writeError(w, badRequest{fmt.Errorf("report from node %s: unknown state %q", name, rep.State)})
+	if rep, err = checkReport(rep); err != nil {
+		refuse(ReportInvalid, fmt.Errorf("report from node %s: %w", name, err))
 		return
 	}
 	node, err := n.DB.Get(name)
 	if err != nil {
-		writeError(w, err)
+		refuse(ReportInvalid, err)
 		return
 	}
 	assigned := node.Image
@@ -256,7 +419,7 @@ func (n *Node) report(w http.ResponseWriter, r *http.Request) {
 		assigned = n.DefaultImage
 	}
 	imgName, imgDigest := n.resolve(assigned, rep.ContentDigest)
-	err = n.DB.SetReport(name, token, state.Report{
+	applied, err := n.DB.SetReport(name, token, from.Addr(), state.Report{
 		State:         string(rep.State),
 		Error:         rep.Error,
 		ImageName:     imgName,
@@ -266,14 +429,31 @@ func (n *Node) report(w http.ResponseWriter, r *http.Request) {
 		MemTotalBytes: rep.MemTotalBytes,
 		UptimeSeconds: rep.UptimeSeconds,
 	})
-	if err != nil {
+	switch {
+	case errors.Is(err, state.ErrBadToken):
+		refuse(ReportBadToken, err)
+		return
+	case errors.Is(err, state.ErrWrongAddress):
+		refuse(ReportWrongAddress, err)
+		return
+	case errors.Is(err, state.ErrConflict):
+		n.count(ReportConflict)
+		l.Warn("conflicting report refused", "node", name, "ip", from.Addr(), "err", err)
 		writeError(w, err)
 		return
-	}
-	l := logger(n.Logger)
-	if rep.State == overlay.StateReady {
+	case err != nil:
+		n.count(ReportError)
+		l.Error("report not recorded", "node", name, "err", err)
+		writeError(w, err)
+		return
+	case !applied:
+		n.count(ReportRepeated)
+		l.Info("repeated report accepted, not applied again", "node", name, "ip", from.Addr())
+	case rep.State == overlay.StateReady:
+		n.count(ReportApplied)
 		l.Info("node booted", "node", name, "ip", node.IP, "image", imgName, "digest", imgDigest, "kernel", rep.Kernel, "uptime", rep.UptimeSeconds)
-	} else {
+	default:
+		n.count(ReportApplied)
 		l.Warn("node boot failed", "node", name, "ip", node.IP, "err", rep.Error)
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -154,6 +154,16 @@ func unpack(t *testing.T, b []byte) map[string][]byte {
 	return files
 }
 
+// scriptURLs returns the URLs a script fetches: the kernel's, then the
+// initrds', in order.
+func scriptURLs(script string) []string {
+	var urls []string
+	for _, m := range regexp.MustCompile(`(?m)^(?:kernel|initrd) (http://\S+)`).FindAllStringSubmatch(script, -1) {
+		urls = append(urls, m[1])
+	}
+	return urls
+}
+
 func TestBootFlow(t *testing.T) {
 	f := newFixture(t)
 	if err := f.db.AddNode(state.Node{Name: "n1", MAC: "52:54:00:00:00:01", IP: netip.MustParseAddr("127.0.0.1")}); err != nil {
@@ -178,7 +188,7 @@ func TestBootFlow(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !bytes.HasPrefix(script, []byte("#!ipxe\n")) {
 		t.Fatalf("script: %d %q", resp.StatusCode, script)
 	}
-	urls := regexp.MustCompile(`http://\S+`).FindAllString(string(script), -1)
+	urls := scriptURLs(string(script))
 	if len(urls) != 4 {
 		t.Fatalf("script has %d URLs, want kernel + 3 initrds:\n%s", len(urls), script)
 	}
@@ -280,11 +290,11 @@ func TestBootFlow(t *testing.T) {
 		if n.Status.State != state.StateBooted || n.Status.Report.ImageDigest != string(f.digest) || n.Status.Report.ImageName != "default" {
 			t.Fatalf("status %+v report %+v", n.Status, n.Status.Report)
 		}
-		var steps []string
+		var steps []state.Step
 		for _, e := range n.Status.Timeline {
 			steps = append(steps, e.Step)
 		}
-		want := []string{state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}
+		want := []state.Step{state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}
 		for _, w := range want {
 			if !slices.Contains(steps, w) {
 				t.Errorf("timeline %v lacks %s", steps, w)
@@ -298,7 +308,7 @@ func TestBootFlow(t *testing.T) {
 		if resp, _ := get(t, n1, urls[3]); resp.StatusCode != http.StatusForbidden {
 			t.Fatalf("old overlay URL after a new script: %d, want 403", resp.StatusCode)
 		}
-		ov := regexp.MustCompile(`http://\S+overlay\S+`).FindString(string(script))
+		ov := scriptURLs(string(script))[3]
 		_, b := get(t, n1, ov)
 		c, err := overlay.ParseConfig(unpack(t, b)[overlay.ConfigPath])
 		if err != nil {

@@ -21,12 +21,10 @@ func (w testLog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// TestBoot network-boots QEMU from `ramboot serve` in a namespace of its
-// own, once per firmware, and waits for the agent's report to turn the
-// node booted, running the image the test built.
-func TestBoot(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
-	defer cancel()
+// serveLab starts a lab with `ramboot serve` running, closed when the
+// test ends.
+func serveLab(ctx context.Context, t *testing.T) *lab.Lab {
+	t.Helper()
 	l, err := lab.New(ctx, lab.Options{Log: testLog{t}, Keep: os.Getenv("RAMBOOT_LAB_KEEP") != ""})
 	if err != nil {
 		t.Fatal(err)
@@ -39,6 +37,16 @@ func TestBoot(t *testing.T) {
 	if err := l.Serve(ctx); err != nil {
 		t.Fatal(err)
 	}
+	return l
+}
+
+// TestBoot network-boots QEMU from `ramboot serve` in a namespace of its
+// own, once per firmware, and waits for the agent's report to turn the
+// node booted, running the image the test built.
+func TestBoot(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	l := serveLab(ctx, t)
 	digest, err := l.BuildImage(ctx, "default")
 	if err != nil {
 		t.Fatal(err)
@@ -48,12 +56,12 @@ func TestBoot(t *testing.T) {
 		node  string
 		mac   string
 		ip    string
-		steps []string
+		steps []state.Step
 	}{
 		{lab.BIOS, "bios1", "52:54:00:77:00:0a", "10.77.0.10",
-			[]string{state.StepDHCPOffer, state.StepDHCPAck, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}},
+			[]state.Step{state.StepDHCPOffer, state.StepDHCPAck, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}},
 		{lab.UEFI, "uefi1", "52:54:00:77:00:0b", "10.77.0.11",
-			[]string{state.StepDHCPOffer, state.StepDHCPAck, state.StepTFTP, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}},
+			[]state.Step{state.StepDHCPOffer, state.StepDHCPAck, state.StepTFTP, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}},
 	}
 	for _, tc := range cases {
 		t.Run(string(tc.mode), func(t *testing.T) {
@@ -83,7 +91,7 @@ func TestBoot(t *testing.T) {
 			if !strings.HasPrefix(r.Kernel, "6.") || r.MemTotalBytes < 512<<20 {
 				t.Errorf("implausible report: kernel %q, memory %d", r.Kernel, r.MemTotalBytes)
 			}
-			var seen []string
+			var seen []state.Step
 			for _, e := range n.Status.Timeline {
 				seen = append(seen, e.Step)
 			}

@@ -66,6 +66,7 @@ type Lab struct {
 
 	procs []*proc
 	nsUp  bool
+	serve *proc // the running `ramboot serve`
 }
 
 // proc is a process the lab started; done closes when it has been reaped.
@@ -312,6 +313,7 @@ func (l *Lab) Serve(ctx context.Context, extra ...string) error {
 	if err != nil {
 		return err
 	}
+	l.serve = p
 	l.logf("ramboot serve running in %s (pid %d), log %s", l.ns, p.cmd.Process.Pid, logFile)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -328,6 +330,26 @@ func (l *Lab) Serve(ctx context.Context, extra ...string) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// KillServe kills `ramboot serve` with SIGKILL, as a crash or an admin's
+// kill -9 would, and waits until it is gone. Serve starts it again.
+func (l *Lab) KillServe() error {
+	p := l.serve
+	if p == nil || p.exited() {
+		return errors.New("ramboot serve is not running")
+	}
+	if err := p.cmd.Process.Kill(); err != nil {
+		return fmt.Errorf("kill ramboot serve: %w", err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("ramboot serve (pid %d) still running 10s after SIGKILL", p.cmd.Process.Pid)
+	}
+	l.logf("ramboot serve (pid %d) killed with SIGKILL", p.cmd.Process.Pid)
+	l.serve = nil
+	return nil
 }
 
 // CLI runs the ramboot CLI against the lab's state directory and returns

@@ -53,6 +53,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -411,4 +412,59 @@ func syncDir(dir string) error {
 		return fmt.Errorf("sync directory %s: %w", dir, err)
 	}
 	return nil
+}
+
+// TmpDir returns the store's tmp/ directory, creating the store if needed:
+// the place for a writer's scratch files on the blobs' file system.
+func (s *Store) TmpDir() (string, error) {
+	if err := s.init(); err != nil {
+		return "", err
+	}
+	return s.tmpDir(), nil
+}
+
+// CacheGet returns the manifest digest recorded for key by CachePut.
+// key is a hexadecimal string chosen by the caller (the builder's tree
+// and options key).
+func (s *Store) CacheGet(key string) (Digest, bool) {
+	if !validCacheKey(key) || s.check() != nil {
+		return "", false
+	}
+	b, err := os.ReadFile(filepath.Join(s.cacheDir(), key))
+	if err != nil {
+		return "", false
+	}
+	d, err := ParseDigest(strings.TrimSuffix(string(b), "\n"))
+	return d, err == nil
+}
+
+// CachePut records d for key, atomically.
+func (s *Store) CachePut(key string, d Digest) error {
+	if !validCacheKey(key) {
+		return fmt.Errorf("cache key %q: want 64 hexadecimal digits", key)
+	}
+	if err := s.init(); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(s.tmpDir(), "cache-*")
+	if err != nil {
+		return fmt.Errorf("write cache: %w", err)
+	}
+	_, err = f.WriteString(string(d) + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), filepath.Join(s.cacheDir(), key))
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("write cache %s: %w", key, err)
+	}
+	return nil
+}
+
+func validCacheKey(k string) bool {
+	_, err := ParseDigest(digestPrefix + k)
+	return err == nil
 }

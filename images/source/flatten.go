@@ -159,8 +159,13 @@ func (f *flattener) entry(h *tar.Header, r io.Reader) error {
 		}
 		return nil
 	}
-	if f.skip != nil && f.skip(name) {
-		return nil
+	if f.skip != nil {
+		// A directory left out takes what later entries put in it.
+		for p := name; p != "."; p = path.Dir(p) {
+			if f.skip(p) {
+				return nil
+			}
+		}
 	}
 	parent, err := f.dir(dir, true)
 	if err != nil {
@@ -370,4 +375,3 @@ func (f *flattener) entry2(name string, n *node, links map[uint64]int) newc.Entr
 	}
 	return e
 }
-

@@ -230,12 +230,14 @@ func TestFlattenKeepsMetadata(t *testing.T) {
 		"bin/su2":      func(e *newc.Entry) bool { return e.Link == tr.Lookup("bin/su").Link && data(t, e) == "su" },
 		"sbin":         func(e *newc.Entry) bool { return e.Mode.Type() == fs.ModeSymlink && e.Linkname == "usr/bin" },
 		"usr/bin/tool": func(e *newc.Entry) bool { return data(t, e) == "tool" },
-		"dev/null":     func(e *newc.Entry) bool { return e.Mode == fs.ModeDevice|fs.ModeCharDevice|0o666 && e.Major == 1 && e.Minor == 3 },
-		"dev/sda":      func(e *newc.Entry) bool { return e.Mode == fs.ModeDevice|0o660 && e.Major == 8 && e.GID == 6 },
-		"run/fifo":     func(e *newc.Entry) bool { return e.Mode == fs.ModeNamedPipe|0o600 },
-		"home/u":       func(e *newc.Entry) bool { return e.Mode == fs.ModeDir|0o700 && e.UID == 1000 && e.GID == 1000 },
-		"tmp":          func(e *newc.Entry) bool { return e.Mode == fs.ModeDir|fs.ModeSticky|0o777 },
-		"empty":        func(e *newc.Entry) bool { return e.Mode.IsDir() },
+		"dev/null": func(e *newc.Entry) bool {
+			return e.Mode == fs.ModeDevice|fs.ModeCharDevice|0o666 && e.Major == 1 && e.Minor == 3
+		},
+		"dev/sda":  func(e *newc.Entry) bool { return e.Mode == fs.ModeDevice|0o660 && e.Major == 8 && e.GID == 6 },
+		"run/fifo": func(e *newc.Entry) bool { return e.Mode == fs.ModeNamedPipe|0o600 },
+		"home/u":   func(e *newc.Entry) bool { return e.Mode == fs.ModeDir|0o700 && e.UID == 1000 && e.GID == 1000 },
+		"tmp":      func(e *newc.Entry) bool { return e.Mode == fs.ModeDir|fs.ModeSticky|0o777 },
+		"empty":    func(e *newc.Entry) bool { return e.Mode.IsDir() },
 	}
 	for n, ok := range checks {
 		e := tr.Lookup(n)
@@ -262,7 +264,9 @@ func TestFlattenErrors(t *testing.T) {
 		{"link-missing", layer(t, te{name: "a", typ: tar.TypeLink, link: "nope"}), `target "nope"`},
 		{"symlink-loop", layer(t, te{name: "a", typ: tar.TypeSymlink, link: "b"}, te{name: "b", typ: tar.TypeSymlink, link: "a"}, te{name: "a/x", data: "x"}), "too many levels"},
 		{"bad-layer", func() v1.Layer {
-			l, _ := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("this is not a tar stream, it is far too short")), nil })
+			l, _ := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+				return io.NopCloser(strings.NewReader("this is not a tar stream, it is far too short")), nil
+			})
 			return l
 		}(), "read tar"},
 	}

@@ -29,6 +29,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ramboot/ramboot/images"
+	"github.com/ramboot/ramboot/images/push"
 	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/bootserver"
 	"github.com/ramboot/ramboot/provisioner/config"
@@ -41,9 +42,10 @@ import (
 
 // Files under the state directory.
 const (
-	DBFile     = "ramboot.db"   // the bbolt database
-	SocketFile = "ramboot.sock" // the admin API socket (root only)
-	ImagesDir  = "images"       // the image store
+	DBFile      = "ramboot.db"            // the bbolt database
+	SocketFile  = "ramboot.sock"          // the admin API socket (root only)
+	ImagesDir   = "images"                // the image store
+	HostKeyFile = "sftp_host_ed25519_key" // the SFTP endpoint's host key
 )
 
 // Daemon is one running head. Set its fields, then call Run once.
@@ -68,6 +70,8 @@ type Head struct {
 	BaseURL string
 	// Socket is the admin API socket path.
 	Socket string
+	// SFTP is the address of the image push endpoint; empty when off.
+	SFTP string
 }
 
 // InterfaceAddr returns the first IPv4 address of iface with its prefix.
@@ -185,6 +189,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 
+	var sftpLn net.Listener
+	var sftpSrv *push.Server
+	if cfg.SFTP.Enabled {
+		if sftpSrv, sftpLn, err = d.sftpServer(store, reg); err != nil {
+			httpLn.Close()
+			sockLn.Close()
+			return err
+		}
+	}
+
 	boot := &bootserver.Server{
 		DB: db, Images: store, Agent: agent, BaseURL: baseURL, PrefixLen: prefix.Bits(),
 		Gateway: gateway, DNS: dns, DefaultImage: cfg.Boot.DefaultImage,
@@ -192,7 +206,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Logger: log, Metrics: bootserver.NewMetrics(reg),
 	}
 	nodeAPI := &api.Node{DB: db, Images: store, DefaultImage: cfg.Boot.DefaultImage, Logger: log}
-	admin := &api.Admin{DB: db, Images: store, Subnet: prefix, Logger: log}
+	admin := &api.Admin{DB: db, Images: store, Subnet: prefix, DefaultImage: cfg.Boot.DefaultImage, Logger: log}
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 
 	pub := http.NewServeMux()
@@ -263,14 +277,42 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 
 	head := Head{IP: headIP, Subnet: prefix, BaseURL: baseURL, Socket: sock}
+	if sftpSrv != nil {
+		g.Go(func() error { return sftpSrv.Serve(gctx, sftpLn) })
+		head.SFTP = sftpLn.Addr().String()
+	}
 	log.Info("ramboot serving", "iface", cfg.Interface, "ip", headIP, "http", baseURL, "socket", sock,
-		"state_dir", cfg.StateDir, "agent", agentPath, "dhcp", cfg.DHCP.Enabled, "tftp", cfg.TFTP.Enabled, "ra", cfg.RA.Enabled)
+		"state_dir", cfg.StateDir, "sftp", head.SFTP, "agent", agentPath, "dhcp", cfg.DHCP.Enabled, "tftp", cfg.TFTP.Enabled, "ra", cfg.RA.Enabled)
 	if d.Ready != nil {
 		d.Ready(head)
 	}
 	err = g.Wait()
 	log.Info("ramboot stopped")
 	return err
+}
+
+// sftpServer opens the image push endpoint: its listener, its host key
+// (generated at first start), and its authorized keys file.
+func (d *Daemon) sftpServer(store *images.Store, reg prometheus.Registerer) (*push.Server, net.Listener, error) {
+	cfg := d.Config
+	key, err := push.LoadOrCreateHostKey(filepath.Join(cfg.StateDir, HostKeyFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	keys := cfg.SFTPAuthorizedKeys()
+	if ks, err := push.ReadAuthorizedKeys(keys); err != nil {
+		return nil, nil, fmt.Errorf("sftp: %w", err)
+	} else if len(ks) == 0 {
+		d.log().Warn("sftp: no authorized keys yet: image push refused until keys are added", "path", keys)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.SFTP.Address, strconv.Itoa(cfg.SFTP.Port)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen sftp: %w", err)
+	}
+	return &push.Server{
+		Store: store, HostKey: key, AuthorizedKeysFile: keys,
+		Logger: d.log().With("svc", "sftp"), Metrics: push.NewMetrics(reg),
+	}, ln, nil
 }
 
 func healthz(w http.ResponseWriter, _ *http.Request) {

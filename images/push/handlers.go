@@ -380,4 +380,3 @@ func (f fileInfo) Mode() fs.FileMode {
 	}
 	return 0o644
 }
-

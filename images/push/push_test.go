@@ -393,4 +393,3 @@ func openSSH(t *testing.T, srv *pushtest.Server, batch string) string {
 	}
 	return out
 }
-

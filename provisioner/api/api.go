@@ -40,16 +40,6 @@ type AddNodeRequest struct {
 	Image string `json:"image,omitempty"`
 }
 
-// Image is one entry of GET /api/v1/images.
-type Image struct {
-	// Name is the image's name.
-	Name string `json:"name"`
-	// Digest is its manifest digest.
-	Digest string `json:"digest"`
-	// Manifest is the manifest itself.
-	Manifest images.Manifest `json:"manifest"`
-}
-
 // Error is the body of every error response.
 type Error struct {
 	// Error says what went wrong.
@@ -65,6 +55,8 @@ type Admin struct {
 	Images *images.Store
 	// Subnet, when valid, is the provisioning subnet node addresses must be in.
 	Subnet netip.Prefix
+	// DefaultImage is the image of nodes that have none (boot.default_image).
+	DefaultImage string
 	// Logger logs inventory changes at Info; nil = discard.
 	Logger *slog.Logger
 }
@@ -75,14 +67,15 @@ type Admin struct {
 //	POST   /api/v1/nodes          add a node (AddNodeRequest)
 //	GET    /api/v1/nodes/{name}   one node with its status and timeline
 //	DELETE /api/v1/nodes/{name}   remove a node
-//	GET    /api/v1/images         list images
+//
+// and the image routes of imageRoutes (images.go).
 func (a *Admin) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/nodes", a.listNodes)
 	mux.HandleFunc("POST /api/v1/nodes", a.addNode)
 	mux.HandleFunc("GET /api/v1/nodes/{name}", a.getNode)
 	mux.HandleFunc("DELETE /api/v1/nodes/{name}", a.deleteNode)
-	mux.HandleFunc("GET /api/v1/images", a.listImages)
+	a.imageRoutes(mux)
 	return mux
 }
 
@@ -162,7 +155,7 @@ func (a *Admin) addNode(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Image != "" {
-		if err := images.ValidName(req.Image); err != nil {
+		if _, err := images.ParseReference(req.Image); err != nil {
 			writeError(w, badRequest{err})
 			return
 		}
@@ -192,19 +185,6 @@ func (a *Admin) deleteNode(w http.ResponseWriter, r *http.Request) {
 	}
 	logger(a.Logger).Info("node deleted", "node", name)
 	w.WriteHeader(http.StatusNoContent)
-}
-
-func (a *Admin) listImages(w http.ResponseWriter, r *http.Request) {
-	refs, err := a.Images.List()
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	out := make([]Image, 0, len(refs))
-	for _, ref := range refs {
-		out = append(out, Image{Name: ref.Name, Digest: string(ref.Digest), Manifest: ref.Manifest})
-	}
-	writeJSON(w, http.StatusOK, out)
 }
 
 // Node serves the routes booted nodes call.
@@ -287,12 +267,19 @@ func (n *Node) resolve(assigned, content string) (name, digest string) {
 	if err != nil || content == "" {
 		return assigned, ""
 	}
+	want := assigned
+	if r, err := images.ParseReference(assigned); err == nil {
+		want = r.String()
+	}
 	for _, ref := range refs {
 		if string(ref.Manifest.ContentDigest) != content {
 			continue
 		}
-		if name == "" || ref.Name == assigned {
-			name, digest = ref.Name, string(ref.Digest)
+		switch {
+		case ref.Reference() == want:
+			name, digest = assigned, string(ref.Digest) // as the node's entry spells it
+		case name == "":
+			name, digest = ref.Reference(), string(ref.Digest)
 		}
 	}
 	if name == "" {

@@ -113,4 +113,3 @@ func NewKey(t testing.TB, dir, name string) (ssh.Signer, string) {
 	}
 	return s, p
 }
-

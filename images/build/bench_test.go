@@ -147,7 +147,7 @@ func BenchmarkBuild(b *testing.B) {
 			var m images.Manifest
 			b.SetBytes(stats.Bytes)
 			for b.Loop() {
-				m, _, err = build.Build(context.Background(), build.Options{RootDir: tree, Name: "bench", Store: st, Level: level})
+				m, _, err = build.Build(context.Background(), build.Options{RootDir: tree, Name: "bench", Store: st, Level: level, NoCache: true, NoDefaultExcludes: true})
 				if err != nil {
 					b.Fatal(err)
 				}

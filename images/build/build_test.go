@@ -285,18 +285,44 @@ func TestBuildReproducible(t *testing.T) {
 func TestBuildReproducibleAcrossMachines(t *testing.T) {
 	root := t.TempDir()
 	writeBenchTree(t, root, 40<<20)
-	var digests []images.Digest
-	for _, procs := range []int{1, 4} {
-		prev := runtime.GOMAXPROCS(procs)
-		m, _, err := build.Build(context.Background(), build.Options{RootDir: root, Name: "procs", Store: newStore(t)})
-		runtime.GOMAXPROCS(prev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		digests = append(digests, m.Rootfs.Digest)
+	for _, comp := range []string{"go", "zstd"} {
+		t.Run(comp, func(t *testing.T) {
+			if _, err := exec.LookPath("zstd"); err != nil && comp == "zstd" {
+				t.Skip("zstd not installed")
+			}
+			var digests []images.Digest
+			var contents []images.Digest
+			for _, procs := range []int{1, 4} {
+				prev := runtime.GOMAXPROCS(procs)
+				m, _, err := build.Build(context.Background(), build.Options{RootDir: root, Name: "procs", Store: newStore(t), Compressor: comp})
+				runtime.GOMAXPROCS(prev)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !strings.Contains(m.Builder, comp) {
+					t.Errorf("builder %q does not name the compressor %s", m.Builder, comp)
+				}
+				digests = append(digests, m.Rootfs.Digest)
+				contents = append(contents, m.ContentDigest)
+			}
+			if digests[0] != digests[1] {
+				t.Errorf("GOMAXPROCS 1 gives %s, 4 gives %s", digests[0], digests[1])
+			}
+			if contents[0] != contents[1] {
+				t.Errorf("content digests differ")
+			}
+		})
 	}
-	if digests[0] != digests[1] {
-		t.Errorf("GOMAXPROCS 1 gives %s, 4 gives %s", digests[0], digests[1])
+	// The zstd program with one and with two threads: its output does not
+	// depend on the thread count either.
+	if _, err := exec.LookPath("zstd"); err == nil {
+		var out []string
+		for _, n := range []string{"1", "2"} {
+			out = append(out, shell(t, "cd "+root+" && find . | sort | cpio -o -H newc --quiet | zstd -q -c -3 -T"+n+" | sha256sum", "zstd", "cpio"))
+		}
+		if out[0] != out[1] {
+			t.Errorf("zstd -T1 and -T2 differ: %s %s", out[0], out[1])
+		}
 	}
 }
 

@@ -19,7 +19,7 @@ import (
 // changes the output, and the builder's version.
 func (b *builder) cacheKey(t *source.Tree, k kernelFile) (string, error) {
 	h := sha256.New()
-	fmt.Fprintf(h, "ramboot build cache 1\n%s\n%s\n", Builder(), t.CacheKey)
+	fmt.Fprintf(h, "ramboot build cache 1\n%s\n%s\n", b.builderName(), t.CacheKey)
 	if k.hostPath != "" {
 		abs, _ := filepath.Abs(k.hostPath)
 		fi, err := os.Stat(abs)

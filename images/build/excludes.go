@@ -33,14 +33,57 @@ var DefaultExcludes = []string{
 // element at any depth, as in .gitignore. "tmp/*" leaves out what tmp
 // holds but keeps tmp; "tmp" leaves out tmp and what it holds.
 func Match(patterns []string, name string) bool {
-	base := path.Base(name)
+	return compile(patterns).match(name)
+}
+
+// matcher is a compiled list of patterns: it is asked about every entry
+// of a tree, so it skips the patterns that cannot match cheaply.
+type matcher []pattern
+
+type pattern struct {
+	p       string
+	base    bool   // no "/": matched against the last element
+	slashes int    // "/" in p: a name with another count cannot match
+	lit     string // p's first element when it has no wildcard
+}
+
+func compile(patterns []string) matcher {
+	m := make(matcher, 0, len(patterns))
 	for _, p := range patterns {
 		p = strings.TrimPrefix(p, "/")
-		target := name
-		if !strings.Contains(p, "/") {
-			target = base
+		c := pattern{p: p, slashes: strings.Count(p, "/")}
+		c.base = c.slashes == 0
+		if first, _, _ := strings.Cut(p, "/"); !c.base && !strings.ContainsAny(first, `*?[\`) {
+			c.lit = first
 		}
-		if ok, _ := path.Match(p, target); ok {
+		m = append(m, c)
+	}
+	return m
+}
+
+func (m matcher) match(name string) bool {
+	var base string
+	slashes := -1
+	for _, c := range m {
+		if c.base {
+			if base == "" {
+				base = path.Base(name)
+			}
+			if ok, _ := path.Match(c.p, base); ok {
+				return true
+			}
+			continue
+		}
+		if c.lit != "" && !(strings.HasPrefix(name, c.lit) && len(name) > len(c.lit) && name[len(c.lit)] == '/') {
+			continue
+		}
+		if slashes < 0 {
+			slashes = strings.Count(name, "/")
+		}
+		if slashes != c.slashes {
+			continue
+		}
+		if ok, _ := path.Match(c.p, name); ok {
 			return true
 		}
 	}

@@ -175,7 +175,6 @@ func ScanDir(ctx context.Context, root string, opt ScanOptions) (*Tree, error) {
 	if err != nil {
 		return nil, fmt.Errorf("archive %s: %w", root, err)
 	}
-	s := scanner{ctx: ctx, opt: opt, h: sha256.New(), links: map[[2]uint64]uint64{}}
 	var st unix.Stat_t
 	if err := unix.Stat(real, &st); err != nil {
 		return nil, fmt.Errorf("stat %s: %w", real, err)
@@ -183,26 +182,40 @@ func ScanDir(ctx context.Context, root string, opt ScanOptions) (*Tree, error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		return nil, fmt.Errorf("archive %s: not a directory", root)
 	}
-	s.rootDev = st.Dev
-	s.add(real, ".", &st)
-	if err := s.walk(real, ""); err != nil {
+	s := &scanner{ctx: ctx, opt: opt, rootDev: st.Dev}
+	top := &scanDir{}
+	if err := s.list(real, "", top); err != nil {
 		return nil, err
 	}
-	return &Tree{Entries: s.entries, MountPoints: s.mounts, MetaDigest: fmt.Sprintf("sha256:%x", s.h.Sum(nil))}, nil
+	o := orderer{h: sha256.New(), links: map[[2]uint64]uint64{}}
+	o.add(scanned{name: ".", path: real, st: st})
+	o.walk(top)
+	return &Tree{Entries: o.entries, MountPoints: o.mounts, MetaDigest: fmt.Sprintf("sha256:%x", o.h.Sum(nil))}, nil
+}
+
+// scanned is one listed entry with its lstat fields.
+type scanned struct {
+	name, path string
+	st         unix.Stat_t
+	sub        *scanDir // the directory's listing, if it was descended into
+	mount      bool     // a directory on another file system, not descended into
+}
+
+// scanDir is one directory's listing, sorted by name.
+type scanDir struct {
+	children []scanned
 }
 
 type scanner struct {
 	ctx     context.Context
 	opt     ScanOptions
 	rootDev uint64
-	entries []Entry
-	mounts  []string
-	h       hash.Hash
-	buf     []byte
-	links   map[[2]uint64]uint64 // (dev, ino) -> Entry.Link
 }
 
-func (s *scanner) walk(dir, rel string) error {
+// list lists dir into d and its subdirectories into theirs. The stat
+// calls are relative to the open directory (fstatat), so the kernel does
+// not walk the whole path again for every entry.
+func (s *scanner) list(dir, rel string, d *scanDir) error {
 	if err := s.ctx.Err(); err != nil {
 		return fmt.Errorf("archive %s: %w", dir, err)
 	}
@@ -210,46 +223,78 @@ func (s *scanner) walk(dir, rel string) error {
 	if err != nil {
 		return fmt.Errorf("read directory %s: %w", dir, err)
 	}
+	defer f.Close()
 	names, err := f.Readdirnames(-1)
-	f.Close()
 	if err != nil {
 		return fmt.Errorf("read directory %s: %w", dir, err)
 	}
 	slices.Sort(names)
-	var st unix.Stat_t
+	fd := int(f.Fd())
+	d.children = make([]scanned, 0, len(names))
 	for _, n := range names {
-		name := path.Join(rel, n)
+		name := n
+		if rel != "" {
+			name = rel + "/" + n
+		}
 		if s.opt.Skip != nil && s.opt.Skip(name) {
 			continue
 		}
-		diskPath := dir + "/" + n
-		if err := unix.Lstat(diskPath, &st); err != nil {
-			return fmt.Errorf("stat %s: %w", diskPath, err)
+		c := scanned{name: name, path: dir + "/" + n}
+		if err := unix.Fstatat(fd, n, &c.st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("stat %s: %w", c.path, err)
 		}
-		if err := s.add(diskPath, name, &st); err != nil {
-			return err
+		if c.st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			if c.st.Dev != s.rootDev && !s.opt.CrossFilesystems {
+				c.mount = true
+			} else {
+				c.sub = &scanDir{}
+			}
 		}
-		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		d.children = append(d.children, c)
+	}
+	for i := range d.children {
+		c := &d.children[i]
+		if c.sub == nil {
 			continue
 		}
-		if st.Dev != s.rootDev && !s.opt.CrossFilesystems {
-			s.mounts = append(s.mounts, name)
-			continue
-		}
-		if err := s.walk(diskPath, name); err != nil {
+		if err := s.list(c.path, c.name, c.sub); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (s *scanner) add(diskPath, name string, st *unix.Stat_t) error {
+// orderer turns the listing into entries in archive order and digests
+// their metadata.
+type orderer struct {
+	entries []Entry
+	mounts  []string
+	h       hash.Hash
+	buf     []byte
+	links   map[[2]uint64]uint64 // (dev, ino) -> Entry.Link
+}
+
+func (o *orderer) walk(d *scanDir) {
+	for i := range d.children {
+		c := &d.children[i]
+		o.add(*c)
+		if c.mount {
+			o.mounts = append(o.mounts, c.name)
+		}
+		if c.sub != nil {
+			o.walk(c.sub)
+		}
+	}
+}
+
+func (o *orderer) add(c scanned) {
+	st := &c.st
 	e := Entry{
-		Name:    name,
+		Name:    c.name,
 		UID:     int(st.Uid),
 		GID:     int(st.Gid),
 		ModTime: time.Unix(st.Mtim.Sec, 0),
-		Path:    diskPath,
+		Path:    c.path,
 	}
 	perm := fs.FileMode(st.Mode & 0o777)
 	if st.Mode&unix.S_ISUID != 0 {
@@ -266,10 +311,10 @@ func (s *scanner) add(diskPath, name string, st *unix.Stat_t) error {
 		e.Size = st.Size
 		if st.Nlink > 1 {
 			k := [2]uint64{st.Dev, st.Ino}
-			if s.links[k] == 0 {
-				s.links[k] = uint64(len(s.links) + 1)
+			if o.links[k] == 0 {
+				o.links[k] = uint64(len(o.links) + 1)
 			}
-			e.Link = s.links[k]
+			e.Link = o.links[k]
 		}
 	case unix.S_IFDIR:
 		perm |= fs.ModeDir
@@ -286,12 +331,13 @@ func (s *scanner) add(diskPath, name string, st *unix.Stat_t) error {
 	case unix.S_IFSOCK:
 		perm |= fs.ModeSocket
 	default:
-		return fmt.Errorf("archive %s: unknown file type %#o", diskPath, st.Mode&unix.S_IFMT)
+		// Not a type Linux file systems have; newc cannot say it either.
+		perm |= fs.ModeIrregular
 	}
 	e.Mode = perm
-	s.entries = append(s.entries, e)
+	o.entries = append(o.entries, e)
 
-	b := append(s.buf[:0], name...)
+	b := append(o.buf[:0], c.name...)
 	b = append(b, 0)
 	for _, v := range [...]uint64{
 		uint64(st.Mode), uint64(st.Uid), uint64(st.Gid), uint64(st.Size),
@@ -300,9 +346,8 @@ func (s *scanner) add(diskPath, name string, st *unix.Stat_t) error {
 	} {
 		b = binary.LittleEndian.AppendUint64(b, v)
 	}
-	s.buf = b
-	s.h.Write(b)
-	return nil
+	o.buf = b
+	o.h.Write(b)
 }
 
 // WriteTree writes the tree at root as a newc archive to w: its entries in

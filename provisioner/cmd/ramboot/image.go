@@ -134,6 +134,7 @@ goes to stderr (bars on a terminal, -q for none).`,
 	f.StringVar(&opt.Kernel, "kernel", "", "kernel file on this host (default: the newest /boot/vmlinuz-* of the source)")
 	f.IntVar(&opt.Level, "level", 0, "compression level: zstd 1-22 (default 3), gzip 1-9 (default 6)")
 	f.BoolVar(&gz, "gzip", false, "compress with gzip, for kernels older than 5.9 (no zstd initramfs)")
+	f.StringVar(&opt.Compressor, "compressor", "", "zstd compressor: zstd (the program) or go (built in); default: the program if installed")
 	f.StringArrayVar(&opt.Excludes, "exclude", nil, "leave out entries matching this pattern (repeatable; see docs/images.md)")
 	f.BoolVar(&opt.NoDefaultExcludes, "no-default-excludes", false, "keep temporary files, package caches and other kernels' files")
 	f.BoolVar(&opt.NoCache, "no-cache", false, "build even if the source is unchanged since the last build")

@@ -289,6 +289,32 @@ func (s *Store) PutTemp(f *os.File, want Artifact) (Artifact, error) {
 	return a, nil
 }
 
+// PutHashed is PutTemp for a file whose digest the caller computed while
+// writing it (got): it is checked against want without reading the file
+// again.
+func (s *Store) PutHashed(f *os.File, got Digest, want Artifact) (Artifact, error) {
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after the rename
+	if filepath.Dir(tmp) != s.tmpDir() {
+		f.Close()
+		return Artifact{}, fmt.Errorf("put blob %s: %s is not in the store's tmp/", want.Digest, tmp)
+	}
+	if got != want.Digest {
+		f.Close()
+		return Artifact{}, fmt.Errorf("put blob %s: got %d bytes with digest %s: %w", want.Digest, want.Size, got, ErrDigestMismatch)
+	}
+	unlock, err := s.lock(false)
+	if err != nil {
+		f.Close()
+		return Artifact{}, err
+	}
+	defer unlock()
+	if err := s.commitTemp(f, want); err != nil {
+		return Artifact{}, err
+	}
+	return want, nil
+}
+
 // removeOldTmp removes files in tmp/ not modified for tmpMaxAge, left by
 // crashed writers. A writer in progress keeps its file's mtime fresh.
 // Errors are ignored: leftovers are harmless.

@@ -17,6 +17,10 @@ import (
 	"github.com/ramboot/ramboot/images"
 )
 
+// maxPacket is the SFTP data size per request: pkg/sftp's server takes
+// messages up to 256 KiB, headers included.
+const maxPacket = 255 << 10
+
 // Client pushes images to and pulls them from a Server.
 type Client struct {
 	conn *ssh.Client
@@ -43,6 +47,9 @@ func Dial(ctx context.Context, addr string, cfg *ssh.ClientConfig) (*Client, err
 		sftp.UseConcurrentWrites(true),
 		sftp.UseConcurrentReads(true),
 		sftp.MaxConcurrentRequestsPerFile(64),
+		// Both ends are pkg/sftp, which takes packets up to 256 KiB:
+		// fewer, larger packets cost less per byte than OpenSSH's 32 KiB.
+		sftp.MaxPacketUnchecked(maxPacket),
 	)
 	if err != nil {
 		conn.Close()

@@ -2,6 +2,8 @@ package push
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"hash"
 	"fmt"
 	"io"
 	"io/fs"
@@ -114,7 +116,7 @@ func (h *handlers) Filewrite(r *sftp.Request) (io.WriterAt, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &upload{h: h, f: f, digest: d, path: r.Filepath}, nil
+		return &upload{h: h, f: f, digest: d, path: r.Filepath, hash: sha256.New()}, nil
 	case manifestsDir:
 		if _, err := images.ParseReference(name); err != nil {
 			return nil, fmt.Errorf("upload %s: %v: %w", r.Filepath, err, errDenied)
@@ -125,6 +127,8 @@ func (h *handlers) Filewrite(r *sftp.Request) (io.WriterAt, error) {
 }
 
 // upload is one blob being uploaded into a file in the store's tmp/.
+// While the writes come in order, it hashes them as they come, so closing
+// the upload need not read the file again.
 type upload struct {
 	h      *handlers
 	f      *os.File
@@ -134,11 +138,23 @@ type upload struct {
 	mu      sync.Mutex
 	aborted error
 	closed  bool
+	hash    hash.Hash // nil once a write came out of order
+	next    int64     // the offset the next in-order write starts at
 }
 
 func (u *upload) WriteAt(p []byte, off int64) (int, error) {
 	n, err := u.f.WriteAt(p, off)
 	u.h.srv.Metrics.received(n)
+	u.mu.Lock()
+	if u.hash != nil {
+		if off == u.next && err == nil {
+			u.hash.Write(p[:n])
+			u.next += int64(n)
+		} else {
+			u.hash = nil
+		}
+	}
+	u.mu.Unlock()
 	return n, err
 }
 
@@ -171,7 +187,13 @@ func (u *upload) Close() error {
 		os.Remove(u.f.Name())
 		return err
 	}
-	a, err := u.h.srv.Store.PutTemp(u.f, images.Artifact{Digest: u.digest, Size: fi.Size()})
+	want := images.Artifact{Digest: u.digest, Size: fi.Size()}
+	var a images.Artifact
+	if u.hash != nil && u.next == fi.Size() {
+		a, err = u.h.srv.Store.PutHashed(u.f, images.DigestFromHash(u.hash), want)
+	} else {
+		a, err = u.h.srv.Store.PutTemp(u.f, want)
+	}
 	if err != nil {
 		u.h.srv.Metrics.blob("rejected")
 		u.h.log.Warn("sftp upload rejected", "path", u.path, "bytes", fi.Size(), "err", err)

@@ -30,6 +30,11 @@ func newStore(t *testing.T) *images.Store {
 // addImage commits an image with a random rootfs of size bytes.
 func addImage(t *testing.T, st *images.Store, ref string, size int) (images.Manifest, images.Digest) {
 	t.Helper()
+	return addImageTB(t, st, ref, size)
+}
+
+func addImageTB(t testing.TB, st *images.Store, ref string, size int) (images.Manifest, images.Digest) {
+	t.Helper()
 	ctx := context.Background()
 	rootfs := make([]byte, size)
 	rand.Read(rootfs)
@@ -392,4 +397,33 @@ func openSSH(t *testing.T, srv *pushtest.Server, batch string) string {
 		t.Fatalf("sftp: %v\n%s", err, out)
 	}
 	return out
+}
+
+// TestOutOfOrderUpload writes a blob back to front: the server cannot
+// hash it on the way and verifies the file when it is closed.
+func TestOutOfOrderUpload(t *testing.T) {
+	local, head := newStore(t), newStore(t)
+	m, _ := addImage(t, local, "img", 1<<20)
+	srv := pushtest.NewServer(t, head)
+	c, _ := rawSFTP(t, srv)
+	data, err := os.ReadFile(filepath.Join(local.Dir, "blobs", "sha256", m.Rootfs.Digest.Hex()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := c.Create(push.BlobPath(m.Rootfs.Digest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const chunk = 64 << 10
+	for off := (len(data) - 1) / chunk * chunk; off >= 0; off -= chunk {
+		if _, err := f.WriteAt(data[off:min(off+chunk, len(data))], int64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if !head.HasBlob(m.Rootfs) {
+		t.Error("blob written out of order not stored")
+	}
 }

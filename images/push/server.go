@@ -204,7 +204,7 @@ func (s *Server) serveSession(ctx context.Context, ch ssh.Channel, reqs <-chan *
 		}
 		started = true
 		h := &handlers{srv: s, log: log}
-		rs := sftp.NewRequestServer(ch, sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h})
+		rs := sftp.NewRequestServer(ch, sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h}, sftp.WithRSMaxTxPacket(maxPacket))
 		go func() {
 			for r := range reqs {
 				r.Reply(false, nil)

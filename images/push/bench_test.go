@@ -122,4 +122,3 @@ func BenchmarkPushVsOpenSSH(b *testing.B) {
 	b.ReportMetric(float64(size)/(rb.Seconds()/n), "ramboot-MiB/s")
 	b.ReportMetric(float64(size)/(std.Seconds()/n), "openssh-MiB/s")
 }
-

@@ -3,8 +3,8 @@ package push
 import (
 	"bytes"
 	"crypto/sha256"
-	"hash"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"log/slog"

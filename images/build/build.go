@@ -170,7 +170,7 @@ type Progress struct {
 func Builder() string {
 	v := "ramboot devel"
 	if bi, ok := debug.ReadBuildInfo(); ok {
-		if bi.Main.Version != "" {
+		if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 			v = "ramboot " + bi.Main.Version
 		}
 		for _, s := range bi.Settings {

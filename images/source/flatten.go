@@ -181,7 +181,7 @@ func (f *flattener) entry(h *tar.Header, r io.Reader) error {
 		} else {
 			n.children = map[string]*node{}
 		}
-	case tar.TypeReg, tar.TypeRegA:
+	case tar.TypeReg: // the reader reports old-style (NUL) regular files as TypeReg too
 		b, err := f.store(r, h.Size)
 		if err != nil {
 			return fmt.Errorf("entry %q: %w", h.Name, err)

@@ -247,12 +247,24 @@ func (s *Store) refPaths(r Reference) []string {
 }
 
 func (s *Store) writeRef(r Reference, d Digest) error {
-	f, err := os.CreateTemp(s.tmpDir(), "ref-*")
+	if err := s.writeSmall(s.refPath(r), string(d)+"\n"); err != nil {
+		return fmt.Errorf("write ref %s: %w", r, err)
+	}
+	if r.Tag == DefaultTag {
+		os.Remove(s.legacyRefPath(r)) // superseded
+	}
+	return syncDir(s.refDir())
+}
+
+// writeSmall writes content to dst through a file in tmp/: written,
+// fsynced, renamed (mode 0600). The caller fsyncs dst's directory.
+func (s *Store) writeSmall(dst, content string) error {
+	f, err := os.CreateTemp(s.tmpDir(), "small-*")
 	if err != nil {
-		return fmt.Errorf("write ref: %w", err)
+		return err
 	}
 	tmp := f.Name()
-	_, err = f.WriteString(string(d) + "\n")
+	_, err = f.WriteString(content)
 	if err == nil {
 		err = f.Chmod(refMode)
 	}
@@ -263,16 +275,12 @@ func (s *Store) writeRef(r Reference, d Digest) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, s.refPath(r))
+		err = os.Rename(tmp, dst)
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("write ref %s: %w", r, err)
 	}
-	if r.Tag == DefaultTag {
-		os.Remove(s.legacyRefPath(r)) // superseded
-	}
-	return syncDir(s.refDir())
+	return err
 }
 
 // Resolve returns the manifest a reference points to and the manifest's

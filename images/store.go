@@ -472,19 +472,7 @@ func (s *Store) CachePut(key string, d Digest) error {
 	if err := s.init(); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(s.tmpDir(), "cache-*")
-	if err != nil {
-		return fmt.Errorf("write cache: %w", err)
-	}
-	_, err = f.WriteString(string(d) + "\n")
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), filepath.Join(s.cacheDir(), key))
-	}
-	if err != nil {
-		os.Remove(f.Name())
+	if err := s.writeSmall(filepath.Join(s.cacheDir(), key), string(d)+"\n"); err != nil {
 		return fmt.Errorf("write cache %s: %w", key, err)
 	}
 	return nil

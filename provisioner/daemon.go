@@ -177,14 +177,22 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	rec := &recorder{db: db, log: log}
 
-	// Listeners first, so a port conflict fails before anything serves.
+	// Listeners first, so a port conflict fails before anything serves:
+	// another DHCP or TFTP server on the link's interface stops this one
+	// here with an error naming it (issue 12: one server per link).
+	socks, err := listenPXE(ctx, cfg, headIP)
+	if err != nil {
+		return err
+	}
 	httpLn, err := net.Listen("tcp4", net.JoinHostPort(headIP.String(), strconv.Itoa(cfg.HTTP.Port)))
 	if err != nil {
+		socks.close()
 		return fmt.Errorf("listen http: %w", err)
 	}
 	sock := filepath.Join(cfg.StateDir, SocketFile)
 	sockLn, err := listenUnix(sock)
 	if err != nil {
+		socks.close()
 		httpLn.Close()
 		return err
 	}
@@ -193,6 +201,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	var sftpSrv *push.Server
 	if cfg.SFTP.Enabled {
 		if sftpSrv, sftpLn, err = d.sftpServer(store, reg); err != nil {
+			socks.close()
 			httpLn.Close()
 			sockLn.Close()
 			return err
@@ -245,26 +254,36 @@ func (d *Daemon) Run(ctx context.Context) error {
 		for a, f := range bootFiles {
 			arches[pxe.Arch(a)] = f
 		}
+		inventory := dhcp.InventoryFunc(rec.reservation(prefix.Bits(), gateway, dns, baseURL))
+		dhcpMetrics := dhcp.NewMetrics(reg)
 		srv := &dhcp.Server{
-			ServerIP:  headIP,
-			Inventory: dhcp.InventoryFunc(rec.reservation(prefix.Bits(), gateway, dns, baseURL)),
-			BootFiles: arches,
-			LeaseTime: time.Duration(cfg.DHCP.LeaseTime),
-			Observer:  rec.dhcp,
-			Logger:    log.With("svc", "dhcp"),
-			Metrics:   dhcp.NewMetrics(reg),
+			ServerIP:      headIP,
+			Inventory:     inventory,
+			BootFiles:     arches,
+			LeaseTime:     time.Duration(cfg.DHCP.LeaseTime),
+			ReceiveBuffer: cfg.DHCP.ReceiveBuffer,
+			Observer:      rec.dhcp,
+			Logger:        log.With("svc", "dhcp"),
+			Metrics:       dhcpMetrics,
 		}
-		g.Go(func() error { return srv.ListenAndServe(gctx, cfg.Interface) })
+		g.Go(func() error { return srv.Serve(gctx, socks.dhcp) })
+		if socks.rivals != nil {
+			det := &dhcp.RivalDetector{ServerIP: headIP, Inventory: inventory, Logger: log.With("svc", "dhcp"), Metrics: dhcpMetrics}
+			g.Go(func() error { return det.Serve(gctx, socks.rivals) })
+		}
 	}
 	if cfg.TFTP.Enabled {
 		srv := &tftp.Server{
-			Root:     os.DirFS(cfg.TFTP.Root),
-			Files:    cfg.TFTPFiles(),
-			Observer: rec.tftp,
-			Logger:   log.With("svc", "tftp"),
-			Metrics:  tftp.NewMetrics(reg),
+			Root:                  os.DirFS(cfg.TFTP.Root),
+			Files:                 cfg.TFTPFiles(),
+			MaxTransfers:          cfg.TFTP.MaxTransfers,
+			MaxTransfersPerClient: cfg.TFTP.MaxTransfersPerClient,
+			ReceiveBuffer:         cfg.TFTP.ReceiveBuffer,
+			Observer:              rec.tftp,
+			Logger:                log.With("svc", "tftp"),
+			Metrics:               tftp.NewMetrics(reg),
 		}
-		g.Go(func() error { return srv.ListenAndServe(gctx, net.JoinHostPort(headIP.String(), "69")) })
+		g.Go(func() error { return srv.Serve(gctx, socks.tftp) })
 	}
 	if cfg.RA.Enabled {
 		srv := &ra.Server{
@@ -313,6 +332,53 @@ func (d *Daemon) sftpServer(store *images.Store, reg prometheus.Registerer) (*pu
 		Store: store, HostKey: key, AuthorizedKeysFile: keys,
 		Logger: d.log().With("svc", "sftp"), Metrics: push.NewMetrics(reg),
 	}, ln, nil
+}
+
+// pxeConns are the sockets of the enabled DHCP and TFTP services, opened
+// before anything serves.
+type pxeConns struct {
+	dhcp, rivals net.PacketConn
+	tftp         *net.UDPConn
+}
+
+// listenPXE opens the DHCP socket on the interface (and the rival
+// detector's), and the TFTP socket on the head's address, as configured. A
+// DHCP or TFTP server already there makes it fail with an error that names
+// it.
+func listenPXE(ctx context.Context, cfg config.Config, headIP netip.Addr) (c pxeConns, err error) {
+	defer func() {
+		if err != nil {
+			c.close()
+		}
+	}()
+	if cfg.DHCP.Enabled {
+		if c.dhcp, err = dhcp.Listen(ctx, cfg.Interface); err != nil {
+			return c, err
+		}
+		if cfg.DHCP.DetectRivals {
+			if c.rivals, err = dhcp.ListenRivals(cfg.Interface); err != nil {
+				return c, fmt.Errorf("%w (set dhcp.detect_rivals: false to run without it)", err)
+			}
+		}
+	}
+	if cfg.TFTP.Enabled {
+		if c.tftp, err = tftp.Listen(ctx, net.JoinHostPort(headIP.String(), "69")); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// close closes the sockets that are open.
+func (c pxeConns) close() {
+	for _, conn := range []net.PacketConn{c.dhcp, c.rivals} {
+		if conn != nil {
+			conn.Close()
+		}
+	}
+	if c.tftp != nil {
+		c.tftp.Close()
+	}
 }
 
 func healthz(w http.ResponseWriter, _ *http.Request) {

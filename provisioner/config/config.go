@@ -79,6 +79,10 @@ type DHCP struct {
 	Router string `yaml:"router"`
 	// DNS lists name servers given to nodes (option 6).
 	DNS []string `yaml:"dns"`
+	// ReceiveBuffer is the DHCP socket's receive buffer, in bytes.
+	ReceiveBuffer int `yaml:"receive_buffer"`
+	// DetectRivals watches the link for other DHCP servers answering nodes.
+	DetectRivals bool `yaml:"detect_rivals"`
 }
 
 // TFTP configures the TFTP server.
@@ -89,6 +93,12 @@ type TFTP struct {
 	Root string `yaml:"root"`
 	// Files is the catalogue; empty means the values of DHCP.BootFiles.
 	Files []string `yaml:"files"`
+	// MaxTransfers caps the transfers in flight.
+	MaxTransfers int `yaml:"max_transfers"`
+	// MaxTransfersPerClient caps the transfers in flight from one address.
+	MaxTransfersPerClient int `yaml:"max_transfers_per_client"`
+	// ReceiveBuffer is the TFTP socket's receive buffer, in bytes.
+	ReceiveBuffer int `yaml:"receive_buffer"`
 }
 
 // HTTP configures the boot and node API server.
@@ -143,6 +153,13 @@ func (c Config) SFTPAuthorizedKeys() string {
 	}
 	return filepath.Join(c.StateDir, "authorized_keys")
 }
+
+// Bounds of dhcp.receive_buffer and tftp.receive_buffer: the kernel's
+// minimum is about 4.5 KiB; 1 GiB is far past any use.
+const (
+	minReceiveBuffer = 4096
+	maxReceiveBuffer = 1 << 30
+)
 
 // Duration is a time.Duration written as "90s", "168h".
 type Duration time.Duration
@@ -372,6 +389,20 @@ func (c Config) Validate() error {
 	}
 	if c.TFTP.Enabled && c.TFTP.Root == "" {
 		bad("tftp.root", "required when tftp.enabled")
+	}
+	for _, k := range []struct {
+		path string
+		v    int
+	}{{"dhcp.receive_buffer", c.DHCP.ReceiveBuffer}, {"tftp.receive_buffer", c.TFTP.ReceiveBuffer}} {
+		if k.v < minReceiveBuffer || k.v > maxReceiveBuffer {
+			bad(k.path, "%d is not between %d and %d bytes", k.v, minReceiveBuffer, maxReceiveBuffer)
+		}
+	}
+	if c.TFTP.MaxTransfers < 1 {
+		bad("tftp.max_transfers", "%d is less than 1", c.TFTP.MaxTransfers)
+	}
+	if c.TFTP.MaxTransfersPerClient < 1 || c.TFTP.MaxTransfersPerClient > max(c.TFTP.MaxTransfers, 1) {
+		bad("tftp.max_transfers_per_client", "%d is not between 1 and tftp.max_transfers (%d)", c.TFTP.MaxTransfersPerClient, c.TFTP.MaxTransfers)
 	}
 	for i, f := range c.TFTP.Files {
 		if f == "" || strings.ContainsAny(f, "/\\") {

@@ -375,3 +375,22 @@ func TestStoreCommitManifest(t *testing.T) {
 		t.Errorf("CommitManifest of a non-canonical manifest = %v", err)
 	}
 }
+
+func FuzzParseReference(f *testing.F) {
+	for _, s := range []string{"debian12", "debian12:v3", "a:b:c", ":x", "x:", "../x", "x:" + strings.Repeat("t", 130), "Ab:1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		r, err := images.ParseReference(s)
+		if err != nil {
+			return
+		}
+		if strings.ContainsAny(r.String(), "/\x00") || r.Name == "" || r.Tag == "" {
+			t.Fatalf("ParseReference(%q) = %q", s, r)
+		}
+		again, err := images.ParseReference(r.String())
+		if err != nil || again != r {
+			t.Fatalf("round trip of %q: %v, %v", r, again, err)
+		}
+	})
+}

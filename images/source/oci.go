@@ -295,3 +295,20 @@ func openImage(ctx context.Context, source string, img v1.Image, opt Options) (*
 	t.CacheKey = d.String()
 	return t, nil
 }
+
+// Image is a container image already at hand as go-containerregistry's
+// v1.Image (built or fetched by the caller).
+type Image struct {
+	// Image is the image.
+	Image v1.Image
+	// Name describes it in the manifest's source, e.g. "ci:rocky9".
+	Name string
+}
+
+// String returns Name.
+func (i *Image) String() string { return i.Name }
+
+// Open flattens the image.
+func (i *Image) Open(ctx context.Context, opt Options) (*Tree, error) {
+	return openImage(ctx, i.Name, i.Image, opt)
+}

@@ -394,3 +394,35 @@ func TestDirSource(t *testing.T) {
 		t.Errorf("cache keys %s %s, source %s", tr.CacheKey, tr2.CacheKey, tr2.Source)
 	}
 }
+
+// FuzzFlatten feeds arbitrary bytes as the upper layer of an image: the
+// flattener must return an error or a tree whose names stay inside the
+// root, never panic.
+func FuzzFlatten(f *testing.F) {
+	f.Add(tarBytes(f, []te{{name: "etc/.wh.a"}, {name: "usr/share/.wh..wh..opq"}, {name: "x", typ: tar.TypeLink, link: "bin/sh"}}))
+	f.Add(tarBytes(f, []te{{name: "../../x", data: "x"}}))
+	f.Add(tarBytes(f, []te{{name: "a", typ: tar.TypeSymlink, link: "/"}, {name: "a/etc/x", data: "x"}}))
+	f.Add([]byte("not a tar"))
+	dir := f.TempDir()
+	baseLayer := layer(f, base...)
+	f.Fuzz(func(t *testing.T, upper []byte) {
+		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(upper)), nil })
+		if err != nil {
+			return
+		}
+		img, err := mutate.AppendLayers(empty.Image, baseLayer, l)
+		if err != nil {
+			return
+		}
+		tr, err := (&source.Image{Image: img, Name: "fuzz"}).Open(context.Background(), source.Options{TmpDir: dir})
+		if err != nil {
+			return
+		}
+		defer tr.Close()
+		for _, e := range tr.Entries {
+			if e.Name != "." && (strings.HasPrefix(e.Name, "/") || strings.HasPrefix(e.Name, "../") || strings.Contains(e.Name, "/../") || e.Name == "..") {
+				t.Fatalf("entry %q leaves the root", e.Name)
+			}
+		}
+	})
+}

@@ -458,11 +458,14 @@ func (b *builder) putRootfs(ctx context.Context, t *source.Tree) (a images.Artif
 	a, err = b.opt.Store.Put(ctx, pr)
 	pr.CloseWithError(errors.New("store stopped reading")) // unblocks the writer if Put failed
 	wg.Wait()
+	// The first failure is the cause: the store's (a full disk) makes the
+	// writer fail on a closed pipe; the writer's (an unreadable file)
+	// reaches the store as its read error.
+	if err != nil && (werr == nil || !errors.Is(err, werr)) {
+		return a, stats, "", fmt.Errorf("store rootfs: %w", err)
+	}
 	if werr != nil {
 		return a, stats, "", werr
-	}
-	if err != nil {
-		return a, stats, "", fmt.Errorf("store rootfs: %w", err)
 	}
 	a.MediaType = images.MediaTypeRootfs
 	if b.opt.Compression == Gzip {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"golang.org/x/sys/unix"
 
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/images/build"
@@ -408,5 +410,38 @@ func TestBuildBadInput(t *testing.T) {
 	}
 	if des, _ := os.ReadDir(filepath.Join(st.Dir, "tmp")); len(des) != 0 {
 		t.Errorf("tmp not empty: %v", des)
+	}
+}
+
+// TestBuildFullDisk builds into a store on a 4 MiB tmpfs: the build fails
+// with the kernel's "no space left on device", commits nothing and leaves
+// no temporary file behind.
+func TestBuildFullDisk(t *testing.T) {
+	if !isRoot() {
+		t.Skip("needs root to mount a tmpfs")
+	}
+	mnt := t.TempDir()
+	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=4m"); err != nil {
+		t.Skipf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	root := t.TempDir()
+	makeTree(t, root)
+	writeBenchTree(t, filepath.Join(root, "usr", "data"), 16<<20) // 20% random: does not fit compressed
+	st := &images.Store{Dir: filepath.Join(mnt, "store")}
+	for _, comp := range []string{"zstd", "go"} {
+		if _, err := exec.LookPath("zstd"); err != nil && comp == "zstd" {
+			continue
+		}
+		_, _, err := build.Build(context.Background(), build.Options{RootDir: root, Name: "full", Store: st, Compressor: comp})
+		if !errors.Is(err, unix.ENOSPC) && (err == nil || !strings.Contains(err.Error(), "no space left")) {
+			t.Fatalf("%s: Build on a full disk = %v", comp, err)
+		}
+		if refs, err := st.List(); err != nil || len(refs) != 0 {
+			t.Errorf("%s: refs %v, %v", comp, refs, err)
+		}
+		if des, _ := os.ReadDir(filepath.Join(st.Dir, "tmp")); len(des) != 0 {
+			t.Errorf("%s: tmp/ holds %d files", comp, len(des))
+		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
 
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/images/push"
@@ -425,5 +426,32 @@ func TestOutOfOrderUpload(t *testing.T) {
 	}
 	if !head.HasBlob(m.Rootfs) {
 		t.Error("blob written out of order not stored")
+	}
+}
+
+// TestPushFullDisk pushes to a head whose store is on a 2 MiB tmpfs: the
+// push fails with the head's error, and the head keeps nothing.
+func TestPushFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tmpfs")
+	}
+	mnt := t.TempDir()
+	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=2m"); err != nil {
+		t.Skipf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	local := newStore(t)
+	addImage(t, local, "img", 4<<20)
+	head := &images.Store{Dir: filepath.Join(mnt, "store")}
+	srv := pushtest.NewServer(t, head)
+	c := dial(t, srv)
+	if _, err := c.Push(context.Background(), local, "img", "", nil); err == nil {
+		t.Fatal("push to a full disk succeeded")
+	}
+	if refs, _ := head.List(); len(refs) != 0 {
+		t.Errorf("refs %v", refs)
+	}
+	if tmp := tmpFiles(t, head); len(tmp) != 0 {
+		t.Errorf("tmp/ %v", tmp)
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ramboot/ramboot/images"
+	"github.com/ramboot/ramboot/images/push"
 	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/bootserver"
 	"github.com/ramboot/ramboot/provisioner/config"
@@ -41,9 +42,10 @@ import (
 
 // Files under the state directory.
 const (
-	DBFile     = "ramboot.db"   // the bbolt database
-	SocketFile = "ramboot.sock" // the admin API socket (root only)
-	ImagesDir  = "images"       // the image store
+	DBFile      = "ramboot.db"            // the bbolt database
+	SocketFile  = "ramboot.sock"          // the admin API socket (root only)
+	ImagesDir   = "images"                // the image store
+	HostKeyFile = "sftp_host_ed25519_key" // the SFTP endpoint's host key
 )
 
 // Daemon is one running head. Set its fields, then call Run once.
@@ -68,6 +70,8 @@ type Head struct {
 	BaseURL string
 	// Socket is the admin API socket path.
 	Socket string
+	// SFTP is the address of the image push endpoint; empty when off.
+	SFTP string
 }
 
 // InterfaceAddr returns the first IPv4 address of iface with its prefix.
@@ -193,6 +197,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 
+	var sftpLn net.Listener
+	var sftpSrv *push.Server
+	if cfg.SFTP.Enabled {
+		if sftpSrv, sftpLn, err = d.sftpServer(store, reg); err != nil {
+			socks.close()
+			httpLn.Close()
+			sockLn.Close()
+			return err
+		}
+	}
+
 	boot := &bootserver.Server{
 		DB: db, Images: store, Agent: agent, BaseURL: baseURL, PrefixLen: prefix.Bits(),
 		Gateway: gateway, DNS: dns, DefaultImage: cfg.Boot.DefaultImage,
@@ -200,7 +215,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Logger: log, Metrics: bootserver.NewMetrics(reg),
 	}
 	nodeAPI := &api.Node{DB: db, Images: store, DefaultImage: cfg.Boot.DefaultImage, Logger: log, Metrics: api.NewMetrics(reg)}
-	admin := &api.Admin{DB: db, Images: store, Subnet: prefix, Logger: log}
+	admin := &api.Admin{DB: db, Images: store, Subnet: prefix, DefaultImage: cfg.Boot.DefaultImage, Logger: log}
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 
 	pub := http.NewServeMux()
@@ -277,8 +292,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 
 	head := Head{IP: headIP, Subnet: prefix, BaseURL: baseURL, Socket: sock}
+	if sftpSrv != nil {
+		g.Go(func() error { return sftpSrv.Serve(gctx, sftpLn) })
+		head.SFTP = sftpLn.Addr().String()
+	}
 	log.Info("ramboot serving", "iface", cfg.Interface, "ip", headIP, "http", baseURL, "socket", sock,
-		"state_dir", cfg.StateDir, "agent", agentPath, "dhcp", cfg.DHCP.Enabled, "tftp", cfg.TFTP.Enabled, "ra", cfg.RA.Enabled)
+		"state_dir", cfg.StateDir, "sftp", head.SFTP, "agent", agentPath, "dhcp", cfg.DHCP.Enabled, "tftp", cfg.TFTP.Enabled, "ra", cfg.RA.Enabled)
 	if d.Ready != nil {
 		d.Ready(head)
 	}
@@ -292,6 +311,30 @@ func wrapErr(what string, err error) error {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
+}
+
+// sftpServer opens the image push endpoint: its listener, its host key
+// (generated at first start), and its authorized keys file.
+func (d *Daemon) sftpServer(store *images.Store, reg prometheus.Registerer) (*push.Server, net.Listener, error) {
+	cfg := d.Config
+	key, err := push.LoadOrCreateHostKey(filepath.Join(cfg.StateDir, HostKeyFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	keys := cfg.SFTPAuthorizedKeys()
+	if ks, err := push.ReadAuthorizedKeys(keys); err != nil {
+		return nil, nil, fmt.Errorf("sftp: %w", err)
+	} else if len(ks) == 0 {
+		d.log().Warn("sftp: no authorized keys yet: image push refused until keys are added", "path", keys)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.SFTP.Address, strconv.Itoa(cfg.SFTP.Port)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen sftp: %w", err)
+	}
+	return &push.Server{
+		Store: store, HostKey: key, AuthorizedKeysFile: keys,
+		Logger: d.log().With("svc", "sftp"), Metrics: push.NewMetrics(reg),
+	}, ln, nil
 }
 
 // pxeConns are the sockets of the enabled DHCP and TFTP services, opened

@@ -61,16 +61,6 @@ type AddNodeRequest struct {
 	Image string `json:"image,omitempty"`
 }
 
-// Image is one entry of GET /api/v1/images.
-type Image struct {
-	// Name is the image's name.
-	Name string `json:"name"`
-	// Digest is its manifest digest.
-	Digest string `json:"digest"`
-	// Manifest is the manifest itself.
-	Manifest images.Manifest `json:"manifest"`
-}
-
 // Error is the body of every error response.
 type Error struct {
 	// Error says what went wrong.
@@ -86,6 +76,8 @@ type Admin struct {
 	Images *images.Store
 	// Subnet, when valid, is the provisioning subnet node addresses must be in.
 	Subnet netip.Prefix
+	// DefaultImage is the image of nodes that have none (boot.default_image).
+	DefaultImage string
 	// Logger logs inventory changes at Info; nil = discard.
 	Logger *slog.Logger
 }
@@ -98,8 +90,9 @@ type Admin struct {
 //	DELETE /api/v1/nodes/{name}   remove a node
 //	GET    /api/v1/nodes/{name}/boots        the boots kept, newest first
 //	GET    /api/v1/nodes/{name}/boots/{boot} one boot, by number
-//	GET    /api/v1/images         list images
 //	GET    /api/v1/state/backup   a consistent copy of the state database
+//
+// and the image routes of imageRoutes (images.go).
 func (a *Admin) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/nodes", a.listNodes)
@@ -108,8 +101,8 @@ func (a *Admin) Handler() http.Handler {
 	mux.HandleFunc("DELETE /api/v1/nodes/{name}", a.deleteNode)
 	mux.HandleFunc("GET /api/v1/nodes/{name}/boots", a.listBoots)
 	mux.HandleFunc("GET /api/v1/nodes/{name}/boots/{boot}", a.getBoot)
-	mux.HandleFunc("GET /api/v1/images", a.listImages)
 	mux.HandleFunc("GET /api/v1/state/backup", a.backup)
+	a.imageRoutes(mux)
 	return mux
 }
 
@@ -196,7 +189,7 @@ func (a *Admin) addNode(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Image != "" {
-		if err := images.ValidName(req.Image); err != nil {
+		if _, err := images.ParseReference(req.Image); err != nil {
 			writeError(w, badRequest{err})
 			return
 		}
@@ -267,19 +260,6 @@ func (a *Admin) backup(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	logger(a.Logger).Info("state backup sent", "bytes", n)
-}
-
-func (a *Admin) listImages(w http.ResponseWriter, r *http.Request) {
-	refs, err := a.Images.List()
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	out := make([]Image, 0, len(refs))
-	for _, ref := range refs {
-		out = append(out, Image{Name: ref.Name, Digest: string(ref.Digest), Manifest: ref.Manifest})
-	}
-	writeJSON(w, http.StatusOK, out)
 }
 
 // Node serves the routes booted nodes call.
@@ -467,12 +447,19 @@ func (n *Node) resolve(assigned, content string) (name, digest string) {
 	if err != nil || content == "" {
 		return assigned, ""
 	}
+	want := assigned
+	if r, err := images.ParseReference(assigned); err == nil {
+		want = r.String()
+	}
 	for _, ref := range refs {
 		if string(ref.Manifest.ContentDigest) != content {
 			continue
 		}
-		if name == "" || ref.Name == assigned {
-			name, digest = ref.Name, string(ref.Digest)
+		switch {
+		case ref.Reference() == want:
+			name, digest = assigned, string(ref.Digest) // as the node's entry spells it
+		case name == "":
+			name, digest = ref.Reference(), string(ref.Digest)
 		}
 	}
 	if name == "" {

@@ -40,7 +40,7 @@ func daemonAPI(t *testing.T, dir string) *state.DB {
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin := &api.Admin{DB: db, Images: &images.Store{Dir: filepath.Join(dir, provisioner.ImagesDir)}, Subnet: netip.MustParsePrefix("10.77.0.1/24")}
+	admin := &api.Admin{DB: db, Images: &images.Store{Dir: filepath.Join(dir, provisioner.ImagesDir)}, Subnet: netip.MustParsePrefix("10.77.0.1/24"), DefaultImage: "default"}
 	srv := &http.Server{Handler: admin.Handler()}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
@@ -105,14 +105,14 @@ func TestImageCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	var res imageResult
-	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Name != "test" || res.Manifest.KernelVersion != "6.1.0-test" {
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Name != "test" || res.Ref != "test:latest" || res.Manifest.KernelVersion != "6.1.0-test" {
 		t.Fatalf("image build -o json: %q %v", out, err)
 	}
 	if _, err := images.ParseDigest(string(res.Digest)); err != nil {
 		t.Fatal(err)
 	}
 	out, err = cli(t, dir, "image", "list")
-	if err != nil || !strings.Contains(out, "test") || !strings.Contains(out, string(res.Digest)) {
+	if err != nil || !strings.Contains(out, "test") || !strings.Contains(out, res.Digest.Hex()[:12]) {
 		t.Fatalf("image list: %q %v", out, err)
 	}
 	if _, err := cli(t, dir, "image", "build", tree); err == nil || !strings.Contains(err.Error(), "name") {

@@ -11,7 +11,6 @@ package provisioner
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -30,9 +29,11 @@ import (
 
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/images/overlay"
+	"github.com/ramboot/ramboot/images/push"
 	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/bootserver"
 	"github.com/ramboot/ramboot/provisioner/config"
+	"github.com/ramboot/ramboot/provisioner/internal/httplimit"
 	"github.com/ramboot/ramboot/provisioner/state"
 	"github.com/ramboot/ramboot/pxe"
 	"github.com/ramboot/ramboot/pxe/dhcp"
@@ -42,9 +43,10 @@ import (
 
 // Files under the state directory.
 const (
-	DBFile     = "ramboot.db"   // the bbolt database
-	SocketFile = "ramboot.sock" // the admin API socket (root only)
-	ImagesDir  = "images"       // the image store
+	DBFile      = "ramboot.db"            // the bbolt database
+	SocketFile  = "ramboot.sock"          // the admin API socket (root only)
+	ImagesDir   = "images"                // the image store
+	HostKeyFile = "sftp_host_ed25519_key" // the SFTP endpoint's host key
 )
 
 // Daemon is one running head. Set its fields, then call Run once.
@@ -69,6 +71,8 @@ type Head struct {
 	BaseURL string
 	// Socket is the admin API socket path.
 	Socket string
+	// SFTP is the address of the image push endpoint; empty when off.
+	SFTP string
 }
 
 // InterfaceAddr returns the first IPv4 address of iface with its prefix.
@@ -144,10 +148,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return fmt.Errorf("create state directory: %w", err)
-	}
-	db, err := state.Open(filepath.Join(cfg.StateDir, DBFile))
+	db, err := OpenState(cfg.StateDir, state.Options{History: cfg.State.BootHistory}, log)
 	if err != nil {
 		return err
 	}
@@ -160,6 +161,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	reg.MustRegister(newNodesCollector(db))
+	stateMetrics := newStateMetrics(reg, db)
+	bak := &backups{db: db, path: filepath.Join(cfg.StateDir, BackupFile), interval: time.Duration(cfg.State.BackupInterval), log: log, m: stateMetrics, last: -1}
+	bak.once() // the last good database, before anything changes it
 	var gateway netip.Addr
 	if cfg.DHCP.Router != "" {
 		gateway = netip.MustParseAddr(cfg.DHCP.Router) // validated
@@ -174,16 +178,35 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	rec := &recorder{db: db, log: log}
 
-	// Listeners first, so a port conflict fails before anything serves.
+	// Listeners first, so a port conflict fails before anything serves:
+	// another DHCP or TFTP server on the link's interface stops this one
+	// here with an error naming it (issue 12: one server per link).
+	socks, err := listenPXE(ctx, cfg, headIP)
+	if err != nil {
+		return err
+	}
 	httpLn, err := net.Listen("tcp4", net.JoinHostPort(headIP.String(), strconv.Itoa(cfg.HTTP.Port)))
 	if err != nil {
+		socks.close()
 		return fmt.Errorf("listen http: %w", err)
 	}
 	sock := filepath.Join(cfg.StateDir, SocketFile)
 	sockLn, err := listenUnix(sock)
 	if err != nil {
+		socks.close()
 		httpLn.Close()
 		return err
+	}
+
+	var sftpLn net.Listener
+	var sftpSrv *push.Server
+	if cfg.SFTP.Enabled {
+		if sftpSrv, sftpLn, err = d.sftpServer(store, reg); err != nil {
+			socks.close()
+			httpLn.Close()
+			sockLn.Close()
+			return err
+		}
 	}
 
 	boot := &bootserver.Server{
@@ -194,19 +217,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 		ConsoleShell: cfg.Boot.ConsoleShell,
 		Logger:       log, Metrics: bootserver.NewMetrics(reg),
 	}
-	agents := &api.Agents{
+	nodeAPI := &api.Node{
 		DB: db, Images: store, DefaultImage: cfg.Boot.DefaultImage, Overlays: boot,
 		Interval: time.Duration(cfg.Agent.HeartbeatInterval), DownAfter: time.Duration(cfg.Agent.DownAfter),
-		RequirePrivilegedPort: cfg.Agent.RequirePrivilegedPort, Logger: log, Metrics: api.NewAgentMetrics(reg),
+		RequirePrivilegedPort: cfg.Agent.RequirePrivilegedPort, Logger: log, Metrics: api.NewMetrics(reg),
 	}
-	nodeAPI := &api.Node{DB: db, Images: store, DefaultImage: cfg.Boot.DefaultImage, Logger: log}
-	admin := &api.Admin{DB: db, Images: store, Subnet: prefix, Logger: log}
+	admin := &api.Admin{DB: db, Images: store, Subnet: prefix, DefaultImage: cfg.Boot.DefaultImage, Logger: log}
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 
 	pub := http.NewServeMux()
 	pub.Handle("/boot/", boot.Handler())
 	pub.Handle("/api/", nodeAPI.Handler())
-	agents.Register(pub)
 	pub.Handle("GET /metrics", metrics)
 	pub.HandleFunc("GET /healthz", healthz)
 	priv := http.NewServeMux()
@@ -219,51 +240,57 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g.Go(func() error {
 		return watchHeartbeats(gctx, db, time.Duration(cfg.Agent.DownAfter), started, log.With("svc", "heartbeat"))
 	})
-	serveHTTP := func(name string, ln net.Listener, h http.Handler) {
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-		g.Go(func() error {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("serve %s: %w", name, err)
-			}
-			return nil
-		})
-		g.Go(func() error {
-			<-gctx.Done()
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(sctx) // in-flight boots are cut after 5 s
-			return nil
-		})
+	pubSrv := &httplimit.Server{
+		Handler: pub, ReadHeaderTimeout: time.Duration(cfg.HTTP.ReadHeaderTimeout), IdleTimeout: time.Duration(cfg.HTTP.IdleTimeout),
+		SendTimeout: time.Duration(cfg.HTTP.SendTimeout), MinSendRate: cfg.HTTP.MinSendRate,
+		MaxConnsPerClient: cfg.HTTP.MaxConnsPerClient, MaxConns: cfg.HTTP.MaxConns,
+		Logger: log.With("svc", "http"), Metrics: httplimit.NewMetrics(reg),
 	}
-	serveHTTP("http", httpLn, pub)
-	serveHTTP("admin socket", sockLn, priv)
+	privSrv := &httplimit.Server{Handler: priv, ReadHeaderTimeout: time.Duration(cfg.HTTP.ReadHeaderTimeout), IdleTimeout: time.Duration(cfg.HTTP.IdleTimeout), Logger: log.With("svc", "admin")}
+	g.Go(func() error { return wrapErr("serve http", pubSrv.Serve(gctx, httpLn)) })
+	g.Go(func() error { return wrapErr("serve admin socket", privSrv.Serve(gctx, sockLn)) })
 	defer os.Remove(sock)
+	g.Go(func() error { return bak.run(gctx) })
+	g.Go(func() error {
+		busy := func(n state.Node) bool { return boot.Busy(n.IP) }
+		return watchStalls(gctx, db, time.Duration(cfg.Boot.StallTimeout), busy, log, stateMetrics)
+	})
 
 	if cfg.DHCP.Enabled {
 		arches := map[pxe.Arch]string{}
 		for a, f := range bootFiles {
 			arches[pxe.Arch(a)] = f
 		}
+		inventory := dhcp.InventoryFunc(rec.reservation(prefix.Bits(), gateway, dns, baseURL))
+		dhcpMetrics := dhcp.NewMetrics(reg)
 		srv := &dhcp.Server{
-			ServerIP:  headIP,
-			Inventory: dhcp.InventoryFunc(rec.reservation(prefix.Bits(), gateway, dns, baseURL)),
-			BootFiles: arches,
-			LeaseTime: time.Duration(cfg.DHCP.LeaseTime),
-			Observer:  rec.dhcp,
-			Logger:    log.With("svc", "dhcp"),
-			Metrics:   dhcp.NewMetrics(reg),
+			ServerIP:      headIP,
+			Inventory:     inventory,
+			BootFiles:     arches,
+			LeaseTime:     time.Duration(cfg.DHCP.LeaseTime),
+			ReceiveBuffer: cfg.DHCP.ReceiveBuffer,
+			Observer:      rec.dhcp,
+			Logger:        log.With("svc", "dhcp"),
+			Metrics:       dhcpMetrics,
 		}
-		g.Go(func() error { return srv.ListenAndServe(gctx, cfg.Interface) })
+		g.Go(func() error { return srv.Serve(gctx, socks.dhcp) })
+		if socks.rivals != nil {
+			det := &dhcp.RivalDetector{ServerIP: headIP, Inventory: inventory, Logger: log.With("svc", "dhcp"), Metrics: dhcpMetrics}
+			g.Go(func() error { return det.Serve(gctx, socks.rivals) })
+		}
 	}
 	if cfg.TFTP.Enabled {
 		srv := &tftp.Server{
-			Root:     os.DirFS(cfg.TFTP.Root),
-			Files:    cfg.TFTPFiles(),
-			Observer: rec.tftp,
-			Logger:   log.With("svc", "tftp"),
-			Metrics:  tftp.NewMetrics(reg),
+			Root:                  os.DirFS(cfg.TFTP.Root),
+			Files:                 cfg.TFTPFiles(),
+			MaxTransfers:          cfg.TFTP.MaxTransfers,
+			MaxTransfersPerClient: cfg.TFTP.MaxTransfersPerClient,
+			ReceiveBuffer:         cfg.TFTP.ReceiveBuffer,
+			Observer:              rec.tftp,
+			Logger:                log.With("svc", "tftp"),
+			Metrics:               tftp.NewMetrics(reg),
 		}
-		g.Go(func() error { return srv.ListenAndServe(gctx, net.JoinHostPort(headIP.String(), "69")) })
+		g.Go(func() error { return srv.Serve(gctx, socks.tftp) })
 	}
 	if cfg.RA.Enabled {
 		srv := &ra.Server{
@@ -276,14 +303,96 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 
 	head := Head{IP: headIP, Subnet: prefix, BaseURL: baseURL, Socket: sock}
+	if sftpSrv != nil {
+		g.Go(func() error { return sftpSrv.Serve(gctx, sftpLn) })
+		head.SFTP = sftpLn.Addr().String()
+	}
 	log.Info("ramboot serving", "iface", cfg.Interface, "ip", headIP, "http", baseURL, "socket", sock,
-		"state_dir", cfg.StateDir, "agent", agentPath, "dhcp", cfg.DHCP.Enabled, "tftp", cfg.TFTP.Enabled, "ra", cfg.RA.Enabled)
+		"state_dir", cfg.StateDir, "sftp", head.SFTP, "agent", agentPath, "dhcp", cfg.DHCP.Enabled, "tftp", cfg.TFTP.Enabled, "ra", cfg.RA.Enabled)
 	if d.Ready != nil {
 		d.Ready(head)
 	}
 	err = g.Wait()
 	log.Info("ramboot stopped")
 	return err
+}
+
+func wrapErr(what string, err error) error {
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+// sftpServer opens the image push endpoint: its listener, its host key
+// (generated at first start), and its authorized keys file.
+func (d *Daemon) sftpServer(store *images.Store, reg prometheus.Registerer) (*push.Server, net.Listener, error) {
+	cfg := d.Config
+	key, err := push.LoadOrCreateHostKey(filepath.Join(cfg.StateDir, HostKeyFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	keys := cfg.SFTPAuthorizedKeys()
+	if ks, err := push.ReadAuthorizedKeys(keys); err != nil {
+		return nil, nil, fmt.Errorf("sftp: %w", err)
+	} else if len(ks) == 0 {
+		d.log().Warn("sftp: no authorized keys yet: image push refused until keys are added", "path", keys)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.SFTP.Address, strconv.Itoa(cfg.SFTP.Port)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen sftp: %w", err)
+	}
+	return &push.Server{
+		Store: store, HostKey: key, AuthorizedKeysFile: keys,
+		Logger: d.log().With("svc", "sftp"), Metrics: push.NewMetrics(reg),
+	}, ln, nil
+}
+
+// pxeConns are the sockets of the enabled DHCP and TFTP services, opened
+// before anything serves.
+type pxeConns struct {
+	dhcp, rivals net.PacketConn
+	tftp         *net.UDPConn
+}
+
+// listenPXE opens the DHCP socket on the interface (and the rival
+// detector's), and the TFTP socket on the head's address, as configured. A
+// DHCP or TFTP server already there makes it fail with an error that names
+// it.
+func listenPXE(ctx context.Context, cfg config.Config, headIP netip.Addr) (c pxeConns, err error) {
+	defer func() {
+		if err != nil {
+			c.close()
+		}
+	}()
+	if cfg.DHCP.Enabled {
+		if c.dhcp, err = dhcp.Listen(ctx, cfg.Interface); err != nil {
+			return c, err
+		}
+		if cfg.DHCP.DetectRivals {
+			if c.rivals, err = dhcp.ListenRivals(cfg.Interface); err != nil {
+				return c, fmt.Errorf("%w (set dhcp.detect_rivals: false to run without it)", err)
+			}
+		}
+	}
+	if cfg.TFTP.Enabled {
+		if c.tftp, err = tftp.Listen(ctx, net.JoinHostPort(headIP.String(), "69")); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// close closes the sockets that are open.
+func (c pxeConns) close() {
+	for _, conn := range []net.PacketConn{c.dhcp, c.rivals} {
+		if conn != nil {
+			conn.Close()
+		}
+	}
+	if c.tftp != nil {
+		c.tftp.Close()
+	}
 }
 
 func healthz(w http.ResponseWriter, _ *http.Request) {

@@ -108,11 +108,11 @@ func (c *nodesCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 // Collect implements prometheus.Collector.
 func (c *nodesCollector) Collect(ch chan<- prometheus.Metric) {
-	counts := map[string]int{state.StateNew: 0, state.StateBooting: 0, state.StateBooted: 0, state.StateFailed: 0, state.StateDown: 0, state.StateOff: 0}
+	counts := map[state.State]int{}
 	for _, n := range c.db.List() {
 		counts[n.Status.State]++
 	}
-	for s, n := range counts {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), s)
+	for _, s := range state.States() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[s]), string(s))
 	}
 }

@@ -33,10 +33,6 @@ const ConfigPath = "etc/ramboot/node.json"
 // "sha256:<hex>\n", without the leading slash.
 const ImageIDPath = "etc/ramboot/image-id"
 
-// ReportPath is the head's node API route, relative to Config.HeadURL, that
-// the agent POSTs its Report to; "{node}" is replaced by Config.Node.
-const ReportPath = "/api/v1/nodes/{node}/report"
-
 // Config is everything a node needs to know about itself at boot.
 type Config struct {
 	// Node is the node's inventory name.
@@ -135,9 +131,6 @@ func (c Config) HostnameOrNode() string {
 	return c.Node
 }
 
-// ReportURL returns the absolute URL the agent posts its report to.
-func (c Config) ReportURL() string { return c.URL(ReportPath) }
-
 // URL returns the absolute URL of a node API route such as HeartbeatPath,
 // with "{node}" replaced by c.Node.
 func (c Config) URL(route string) string {
@@ -181,8 +174,7 @@ const (
 )
 
 // Report is what the agent says about the node's boot: the body of the
-// agent daemon's POST to RegisterPath (and of the older one-shot POST to
-// ReportPath).
+// agent daemon's POST to RegisterPath.
 type Report struct {
 	// State is the node's state.
 	State State `json:"state"`

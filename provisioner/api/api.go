@@ -18,15 +18,42 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
-	"strings"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ramboot/ramboot/images"
-	"github.com/ramboot/ramboot/images/overlay"
 	"github.com/ramboot/ramboot/provisioner/state"
 )
 
-// maxBody bounds every request body.
-const maxBody = 1 << 20
+// Bounds of what a client may send.
+const (
+	// maxBody bounds every admin request body.
+	maxBody = 1 << 20
+	// MaxAgentBody bounds every body a node's agent sends (413 beyond).
+	MaxAgentBody = 64 << 10
+	// MaxReportError bounds the error text kept from a failed node's
+	// registration; longer text is cut, not refused, so the reason still
+	// shows.
+	MaxReportError = 2048
+	// MaxReportKernel bounds the kernel release in a registration.
+	MaxReportKernel = 128
+	// MaxReportSteps bounds the boot steps in a registration.
+	MaxReportSteps = 32
+	// MaxReportWarnings bounds the warnings in a registration.
+	MaxReportWarnings = 16
+	// MaxWarning bounds one warning; longer ones are cut.
+	MaxWarning = 256
+	// MaxStepName bounds a step's name in a registration.
+	MaxStepName = 64
+	// MaxWord bounds the short words agents send: the init's name, the
+	// agent's version, the root mode, the system state, an overlay
+	// generation, a job id or user.
+	MaxWord = 64
+	// agentReadTimeout bounds how long reading an agent's body may take.
+	agentReadTimeout = 10 * time.Second
+)
 
 // AddNodeRequest is the body of POST /api/v1/nodes.
 type AddNodeRequest struct {
@@ -38,16 +65,6 @@ type AddNodeRequest struct {
 	IP string `json:"ip"`
 	// Image is the image to boot; empty = the default image.
 	Image string `json:"image,omitempty"`
-}
-
-// Image is one entry of GET /api/v1/images.
-type Image struct {
-	// Name is the image's name.
-	Name string `json:"name"`
-	// Digest is its manifest digest.
-	Digest string `json:"digest"`
-	// Manifest is the manifest itself.
-	Manifest images.Manifest `json:"manifest"`
 }
 
 // Error is the body of every error response.
@@ -65,6 +82,8 @@ type Admin struct {
 	Images *images.Store
 	// Subnet, when valid, is the provisioning subnet node addresses must be in.
 	Subnet netip.Prefix
+	// DefaultImage is the image of nodes that have none (boot.default_image).
+	DefaultImage string
 	// Logger logs inventory changes at Info; nil = discard.
 	Logger *slog.Logger
 }
@@ -75,14 +94,21 @@ type Admin struct {
 //	POST   /api/v1/nodes          add a node (AddNodeRequest)
 //	GET    /api/v1/nodes/{name}   one node with its status and timeline
 //	DELETE /api/v1/nodes/{name}   remove a node
-//	GET    /api/v1/images         list images
+//	GET    /api/v1/nodes/{name}/boots        the boots kept, newest first
+//	GET    /api/v1/nodes/{name}/boots/{boot} one boot, by number
+//	GET    /api/v1/state/backup   a consistent copy of the state database
+//
+// and the image routes of imageRoutes (images.go).
 func (a *Admin) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/nodes", a.listNodes)
 	mux.HandleFunc("POST /api/v1/nodes", a.addNode)
 	mux.HandleFunc("GET /api/v1/nodes/{name}", a.getNode)
 	mux.HandleFunc("DELETE /api/v1/nodes/{name}", a.deleteNode)
-	mux.HandleFunc("GET /api/v1/images", a.listImages)
+	mux.HandleFunc("GET /api/v1/nodes/{name}/boots", a.listBoots)
+	mux.HandleFunc("GET /api/v1/nodes/{name}/boots/{boot}", a.getBoot)
+	mux.HandleFunc("GET /api/v1/state/backup", a.backup)
+	a.imageRoutes(mux)
 	return mux
 }
 
@@ -106,10 +132,14 @@ func writeError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, state.ErrNotFound), errors.Is(err, images.ErrNotFound):
 		code = http.StatusNotFound
-	case errors.Is(err, state.ErrExists):
+	case errors.Is(err, state.ErrExists), errors.Is(err, state.ErrConflict), errors.Is(err, state.ErrNotRegistered):
 		code = http.StatusConflict
 	case errors.Is(err, state.ErrBadToken):
 		code = http.StatusUnauthorized
+	case errors.Is(err, state.ErrWrongAddress):
+		code = http.StatusForbidden
+	case errors.As(err, new(*http.MaxBytesError)):
+		code = http.StatusRequestEntityTooLarge
 	case errors.As(err, new(badRequest)):
 		code = http.StatusBadRequest
 	}
@@ -124,6 +154,9 @@ func decode(r *http.Request, v any) error {
 	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		if errors.As(err, new(*http.MaxBytesError)) {
+			return fmt.Errorf("decode request body: %w", err)
+		}
 		return badRequest{fmt.Errorf("decode request body: %w", err)}
 	}
 	return nil
@@ -162,7 +195,7 @@ func (a *Admin) addNode(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Image != "" {
-		if err := images.ValidName(req.Image); err != nil {
+		if _, err := images.ParseReference(req.Image); err != nil {
 			writeError(w, badRequest{err})
 			return
 		}
@@ -194,89 +227,132 @@ func (a *Admin) deleteNode(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (a *Admin) listImages(w http.ResponseWriter, r *http.Request) {
-	refs, err := a.Images.List()
+func (a *Admin) listBoots(w http.ResponseWriter, r *http.Request) {
+	bs, err := a.DB.Boots(r.PathValue("name"))
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	out := make([]Image, 0, len(refs))
-	for _, ref := range refs {
-		out = append(out, Image{Name: ref.Name, Digest: string(ref.Digest), Manifest: ref.Manifest})
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, bs)
 }
 
-// Node serves the routes booted nodes call.
+func (a *Admin) getBoot(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.Atoi(r.PathValue("boot"))
+	if err != nil || id < 1 {
+		writeError(w, badRequest{fmt.Errorf("boot %q: not a boot number (1, 2, ...)", r.PathValue("boot"))})
+		return
+	}
+	b, err := a.DB.BootByID(r.PathValue("name"), id)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, b)
+}
+
+// backup streams a consistent copy of the database (one read transaction),
+// with its size in Content-Length: a copy cut short does not verify.
+func (a *Admin) backup(w http.ResponseWriter, r *http.Request) {
+	n, err := a.DB.WriteSnapshot(w, func(size int64) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	})
+	if err != nil && n == 0 {
+		writeError(w, err)
+		return
+	}
+	if err != nil {
+		logger(a.Logger).Warn("state backup cut short", "bytes", n, "err", err)
+		return
+	}
+	logger(a.Logger).Info("state backup sent", "bytes", n)
+}
+
+// Node serves the routes booted nodes' agents call (heartbeat.go,
+// nodeworkload.go): each with the node's current token, only from the
+// node's reserved address (see state.DB.Authenticate), with its body and
+// every field bounded.
 type Node struct {
 	// DB is the inventory; required.
 	DB *state.DB
-	// Images is the image store, to resolve what a node reports it runs;
-	// required.
+	// Images is the image store, to resolve what a node reports it runs
+	// and the images its containers ask for; required.
 	Images *images.Store
 	// DefaultImage is the image of nodes that have none.
 	DefaultImage string
-	// Logger logs reports at Info; nil = discard.
+	// Overlays renders nodes' overlays; required.
+	Overlays OverlaySource
+	// Interval is the heartbeat interval the head asks for; required.
+	Interval time.Duration
+	// DownAfter is how long the head waits without a heartbeat before it
+	// marks a node down; required.
+	DownAfter time.Duration
+	// RequirePrivilegedPort refuses requests from source ports >= 1024.
+	RequirePrivilegedPort bool
+	// Logger logs registrations and shutdowns at Info; nil = discard.
 	Logger *slog.Logger
+	// Metrics, when set, counts requests and registrations.
+	Metrics *Metrics
+}
+
+// Metrics are the node API's Prometheus metrics.
+type Metrics struct {
+	reports  *prometheus.CounterVec
+	requests *prometheus.CounterVec
+}
+
+// Registration results, the values of ramboot_node_reports_total's
+// result label.
+const (
+	ReportApplied      = "applied"       // recorded: the boot is booted or failed
+	ReportRepeated     = "repeated"      // a registration again in the same boot: not applied again
+	ReportConflict     = "conflict"      // contradicts the boot's registration, or a stale boot's token
+	ReportBadToken     = "bad_token"     // no, a wrong or a revoked token
+	ReportWrongAddress = "wrong_address" // not from the node's reserved address
+	ReportInvalid      = "invalid"       // a malformed or oversized body or field
+	ReportError        = "error"         // the head could not record it (a full disk)
+)
+
+// NewMetrics registers the node API's metrics with reg:
+// ramboot_node_reports_total{result} (registrations) and
+// ramboot_agent_requests_total{route,code}.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		reports: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ramboot_node_reports_total",
+			Help: "Agent registrations (a boot's report) by result: applied, repeated, conflict, bad_token, wrong_address, invalid, error.",
+		}, []string{"result"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ramboot_agent_requests_total",
+			Help: "Requests of node agents by route and status code.",
+		}, []string{"route", "code"}),
+	}
+	for _, r := range []string{ReportApplied, ReportRepeated, ReportConflict, ReportBadToken, ReportWrongAddress, ReportInvalid, ReportError} {
+		m.reports.WithLabelValues(r)
+	}
+	reg.MustRegister(m.reports, m.requests)
+	return m
+}
+
+func (n *Node) count(result string) {
+	if n.Metrics != nil {
+		n.Metrics.reports.WithLabelValues(result).Inc()
+	}
 }
 
 // Handler returns the node routes:
 //
-//	POST /api/v1/nodes/{name}/report   the agent's report (overlay.Report),
-//	                                   with "Authorization: Bearer TOKEN"
+//	POST /api/v1/nodes/{node}/register     overlay.Report -> overlay.Schedule
+//	POST /api/v1/nodes/{node}/heartbeat    overlay.Heartbeat -> overlay.Schedule
+//	POST /api/v1/nodes/{node}/shutdown     overlay.Shutdown -> 204
+//	GET  /api/v1/nodes/{node}/overlay      -> overlay.RuntimeOverlay
+//	GET  /api/v1/time                      -> overlay.HeadTime
+//
+// All but the time take "Authorization: Bearer TOKEN".
 func (n *Node) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+overlay.ReportPath, n.report)
+	n.agentRoutes(mux)
 	return mux
-}
-
-func (n *Node) report(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("node")
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || token == "" {
-		writeError(w, fmt.Errorf("report from node %s: missing bearer token: %w", name, state.ErrBadToken))
-		return
-	}
-	var rep overlay.Report
-	if err := decode(r, &rep); err != nil {
-		writeError(w, err)
-		return
-	}
-	if rep.State != overlay.StateReady && rep.State != overlay.StateFailed {
-		writeError(w, badRequest{fmt.Errorf("report from node %s: unknown state %q", name, rep.State)})
-		return
-	}
-	node, err := n.DB.Get(name)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	assigned := node.Image
-	if assigned == "" {
-		assigned = n.DefaultImage
-	}
-	imgName, imgDigest := resolveImage(n.Images, assigned, rep.ContentDigest)
-	err = n.DB.SetReport(name, token, state.Report{
-		State:         string(rep.State),
-		Error:         rep.Error,
-		ImageName:     imgName,
-		ImageDigest:   imgDigest,
-		ContentDigest: rep.ContentDigest,
-		Kernel:        rep.Kernel,
-		MemTotalBytes: rep.MemTotalBytes,
-		UptimeSeconds: rep.UptimeSeconds,
-	})
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	l := logger(n.Logger)
-	if rep.State == overlay.StateReady {
-		l.Info("node booted", "node", name, "ip", node.IP, "image", imgName, "digest", imgDigest, "kernel", rep.Kernel, "uptime", rep.UptimeSeconds)
-	} else {
-		l.Warn("node boot failed", "node", name, "ip", node.IP, "err", rep.Error)
-	}
-	w.WriteHeader(http.StatusNoContent)
 }
 
 // resolveImage maps the content digest a node reports to the image it
@@ -287,12 +363,19 @@ func resolveImage(store *images.Store, assigned, content string) (name, digest s
 	if err != nil || content == "" {
 		return assigned, ""
 	}
+	want := assigned
+	if r, err := images.ParseReference(assigned); err == nil {
+		want = r.String()
+	}
 	for _, ref := range refs {
 		if string(ref.Manifest.ContentDigest) != content {
 			continue
 		}
-		if name == "" || ref.Name == assigned {
-			name, digest = ref.Name, string(ref.Digest)
+		switch {
+		case ref.Reference() == want:
+			name, digest = assigned, string(ref.Digest) // as the node's entry spells it
+		case name == "":
+			name, digest = ref.Reference(), string(ref.Digest)
 		}
 	}
 	if name == "" {

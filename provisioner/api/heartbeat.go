@@ -1,91 +1,34 @@
 package api
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net"
+	"math"
 	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/images/overlay"
 	"github.com/ramboot/ramboot/provisioner/state"
 )
-
-// maxAgentBody bounds the agent daemon's request bodies: a registration
-// with its boot steps is a few KiB.
-const maxAgentBody = 64 << 10
-
-// errWrongAddress means a node route was called from another address than
-// the node's reserved one.
-var errWrongAddress = errors.New("not the node's reserved address")
 
 // OverlaySource renders a node's overlay as the head would serve it now.
 type OverlaySource interface {
 	RuntimeOverlay(node string) (overlay.RuntimeOverlay, error)
 }
 
-// Agents serves the routes the node agent daemon calls: registration,
+// agentRoutes adds the routes the node agent daemon calls: registration,
 // heartbeats, shutdown, the runtime overlay (all with the node's token,
 // only from its reserved address) and the head's clock.
-type Agents struct {
-	// DB is the inventory; required.
-	DB *state.DB
-	// Images resolves the content digest a node reports; required.
-	Images *images.Store
-	// DefaultImage is the image of nodes that have none.
-	DefaultImage string
-	// Overlays renders nodes' overlays; required.
-	Overlays OverlaySource
-	// Interval is the heartbeat interval the head asks for; required.
-	Interval time.Duration
-	// DownAfter is how long the head waits without a heartbeat before it
-	// marks a node down; required.
-	DownAfter time.Duration
-	// RequirePrivilegedPort refuses requests from source ports >= 1024.
-	RequirePrivilegedPort bool
-	// Logger logs registrations and shutdowns at Info; nil = discard.
-	Logger *slog.Logger
-	// Metrics, when set, counts requests.
-	Metrics *AgentMetrics
-}
-
-// AgentMetrics are the agent routes' Prometheus metrics.
-type AgentMetrics struct {
-	requests *prometheus.CounterVec
-}
-
-// NewAgentMetrics registers ramboot_agent_requests_total{route,code} with
-// reg.
-func NewAgentMetrics(reg prometheus.Registerer) *AgentMetrics {
-	m := &AgentMetrics{requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "ramboot_agent_requests_total",
-		Help: "Requests of node agent daemons by route and status code.",
-	}, []string{"route", "code"})}
-	reg.MustRegister(m.requests)
-	return m
-}
-
-// Register adds the agent routes to mux:
-//
-//	POST /api/v1/nodes/{node}/register   overlay.Report  -> overlay.Schedule
-//	POST /api/v1/nodes/{node}/heartbeat  overlay.Heartbeat -> overlay.Schedule
-//	POST /api/v1/nodes/{node}/shutdown   overlay.Shutdown -> 204
-//	GET  /api/v1/nodes/{node}/overlay    -> overlay.RuntimeOverlay
-//	GET  /api/v1/time                    -> overlay.HeadTime
-func (a *Agents) Register(mux *http.ServeMux) {
-	mux.HandleFunc("POST "+overlay.RegisterPath, a.counted("register", a.register))
-	mux.HandleFunc("POST "+overlay.HeartbeatPath, a.counted("heartbeat", a.heartbeat))
-	mux.HandleFunc("POST "+overlay.ShutdownPath, a.counted("shutdown", a.shutdown))
-	mux.HandleFunc("GET "+overlay.OverlayPath, a.counted("overlay", a.overlay))
-	mux.HandleFunc("GET "+overlay.TimePath, a.counted("time", func(w http.ResponseWriter, r *http.Request) {
+func (n *Node) agentRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST "+overlay.RegisterPath, n.counted("register", n.register))
+	mux.HandleFunc("POST "+overlay.HeartbeatPath, n.counted("heartbeat", n.heartbeat))
+	mux.HandleFunc("POST "+overlay.ShutdownPath, n.counted("shutdown", n.shutdown))
+	mux.HandleFunc("GET "+overlay.OverlayPath, n.counted("overlay", n.overlay))
+	mux.HandleFunc("GET "+overlay.TimePath, n.counted("time", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, overlay.HeadTime{Time: time.Now()})
 	}))
 }
@@ -101,12 +44,12 @@ func (s *statusRecorder) WriteHeader(code int) {
 	s.ResponseWriter.WriteHeader(code)
 }
 
-func (a *Agents) counted(route string, h http.HandlerFunc) http.HandlerFunc {
+func (n *Node) counted(route string, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		sr := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 		h(sr, r)
-		if a.Metrics != nil {
-			a.Metrics.requests.WithLabelValues(route, strconv.Itoa(sr.code)).Inc()
+		if n.Metrics != nil {
+			n.Metrics.requests.WithLabelValues(route, strconv.Itoa(sr.code)).Inc()
 		}
 	}
 }
@@ -115,80 +58,107 @@ func (a *Agents) counted(route string, h http.HandlerFunc) http.HandlerFunc {
 type caller struct {
 	node       state.NodeStatus
 	token      string
+	from       netip.Addr
 	remote     string
 	privileged bool
 }
 
-// authenticate checks that r comes from the node's reserved address (and
-// a privileged port when required) with a bearer token, and decodes its
-// body into v (if not nil). The token itself is checked by the state
-// database. It answers r and returns false when r is refused.
-func (a *Agents) authenticate(w http.ResponseWriter, r *http.Request, v any) (caller, bool) {
+// authenticate checks that r has a bearer token and comes from a
+// privileged port when required, then that it is node name's current
+// token from its reserved address (state.DB.Authenticate), and decodes
+// its body, bounded by MaxAgentBody, into v (if not nil). It answers r
+// and returns an error when r is refused. The state database checks the
+// token again, atomically, in the change the route makes.
+func (n *Node) authenticate(w http.ResponseWriter, r *http.Request, v any) (caller, error) {
 	name := r.PathValue("node")
+	fail := func(err error) (caller, error) {
+		writeError(w, err)
+		return caller{}, err
+	}
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || token == "" {
-		writeError(w, fmt.Errorf("node %s: missing bearer token: %w", name, state.ErrBadToken))
-		return caller{}, false
+		return fail(fmt.Errorf("node %s: missing bearer token: %w", name, state.ErrBadToken))
 	}
-	n, err := a.DB.Get(name)
+	from, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
-		writeError(w, err)
-		return caller{}, false
+		return fail(badRequest{fmt.Errorf("node %s: remote address %q: %w", name, r.RemoteAddr, err)})
 	}
-	host, port, err := net.SplitHostPort(r.RemoteAddr)
-	ip, perr := netip.ParseAddr(host)
-	if err != nil || perr != nil || ip.Unmap() != n.IP {
-		writeJSON(w, http.StatusForbidden, Error{Error: fmt.Sprintf("node %s: request from %s: %v", name, host, errWrongAddress)})
-		return caller{}, false
+	privileged := from.Port() > 0 && from.Port() < 1024
+	if n.RequirePrivilegedPort && !privileged {
+		return fail(fmt.Errorf("node %s: request from port %d: agent requests must come from a port below 1024 (agent.require_privileged_port): %w",
+			name, from.Port(), state.ErrWrongAddress))
 	}
-	p, _ := strconv.Atoi(port)
-	privileged := p > 0 && p < 1024
-	if a.RequirePrivilegedPort && !privileged {
-		writeJSON(w, http.StatusForbidden, Error{Error: fmt.Sprintf("node %s: request from port %d: agent requests must come from a port below 1024 (agent.require_privileged_port)", name, p)})
-		return caller{}, false
+	node, err := n.DB.Authenticate(name, token, from.Addr())
+	if err != nil {
+		return fail(err)
 	}
 	if v != nil {
-		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxAgentBody))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(v); err != nil {
-			var tooBig *http.MaxBytesError
-			if errors.As(err, &tooBig) {
-				writeJSON(w, http.StatusRequestEntityTooLarge, Error{Error: fmt.Sprintf("node %s: body over %d bytes", name, maxAgentBody)})
-				return caller{}, false
-			}
-			writeError(w, badRequest{fmt.Errorf("node %s: decode request body: %w", name, err)})
-			return caller{}, false
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(agentReadTimeout))
+		r.Body = http.MaxBytesReader(w, r.Body, MaxAgentBody)
+		if err := decode(r, v); err != nil {
+			return fail(fmt.Errorf("node %s: %w", name, err))
 		}
 	}
-	return caller{node: n, token: token, remote: r.RemoteAddr, privileged: privileged}, true
+	return caller{node: node, token: token, from: from.Addr(), remote: r.RemoteAddr, privileged: privileged}, nil
 }
 
 // schedule answers a registration or heartbeat.
-func (a *Agents) schedule(w http.ResponseWriter, node string) {
-	s := overlay.Schedule{IntervalSeconds: a.Interval.Seconds(), DownAfterSeconds: a.DownAfter.Seconds(), HeadTime: time.Now()}
-	if o, err := a.Overlays.RuntimeOverlay(node); err == nil {
+func (n *Node) schedule(w http.ResponseWriter, node string) {
+	s := overlay.Schedule{IntervalSeconds: n.Interval.Seconds(), DownAfterSeconds: n.DownAfter.Seconds(), HeadTime: time.Now()}
+	if o, err := n.Overlays.RuntimeOverlay(node); err == nil {
 		s.OverlayGeneration = o.Generation
 	} else {
-		logger(a.Logger).Warn("render overlay for the heartbeat", "node", node, "err", err)
+		logger(n.Logger).Warn("render overlay for the heartbeat", "node", node, "err", err)
 	}
 	writeJSON(w, http.StatusOK, s)
 }
 
-func (a *Agents) register(w http.ResponseWriter, r *http.Request) {
+// reportResult is the result label of a refused registration.
+func reportResult(err error) string {
+	switch {
+	case errors.Is(err, state.ErrBadToken):
+		return ReportBadToken
+	case errors.Is(err, state.ErrWrongAddress):
+		return ReportWrongAddress
+	case errors.Is(err, state.ErrConflict):
+		return ReportConflict
+	case errors.As(err, new(badRequest)), errors.As(err, new(*http.MaxBytesError)), errors.Is(err, state.ErrNotFound):
+		return ReportInvalid
+	}
+	return ReportError
+}
+
+func (n *Node) register(w http.ResponseWriter, r *http.Request) {
+	l := logger(n.Logger)
+	refuse := func(err error) {
+		res := reportResult(err)
+		n.count(res)
+		switch res {
+		case ReportConflict:
+			l.Warn("conflicting registration refused", "node", r.PathValue("node"), "ip", r.RemoteAddr, "err", err)
+		case ReportError:
+			l.Error("registration not recorded", "node", r.PathValue("node"), "err", err)
+		default:
+			l.Debug("registration refused", "node", r.PathValue("node"), "ip", r.RemoteAddr, "result", res, "err", err)
+		}
+	}
 	var rep overlay.Report
-	c, ok := a.authenticate(w, r, &rep)
-	if !ok {
+	c, err := n.authenticate(w, r, &rep)
+	if err != nil {
+		refuse(err)
 		return
 	}
-	if rep.State != overlay.StateReady && rep.State != overlay.StateFailed {
-		writeError(w, badRequest{fmt.Errorf("registration of node %s: unknown state %q", c.node.Name, rep.State)})
+	if rep, err = checkReport(rep); err != nil {
+		err = fmt.Errorf("registration of node %s: %w", c.node.Name, err)
+		writeError(w, err)
+		refuse(err)
 		return
 	}
 	assigned := c.node.Image
 	if assigned == "" {
-		assigned = a.DefaultImage
+		assigned = n.DefaultImage
 	}
-	imgName, imgDigest := resolveImage(a.Images, assigned, rep.ContentDigest)
+	imgName, imgDigest := resolveImage(n.Images, assigned, rep.ContentDigest)
 	sr := state.Report{
 		State: string(rep.State), Error: rep.Error, ImageName: imgName, ImageDigest: imgDigest,
 		ContentDigest: rep.ContentDigest, Kernel: rep.Kernel, MemTotalBytes: rep.MemTotalBytes, UptimeSeconds: rep.UptimeSeconds,
@@ -197,7 +167,7 @@ func (a *Agents) register(w http.ResponseWriter, r *http.Request) {
 		},
 	}
 	for _, s := range rep.Steps {
-		sr.Steps = append(sr.Steps, state.Step{Name: s.Name, UptimeSeconds: s.UptimeSeconds})
+		sr.Steps = append(sr.Steps, state.AgentStep{Name: s.Name, UptimeSeconds: s.UptimeSeconds})
 	}
 	if rep.Root != nil {
 		sr.RootMode, sr.RootSizeBytes, sr.RootUsedBytes = rep.Root.Mode, rep.Root.SizeBytes, rep.Root.UsedBytes
@@ -209,23 +179,127 @@ func (a *Agents) register(w http.ResponseWriter, r *http.Request) {
 	if rep.Root != nil {
 		live.RootUsedBytes, live.RootSizeBytes = rep.Root.UsedBytes, rep.Root.SizeBytes
 	}
-	if err := a.DB.Register(c.node.Name, c.token, sr, live); err != nil {
+	applied, err := n.DB.Register(c.node.Name, c.token, c.from, sr, live)
+	switch {
+	case err != nil:
 		writeError(w, err)
+		refuse(err)
 		return
-	}
-	l := logger(a.Logger)
-	if rep.State == overlay.StateReady {
+	case !applied:
+		n.count(ReportRepeated)
+		l.Info("agent registered again in the same boot", "node", c.node.Name, "ip", c.from, "init", rep.Init, "uptime", rep.UptimeSeconds)
+	case rep.State == overlay.StateReady:
+		n.count(ReportApplied)
 		l.Info("node booted", "node", c.node.Name, "ip", c.node.IP, "image", imgName, "digest", imgDigest, "kernel", rep.Kernel, "init", rep.Init, "uptime", rep.UptimeSeconds)
-	} else {
+	default:
+		n.count(ReportApplied)
 		l.Warn("node boot failed", "node", c.node.Name, "ip", c.node.IP, "init", rep.Init, "err", rep.Error)
 	}
-	a.schedule(w, c.node.Name)
+	n.schedule(w, c.node.Name)
 }
 
-func (a *Agents) heartbeat(w http.ResponseWriter, r *http.Request) {
+// checkReport checks every field of a registration against its bound and
+// returns it made safe to store and print.
+func checkReport(rep overlay.Report) (overlay.Report, error) {
+	var errs []error
+	if rep.State != overlay.StateReady && rep.State != overlay.StateFailed {
+		errs = append(errs, fmt.Errorf("state %q: not ready or failed", state.Clip(string(rep.State), 32)))
+	}
+	rep.Error = state.Clip(state.Printable(rep.Error), MaxReportError)
+	if len(rep.Kernel) > MaxReportKernel {
+		errs = append(errs, fmt.Errorf("kernel: %d bytes, more than %d", len(rep.Kernel), MaxReportKernel))
+	}
+	rep.Kernel = state.Printable(rep.Kernel)
+	if rep.ContentDigest != "" {
+		if _, err := images.ParseDigest(rep.ContentDigest); err != nil {
+			errs = append(errs, fmt.Errorf("contentDigest: %w", err))
+		}
+	}
+	if rep.MemTotalBytes < 0 {
+		errs = append(errs, fmt.Errorf("memTotalBytes: %d is negative", rep.MemTotalBytes))
+	}
+	if rep.CPUs < 0 {
+		errs = append(errs, fmt.Errorf("cpus: %d is negative", rep.CPUs))
+	}
+	errs = append(errs, checkSeconds("uptimeSeconds", rep.UptimeSeconds))
+	if len(rep.Steps) > MaxReportSteps {
+		errs = append(errs, fmt.Errorf("steps: %d, more than %d", len(rep.Steps), MaxReportSteps))
+	}
+	for i, st := range rep.Steps {
+		if len(st.Name) == 0 || len(st.Name) > MaxStepName || state.Printable(st.Name) != st.Name {
+			errs = append(errs, fmt.Errorf("steps[%d].name: must be 1-%d printable bytes", i, MaxStepName))
+		}
+		errs = append(errs, checkSeconds(fmt.Sprintf("steps[%d].uptimeSeconds", i), st.UptimeSeconds))
+	}
+	if len(rep.Warnings) > MaxReportWarnings {
+		errs = append(errs, fmt.Errorf("warnings: %d, more than %d", len(rep.Warnings), MaxReportWarnings))
+	}
+	for i, s := range rep.Warnings {
+		rep.Warnings[i] = state.Clip(state.Printable(s), MaxWarning)
+	}
+	errs = append(errs, checkWord("init", rep.Init), checkWord("agentVersion", rep.AgentVersion), checkWord("overlayGeneration", rep.OverlayGeneration))
+	if ru := rep.Root; ru != nil {
+		errs = append(errs, checkWord("root.mode", ru.Mode))
+		if ru.SizeBytes < 0 || ru.UsedBytes < 0 {
+			errs = append(errs, fmt.Errorf("root: negative size"))
+		}
+	}
+	if b := rep.Boot; b != nil {
+		errs = append(errs, checkSeconds("boot.initSeconds", b.InitSeconds), checkSeconds("boot.handoverSeconds", b.HandoverSeconds),
+			checkSeconds("boot.readySeconds", b.ReadySeconds))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return rep, badRequest{err}
+	}
+	return rep, nil
+}
+
+// checkSeconds checks that v is a duration in seconds.
+func checkSeconds(field string, v float64) error {
+	if v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
+		return fmt.Errorf("%s: %v is not a duration", field, v)
+	}
+	return nil
+}
+
+// checkWord checks a short word an agent sends: at most MaxWord printable
+// bytes.
+func checkWord(field, s string) error {
+	if len(s) > MaxWord || state.Printable(s) != s {
+		return fmt.Errorf("%s: must be at most %d printable bytes", field, MaxWord)
+	}
+	return nil
+}
+
+// checkHeartbeat checks every field of a heartbeat against its bound.
+func checkHeartbeat(hb overlay.Heartbeat) error {
+	errs := []error{
+		checkSeconds("uptimeSeconds", hb.UptimeSeconds), checkSeconds("readySeconds", hb.ReadySeconds),
+		checkWord("systemState", hb.SystemState), checkWord("overlayGeneration", hb.OverlayGeneration),
+	}
+	if hb.Load1 < 0 || math.IsInf(hb.Load1, 0) || math.IsNaN(hb.Load1) {
+		errs = append(errs, fmt.Errorf("load1: %v is not a load", hb.Load1))
+	}
+	if hb.MemAvailableBytes < 0 || hb.AgentRSSBytes < 0 || hb.Root != nil && (hb.Root.SizeBytes < 0 || hb.Root.UsedBytes < 0) {
+		errs = append(errs, errors.New("a negative size"))
+	}
+	if hb.Root != nil {
+		errs = append(errs, checkWord("root.mode", hb.Root.Mode))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return badRequest{err}
+	}
+	return nil
+}
+
+func (n *Node) heartbeat(w http.ResponseWriter, r *http.Request) {
 	var hb overlay.Heartbeat
-	c, ok := a.authenticate(w, r, &hb)
-	if !ok {
+	c, err := n.authenticate(w, r, &hb)
+	if err != nil {
+		return
+	}
+	if err := checkHeartbeat(hb); err != nil {
+		writeError(w, fmt.Errorf("heartbeat of node %s: %w", c.node.Name, err))
 		return
 	}
 	live := state.Agent{
@@ -237,52 +311,46 @@ func (a *Agents) heartbeat(w http.ResponseWriter, r *http.Request) {
 		live.RootUsedBytes, live.RootSizeBytes = hb.Root.UsedBytes, hb.Root.SizeBytes
 	}
 	wasDown := c.node.Status.State == state.StateDown
-	if err := a.DB.Heartbeat(c.node.Name, c.token, live); err != nil {
-		if errors.Is(err, state.ErrNotRegistered) {
-			writeJSON(w, http.StatusConflict, Error{Error: err.Error()})
-			return
-		}
+	if err := n.DB.Heartbeat(c.node.Name, c.token, c.from, live); err != nil {
 		writeError(w, err)
 		return
 	}
 	if wasDown {
-		logger(a.Logger).Info("node up again", "node", c.node.Name, "ip", c.node.IP, "uptime", hb.UptimeSeconds)
+		logger(n.Logger).Info("node up again", "node", c.node.Name, "ip", c.node.IP, "uptime", hb.UptimeSeconds)
 	}
-	a.schedule(w, c.node.Name)
+	n.schedule(w, c.node.Name)
 }
 
-func (a *Agents) shutdown(w http.ResponseWriter, r *http.Request) {
+func (n *Node) shutdown(w http.ResponseWriter, r *http.Request) {
 	var sd overlay.Shutdown
-	c, ok := a.authenticate(w, r, &sd)
-	if !ok {
+	c, err := n.authenticate(w, r, &sd)
+	if err != nil {
 		return
 	}
 	switch sd.Action {
 	case overlay.ActionPoweroff, overlay.ActionReboot, overlay.ActionHalt, overlay.ActionStop:
 	default:
-		writeError(w, badRequest{fmt.Errorf("shutdown of node %s: unknown action %q", c.node.Name, sd.Action)})
+		writeError(w, badRequest{fmt.Errorf("shutdown of node %s: unknown action %q", c.node.Name, state.Clip(state.Printable(string(sd.Action)), 32))})
 		return
 	}
-	if err := a.DB.Shutdown(c.node.Name, c.token, string(sd.Action), sd.UptimeSeconds); err != nil {
+	if err := checkSeconds("uptimeSeconds", sd.UptimeSeconds); err != nil {
+		writeError(w, badRequest{fmt.Errorf("shutdown of node %s: %w", c.node.Name, err)})
+		return
+	}
+	if err := n.DB.Shutdown(c.node.Name, c.token, c.from, string(sd.Action), sd.UptimeSeconds); err != nil {
 		writeError(w, err)
 		return
 	}
-	logger(a.Logger).Info("node going down", "node", c.node.Name, "ip", c.node.IP, "action", sd.Action, "uptime", sd.UptimeSeconds)
+	logger(n.Logger).Info("node going down", "node", c.node.Name, "ip", c.node.IP, "action", sd.Action, "uptime", sd.UptimeSeconds)
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (a *Agents) overlay(w http.ResponseWriter, r *http.Request) {
-	c, ok := a.authenticate(w, r, nil)
-	if !ok {
+func (n *Node) overlay(w http.ResponseWriter, r *http.Request) {
+	c, err := n.authenticate(w, r, nil)
+	if err != nil {
 		return
 	}
-	// The token authenticates reads too: check it as a heartbeat would,
-	// without recording one.
-	if err := a.DB.CheckToken(c.node.Name, c.token); err != nil {
-		writeError(w, err)
-		return
-	}
-	o, err := a.Overlays.RuntimeOverlay(c.node.Name)
+	o, err := n.Overlays.RuntimeOverlay(c.node.Name)
 	if err != nil {
 		writeError(w, err)
 		return

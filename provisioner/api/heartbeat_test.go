@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -30,7 +31,7 @@ type head struct {
 	db      *state.DB
 	url     string
 	boot    *bootserver.Server
-	agents  *api.Agents
+	agents  *api.Node
 	reg     *prometheus.Registry
 	content images.Digest
 }
@@ -75,10 +76,10 @@ func newHead(t *testing.T, requirePrivileged bool) *head {
 	h.url = "http://" + ln.Addr().String()
 	h.boot = &bootserver.Server{DB: db, Images: store, BaseURL: h.url, PrefixLen: 8, DefaultImage: "default",
 		Root: overlay.Root{Mode: overlay.RootTmpfs, Size: "50%"}, ConsoleShell: true}
-	h.agents = &api.Agents{DB: db, Images: store, DefaultImage: "default", Overlays: h.boot, Interval: 2 * time.Second,
-		DownAfter: 8 * time.Second, RequirePrivilegedPort: requirePrivileged, Metrics: api.NewAgentMetrics(h.reg)}
+	h.agents = &api.Node{DB: db, Images: store, DefaultImage: "default", Overlays: h.boot, Interval: 2 * time.Second,
+		DownAfter: 8 * time.Second, RequirePrivilegedPort: requirePrivileged, Metrics: api.NewMetrics(h.reg)}
 	mux := http.NewServeMux()
-	h.agents.Register(mux)
+	mux.Handle("/api/", h.agents.Handler())
 	srv := httptest.NewUnstartedServer(mux)
 	srv.Listener = ln
 	srv.Start()
@@ -92,12 +93,12 @@ func (h *head) token(t *testing.T, name string) string {
 	if err := h.db.Record(name, state.Event{Step: state.StepDHCPOffer}, true); err != nil {
 		t.Fatal(err)
 	}
-	nonce, err := h.db.NewBootNonce(name)
+	nonce, err := h.db.NewBootNonce(name, state.Event{Step: state.StepScript})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, err := h.db.NewToken(name, nonce)
-	if err != nil {
+	tok := state.NewToken()
+	if err := h.db.ConsumeNonce(name, nonce, tok, state.Event{Step: state.StepOverlay}); err != nil {
 		t.Fatal(err)
 	}
 	return tok
@@ -165,13 +166,13 @@ func TestAgentRoutes(t *testing.T) {
 		code                   int
 		msg                    string
 	}{
-		{"wrong address", "127.0.0.12", reg, tok, report, http.StatusForbidden, "not the node's reserved address"},
+		{"wrong address", "127.0.0.12", reg, tok, report, http.StatusForbidden, "not from the node's reserved address"},
 		{"no token", n1, reg, "", report, http.StatusUnauthorized, "missing bearer token"},
 		{"wrong token", n1, reg, "x" + tok, report, http.StatusUnauthorized, "bad token"},
 		{"unknown node", n1, "/api/v1/nodes/n9/register", tok, report, http.StatusNotFound, "not found"},
-		{"bad state", n1, reg, tok, overlay.Report{State: "dancing"}, http.StatusBadRequest, `unknown state \"dancing\"`},
+		{"bad state", n1, reg, tok, overlay.Report{State: "dancing"}, http.StatusBadRequest, `state \"dancing\": not ready or failed`},
 		{"unknown field", n1, reg, tok, []byte(`{"state":"ready","surprise":1}`), http.StatusBadRequest, "unknown field"},
-		{"too big", n1, reg, tok, []byte(`{"state":"ready","error":"` + strings.Repeat("x", 70<<10) + `"}`), http.StatusRequestEntityTooLarge, "body over"},
+		{"too big", n1, reg, tok, []byte(`{"state":"ready","error":"` + strings.Repeat("x", 70<<10) + `"}`), http.StatusRequestEntityTooLarge, "request body too large"},
 		{"heartbeat before registering", n1, hb, tok, overlay.Heartbeat{}, http.StatusConflict, "not registered"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -335,5 +336,133 @@ func TestGenerationFollowsConfiguration(t *testing.T) {
 	other, _ := h.boot.RuntimeOverlay("n2")
 	if other.Generation == c.Generation {
 		t.Error("two nodes share a generation")
+	}
+}
+
+// TestAgentRoutesStaleToken: after a new boot started (a DHCP offer to
+// firmware) the previous boot's token is refused on every agent route with
+// 409; after a new script, revoked, with 401. The earlier boot stays in
+// the history.
+func TestAgentRoutesStaleToken(t *testing.T) {
+	h := newHead(t, false)
+	tok := h.token(t, "n1")
+	const n1 = "127.0.0.11"
+	if code, body := h.call(t, n1, 0, http.MethodPost, "/api/v1/nodes/n1/register", tok, report); code != http.StatusOK {
+		t.Fatalf("register: %d %s", code, body)
+	}
+	routes := []struct{ method, path string }{
+		{http.MethodPost, "/api/v1/nodes/n1/register"}, {http.MethodPost, "/api/v1/nodes/n1/heartbeat"},
+		{http.MethodPost, "/api/v1/nodes/n1/shutdown"}, {http.MethodGet, "/api/v1/nodes/n1/overlay"},
+	}
+	bodies := map[string]any{"/api/v1/nodes/n1/register": report, "/api/v1/nodes/n1/heartbeat": overlay.Heartbeat{},
+		"/api/v1/nodes/n1/shutdown": overlay.Shutdown{Action: overlay.ActionReboot}}
+	if err := h.db.Record("n1", state.Event{Step: state.StepDHCPOffer}, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range routes {
+		if code, body := h.call(t, n1, 0, r.method, r.path, tok, bodies[r.path]); code != http.StatusConflict {
+			t.Errorf("%s %s with the previous boot's token: %d %s, want 409", r.method, r.path, code, body)
+		}
+	}
+	if _, err := h.db.NewBootNonce("n1", state.Event{Step: state.StepScript}); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range routes {
+		if code, body := h.call(t, n1, 0, r.method, r.path, tok, bodies[r.path]); code != http.StatusUnauthorized {
+			t.Errorf("%s %s with a revoked token: %d %s, want 401", r.method, r.path, code, body)
+		}
+	}
+	n, _ := h.db.Get("n1")
+	if n.Status.ID != 2 || n.Status.State != state.StateBooting || len(n.Status.History) != 1 {
+		t.Errorf("after the refusals: %+v", n.Status)
+	}
+	if b1, err := h.db.BootByID("n1", 1); err != nil || b1.State != state.StateBooted || b1.Report.Init != "systemd" {
+		t.Errorf("boot 1: %+v, %v", b1, err)
+	}
+	for _, c := range []struct{ result, want string }{{api.ReportApplied, "1"}, {api.ReportConflict, "1"}, {api.ReportBadToken, "1"}} {
+		if got := testutil.ToFloat64(reportsCounter{h.reg, c.result}); fmt.Sprint(got) != c.want {
+			t.Errorf("ramboot_node_reports_total{result=%s} = %v, want %s", c.result, got, c.want)
+		}
+	}
+}
+
+// TestAgentFieldBounds: every field of a heartbeat and of a registration
+// is bounded; what is out of bounds is refused with 400 and changes
+// nothing.
+func TestAgentFieldBounds(t *testing.T) {
+	h := newHead(t, false)
+	tok := h.token(t, "n1")
+	const n1 = "127.0.0.11"
+	reg, hb := "/api/v1/nodes/n1/register", "/api/v1/nodes/n1/heartbeat"
+	long := strings.Repeat("w", 100)
+	for name, rep := range map[string]overlay.Report{
+		"kernel":       {State: overlay.StateReady, Kernel: strings.Repeat("k", 300)},
+		"steps":        {State: overlay.StateReady, Steps: make([]overlay.Step, 40)},
+		"step name":    {State: overlay.StateReady, Steps: []overlay.Step{{Name: "a\x1b[2J"}}},
+		"warnings":     {State: overlay.StateReady, Warnings: make([]string, 20)},
+		"init":         {State: overlay.StateReady, Init: long},
+		"version":      {State: overlay.StateReady, AgentVersion: "v1\x1b]0;pwned\a"},
+		"root mode":    {State: overlay.StateReady, Root: &overlay.RootUsage{Mode: long}},
+		"boot times":   {State: overlay.StateReady, Boot: &overlay.BootTimes{InitSeconds: -1}},
+		"cpus":         {State: overlay.StateReady, CPUs: -2},
+		"unknown copy": {State: "booted"},
+	} {
+		if code, body := h.call(t, n1, 0, http.MethodPost, reg, tok, rep); code != http.StatusBadRequest {
+			t.Errorf("registration, %s out of bounds: %d %s, want 400", name, code, body)
+		}
+	}
+	if n, _ := h.db.Get("n1"); n.Status.State != state.StateBooting || n.Status.Report != nil {
+		t.Fatalf("refused registrations changed the node: %+v", n.Status)
+	}
+	// Warnings are kept, each cut to its bound and made printable.
+	ok := report
+	ok.Warnings = []string{"clock: \x1b[31m" + strings.Repeat("e", 1000)}
+	if code, body := h.call(t, n1, 0, http.MethodPost, reg, tok, ok); code != http.StatusOK {
+		t.Fatalf("register: %d %s", code, body)
+	}
+	n, _ := h.db.Get("n1")
+	if w := n.Status.Report.Warnings; len(w) != 1 || len(w[0]) > api.MaxWarning || strings.ContainsRune(w[0], 0x1b) {
+		t.Errorf("stored warnings %q", w)
+	}
+	for name, beat := range map[string]overlay.Heartbeat{
+		"system state": {SystemState: long},
+		"generation":   {OverlayGeneration: "g\n1"},
+		"uptime":       {UptimeSeconds: -5},
+		"load":         {Load1: -1},
+		"memory":       {MemAvailableBytes: -1},
+		"root":         {Root: &overlay.RootUsage{Mode: "tmpfs", UsedBytes: -1}},
+	} {
+		if code, body := h.call(t, n1, 0, http.MethodPost, hb, tok, beat); code != http.StatusBadRequest {
+			t.Errorf("heartbeat, %s out of bounds: %d %s, want 400", name, code, body)
+		}
+	}
+	if n, _ := h.db.Get("n1"); n.Agent == nil || n.Agent.Heartbeats != 0 {
+		t.Errorf("refused heartbeats counted: %+v", n.Agent)
+	}
+	big := []byte(`{"systemState":"` + strings.Repeat("x", 70<<10) + `"}`)
+	if code, _ := h.call(t, n1, 0, http.MethodPost, hb, tok, big); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("70 KiB heartbeat: %d, want 413", code)
+	}
+}
+
+// reportsCounter is one series of ramboot_node_reports_total.
+type reportsCounter struct {
+	reg    *prometheus.Registry
+	result string
+}
+
+func (c reportsCounter) Describe(ch chan<- *prometheus.Desc) {}
+
+func (c reportsCounter) Collect(ch chan<- prometheus.Metric) {
+	mfs, _ := c.reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() != "ramboot_node_reports_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() == c.result {
+				ch <- prometheus.MustNewConstMetric(prometheus.NewDesc("c", "c", nil, nil), prometheus.CounterValue, m.GetCounter().GetValue())
+			}
+		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/ramboot/ramboot/provisioner/api"
@@ -42,37 +43,11 @@ func New(socket string) *Client {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("encode request: %w", err)
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://ramboot"+path, body)
+	resp, err := c.send(ctx, method, path, in)
 	if err != nil {
-		return fmt.Errorf("build request %s %s: %w", method, path, err)
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("reach the ramboot daemon on %s (is `ramboot serve` running, and are you root?): %w", c.socket, err)
+		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		var e api.Error
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
-		if json.Unmarshal(b, &e) != nil || e.Error == "" {
-			e.Error = fmt.Sprintf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, bytes.TrimSpace(b))
-		}
-		if resp.StatusCode == http.StatusNotFound {
-			return fmt.Errorf("%s: %w", e.Error, ErrNotFound)
-		}
-		return errors.New(e.Error)
-	}
 	if out == nil {
 		return nil
 	}
@@ -80,6 +55,43 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("decode response to %s %s: %w", method, path, err)
 	}
 	return nil
+}
+
+// send makes a request and returns a 2xx response, whose body the caller
+// closes, or the API's error.
+func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://ramboot"+path, body)
+	if err != nil {
+		return nil, fmt.Errorf("build request %s %s: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("reach the ramboot daemon on %s (is `ramboot serve` running, and are you root?): %w", c.socket, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		var e api.Error
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = fmt.Sprintf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, bytes.TrimSpace(b))
+		}
+		if resp.StatusCode == http.StatusNotFound {
+			return nil, fmt.Errorf("%s: %w", e.Error, ErrNotFound)
+		}
+		return nil, errors.New(e.Error)
+	}
+	return resp, nil
 }
 
 // AddNode adds a node and returns it as stored.
@@ -113,4 +125,36 @@ func (c *Client) ListImages(ctx context.Context) ([]api.Image, error) {
 	var is []api.Image
 	err := c.do(ctx, http.MethodGet, "/api/v1/images", nil, &is)
 	return is, err
+}
+
+// ListBoots returns the boots a node keeps, newest (the current one) first.
+func (c *Client) ListBoots(ctx context.Context, name string) ([]state.Boot, error) {
+	var bs []state.Boot
+	err := c.do(ctx, http.MethodGet, "/api/v1/nodes/"+url.PathEscape(name)+"/boots", nil, &bs)
+	return bs, err
+}
+
+// GetBoot returns boot id of a node, if it is still kept.
+func (c *Client) GetBoot(ctx context.Context, name string, id int) (state.Boot, error) {
+	var b state.Boot
+	err := c.do(ctx, http.MethodGet, "/api/v1/nodes/"+url.PathEscape(name)+"/boots/"+strconv.Itoa(id), nil, &b)
+	return b, err
+}
+
+// Backup writes a consistent copy of the daemon's state database to w and
+// returns its size. The copy is whole only if the error is nil.
+func (c *Client) Backup(ctx context.Context, w io.Writer) (int64, error) {
+	resp, err := c.send(ctx, http.MethodGet, "/api/v1/state/backup", nil)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(w, resp.Body)
+	if err != nil {
+		return n, fmt.Errorf("read state backup: %w", err)
+	}
+	if resp.ContentLength >= 0 && n != resp.ContentLength {
+		return n, fmt.Errorf("read state backup: %d of %d bytes", n, resp.ContentLength)
+	}
+	return n, nil
 }

@@ -11,9 +11,12 @@
 //	/boot/agent.cpio.zst                        ramboot-agent as /init
 //	/boot/node/{name}/{nonce}/overlay.cpio.zst  the node's overlay
 //
-// The script and the overlay are served only to the node's reserved address;
-// the overlay also needs the boot nonce from the script it was last given,
-// and carries a fresh report token for this boot.
+// The script and the overlay are served only to the node's reserved address.
+// Serving a script mints a boot nonce and revokes the previous boot's report
+// token. The overlay needs that nonce and is served only whole (no HEAD,
+// Range or conditional request): the first complete GET spends the nonce and
+// makes the token inside it the node's token for this boot. A GET that fails
+// midway spends nothing, so iPXE can retry it.
 //
 //	s := &bootserver.Server{DB: db, Images: store, Agent: agent, BaseURL: "http://10.77.0.1"}
 //	mux.Handle("/boot/", s.Handler())
@@ -28,11 +31,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -86,6 +89,40 @@ type Server struct {
 	Logger *slog.Logger
 	// Metrics, when set, counts requests by route and status.
 	Metrics *Metrics
+
+	mu     sync.Mutex
+	active map[netip.Addr]int // transfers under way, by client address
+}
+
+// Busy reports whether a transfer to ip is under way: a node downloading a
+// large image is making progress even though its timeline has no new step
+// until the download ends.
+func (s *Server) Busy(ip netip.Addr) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.active[ip.Unmap()] > 0
+}
+
+// transfer counts a transfer to the request's client until the returned
+// function is called.
+func (s *Server) transfer(r *http.Request) (done func()) {
+	ip, err := remoteIP(r)
+	if err != nil {
+		return func() {}
+	}
+	s.mu.Lock()
+	if s.active == nil {
+		s.active = map[netip.Addr]int{}
+	}
+	s.active[ip]++
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		if s.active[ip]--; s.active[ip] <= 0 {
+			delete(s.active, ip)
+		}
+		s.mu.Unlock()
+	}
 }
 
 // Metrics are the boot server's Prometheus metrics.
@@ -196,17 +233,20 @@ func (s *Server) log() *slog.Logger {
 	return s.Logger
 }
 
+func remoteIP(r *http.Request) (netip.Addr, error) {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("remote address %q: %w", r.RemoteAddr, err)
+	}
+	return ap.Addr().Unmap(), nil
+}
+
 // remoteNode returns the node whose reserved address made the request.
 func (s *Server) remoteNode(r *http.Request) (state.NodeStatus, netip.Addr, error) {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	ip, err := remoteIP(r)
 	if err != nil {
-		return state.NodeStatus{}, netip.Addr{}, fmt.Errorf("remote address %q: %w", r.RemoteAddr, err)
+		return state.NodeStatus{}, netip.Addr{}, err
 	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return state.NodeStatus{}, netip.Addr{}, fmt.Errorf("remote address %q: %w", r.RemoteAddr, err)
-	}
-	ip = ip.Unmap()
 	n, err := s.DB.ByIP(ip)
 	return n, ip, err
 }
@@ -242,6 +282,11 @@ func (s *Server) imageFor(n state.NodeStatus) (string, images.Manifest, images.D
 
 func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 	const route = "script"
+	if r.Method != http.MethodGet { // a HEAD would revoke the node's token for nothing
+		w.Header().Set("Allow", http.MethodGet)
+		s.fail(w, route, http.StatusMethodNotAllowed, errors.New("script: only GET"))
+		return
+	}
 	mac, err := state.NormalizeMAC(r.URL.Query().Get("mac"))
 	if err != nil {
 		s.fail(w, route, http.StatusBadRequest, err)
@@ -257,27 +302,32 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, route, http.StatusNotFound, err, "node", n.Name)
 		return
 	}
-	nonce, err := s.DB.NewBootNonce(n.Name)
-	if err != nil {
-		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
-		return
-	}
 	base := strings.TrimRight(s.BaseURL, "/")
 	img := base + "/boot/image/" + d.Hex() + "/"
 	args := "ramboot.node=" + n.Name
 	if s.KernelArgs != "" {
 		args += " " + s.KernelArgs
 	}
-	script, err := ipxe.Script{
+	sc := ipxe.Script{
 		Comment: fmt.Sprintf("node %s, image %s %s", n.Name, name, shortDigest(string(d))),
 		Kernel:  ipxe.File{URL: img + KernelName},
 		Args:    args,
-		Initrds: []ipxe.File{
-			{URL: img + RootfsName},
-			{URL: base + "/boot/" + AgentName},
-			{URL: base + "/boot/node/" + n.Name + "/" + nonce + "/" + OverlayName},
-		},
-	}.Render()
+	}
+	if _, err := sc.Render(); err != nil { // before a nonce is minted
+		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
+		return
+	}
+	nonce, err := s.DB.NewBootNonce(n.Name, state.Event{Step: state.StepScript, Detail: fmt.Sprintf("image %s %s", name, shortDigest(string(d)))})
+	if err != nil {
+		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
+		return
+	}
+	sc.Initrds = []ipxe.File{
+		{URL: img + RootfsName},
+		{URL: base + "/boot/" + AgentName},
+		{URL: base + "/boot/node/" + n.Name + "/" + nonce + "/" + OverlayName},
+	}
+	script, err := sc.Render()
 	if err != nil {
 		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
 		return
@@ -286,7 +336,6 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	nw, _ := w.Write(script)
 	s.count(route, http.StatusOK, int64(nw))
-	s.record(n.Name, state.StepScript, fmt.Sprintf("image %s %s", name, shortDigest(string(d))))
 }
 
 func shortDigest(d string) string {
@@ -296,7 +345,7 @@ func shortDigest(d string) string {
 	return d
 }
 
-func (s *Server) record(node, step, detail string) {
+func (s *Server) record(node string, step state.Step, detail string) {
 	if err := s.DB.Record(node, state.Event{Step: step, Detail: detail}, false); err != nil {
 		s.log().Warn("record boot step", "node", node, "step", step, "err", err)
 	}
@@ -304,7 +353,7 @@ func (s *Server) record(node, step, detail string) {
 
 func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
 	file := r.PathValue("file")
-	route, step := "", ""
+	route, step := "", state.Step("")
 	switch file {
 	case KernelName:
 		route, step = "kernel", state.StepKernel
@@ -342,7 +391,8 @@ func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
 
 // serveContent serves content with Range and conditional requests, and
 // records the step for the requesting node once the transfer ends.
-func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, route, step, file string, mod time.Time, content io.ReadSeeker) {
+func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, route string, step state.Step, file string, mod time.Time, content io.ReadSeeker) {
+	defer s.transfer(r)()
 	start := time.Now()
 	cw := &countingWriter{ResponseWriter: w, code: http.StatusOK}
 	http.ServeContent(cw, r, file, mod, content)
@@ -367,19 +417,26 @@ func (s *Server) serveAgent(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 	const route = "overlay"
-	name := r.PathValue("name")
+	name, nonce := r.PathValue("name"), r.PathValue("nonce")
 	n, ip, err := s.remoteNode(r)
 	if err != nil || n.Name != name {
 		s.fail(w, route, http.StatusForbidden, fmt.Errorf("overlay of node %s is served only to its reserved address", name), "node", name, "ip", ip)
 		return
 	}
-	imgName, m, d, err := s.imageFor(n)
-	if err != nil {
-		s.fail(w, route, http.StatusNotFound, err, "node", n.Name)
+	// Only a plain, whole GET may spend the nonce: the overlay carries the
+	// node's secret, which must not be minted for a probe or a fragment.
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		s.fail(w, route, http.StatusMethodNotAllowed, fmt.Errorf("overlay of node %s: only GET", name), "node", name)
 		return
 	}
-	token, err := s.DB.NewToken(n.Name, r.PathValue("nonce"))
-	if err != nil {
+	for _, h := range []string{"Range", "If-Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since"} {
+		if r.Header.Get(h) != "" {
+			s.fail(w, route, http.StatusBadRequest, fmt.Errorf("overlay of node %s is served only whole: no %s", name, h), "node", name)
+			return
+		}
+	}
+	if err := s.DB.CheckNonce(n.Name, nonce); err != nil {
 		code := http.StatusInternalServerError
 		if errors.Is(err, state.ErrBadToken) {
 			code = http.StatusForbidden
@@ -387,6 +444,12 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, route, code, err, "node", n.Name)
 		return
 	}
+	imgName, m, d, err := s.imageFor(n)
+	if err != nil {
+		s.fail(w, route, http.StatusNotFound, err, "node", n.Name)
+		return
+	}
+	token := state.NewToken()
 	c, err := s.NodeConfig(n, imgName, m, d)
 	if err != nil {
 		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
@@ -403,9 +466,27 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
 		return
 	}
+	defer s.transfer(r)()
+	start := time.Now()
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Type", "application/octet-stream")
-	s.serveContent(w, r, route, state.StepOverlay, OverlayName, a.modTime, bytes.NewReader(a.data))
+	w.Header().Set("Content-Length", fmt.Sprint(len(a.data)))
+	nw, err := w.Write(a.data)
+	if err == nil {
+		err = http.NewResponseController(w).Flush()
+	}
+	s.count(route, http.StatusOK, int64(nw))
+	if err != nil || nw != len(a.data) {
+		// The nonce stays unspent: iPXE's retry gets a new token.
+		s.log().Debug("overlay not sent whole", "node", n.Name, "ip", ip, "bytes", nw, "err", err)
+		s.record(n.Name, state.StepOverlay, fmt.Sprintf("%s: sent %d of %d bytes: %v", OverlayName, nw, len(a.data), err))
+		return
+	}
+	err = s.DB.ConsumeNonce(n.Name, nonce, token, state.Event{Step: state.StepOverlay,
+		Detail: fmt.Sprintf("%s %s in %s, token minted", OverlayName, humanBytes(int64(nw)), time.Since(start).Round(time.Millisecond))})
+	if err != nil {
+		s.log().Warn("overlay sent, but its token could not be made the node's", "node", n.Name, "err", err)
+	}
 }
 
 type countingWriter struct {

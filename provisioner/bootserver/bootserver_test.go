@@ -88,7 +88,7 @@ func newFixture(t *testing.T) *fixture {
 		DefaultImage: "default", KernelArgs: "console=ttyS0,115200", Modules: []string{"virtio_net"},
 	}
 	mux.Handle("/boot/", boot.Handler())
-	mux.Handle("/api/", (&api.Node{DB: db, Images: f.store, DefaultImage: "default"}).Handler())
+	mux.Handle("/api/", (&api.Node{DB: db, Images: f.store, DefaultImage: "default", Overlays: boot, Interval: time.Second, DownAfter: 4 * time.Second}).Handler())
 	f.srv.Start()
 	t.Cleanup(f.srv.Close)
 	return f
@@ -154,6 +154,16 @@ func unpack(t *testing.T, b []byte) map[string][]byte {
 	return files
 }
 
+// scriptURLs returns the URLs a script fetches: the kernel's, then the
+// initrds', in order.
+func scriptURLs(script string) []string {
+	var urls []string
+	for _, m := range regexp.MustCompile(`(?m)^(?:kernel|initrd) (http://\S+)`).FindAllStringSubmatch(script, -1) {
+		urls = append(urls, m[1])
+	}
+	return urls
+}
+
 func TestBootFlow(t *testing.T) {
 	f := newFixture(t)
 	if err := f.db.AddNode(state.Node{Name: "n1", MAC: "52:54:00:00:00:01", IP: netip.MustParseAddr("127.0.0.1")}); err != nil {
@@ -178,7 +188,7 @@ func TestBootFlow(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !bytes.HasPrefix(script, []byte("#!ipxe\n")) {
 		t.Fatalf("script: %d %q", resp.StatusCode, script)
 	}
-	urls := regexp.MustCompile(`http://\S+`).FindAllString(string(script), -1)
+	urls := scriptURLs(string(script))
 	if len(urls) != 4 {
 		t.Fatalf("script has %d URLs, want kernel + 3 initrds:\n%s", len(urls), script)
 	}
@@ -254,7 +264,7 @@ func TestBootFlow(t *testing.T) {
 
 	report := func(token string, r overlay.Report) int {
 		b, _ := json.Marshal(r)
-		req, _ := http.NewRequest(http.MethodPost, cfg.ReportURL(), bytes.NewReader(b))
+		req, _ := http.NewRequest(http.MethodPost, cfg.URL(overlay.RegisterPath), bytes.NewReader(b))
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := n1.Do(req)
 		if err != nil {
@@ -270,8 +280,8 @@ func TestBootFlow(t *testing.T) {
 		if code := report(cfg.Token, overlay.Report{State: "dancing"}); code != http.StatusBadRequest {
 			t.Fatalf("bad state: %d, want 400", code)
 		}
-		if code := report(cfg.Token, overlay.Report{State: overlay.StateReady, ContentDigest: string(f.content), Kernel: "6.1.0-test", MemTotalBytes: 1 << 30, UptimeSeconds: 9.5}); code != http.StatusNoContent {
-			t.Fatalf("report: %d, want 204", code)
+		if code := report(cfg.Token, overlay.Report{State: overlay.StateReady, ContentDigest: string(f.content), Kernel: "6.1.0-test", MemTotalBytes: 1 << 30, UptimeSeconds: 9.5}); code != http.StatusOK {
+			t.Fatalf("report: %d, want 200", code)
 		}
 		n, err := f.db.Get("n1")
 		if err != nil {
@@ -280,11 +290,11 @@ func TestBootFlow(t *testing.T) {
 		if n.Status.State != state.StateBooted || n.Status.Report.ImageDigest != string(f.digest) || n.Status.Report.ImageName != "default" {
 			t.Fatalf("status %+v report %+v", n.Status, n.Status.Report)
 		}
-		var steps []string
+		var steps []state.Step
 		for _, e := range n.Status.Timeline {
 			steps = append(steps, e.Step)
 		}
-		want := []string{state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}
+		want := []state.Step{state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}
 		for _, w := range want {
 			if !slices.Contains(steps, w) {
 				t.Errorf("timeline %v lacks %s", steps, w)
@@ -298,13 +308,13 @@ func TestBootFlow(t *testing.T) {
 		if resp, _ := get(t, n1, urls[3]); resp.StatusCode != http.StatusForbidden {
 			t.Fatalf("old overlay URL after a new script: %d, want 403", resp.StatusCode)
 		}
-		ov := regexp.MustCompile(`http://\S+overlay\S+`).FindString(string(script))
+		ov := scriptURLs(string(script))[3]
 		_, b := get(t, n1, ov)
 		c, err := overlay.ParseConfig(unpack(t, b)[overlay.ConfigPath])
 		if err != nil {
 			t.Fatal(err)
 		}
-		if code := report(c.Token, overlay.Report{State: overlay.StateReady, ContentDigest: string(images.DigestOf([]byte("other")))}); code != http.StatusNoContent {
+		if code := report(c.Token, overlay.Report{State: overlay.StateReady, ContentDigest: string(images.DigestOf([]byte("other")))}); code != http.StatusOK {
 			t.Fatalf("report: %d", code)
 		}
 		n, _ := f.db.Get("n1")

@@ -10,13 +10,13 @@
 package config
 
 import (
-	"bytes"
 	_ "embed"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -55,6 +55,11 @@ type Config struct {
 	Boot Boot `yaml:"boot"`
 	// Agent configures the node agent that nodes run as /init.
 	Agent Agent `yaml:"agent"`
+	// State configures the state database.
+	State State `yaml:"state"`
+
+	// SFTP configures the image push and pull endpoint.
+	SFTP SFTP `yaml:"sftp"`
 
 	// lines maps dotted key paths to the line they were set on, for errors.
 	lines map[string]line
@@ -78,6 +83,10 @@ type DHCP struct {
 	Router string `yaml:"router"`
 	// DNS lists name servers given to nodes (option 6).
 	DNS []string `yaml:"dns"`
+	// ReceiveBuffer is the DHCP socket's receive buffer, in bytes.
+	ReceiveBuffer int `yaml:"receive_buffer"`
+	// DetectRivals watches the link for other DHCP servers answering nodes.
+	DetectRivals bool `yaml:"detect_rivals"`
 }
 
 // TFTP configures the TFTP server.
@@ -88,12 +97,32 @@ type TFTP struct {
 	Root string `yaml:"root"`
 	// Files is the catalogue; empty means the values of DHCP.BootFiles.
 	Files []string `yaml:"files"`
+	// MaxTransfers caps the transfers in flight.
+	MaxTransfers int `yaml:"max_transfers"`
+	// MaxTransfersPerClient caps the transfers in flight from one address.
+	MaxTransfersPerClient int `yaml:"max_transfers_per_client"`
+	// ReceiveBuffer is the TFTP socket's receive buffer, in bytes.
+	ReceiveBuffer int `yaml:"receive_buffer"`
 }
 
 // HTTP configures the boot and node API server.
 type HTTP struct {
 	// Port is the TCP port, on the head's address.
 	Port int `yaml:"port"`
+	// ReadHeaderTimeout bounds reading a request's headers.
+	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
+	// IdleTimeout closes keep-alive connections idle that long.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// SendTimeout is the window in which a client with data waiting must
+	// acknowledge MinSendRate × SendTimeout bytes, or be cut off.
+	SendTimeout Duration `yaml:"send_timeout"`
+	// MinSendRate is the slowest download kept, in bytes per second; 0
+	// means any progress at all.
+	MinSendRate int64 `yaml:"min_send_rate"`
+	// MaxConnsPerClient caps open connections from one address.
+	MaxConnsPerClient int `yaml:"max_conns_per_client"`
+	// MaxConns caps open connections in total.
+	MaxConns int `yaml:"max_conns"`
 }
 
 // RA configures IPv6 router advertisements on the provisioning link.
@@ -118,6 +147,8 @@ type Boot struct {
 	// ConsoleShell gives a root shell on the console of a node whose
 	// agent stays PID 1 (its image has no init to hand over to).
 	ConsoleShell bool `yaml:"console_shell"`
+	// StallTimeout marks a boot stalled after that long without progress.
+	StallTimeout Duration `yaml:"stall_timeout"`
 }
 
 // Root configures the nodes' root file system.
@@ -127,6 +158,16 @@ type Root struct {
 	// Size caps the root's RAM: bytes with k, m, g, t, or a percentage of
 	// the node's RAM.
 	Size string `yaml:"size"`
+}
+
+// State configures the state database.
+type State struct {
+	// BootHistory is how many boots each node keeps, the current one
+	// included.
+	BootHistory int `yaml:"boot_history"`
+	// BackupInterval is how often the daemon refreshes its rolling backup
+	// of the database, when it changed.
+	BackupInterval Duration `yaml:"backup_interval"`
 }
 
 // Agent configures the node agent.
@@ -144,14 +185,43 @@ type Agent struct {
 	RequirePrivilegedPort bool `yaml:"require_privileged_port"`
 }
 
+// SFTP configures the SFTP endpoint `ramboot image push` and `image pull`
+// talk to.
+type SFTP struct {
+	// Enabled turns the endpoint on.
+	Enabled bool `yaml:"enabled"`
+	// Address is the address to listen on; empty = every address.
+	Address string `yaml:"address"`
+	// Port is the TCP port.
+	Port int `yaml:"port"`
+	// AuthorizedKeys is the authorized_keys file of the keys that may
+	// push and pull; empty = STATE_DIR/authorized_keys.
+	AuthorizedKeys string `yaml:"authorized_keys"`
+}
+
+// SFTPAuthorizedKeys returns SFTP.AuthorizedKeys or its default.
+func (c Config) SFTPAuthorizedKeys() string {
+	if c.SFTP.AuthorizedKeys != "" {
+		return c.SFTP.AuthorizedKeys
+	}
+	return filepath.Join(c.StateDir, "authorized_keys")
+}
+
+// Bounds of dhcp.receive_buffer and tftp.receive_buffer: the kernel's
+// minimum is about 4.5 KiB; 1 GiB is far past any use.
+const (
+	minReceiveBuffer = 4096
+	maxReceiveBuffer = 1 << 30
+)
+
 // Duration is a time.Duration written as "90s", "168h".
 type Duration time.Duration
 
 // UnmarshalYAML decodes a Go duration string.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	v, err := time.ParseDuration(n.Value)
-	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration like 90s or 168h", n.Line, n.Value)
+	if err != nil || n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("%q is not a duration like 90s or 168h", n.Value)
 	}
 	*d = Duration(v)
 	return nil
@@ -192,12 +262,19 @@ func Parse(name string, b []byte) (Config, error) {
 	return c, nil
 }
 
-var yamlLine = regexp.MustCompile(`line (\d+): `)
+var yamlLine = regexp.MustCompile(`^(yaml: )?line (\d+): `)
 
+// decode decodes the YAML b (from file name) over c, key by key. Every
+// problem names the file, the line and the key, list items included
+// (dhcp.dns[1]); all of them are reported at once.
 func (c *Config) decode(name string, b []byte) error {
 	var root yaml.Node
 	if err := yaml.Unmarshal(b, &root); err != nil {
-		return fmt.Errorf("%s: %s", name, strings.TrimPrefix(err.Error(), "yaml: "))
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+			return fmt.Errorf("%s:%s: %s", name, m[2], yamlLine.ReplaceAllString(err.Error(), ""))
+		}
+		return fmt.Errorf("%s: %s", name, msg)
 	}
 	if len(root.Content) == 0 { // empty file
 		return nil
@@ -205,66 +282,169 @@ func (c *Config) decode(name string, b []byte) error {
 	if c.lines == nil {
 		c.lines = map[string]line{}
 	}
-	var errs []error
-	walkKeys(root.Content[0], "", func(path string, key *yaml.Node) {
-		c.lines[path] = line{name, key.Line}
-		if _, ok := knownKeys[path]; !ok && !underMap(path) {
-			errs = append(errs, fmt.Errorf("%s:%d: %s: unknown key", name, key.Line, path))
-		}
-	})
-	if len(errs) > 0 {
-		return errors.Join(errs...)
-	}
-	if _, ok := c.lines["dhcp.boot_files"]; ok && c.lines["dhcp.boot_files"].file == name {
-		// A file that sets boot_files replaces the whole table rather than
-		// merging into the default, so one architecture never has two
-		// spellings with different files.
-		c.DHCP.BootFiles = nil
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(c); err != nil {
-		msg := strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n")
-		msg = strings.TrimSpace(yamlLine.ReplaceAllString(msg, name+":$1: "))
-		return errors.New(msg)
-	}
-	return nil
+	d := decoder{file: name, lines: c.lines}
+	d.value(root.Content[0], reflect.ValueOf(c).Elem(), "")
+	return errors.Join(d.errs...)
 }
 
-// walkKeys calls fn for every mapping key under n with its dotted path.
-func walkKeys(n *yaml.Node, prefix string, fn func(path string, key *yaml.Node)) {
-	if n.Kind != yaml.MappingNode {
+// decoder decodes a yaml.Node tree into a value, field by field, so that
+// each error is tied to its key and line.
+type decoder struct {
+	file  string
+	lines map[string]line
+	errs  []error
+}
+
+func (d *decoder) fail(n *yaml.Node, path, format string, args ...any) {
+	if path == "" {
+		path = "(top level)"
+	}
+	d.errs = append(d.errs, fmt.Errorf("%s:%d: %s: %s", d.file, n.Line, path, fmt.Sprintf(format, args...)))
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	}
+	return fmt.Sprintf("%q", n.Value)
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// field returns the field of struct v whose yaml tag is key.
+func field(v reflect.Value, key string) (reflect.Value, bool) {
+	t := v.Type()
+	for i := range t.NumField() {
+		if tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ","); tag == key && tag != "" && tag != "-" {
+			return v.Field(i), true
+		}
+	}
+	return reflect.Value{}, false
+}
+
+var unmarshaler = reflect.TypeFor[yaml.Unmarshaler]()
+
+func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		if v.Kind() != reflect.Struct {
+			v.SetZero() // "dns:" with nothing: none
+		}
 		return
 	}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		path := k.Value
-		if prefix != "" {
-			path = prefix + "." + k.Value
+	if reflect.PointerTo(v.Type()).Implements(unmarshaler) {
+		if err := n.Decode(v.Addr().Interface()); err != nil {
+			d.fail(n, path, "%s", yamlLine.ReplaceAllString(err.Error(), ""))
 		}
-		fn(path, k)
-		walkKeys(v, path, fn)
+		return
+	}
+	switch v.Kind() {
+	case reflect.Struct:
+		if n.Kind != yaml.MappingNode {
+			d.fail(n, path, "must be a mapping of keys, not %s", kindName(n))
+			return
+		}
+		seen := map[string]int{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, val := n.Content[i], n.Content[i+1]
+			p := join(path, k.Value)
+			if l, dup := seen[k.Value]; dup {
+				d.fail(k, p, "set twice (also on line %d)", l)
+				continue
+			}
+			seen[k.Value] = k.Line
+			d.lines[p] = line{d.file, k.Line}
+			f, ok := field(v, k.Value)
+			if !ok {
+				d.fail(k, p, "unknown key")
+				continue
+			}
+			d.value(val, f, p)
+		}
+	case reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			d.fail(n, path, "must be a mapping, not %s", kindName(n))
+			return
+		}
+		// A file that sets a map replaces it as a whole, so one entry
+		// never has two spellings (dhcp.boot_files: 7 and efi-x64).
+		m := reflect.MakeMap(v.Type())
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, val := n.Content[i], n.Content[i+1]
+			p := join(path, k.Value)
+			if m.MapIndex(reflect.ValueOf(k.Value)).IsValid() {
+				d.fail(k, p, "set twice")
+				continue
+			}
+			d.lines[p] = line{d.file, k.Line}
+			e := reflect.New(v.Type().Elem()).Elem()
+			d.value(val, e, p)
+			m.SetMapIndex(reflect.ValueOf(k.Value), e)
+		}
+		v.Set(m)
+	case reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			d.fail(n, path, "must be a list, like [a, b], not %s", kindName(n))
+			return
+		}
+		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
+		for i, item := range n.Content {
+			p := fmt.Sprintf("%s[%d]", path, i)
+			d.lines[p] = line{d.file, item.Line}
+			d.value(item, s.Index(i), p)
+		}
+		v.Set(s)
+	default:
+		if n.Kind != yaml.ScalarNode {
+			d.fail(n, path, "must be a single value, not %s", kindName(n))
+			return
+		}
+		if err := n.Decode(v.Addr().Interface()); err != nil {
+			switch v.Kind() {
+			case reflect.Bool:
+				d.fail(n, path, "%q is not true or false", n.Value)
+			case reflect.Int, reflect.Int64, reflect.Uint16:
+				d.fail(n, path, "%q is not a whole number", n.Value)
+			default:
+				d.fail(n, path, "%s", yamlLine.ReplaceAllString(err.Error(), ""))
+			}
+		}
 	}
 }
 
-// knownKeys lists every key path of Config, derived from the yaml tags of
-// a marshalled zero Config.
-var knownKeys = func() map[string]struct{} {
-	m := map[string]struct{}{}
-	b, err := yaml.Marshal(Config{})
-	if err != nil {
-		panic(fmt.Sprintf("marshal zero config: %v", err))
+// Keys returns every key path of the configuration, such as
+// "dhcp.lease_time", sorted; free-form maps appear as their own key.
+func Keys() []string {
+	var out []string
+	var walk func(t reflect.Type, path string)
+	walk = func(t reflect.Type, path string) {
+		for i := range t.NumField() {
+			tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+			if tag == "" || tag == "-" {
+				continue
+			}
+			p := join(path, tag)
+			if ft := t.Field(i).Type; ft.Kind() == reflect.Struct && !reflect.PointerTo(ft).Implements(unmarshaler) {
+				walk(ft, p)
+				continue
+			}
+			out = append(out, p)
+		}
 	}
-	var n yaml.Node
-	if err := yaml.Unmarshal(b, &n); err != nil {
-		panic(fmt.Sprintf("unmarshal zero config: %v", err))
-	}
-	walkKeys(n.Content[0], "", func(path string, _ *yaml.Node) { m[path] = struct{}{} })
-	return m
-}()
-
-// underMap reports whether path is a key inside a free-form map.
-func underMap(path string) bool { return strings.HasPrefix(path, "dhcp.boot_files.") }
+	walk(reflect.TypeFor[Config](), "")
+	slices.Sort(out)
+	return out
+}
 
 // Line returns "file:line: " for a key path that a file set, or "".
 func (c Config) Line(path string) string {
@@ -373,6 +553,20 @@ func (c Config) Validate() error {
 	if c.TFTP.Enabled && c.TFTP.Root == "" {
 		bad("tftp.root", "required when tftp.enabled")
 	}
+	for _, k := range []struct {
+		path string
+		v    int
+	}{{"dhcp.receive_buffer", c.DHCP.ReceiveBuffer}, {"tftp.receive_buffer", c.TFTP.ReceiveBuffer}} {
+		if k.v < minReceiveBuffer || k.v > maxReceiveBuffer {
+			bad(k.path, "%d is not between %d and %d bytes", k.v, minReceiveBuffer, maxReceiveBuffer)
+		}
+	}
+	if c.TFTP.MaxTransfers < 1 {
+		bad("tftp.max_transfers", "%d is less than 1", c.TFTP.MaxTransfers)
+	}
+	if c.TFTP.MaxTransfersPerClient < 1 || c.TFTP.MaxTransfersPerClient > max(c.TFTP.MaxTransfers, 1) {
+		bad("tftp.max_transfers_per_client", "%d is not between 1 and tftp.max_transfers (%d)", c.TFTP.MaxTransfersPerClient, c.TFTP.MaxTransfers)
+	}
 	for i, f := range c.TFTP.Files {
 		if f == "" || strings.ContainsAny(f, "/\\") {
 			bad(fmt.Sprintf("tftp.files[%d]", i), "%q must be a plain file name", f)
@@ -381,8 +575,46 @@ func (c Config) Validate() error {
 	if c.HTTP.Port < 1 || c.HTTP.Port > 65535 {
 		bad("http.port", "%d is not a TCP port", c.HTTP.Port)
 	}
+	for _, d := range []struct {
+		key string
+		v   Duration
+		min time.Duration
+	}{
+		{"http.read_header_timeout", c.HTTP.ReadHeaderTimeout, 100 * time.Millisecond},
+		{"http.idle_timeout", c.HTTP.IdleTimeout, 100 * time.Millisecond},
+		{"http.send_timeout", c.HTTP.SendTimeout, 100 * time.Millisecond},
+		{"boot.stall_timeout", c.Boot.StallTimeout, time.Second},
+		{"state.backup_interval", c.State.BackupInterval, time.Minute},
+	} {
+		if time.Duration(d.v) < d.min {
+			bad(d.key, "%s is shorter than %s", time.Duration(d.v), d.min)
+		}
+	}
+	if c.HTTP.MinSendRate < 0 {
+		bad("http.min_send_rate", "%d is negative", c.HTTP.MinSendRate)
+	}
+	if c.HTTP.MaxConnsPerClient < 1 {
+		bad("http.max_conns_per_client", "%d: at least 1", c.HTTP.MaxConnsPerClient)
+	}
+	if c.HTTP.MaxConns < c.HTTP.MaxConnsPerClient {
+		bad("http.max_conns", "%d is less than http.max_conns_per_client (%d)", c.HTTP.MaxConns, c.HTTP.MaxConnsPerClient)
+	}
+	if c.State.BootHistory < 1 || c.State.BootHistory > 1000 {
+		bad("state.boot_history", "%d is not between 1 and 1000", c.State.BootHistory)
+	}
 	if c.RA.Enabled && c.RA.Interval < Duration(time.Second) {
 		bad("ra.interval", "%s is shorter than 1s", time.Duration(c.RA.Interval))
+	}
+	if c.SFTP.Enabled && (c.SFTP.Port < 1 || c.SFTP.Port > 65535) {
+		bad("sftp.port", "%d is not a TCP port", c.SFTP.Port)
+	}
+	if c.SFTP.Address != "" {
+		if _, err := netip.ParseAddr(c.SFTP.Address); err != nil {
+			bad("sftp.address", "%q is not an IP address", c.SFTP.Address)
+		}
+	}
+	if c.SFTP.AuthorizedKeys != "" && !filepath.IsAbs(c.SFTP.AuthorizedKeys) {
+		bad("sftp.authorized_keys", "%q must be an absolute path", c.SFTP.AuthorizedKeys)
 	}
 	if c.Boot.DefaultImage == "" {
 		bad("boot.default_image", "required")

@@ -71,9 +71,18 @@ func TestErrorsNameKeyAndLine(t *testing.T) {
 	}{
 		{"unknown key", "interface: eth1\ndhcp:\n  lease_tme: 1h\n", []string{"site.yaml:3: dhcp.lease_tme: unknown key"}},
 		{"unknown top key", "interfac: eth1\n", []string{"site.yaml:1: interfac: unknown key"}},
-		{"bad duration", "interface: eth1\nra:\n  interval: soon\n", []string{"site.yaml:3", "not a duration"}},
-		{"bad type", "interface: eth1\nhttp:\n  port: eighty\n", []string{"site.yaml:3", "eighty"}},
-		{"syntax", "interface: [eth1\n", []string{"site.yaml"}},
+		{"bad duration", "interface: eth1\nra:\n  interval: soon\n", []string{"site.yaml:3: ra.interval: \"soon\" is not a duration"}},
+		{"bad type", "interface: eth1\nhttp:\n  port: eighty\n", []string{"site.yaml:3: http.port: \"eighty\" is not a whole number"}},
+		{"bad bool", "dhcp:\n  enabled: maybe\n", []string{"site.yaml:2: dhcp.enabled: \"maybe\" is not true or false"}},
+		{"list item of a wrong type", "dhcp:\n  dns:\n    - 10.0.0.1\n    - {a: b}\n", []string{"site.yaml:4: dhcp.dns[1]: must be a single value, not a mapping"}},
+		{"flow list item", "tftp:\n  files: [a.efi, [b]]\n", []string{"site.yaml:2: tftp.files[1]: must be a single value, not a list"}},
+		{"list where a value goes", "interface: [eth1, eth2]\n", []string{"site.yaml:1: interface: must be a single value, not a list"}},
+		{"value where a list goes", "boot:\n  modules: e1000\n", []string{"site.yaml:2: boot.modules: must be a list"}},
+		{"value where a section goes", "dhcp: yes\n", []string{"site.yaml:1: dhcp: must be a mapping of keys"}},
+		{"key set twice", "dhcp:\n  router: 10.0.0.1\n  router: 10.0.0.2\n", []string{"site.yaml:3: dhcp.router: set twice (also on line 2)"}},
+		{"not a mapping", "- interface\n", []string{"site.yaml:1: (top level): must be a mapping"}},
+		{"syntax", "interface: [eth1\n", []string{"site.yaml:1: "}},
+		{"every problem at once", "interfac: x\nhttp:\n  port: x\n", []string{"site.yaml:1: interfac: unknown key", "site.yaml:3: http.port"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -103,11 +112,21 @@ dhcp:
     "7": ../etc/passwd
 http:
   port: 0
+  send_timeout: 1ms
+  max_conns_per_client: 0
 boot:
   modules: ["a b"]
   root:
     mode: squashfs
     size: lots
+tftp:
+  files:
+    - undionly.kpxe
+    - ../etc/passwd
+    - ""
+state:
+  boot_history: 0
+  backup_interval: 1s
 agent:
   heartbeat_interval: 10s
   down_after: 15s
@@ -121,9 +140,11 @@ agent:
 	}
 	for _, w := range []string{
 		"site.yaml:2: state_dir", "site.yaml:3: log_level", "site.yaml:5: dhcp.lease_time", "site.yaml:6: dhcp.router",
-		"dhcp.dns[1]", "site.yaml:9: dhcp.boot_files.sparc", "site.yaml:10: dhcp.boot_files.7", "site.yaml:12: http.port", "boot.modules[0]",
-		`site.yaml:16: boot.root.mode: "squashfs" is not a root mode`, `site.yaml:17: boot.root.size: "lots" is not a size`,
-		"site.yaml:20: agent.down_after: 15s is shorter than two heartbeat intervals (20s)",
+		"site.yaml:7: dhcp.dns[1]", "site.yaml:9: dhcp.boot_files.sparc", "site.yaml:10: dhcp.boot_files.7", "site.yaml:12: http.port",
+		"site.yaml:13: http.send_timeout", "site.yaml:14: http.max_conns_per_client", "site.yaml:16: boot.modules[0]",
+		`site.yaml:18: boot.root.mode: "squashfs" is not a root mode`, `site.yaml:19: boot.root.size: "lots" is not a size`,
+		"site.yaml:23: tftp.files[1]", "site.yaml:24: tftp.files[2]", "site.yaml:26: state.boot_history", "site.yaml:27: state.backup_interval",
+		"site.yaml:30: agent.down_after: 15s is shorter than two heartbeat intervals (20s)",
 	} {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("error lacks %q:\n%v", w, err)

@@ -1,33 +1,17 @@
 package state
 
 import (
-	"crypto/subtle"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
 )
 
-// States a registered node moves between after its boot.
-const (
-	// StateDown: the node's agent daemon stopped heartbeating.
-	StateDown = "down"
-	// StateOff: the node's agent daemon said the node shuts down.
-	StateOff = "off"
-)
-
-// Steps of the timeline after the boot.
-const (
-	StepDown     = "down"     // no heartbeat for the down timeout
-	StepUp       = "up"       // heartbeats again after being down
-	StepShutdown = "shutdown" // the agent said the node goes down
-	StepSystem   = "system"   // the node's init system finished starting
-)
-
 // ErrNotRegistered means a heartbeat came for a node whose agent daemon
-// has not registered in this boot (or whose boot the head no longer
-// knows): the daemon should register again.
+// has not registered in this boot (or that said it shut down): the daemon
+// should register again.
 var ErrNotRegistered = errors.New("not registered in this boot")
 
 // Registration is what the agent daemon's registration adds to a Report.
@@ -36,7 +20,7 @@ type Registration struct {
 	Warnings []string `json:"warnings,omitempty"`
 	// Steps are the agent's boot steps, with the node's uptime at which
 	// each finished.
-	Steps []Step `json:"steps,omitempty"`
+	Steps []AgentStep `json:"steps,omitempty"`
 	// CPUs is the number of CPUs online.
 	CPUs int `json:"cpus,omitempty"`
 	// RootMode is the root's mode (tmpfs, or rootfs when it could not
@@ -58,17 +42,18 @@ type Registration struct {
 	AgentVersion string `json:"agentVersion,omitempty"`
 }
 
-// Step is one of the agent's boot steps.
-type Step struct {
+// AgentStep is one of the agent's boot steps on the node.
+type AgentStep struct {
 	// Name is the step's name (mounts, root, modules, network, ...).
 	Name string `json:"name"`
 	// UptimeSeconds is the node's uptime when it finished.
 	UptimeSeconds float64 `json:"uptimeSeconds"`
 }
 
-// Agent is the agent daemon's last heartbeat. The head keeps it in memory
-// only: a heartbeat every few seconds from every node must not cost a
-// disk write, and a restarted head learns it again within one interval.
+// Agent is the agent daemon's last registration or heartbeat. The head
+// keeps it in memory only: a heartbeat every few seconds from every node
+// must not cost a disk write, and a restarted head learns it again within
+// one interval.
 type Agent struct {
 	// LastSeen is when the head accepted the last registration or
 	// heartbeat.
@@ -96,59 +81,78 @@ type Agent struct {
 	OverlayGeneration string `json:"overlayGeneration,omitempty"`
 	// AgentRSSBytes is the agent daemon's resident memory.
 	AgentRSSBytes int64 `json:"agentRSSBytes,omitempty"`
+	// Workload is the node's jobs and containers as the last heartbeat
+	// listed them; nil when the daemon sent none.
+	Workload *Workload `json:"workload,omitempty"`
 }
 
-// authed returns node name's record when token is its current token;
-// what names the request in errors. d.mu must be held.
-func (d *DB) authed(name, token, what string) (*record, error) {
-	r, ok := d.nodes[name]
-	if !ok {
-		return nil, fmt.Errorf("%s of node %s: %w", what, name, ErrNotFound)
+// Workload is a node's jobs and containers, as its agent daemon listed
+// them in a heartbeat.
+type Workload struct {
+	// Jobs are the scheduler jobs the prolog registered.
+	Jobs []WorkloadJob `json:"jobs"`
+	// Containers are the node's containers.
+	Containers []WorkloadContainer `json:"containers"`
+	// OmittedJobs and OmittedContainers count those the node left out
+	// to keep its heartbeat within bounds.
+	OmittedJobs       int `json:"omittedJobs,omitempty"`
+	OmittedContainers int `json:"omittedContainers,omitempty"`
+}
+
+// WorkloadJob is one job on a node.
+type WorkloadJob struct {
+	// ID is the scheduler's job id.
+	ID string `json:"id"`
+	// User is the job's user.
+	User string `json:"user"`
+	// UID is the user's id.
+	UID int `json:"uid"`
+	// MemoryBytes is the job's memory on the node, 0 when unknown.
+	MemoryBytes int64 `json:"memoryBytes,omitempty"`
+	// Registered is when the prolog registered it.
+	Registered time.Time `json:"registered,omitzero"`
+}
+
+// WorkloadContainer is one container on a node.
+type WorkloadContainer struct {
+	// ID is the container's id.
+	ID string `json:"id"`
+	// Name is its name on the node.
+	Name string `json:"name"`
+	// Image is its image reference.
+	Image string `json:"image"`
+	// Job is its job, if any.
+	Job string `json:"job,omitempty"`
+	// UID is its processes' user.
+	UID int `json:"uid"`
+	// State is created, running or exited.
+	State string `json:"state"`
+	// ExitCode is its exit status once exited.
+	ExitCode int `json:"exitCode"`
+	// Started is when its command started.
+	Started time.Time `json:"started,omitzero"`
+}
+
+// clone returns a deep copy of a.
+func (a *Agent) clone() *Agent {
+	c := *a
+	if a.Workload != nil {
+		w := *a.Workload
+		w.Jobs, w.Containers = slices.Clone(w.Jobs), slices.Clone(w.Containers)
+		c.Workload = &w
 	}
-	if !r.tokenOK(token) {
-		return nil, fmt.Errorf("%s of node %s: %w", what, name, ErrBadToken)
-	}
-	return r, nil
+	return &c
 }
 
-// tokenOK reports whether token is the node's current token.
-func (r *record) tokenOK(token string) bool {
-	return r.TokenHash != "" && subtle.ConstantTimeCompare([]byte(hashHex(token)), []byte(r.TokenHash)) == 1
-}
-
-// change applies f to a copy of the record, writes the copy and only then
-// makes it the record: memory never shows what the disk does not hold.
-// d.mu must be held.
-func (d *DB) change(r *record, f func(nr *record)) error {
-	nr := *r
-	nr.Status.Timeline = slices.Clone(r.Status.Timeline)
-	f(&nr)
-	if err := d.put(&nr); err != nil {
-		return err
-	}
-	*r = nr
-	return nil
-}
-
-// CheckToken returns ErrBadToken unless token is node name's current
-// token.
-func (d *DB) CheckToken(name, token string) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	_, err := d.authed(name, token, "request")
-	return err
-}
-
-// Register checks the node's token and records its agent daemon's
-// registration: the boot's report (the node is booted, or failed) and a
-// first heartbeat from remote.
-func (d *DB) Register(name, token string, rep Report, a Agent) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	r, err := d.authed(name, token, "registration")
-	if err != nil {
-		return err
-	}
+// Register records the agent daemon's registration of node name's current
+// boot, sent from from with token (see Authenticate). The first one in a
+// boot is the boot's report: the boot is booted, or failed, from then on.
+// A later one in the same boot (the daemon restarted, or retried after a
+// lost answer) keeps that report and returns applied false; it brings a
+// node that was down or off back, and is a conflict when it contradicts
+// the report (failed after ready). Either way a is the node's live view
+// from then on.
+func (d *DB) Register(name, token string, from netip.Addr, rep Report, a Agent) (applied bool, err error) {
 	now := d.now()
 	if rep.Received.IsZero() {
 		rep.Received = now
@@ -156,20 +160,38 @@ func (d *DB) Register(name, token string, rep Report, a Agent) error {
 	if a.LastSeen.IsZero() {
 		a.LastSeen = now
 	}
-	return d.change(r, func(nr *record) {
-		st := &nr.Status
+	err = d.update(name, func(r *record, ar *archive) error {
+		if err := r.authenticate(token, from); err != nil {
+			return err
+		}
+		ar.live = func() { d.live[name] = &a }
+		st := &r.Status
+		if st.Report != nil {
+			if st.Report.State != rep.State {
+				return fmt.Errorf("boot %d registered %s at %s: %w", st.ID, st.Report.State, st.Report.Received.Format(time.RFC3339), ErrConflict)
+			}
+			if st.State != StateDown && st.State != StateOff {
+				return errNoChange
+			}
+			st.add(Event{Time: now, Step: StepUp, Detail: fmt.Sprintf("the agent daemon registered again, node uptime %.0fs", rep.UptimeSeconds)})
+			return nil
+		}
+		applied = true
 		st.Report = &rep
-		step, detail := StepReady, registrationDetail(rep)
-		st.State = StateBooted
+		e := Event{Time: rep.Received, Step: StepReady, Detail: registrationDetail(rep)}
 		if rep.State != "ready" {
-			step, detail, st.State = StepFailed, rep.Error, StateFailed
+			e.Step, e.Detail = StepFailed, rep.Error
 		}
 		if len(rep.Warnings) > 0 {
-			detail += "; " + strings.Join(rep.Warnings, "; ")
+			e.Detail += "; " + strings.Join(rep.Warnings, "; ")
 		}
-		st.add(Event{Time: rep.Received, Step: step, Detail: detail})
-		nr.live = &a
+		st.add(e)
+		return nil
 	})
+	if err != nil {
+		return false, fmt.Errorf("registration of node %s: %w", name, err)
+	}
+	return applied, nil
 }
 
 // registrationDetail sums a registration up for the timeline.
@@ -189,122 +211,128 @@ func registrationDetail(rep Report) string {
 	return b.String()
 }
 
-// Heartbeat checks the node's token and records a heartbeat. A node the
-// head had marked down is up again (booted, or failed as its report
-// said). It returns ErrNotRegistered when the node's agent has not
-// registered in the boot the head knows of.
-func (d *DB) Heartbeat(name, token string, a Agent) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	r, err := d.authed(name, token, "heartbeat")
-	if err != nil {
-		return err
-	}
-	switch r.Status.State {
-	case StateBooted, StateFailed, StateDown:
-	default:
-		return fmt.Errorf("heartbeat of node %s (%s): %w", name, r.Status.State, ErrNotRegistered)
-	}
-	if r.Status.Report == nil {
-		return fmt.Errorf("heartbeat of node %s: %w", name, ErrNotRegistered)
-	}
+// Heartbeat records a heartbeat of node name's agent daemon, sent from
+// from with token (see Authenticate). It costs no disk write unless the
+// node changes state: a node the head had marked down is up again, and
+// the first heartbeat that says the node's init system finished starting
+// is kept in the timeline. It returns ErrNotRegistered when the daemon
+// has not registered in the current boot, or said it shut down.
+func (d *DB) Heartbeat(name, token string, from netip.Addr, a Agent) error {
 	now := d.now()
 	if a.LastSeen.IsZero() {
 		a.LastSeen = now
 	}
-	if r.live != nil {
-		a.Heartbeats = r.live.Heartbeats
-	}
-	a.Heartbeats++
-	if a.ReadySeconds > 0 && r.Status.Report.ReadySeconds == 0 {
-		// Once per boot: the node finished starting; keep when.
-		return d.change(r, func(nr *record) {
-			rep := *nr.Status.Report
-			rep.ReadySeconds = a.ReadySeconds
-			nr.Status.Report = &rep
+	err := d.update(name, func(r *record, ar *archive) error {
+		if err := r.authenticate(token, from); err != nil {
+			return err
+		}
+		st := &r.Status
+		switch {
+		case st.Report == nil:
+			return fmt.Errorf("%s: %w", st.State, ErrNotRegistered)
+		case st.State != StateBooted && st.State != StateFailed && st.State != StateDown:
+			return fmt.Errorf("%s: %w", st.State, ErrNotRegistered)
+		}
+		prev := d.live[name]
+		if prev != nil {
+			a.Heartbeats = prev.Heartbeats
+		}
+		a.Heartbeats++
+		ar.live = func() { d.live[name] = &a }
+		write := false
+		if st.State == StateDown {
+			last := "the head's start"
+			if prev != nil {
+				last = now.Sub(prev.LastSeen).Round(time.Second).String() + " without"
+			}
+			st.add(Event{Time: now, Step: StepUp, Detail: fmt.Sprintf("heartbeats again after %s, node uptime %.0fs", last, a.UptimeSeconds)})
+			write = true
+		}
+		if a.ReadySeconds > 0 && st.Report.ReadySeconds == 0 {
+			// Once per boot: the node finished starting; keep when.
+			st.Report.ReadySeconds = a.ReadySeconds
 			detail := fmt.Sprintf("ready at %.1fs node uptime", a.ReadySeconds)
 			if a.SystemState != "" {
 				detail = a.SystemState + ", " + detail
 			}
-			nr.Status.add(Event{Time: now, Step: StepSystem, Detail: detail})
-			if nr.Status.State == StateDown {
-				nr.Status.State = StateBooted
-				if rep.State != "ready" {
-					nr.Status.State = StateFailed
-				}
-			}
-			nr.live = &a
-		})
-	}
-	if r.Status.State != StateDown {
-		r.live = &a // memory only: no write per heartbeat
-		return nil
-	}
-	last := "the head's start"
-	if r.live != nil {
-		last = now.Sub(r.live.LastSeen).Round(time.Second).String() + " without"
-	}
-	return d.change(r, func(nr *record) {
-		nr.Status.State = StateBooted
-		if nr.Status.Report.State != "ready" {
-			nr.Status.State = StateFailed
+			st.add(Event{Time: now, Step: StepSystem, Detail: detail})
+			write = true
 		}
-		nr.Status.add(Event{Time: now, Step: StepUp, Detail: "heartbeats again after " + last + ", node uptime " + fmt.Sprintf("%.0fs", a.UptimeSeconds)})
-		nr.live = &a
+		if !write {
+			return errNoChange // memory only: no write per heartbeat
+		}
+		return nil
 	})
+	if err != nil {
+		return fmt.Errorf("heartbeat of node %s: %w", name, err)
+	}
+	return nil
 }
 
-// Shutdown checks the node's token and records that the node goes down:
-// action is what it does (poweroff, reboot, halt, or stop when only the
-// agent daemon stops). The node is off until its next boot or
-// registration.
-func (d *DB) Shutdown(name, token, action string, uptime float64) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	r, err := d.authed(name, token, "shutdown")
-	if err != nil {
-		return err
-	}
+// Shutdown records that node name goes down, sent from from with token
+// (see Authenticate): action is what it does (poweroff, reboot, halt, or
+// stop when only the agent daemon stops). A registered node is off until
+// its next boot or registration.
+func (d *DB) Shutdown(name, token string, from netip.Addr, action string, uptime float64) error {
 	now := d.now()
-	return d.change(r, func(nr *record) {
-		nr.Status.State = StateOff
-		nr.Status.add(Event{Time: now, Step: StepShutdown, Detail: fmt.Sprintf("%s, node uptime %.0fs", action, uptime)})
-		nr.live = nil
+	err := d.update(name, func(r *record, ar *archive) error {
+		if err := r.authenticate(token, from); err != nil {
+			return err
+		}
+		r.Status.add(Event{Time: now, Step: StepShutdown, Detail: fmt.Sprintf("%s, node uptime %.0fs", action, uptime)})
+		ar.live = func() { delete(d.live, name) }
+		return nil
 	})
+	if err != nil {
+		return fmt.Errorf("shutdown of node %s: %w", name, err)
+	}
+	return nil
 }
 
 // MarkDown marks down every registered node (booted or failed) whose
 // agent daemon has not been heard from for after: since its last
-// heartbeat, or since since (when the head started) for nodes it has not
-// heard from at all. It returns the nodes it marked.
+// registration or heartbeat, or since since (when the head started) for
+// nodes it has not heard from at all. It returns the nodes it marked.
 func (d *DB) MarkDown(now, since time.Time, after time.Duration) ([]string, error) {
+	quiet := func(r *record) (time.Time, string, bool) {
+		if r.Status.State != StateBooted && r.Status.State != StateFailed {
+			return time.Time{}, "", false
+		}
+		last, what := since, "since the head started"
+		if a := d.live[r.Node.Name]; a != nil {
+			last, what = a.LastSeen, "since "+a.LastSeen.Format(time.TimeOnly)
+		}
+		return last, what, now.Sub(last) > after
+	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	var cands []string
+	for name, r := range d.nodes {
+		if _, _, ok := quiet(r); ok {
+			cands = append(cands, name)
+		}
+	}
+	d.mu.Unlock()
+	slices.Sort(cands)
 	var (
 		down []string
 		errs []error
 	)
-	for name, r := range d.nodes {
-		if r.Status.State != StateBooted && r.Status.State != StateFailed {
-			continue
-		}
-		last, what := since, "since the head started"
-		if r.live != nil {
-			last, what = r.live.LastSeen, "since "+r.live.LastSeen.Format(time.TimeOnly)
-		}
-		if now.Sub(last) <= after {
-			continue
-		}
-		err := d.change(r, func(nr *record) {
-			nr.Status.State = StateDown
-			nr.Status.add(Event{Time: now, Step: StepDown, Detail: fmt.Sprintf("no heartbeat for %s (%s)", now.Sub(last).Round(time.Second), what)})
+	for _, name := range cands {
+		marked := false
+		err := d.update(name, func(r *record, _ *archive) error {
+			last, what, ok := quiet(r)
+			if !ok {
+				return errNoChange
+			}
+			r.Status.add(Event{Time: now, Step: StepDown, Detail: fmt.Sprintf("no heartbeat for %s (%s)", now.Sub(last).Round(time.Second), what)})
+			marked = true
+			return nil
 		})
 		if err != nil {
-			errs = append(errs, err)
-			continue
+			errs = append(errs, fmt.Errorf("mark node %s down: %w", name, err))
+		} else if marked {
+			down = append(down, name)
 		}
-		down = append(down, name)
 	}
-	slices.Sort(down)
 	return down, errors.Join(errs...)
 }

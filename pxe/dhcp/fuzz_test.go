@@ -37,22 +37,24 @@ func fuzzSeeds() map[string][]byte {
 }
 
 func TestFuzzSeeds(t *testing.T) {
-	dir := filepath.Join("testdata", "fuzz", "FuzzServe")
-	for name, b := range fuzzSeeds() {
-		path := filepath.Join(dir, name)
-		want := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", b)
-		if *update {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				t.Fatal(err)
+	for target, seeds := range map[string]map[string][]byte{"FuzzServe": fuzzSeeds(), "FuzzParseReply": rivalSeeds()} {
+		dir := filepath.Join("testdata", "fuzz", target)
+		for name, b := range seeds {
+			path := filepath.Join(dir, name)
+			want := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", b)
+			if *update {
+				if err := os.MkdirAll(dir, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				continue
 			}
-			if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
-				t.Fatal(err)
+			got, err := os.ReadFile(path)
+			if err != nil || string(got) != want {
+				t.Errorf("fuzz seed %s is missing or stale (rewrite with -update): %v", path, err)
 			}
-			continue
-		}
-		got, err := os.ReadFile(path)
-		if err != nil || string(got) != want {
-			t.Errorf("fuzz seed %s is missing or stale (rewrite with -update): %v", path, err)
 		}
 	}
 }

@@ -1,6 +1,13 @@
 package dhcp
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"sync"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ramboot/ramboot/pxe/internal/udpsock"
+)
 
 // Label values of ramboot_dhcp_ignored_total{reason}.
 const (
@@ -24,13 +31,28 @@ var (
 	}
 )
 
+// maxRivalLabels bounds the server label values of
+// ramboot_dhcp_rival_offers_total: server identifiers come from packets, so
+// beyond this many distinct servers the rest are counted as "other".
+const maxRivalLabels = 16
+
+// rivalOther is the server label for rivals beyond maxRivalLabels.
+const rivalOther = "other"
+
 // Metrics holds the server's Prometheus counters. A nil *Metrics counts
-// nothing. Create it with NewMetrics.
+// nothing. Create it with NewMetrics; a Server and a RivalDetector may
+// share one.
 type Metrics struct {
-	requests  *prometheus.CounterVec
-	replies   *prometheus.CounterVec
-	ignored   *prometheus.CounterVec
-	malformed prometheus.Counter
+	requests    *prometheus.CounterVec
+	replies     *prometheus.CounterVec
+	ignored     *prometheus.CounterVec
+	malformed   prometheus.Counter
+	rivalOffers *prometheus.CounterVec
+	otherOffers prometheus.Counter
+	drops       udpsock.DropCounter
+
+	mu     sync.Mutex
+	rivals map[string]bool // server label values in use
 }
 
 // NewMetrics creates the DHCP server's counters and registers them with reg
@@ -43,9 +65,16 @@ type Metrics struct {
 //     by reason (unknown_mac, other_server, unknown_arch, inventory_error,
 //     not_bootrequest, no_message_type, unsupported_type, no_hwaddr,
 //     reply_too_large);
-//   - ramboot_dhcp_malformed_total: packets that did not decode as DHCPv4.
+//   - ramboot_dhcp_malformed_total: packets that did not decode as DHCPv4;
+//   - ramboot_dhcp_socket_drops_total: datagrams the kernel dropped at the
+//     server socket because its receive queue was full;
+//   - ramboot_dhcp_rival_offers_total{server}: offers another DHCP server
+//     made on the link to a MAC the inventory knows (RivalDetector), by
+//     that server's identifier; at most 16 server values, then "other";
+//   - ramboot_dhcp_other_offers_total: offers other servers made on the
+//     link to MACs the inventory does not know (not ramboot's business).
 //
-// Every label value starts at zero. NewMetrics panics if reg already holds
+// Every label value of the first three starts at zero. NewMetrics panics if reg already holds
 // these metrics, as prometheus.MustRegister does.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
@@ -66,6 +95,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Packets received on the DHCP port that did not decode as DHCPv4.",
 		}),
 	}
+	m.rivalOffers = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ramboot_dhcp_rival_offers_total",
+		Help: "DHCP offers another server made on the link to a node ramboot serves, by that server's identifier (a rival DHCP server).",
+	}, []string{"server"})
+	m.otherOffers = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ramboot_dhcp_other_offers_total",
+		Help: "DHCP offers other servers made on the link to MACs ramboot does not serve.",
+	})
+	drops := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "ramboot_dhcp_socket_drops_total",
+		Help: "Datagrams the kernel dropped at the DHCP server socket because its receive queue was full (SO_MEMINFO drops).",
+	}, func() float64 { return float64(m.drops.Total()) })
 	for _, t := range requestTypes {
 		m.requests.WithLabelValues(t)
 	}
@@ -76,7 +117,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.ignored.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.replies, m.ignored, m.malformed)
+		reg.MustRegister(m.requests, m.replies, m.ignored, m.malformed, m.rivalOffers, m.otherOffers, drops)
 	}
 	return m
 }
@@ -106,4 +147,40 @@ func (m *Metrics) malformedPacket() {
 		return
 	}
 	m.malformed.Inc()
+}
+
+// trackDrops counts the drops of the server socket conn until the returned
+// function is called.
+func (m *Metrics) trackDrops(conn syscall.Conn) (untrack func()) {
+	if m == nil {
+		return func() {}
+	}
+	return m.drops.Track(conn)
+}
+
+// rivalOffer counts one offer from the rival server identified by server.
+func (m *Metrics) rivalOffer(server string) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	if !m.rivals[server] {
+		if len(m.rivals) >= maxRivalLabels {
+			server = rivalOther
+		} else {
+			if m.rivals == nil {
+				m.rivals = map[string]bool{}
+			}
+			m.rivals[server] = true
+		}
+	}
+	m.mu.Unlock()
+	m.rivalOffers.WithLabelValues(server).Inc()
+}
+
+// otherOffer counts one offer from another server to a MAC not ours.
+func (m *Metrics) otherOffer() {
+	if m != nil {
+		m.otherOffers.Inc()
+	}
 }

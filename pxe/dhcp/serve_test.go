@@ -219,8 +219,26 @@ func TestServeLoopback(t *testing.T) {
 	}
 }
 
-// gather returns the value of one counter series, by its text name.
-func gather(t *testing.T, reg *prometheus.Registry, series string) float64 {
+// gather returns the value of one counter series, by its text name, and
+// fails the test if there is no such series.
+func gather(t testing.TB, reg *prometheus.Registry, series string) float64 {
+	t.Helper()
+	v, ok := lookupSeries(t, reg, series)
+	if !ok {
+		t.Fatalf("no series %s", series)
+	}
+	return v
+}
+
+// gatherOr0 is gather for a series that may not exist yet (a label value
+// not seen so far).
+func gatherOr0(t testing.TB, reg *prometheus.Registry, series string) float64 {
+	t.Helper()
+	v, _ := lookupSeries(t, reg, series)
+	return v
+}
+
+func lookupSeries(t testing.TB, reg *prometheus.Registry, series string) (float64, bool) {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -236,12 +254,31 @@ func gather(t *testing.T, reg *prometheus.Registry, series string) float64 {
 				name += lp.GetName() + `="` + lp.GetValue() + `"`
 			}
 			if name+"}" == series {
-				return m.GetCounter().GetValue()
+				return m.GetCounter().GetValue(), true
 			}
 		}
 	}
-	t.Fatalf("no series %s", series)
-	return 0
+	return 0, false
+}
+
+// runServer runs serve until the test ends, then cancels its context and
+// fails the test if it does not return nil within 5 s.
+func runServer(t *testing.T, serve func(ctx context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("server returned %v after cancel", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("server did not stop within 5 s")
+		}
+	})
 }
 
 // TestServeStopsDuringSlowLookup checks that Serve returns promptly when ctx

@@ -24,7 +24,14 @@
 //	err := srv.ListenAndServe(ctx, "eth1") // until ctx ends
 //
 // Handle is the decision alone, for tests and for callers that do their own
-// I/O; Serve runs it on a caller-made net.PacketConn.
+// I/O; Serve runs it on a caller-made net.PacketConn, Listen makes the
+// socket ListenAndServe uses.
+//
+// One server per link: Listen binds port 67 on the interface without
+// SO_REUSEADDR, so a second DHCP server on the same interface of the same
+// host (another ramboot, a dnsmasq) cannot start beside it: the one that
+// starts second fails with an error naming the holder. RivalDetector
+// watches the link for the servers that live on other hosts.
 package dhcp
 
 import (
@@ -42,12 +49,17 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ramboot/ramboot/pxe"
+	"github.com/ramboot/ramboot/pxe/internal/udpsock"
 )
 
 const (
 	// DefaultLeaseTime is the lease time (option 51) when Server.LeaseTime
 	// is zero: addresses are reservations, so long leases cost nothing.
 	DefaultLeaseTime = 7 * 24 * time.Hour
+	// DefaultReceiveBuffer is the receive buffer asked for the server
+	// socket when Server.ReceiveBuffer is zero: a few thousand requests,
+	// so a boot storm waits in the queue instead of being dropped.
+	DefaultReceiveBuffer = 4 << 20
 
 	// maxInFlight bounds the requests Serve handles at once; beyond it,
 	// packets wait in the socket's receive buffer.
@@ -85,32 +97,50 @@ type Server struct {
 	// Logger receives per-packet detail at Debug, inventory failures,
 	// declined addresses and send errors at Warn; nil discards.
 	Logger *slog.Logger
-	// Metrics, if set, counts requests, replies, ignored requests and
-	// malformed packets; see NewMetrics.
+	// Metrics, if set, counts requests, replies, ignored requests,
+	// malformed packets and the datagrams the kernel dropped at the socket;
+	// see NewMetrics.
 	Metrics *Metrics
+	// ReceiveBuffer is the receive buffer, in bytes, Serve asks for on its
+	// socket (SO_RCVBUFFORCE, else SO_RCVBUF, which net.core.rmem_max
+	// caps). Requests that arrive while it is full are dropped by the
+	// kernel and counted in ramboot_dhcp_socket_drops_total. Default 4 MiB
+	// (DefaultReceiveBuffer); negative leaves the socket as it is.
+	ReceiveBuffer int
 
 	// relayPort replaces port 67 for replies to relays (giaddr), so tests
 	// on 127.0.0.1 can receive them; zero means 67.
 	relayPort int
 }
 
-// ListenAndServe binds UDP 0.0.0.0:67 on the network interface iface
-// (SO_BINDTODEVICE, so replies leave through the interface requests came in
-// on, with SO_BROADCAST and SO_REUSEADDR) and calls Serve. It needs
-// CAP_NET_BIND_SERVICE for port 67, and CAP_NET_RAW for SO_BINDTODEVICE on
-// kernels before 5.7.
+// ListenAndServe opens the server socket on the network interface iface
+// with Listen and calls Serve.
 func (s *Server) ListenAndServe(ctx context.Context, iface string) error {
 	if err := s.check(); err != nil {
 		return err
 	}
-	if iface == "" {
-		return errors.New("listen dhcp: no interface name")
-	}
-	conn, err := listen(ctx, iface, dhcpv4.ServerPort)
+	conn, err := Listen(ctx, iface)
 	if err != nil {
 		return err
 	}
 	return s.Serve(ctx, conn)
+}
+
+// Listen binds UDP 0.0.0.0:67 on the network interface iface for Serve:
+// SO_BINDTODEVICE, so replies leave through the interface requests came in
+// on, and SO_BROADCAST. It needs CAP_NET_BIND_SERVICE for port 67, and
+// CAP_NET_RAW for SO_BINDTODEVICE on kernels before 5.7.
+//
+// The socket is bound without SO_REUSEADDR: while another DHCP server (or a
+// relay) holds port 67 on iface, or on every interface, Listen fails with
+// an error that wraps syscall.EADDRINUSE and reads "another DHCP server is
+// already serving IFACE (pid N (NAME))". Two DHCP servers on one link are
+// the classic PXE outage: a node takes whichever offer comes first.
+func Listen(ctx context.Context, iface string) (net.PacketConn, error) {
+	if iface == "" {
+		return nil, errors.New("listen dhcp: no interface name")
+	}
+	return listen(ctx, iface, dhcpv4.ServerPort)
 }
 
 // listen opens the server socket on iface:port.
@@ -118,10 +148,6 @@ func listen(ctx context.Context, iface string, port int) (net.PacketConn, error)
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
-			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr != nil {
-				serr = fmt.Errorf("set SO_REUSEADDR: %w", serr)
-				return
-			}
 			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BROADCAST, 1); serr != nil {
 				serr = fmt.Errorf("set SO_BROADCAST: %w", serr)
 				return
@@ -136,6 +162,13 @@ func listen(ctx context.Context, iface string, port int) (net.PacketConn, error)
 		return serr
 	}}
 	conn, err := lc.ListenPacket(ctx, "udp4", fmt.Sprintf("0.0.0.0:%d", port))
+	if errors.Is(err, syscall.EADDRINUSE) {
+		holder := udpsock.Holders(port)
+		if holder == "" {
+			holder = fmt.Sprintf("a process holds UDP port %d", port)
+		}
+		return nil, fmt.Errorf("listen dhcp on %s: another DHCP server is already serving %s (%s): %w", iface, iface, holder, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("listen dhcp on %s: %w", iface, err)
 	}
@@ -152,17 +185,56 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 		conn.Close()
 		return err
 	}
+	untrack := func() {}
+	if sc, ok := conn.(syscall.Conn); ok {
+		if size := s.receiveBuffer(); size > 0 {
+			if _, err := udpsock.SetReceiveBuffer(sc, size); err != nil {
+				conn.Close()
+				return fmt.Errorf("serve dhcp on %s: %w", conn.LocalAddr(), err)
+			}
+		}
+		untrack = s.Metrics.trackDrops(sc)
+	}
 	ctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	stop := context.AfterFunc(ctx, func() {
+		untrack() // the socket's last drop count, before it closes
+		conn.Close()
+	})
 	var wg sync.WaitGroup
 	defer func() {
 		stop()
 		cancel() // abort in-flight lookups when conn failed
+		untrack()
 		conn.Close()
 		wg.Wait()
 	}()
 
 	sem := make(chan struct{}, maxInFlight)
+	return readLoop(ctx, conn, "read dhcp request", s.logger(), func(b []byte, peer net.Addr) bool {
+		req := s.decode(b, peer)
+		if req == nil {
+			return true
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return false
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			s.serveOne(ctx, conn, req, peer)
+		})
+		return true
+	})
+}
+
+// readLoop reads datagrams from conn and passes each to handle, until ctx
+// ends (it returns nil) or conn is closed under it (it returns the error,
+// wrapped with what). Other read errors (for example ICMP errors reported
+// on the socket) are transient: logged with what, then it backs off a
+// little and carries on. handle's b is reused by the next read; handle
+// returns false to stop, which it does only when ctx has ended.
+func readLoop(ctx context.Context, conn net.PacketConn, what string, log *slog.Logger, handle func(b []byte, peer net.Addr) bool) error {
 	buf := make([]byte, maxPacket)
 	var backoff time.Duration
 	for {
@@ -172,12 +244,10 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 		}
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
-				return fmt.Errorf("read dhcp request: %w", err)
+				return fmt.Errorf("%s: %w", what, err)
 			}
-			// Transient (for example ICMP errors reported on the socket):
-			// log, back off a little, carry on.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.logger().Warn("read dhcp request", "err", err, "dur", backoff)
+			log.Warn(what, "err", err, "dur", backoff)
 			select {
 			case <-ctx.Done():
 				return nil
@@ -186,19 +256,9 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 			continue
 		}
 		backoff = 0
-		req := s.decode(buf[:n], peer)
-		if req == nil {
-			continue
-		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
+		if !handle(buf[:n], peer) {
 			return nil
 		}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			s.serveOne(ctx, conn, req, peer)
-		})
 	}
 }
 
@@ -277,6 +337,15 @@ func (s *Server) serverIP() (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("check dhcp server: ServerIP %q is not IPv4", s.ServerIP)
 	}
 	return ip, nil
+}
+
+// receiveBuffer returns ReceiveBuffer or its default; negative means leave
+// the socket alone.
+func (s *Server) receiveBuffer() int {
+	if s.ReceiveBuffer == 0 {
+		return DefaultReceiveBuffer
+	}
+	return s.ReceiveBuffer
 }
 
 // leaseTime returns LeaseTime or its default, within what option 51 holds.

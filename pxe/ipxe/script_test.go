@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -75,5 +76,43 @@ func TestRenderRefuses(t *testing.T) {
 				t.Fatalf("error %v, want mention of %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestRetries checks the retry knobs and that every goto has its label.
+func TestRetries(t *testing.T) {
+	s := Script{
+		Kernel:    File{URL: "http://h/vmlinuz"},
+		Initrds:   []File{{URL: "http://h/a.img"}, {URL: "http://h/b?x=1", Name: "b.img"}},
+		Attempts:  3,
+		MaxWait:   5 * time.Second,
+		FailPause: 2 * time.Second,
+	}
+	b, err := s.Render()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := string(b)
+	for _, want := range []string{"iseq ${ramboot-try} 3 || goto wait0", "iseq ${ramboot-wait} 4 || inc ramboot-wait ${ramboot-wait}", "sleep 2\nreboot\n", "initrd --name b.img http://h/b?x=1 || goto retry2", "boot || goto failed"} {
+		if !strings.Contains(script, want) {
+			t.Errorf("script lacks %q:\n%s", want, script)
+		}
+	}
+	labels := map[string]bool{}
+	for _, l := range strings.Split(script, "\n") {
+		if name, ok := strings.CutPrefix(l, ":"); ok {
+			if labels[name] {
+				t.Errorf("label %s defined twice", name)
+			}
+			labels[name] = true
+		}
+	}
+	for _, l := range strings.Split(script, "\n") {
+		if _, target, ok := strings.Cut(l, "goto "); ok {
+			target, _, _ = strings.Cut(target, " ")
+			if !labels[target] {
+				t.Errorf("goto %s has no label", target)
+			}
+		}
 	}
 }

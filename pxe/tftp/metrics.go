@@ -1,6 +1,12 @@
 package tftp
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ramboot/ramboot/pxe/internal/udpsock"
+)
 
 // Metrics holds the server's Prometheus metrics. A nil *Metrics records
 // nothing.
@@ -11,6 +17,8 @@ type Metrics struct {
 	badPackets prometheus.Counter
 	inFlight   prometheus.Gauge
 	duration   prometheus.Histogram
+	overLimit  *prometheus.CounterVec
+	drops      udpsock.DropCounter
 }
 
 // NewMetrics creates the server's metrics and registers them with reg (if
@@ -28,6 +36,11 @@ type Metrics struct {
 //   - ramboot_tftp_transfers_in_flight: transfers being sent now
 //   - ramboot_tftp_transfer_duration_seconds: duration of successful
 //     transfers
+//   - ramboot_tftp_over_limit_total{limit="total|client"}: read requests
+//     refused because MaxTransfers (total) or MaxTransfersPerClient
+//     (client) transfers were in flight; not in transfers_total
+//   - ramboot_tftp_socket_drops_total: datagrams the kernel dropped at the
+//     server socket (port 69) because its receive queue was full
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		transfers: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -56,11 +69,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.01, 2.5, 9), // 10 ms .. 15 s
 		}),
 	}
+	m.overLimit = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ramboot_tftp_over_limit_total",
+		Help: "TFTP read requests refused because the transfers in flight were at the limit: total (tftp.max_transfers) or from the client's address (tftp.max_transfers_per_client).",
+	}, []string{"limit"})
+	drops := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "ramboot_tftp_socket_drops_total",
+		Help: "Datagrams the kernel dropped at the TFTP server socket because its receive queue was full (SO_MEMINFO drops).",
+	}, func() float64 { return float64(m.drops.Total()) })
 	for _, r := range []result{resultOK, resultError, resultRefused} {
 		m.transfers.WithLabelValues(string(r))
 	}
+	for _, l := range []limit{limitTotal, limitClient} {
+		m.overLimit.WithLabelValues(string(l))
+	}
 	if reg != nil {
-		reg.MustRegister(m.transfers, m.bytes, m.probes, m.badPackets, m.inFlight, m.duration)
+		reg.MustRegister(m.transfers, m.bytes, m.probes, m.badPackets, m.inFlight, m.duration, m.overLimit, drops)
 	}
 	return m
 }
@@ -95,4 +119,19 @@ func (m *Metrics) malformed() {
 	if m != nil {
 		m.badPackets.Inc()
 	}
+}
+
+func (m *Metrics) refusedOverLimit(l limit) {
+	if m != nil {
+		m.overLimit.WithLabelValues(string(l)).Inc()
+	}
+}
+
+// trackDrops counts the drops of the server socket conn until the returned
+// function is called.
+func (m *Metrics) trackDrops(conn syscall.Conn) (untrack func()) {
+	if m == nil {
+		return func() {}
+	}
+	return m.drops.Track(conn)
 }

@@ -23,6 +23,13 @@
 // then stops accepting requests, ends the transfers in flight and returns
 // nil. Every request ends in one Event for the Observer: served, refused
 // (a name outside the catalogue, path traversal, a write request) or failed.
+//
+// Resources are bounded: at most MaxTransfers transfers are in flight, at
+// most MaxTransfersPerClient from one client address. A read request beyond
+// either limit gets a TFTP ERROR at once, is counted
+// (ramboot_tftp_over_limit_total) and logged at most once per ten seconds;
+// it holds nothing after its ERROR is sent and is not reported to the
+// Observer, so a flood does not become a flood of timeline writes.
 package tftp
 
 import (
@@ -35,12 +42,17 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	pintftp "github.com/pin/tftp/v3"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+
+	"github.com/ramboot/ramboot/pxe/internal/ratelog"
+	"github.com/ramboot/ramboot/pxe/internal/udpsock"
 )
 
 // Defaults for the zero values of the Server fields.
@@ -55,7 +67,27 @@ const (
 	// Server.MaxBlockSize is zero: a 1500-byte Ethernet MTU minus the IPv4
 	// (20), UDP (8) and TFTP (4) headers, so DATA packets never fragment.
 	DefaultMaxBlockSize = 1468
+	// DefaultMaxTransfers is the cap on transfers in flight when
+	// Server.MaxTransfers is zero. A transfer holds two file descriptors
+	// (its socket and the file) and a goroutine; 1000 of them are about
+	// 2,000 descriptors and 70 MB, and a rack of UEFI nodes powered on at
+	// once fetches its 200 KB iPXE binaries in well under a second each.
+	DefaultMaxTransfers = 1000
+	// DefaultMaxTransfersPerClient is the cap on transfers in flight from
+	// one client address when Server.MaxTransfersPerClient is zero. A
+	// booting node needs one at a time (UEFI's tsize probe ends before its
+	// fetch starts).
+	DefaultMaxTransfersPerClient = 8
+	// DefaultReceiveBuffer is the receive buffer asked for the server
+	// socket when Server.ReceiveBuffer is zero: room for thousands of
+	// queued requests during a boot storm.
+	DefaultReceiveBuffer = 4 << 20
 )
+
+// logInterval is the shortest time between two Warn lines of one kind
+// (refused, failed, over the limit); the lines held back go to Debug and
+// the next Warn line counts them.
+const logInterval = 10 * time.Second
 
 // Errors that an Event's Err wraps, for callers that branch with errors.Is.
 var (
@@ -70,6 +102,11 @@ var (
 	// packet. UEFI firmware does this on purpose after it has read the tsize
 	// option ("error 8 User aborted"), then fetches the file again.
 	ErrAborted = errors.New("aborted by client")
+	// ErrBusy means the request was refused because MaxTransfers
+	// transfers, or MaxTransfersPerClient from the client's address, were
+	// in flight. The client gets a TFTP ERROR packet. Such requests are
+	// counted and logged but not reported to the Observer.
+	ErrBusy = errors.New("server busy")
 )
 
 // errStopping ends the transfers in flight when Serve's context ends.
@@ -120,9 +157,27 @@ type Server struct {
 	// and 65464. Default 1468 (DefaultMaxBlockSize). The block size is also
 	// capped by the MTU of the interface a request came in on.
 	MaxBlockSize int
+	// MaxTransfers caps the transfers in flight. A read request beyond it
+	// gets a TFTP ERROR ("server busy") at once and is counted in
+	// ramboot_tftp_over_limit_total{limit="total"}. Default 1000
+	// (DefaultMaxTransfers).
+	MaxTransfers int
+	// MaxTransfersPerClient caps the transfers in flight from one client
+	// IP address, so that one host cannot take every slot; beyond it, as
+	// for MaxTransfers, with limit="client". Default 8
+	// (DefaultMaxTransfersPerClient). It must not exceed MaxTransfers.
+	MaxTransfersPerClient int
+	// ReceiveBuffer is the receive buffer, in bytes, asked for the server
+	// socket (SO_RCVBUFFORCE, else SO_RCVBUF, which net.core.rmem_max
+	// caps). Requests that arrive while it is full are dropped by the
+	// kernel and counted in ramboot_tftp_socket_drops_total. Default 4 MiB
+	// (DefaultReceiveBuffer); negative leaves the socket as it is.
+	ReceiveBuffer int
 	// Observer, if not nil, is called once per request when its transfer
-	// ends (also for refused requests), from the transfer's goroutine. It
-	// must be safe for concurrent use and should return quickly.
+	// ends (also for refused requests, except those refused by
+	// MaxTransfers or MaxTransfersPerClient), from the transfer's
+	// goroutine. It must be safe for concurrent use and should return
+	// quickly.
 	Observer func(Event)
 	// Logger receives transfer logs. Nil discards them.
 	Logger *slog.Logger
@@ -146,9 +201,22 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 // reach a socket before that is on are served with 512-byte blocks, so a
 // caller that makes its own socket should set the same options (pin/tftp
 // sets them only once Serve runs) or use Listen.
+//
+// The socket is bound without SO_REUSEADDR, so a second TFTP server on the
+// same address fails here; its error wraps syscall.EADDRINUSE and names the
+// process that holds the port when it can be found.
 func Listen(ctx context.Context, addr string) (*net.UDPConn, error) {
 	var lc net.ListenConfig
 	pc, err := lc.ListenPacket(ctx, "udp", addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		holder := "another process"
+		if ua, rerr := net.ResolveUDPAddr("udp", addr); rerr == nil {
+			if h := udpsock.Holders(ua.Port); h != "" {
+				holder = h
+			}
+		}
+		return nil, fmt.Errorf("listen tftp %s: another TFTP server is already serving this address (%s): %w", addr, holder, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("listen tftp %s: %w", addr, err)
 	}
@@ -187,6 +255,19 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 		return fmt.Errorf("serve tftp on %s: not a UDP socket", conn.LocalAddr())
 	}
 
+	if uc, ok := conn.(syscall.Conn); ok {
+		if st.receiveBuffer > 0 {
+			got, err := udpsock.SetReceiveBuffer(uc, st.receiveBuffer)
+			if err != nil {
+				return fmt.Errorf("serve tftp on %s: %w", laddr, err)
+			}
+			st.log.Debug("tftp socket receive buffer", "ip", laddr.String(), "bytes", got)
+		}
+		untrack := st.metrics.trackDrops(uc)
+		defer untrack()
+		st.untrackDrops = untrack
+	}
+
 	ts := pintftp.NewServer(st.handleRead, st.handleWrite)
 	ts.SetTimeout(st.timeout)
 	ts.SetRetries(st.retries)
@@ -202,11 +283,13 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 	select {
 	case err := <-served:
 		// pin returns before Shutdown only when it cannot use conn.
+		st.untrackDrops()
 		ts.Shutdown()
 		return fmt.Errorf("serve tftp on %s: %w", laddr, err)
 	case <-ctx.Done():
 	}
 	st.stopping.Store(true)
+	st.untrackDrops() // read the socket's drops before it closes
 	// Shutdown closes conn, tells pin's loop to stop and waits for the
 	// transfers in flight. Closing conn again here covers a Shutdown that
 	// raced with Serve storing it.
@@ -219,29 +302,37 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 
 // state is what one Serve call shares with its handlers.
 type state struct {
-	catalogue    map[string]bool
-	root         fs.FS
-	timeout      time.Duration
-	retries      int
-	maxBlockSize int
-	observer     func(Event)
-	log          *slog.Logger
-	metrics      *Metrics
-	stopping     atomic.Bool
+	catalogue     map[string]bool
+	root          fs.FS
+	timeout       time.Duration
+	retries       int
+	maxBlockSize  int
+	receiveBuffer int
+	admit         admission
+	observer      func(Event)
+	log           *slog.Logger
+	logLimit      ratelog.Limiter
+	metrics       *Metrics
+	stopping      atomic.Bool
+	untrackDrops  func()
 }
 
 // newState checks the configuration and applies the defaults; it reports
 // every problem at once.
 func (s *Server) newState() (*state, error) {
 	st := &state{
-		catalogue:    make(map[string]bool, len(s.Files)),
-		root:         s.Root,
-		timeout:      s.Timeout,
-		retries:      s.Retries,
-		maxBlockSize: s.MaxBlockSize,
-		observer:     s.Observer,
-		log:          s.Logger,
-		metrics:      s.Metrics,
+		catalogue:     make(map[string]bool, len(s.Files)),
+		root:          s.Root,
+		timeout:       s.Timeout,
+		retries:       s.Retries,
+		maxBlockSize:  s.MaxBlockSize,
+		receiveBuffer: s.ReceiveBuffer,
+		admit:         admission{maxTotal: s.MaxTransfers, maxPerClient: s.MaxTransfersPerClient},
+		observer:      s.Observer,
+		log:           s.Logger,
+		logLimit:      ratelog.Limiter{Interval: logInterval},
+		metrics:       s.Metrics,
+		untrackDrops:  func() {},
 	}
 	var errs []error
 	if s.Root == nil {
@@ -275,6 +366,23 @@ func (s *Server) newState() (*state, error) {
 	case s.MaxBlockSize < 513 || s.MaxBlockSize > 65464:
 		errs = append(errs, fmt.Errorf("max block size %d is outside 513..65464 (MaxBlockSize)", s.MaxBlockSize))
 	}
+	switch {
+	case s.MaxTransfers < 0:
+		errs = append(errs, fmt.Errorf("max transfers %d is negative (MaxTransfers)", s.MaxTransfers))
+	case s.MaxTransfers == 0:
+		st.admit.maxTotal = DefaultMaxTransfers
+	}
+	switch {
+	case s.MaxTransfersPerClient < 0:
+		errs = append(errs, fmt.Errorf("max transfers per client %d is negative (MaxTransfersPerClient)", s.MaxTransfersPerClient))
+	case s.MaxTransfersPerClient == 0:
+		st.admit.maxPerClient = min(DefaultMaxTransfersPerClient, st.admit.maxTotal)
+	case s.MaxTransfers >= 0 && s.MaxTransfersPerClient > st.admit.maxTotal:
+		errs = append(errs, fmt.Errorf("max transfers per client %d is above max transfers %d (MaxTransfersPerClient)", s.MaxTransfersPerClient, st.admit.maxTotal))
+	}
+	if s.ReceiveBuffer == 0 {
+		st.receiveBuffer = DefaultReceiveBuffer
+	}
 	if st.log == nil {
 		st.log = slog.New(slog.DiscardHandler)
 	}
@@ -297,6 +405,16 @@ func (st *state) handleRead(filename string, rf io.ReaderFrom) error {
 		st.finish(ev, resultRefused)
 		return err
 	}
+	// pin has bound this transfer's socket already (it does so before it
+	// calls the handler); refusing here sends the ERROR from it and closes
+	// it at once, so a refused request holds nothing afterwards.
+	release, err := st.admit.acquire(ev.Remote.Addr())
+	if err != nil {
+		err = fmt.Errorf("read %q: %w", ev.File, err)
+		st.overLimit(ev, err)
+		return err
+	}
+	defer release()
 	st.metrics.started()
 	defer st.metrics.ended()
 
@@ -407,13 +525,95 @@ func (st *state) finish(ev Event, res result) {
 		// UEFI firmware reads tsize and aborts on purpose before fetching.
 		st.log.Debug("tftp transfer aborted by client after option negotiation", append(attrs, "err", ev.Err)...)
 	case res == resultRefused:
-		st.log.Warn("tftp request refused", append(attrs, "err", ev.Err)...)
+		st.warn("tftp request refused", append(attrs, "err", ev.Err)...)
 	default:
-		st.log.Warn("tftp transfer failed", append(attrs, "err", ev.Err)...)
+		st.warn("tftp transfer failed", append(attrs, "err", ev.Err)...)
 	}
 	if st.observer != nil {
 		st.observer(ev)
 	}
+}
+
+// overLimit counts and logs a request refused by MaxTransfers or
+// MaxTransfersPerClient. It does not call the Observer.
+func (st *state) overLimit(ev Event, err error) {
+	limit := limitTotal
+	if errors.Is(err, errClientBusy) {
+		limit = limitClient
+	}
+	st.metrics.refusedOverLimit(limit)
+	total, client := st.admit.inFlight(ev.Remote.Addr())
+	st.warn("tftp request refused: transfer limit reached", "ip", ev.Remote.Addr().String(), "path", ev.File,
+		"limit", string(limit), "in_flight", total, "client_in_flight", client, "err", err)
+}
+
+// warn logs msg at Warn at most once per logInterval per message; the
+// lines in between go to Debug, and the next Warn line counts them
+// ("suppressed"). A flood of failing requests thus costs a few log lines.
+func (st *state) warn(msg string, attrs ...any) {
+	ok, held := st.logLimit.Allow(msg)
+	if !ok {
+		st.log.Debug(msg, attrs...)
+		return
+	}
+	if held > 0 {
+		attrs = append(attrs, "suppressed", held)
+	}
+	st.log.Warn(msg, attrs...)
+}
+
+// limit is the value of the limit label of ramboot_tftp_over_limit_total.
+type limit string
+
+const (
+	limitTotal  limit = "total"
+	limitClient limit = "client"
+)
+
+// errClientBusy wraps ErrBusy for a refusal by MaxTransfersPerClient.
+var errClientBusy = fmt.Errorf("%w: too many transfers from this address", ErrBusy)
+
+// admission counts the transfers in flight, in total and per client
+// address, and refuses those beyond the limits.
+type admission struct {
+	maxTotal, maxPerClient int
+
+	mu        sync.Mutex
+	total     int
+	perClient map[netip.Addr]int
+}
+
+// acquire takes a slot for a transfer from ip, or returns an error
+// wrapping ErrBusy. release gives the slot back.
+func (a *admission) acquire(ip netip.Addr) (release func(), err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.total >= a.maxTotal {
+		return nil, fmt.Errorf("%w: %d transfers in flight", ErrBusy, a.total)
+	}
+	if a.perClient[ip] >= a.maxPerClient {
+		return nil, errClientBusy
+	}
+	if a.perClient == nil {
+		a.perClient = map[netip.Addr]int{}
+	}
+	a.total++
+	a.perClient[ip]++
+	return func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		a.total--
+		if a.perClient[ip]--; a.perClient[ip] == 0 {
+			delete(a.perClient, ip)
+		}
+	}, nil
+}
+
+// inFlight returns the transfers in flight in total and from ip.
+func (a *admission) inFlight(ip netip.Addr) (total, client int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.total, a.perClient[ip]
 }
 
 // hook receives pin's transfer statistics. Transfers are reported by the
@@ -427,6 +627,14 @@ func (hook) OnSuccess(pintftp.TransferStats) {}
 // OnFailure implements pintftp.Hook and counts malformed datagrams.
 func (h hook) OnFailure(stats pintftp.TransferStats, err error) {
 	if stats.RemoteAddr != nil || h.st.stopping.Load() {
+		return
+	}
+	// pin reports here, with no address, both a datagram it could not
+	// parse and a request for which it could not open a transfer socket
+	// (for example when the process is out of file descriptors).
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "listen" {
+		h.st.warn("tftp cannot open a transfer socket", "err", err)
 		return
 	}
 	h.st.metrics.malformed()

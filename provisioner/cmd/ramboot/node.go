@@ -65,11 +65,22 @@ func nodeListCmd(g *globals) *cobra.Command {
 }
 
 func nodeShowCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "show NAME",
-		Short: "Show a node: its state, the image it runs and its last boot's timeline",
+	var bootID int
+	c := &cobra.Command{
+		Use:   "show NAME [--boot K]",
+		Short: "Show a node: its state, the image it runs and its current boot's timeline (or boot K's)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if bootID != 0 {
+				b, err := g.client().GetBoot(cmd.Context(), args[0], bootID)
+				if err != nil {
+					return err
+				}
+				if g.output == "json" {
+					return g.printJSON(b)
+				}
+				return printBoot(g.stdout, args[0], b)
+			}
 			n, err := g.client().GetNode(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -80,6 +91,8 @@ func nodeShowCmd(g *globals) *cobra.Command {
 			return printNode(g.stdout, n)
 		},
 	}
+	c.Flags().IntVar(&bootID, "boot", 0, "show boot `K` (its number, as `node show` lists the boots kept) instead of the current one")
+	return c
 }
 
 func nodeDeleteCmd(g *globals) *cobra.Command {
@@ -115,8 +128,8 @@ func printNodes(w io.Writer, ns []state.NodeStatus) error {
 	return tw.Flush()
 }
 
-// printNode prints one node for a person, with its boot timeline in
-// seconds since the boot's first event.
+// printNode prints one node for a person, with its current boot's
+// timeline in seconds since the boot's first event.
 func printNode(w io.Writer, n state.NodeStatus) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "Name:\t%s\n", n.Name)
@@ -128,37 +141,61 @@ func printNode(w io.Writer, n state.NodeStatus) error {
 	}
 	fmt.Fprintf(tw, "Image:\t%s\n", img)
 	fmt.Fprintf(tw, "State:\t%s\n", n.Status.State)
-	if r := n.Status.Report; r != nil {
-		digest := r.ImageDigest
-		if digest == "" {
-			digest = "unknown (the node's image content " + orDash(r.ContentDigest) + " matches no image)"
+	printReport(tw, n.Status.Report)
+	if len(n.Status.History) > 0 {
+		ids := make([]string, len(n.Status.History))
+		for i, id := range n.Status.History {
+			ids[i] = fmt.Sprint(id)
 		}
-		fmt.Fprintf(tw, "Running:\t%s %s\n", orDash(r.ImageName), digest)
-		fmt.Fprintf(tw, "Kernel:\t%s\n", orDash(r.Kernel))
-		fmt.Fprintf(tw, "Memory:\t%d MiB\n", r.MemTotalBytes>>20)
-		fmt.Fprintf(tw, "Reported:\t%s (node uptime %.1fs)\n", r.Received.Local().Format(time.DateTime), r.UptimeSeconds)
-		if r.Error != "" {
-			fmt.Fprintf(tw, "Error:\t%s\n", r.Error)
-		}
-		printRegistration(tw, r)
+		fmt.Fprintf(tw, "Earlier boots:\t%s (ramboot node show %s --boot K)\n", strings.Join(ids, ", "), n.Name)
 	}
 	printAgent(tw, n)
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	return printTimeline(w, n.Status)
+	return printTimeline(w, n.Status.Boot)
 }
 
-func printTimeline(w io.Writer, s state.Status) error {
-	if len(s.Timeline) == 0 {
+func printReport(tw io.Writer, r *state.Report) {
+	if r == nil {
+		return
+	}
+	digest := r.ImageDigest
+	if digest == "" {
+		digest = "unknown (the node's image content " + orDash(r.ContentDigest) + " matches no image)"
+	}
+	fmt.Fprintf(tw, "Running:\t%s %s\n", orDash(r.ImageName), digest)
+	fmt.Fprintf(tw, "Kernel:\t%s\n", orDash(state.Printable(r.Kernel)))
+	fmt.Fprintf(tw, "Memory:\t%d MiB\n", r.MemTotalBytes>>20)
+	fmt.Fprintf(tw, "Reported:\t%s (node uptime %.1fs)\n", r.Received.Local().Format(time.DateTime), r.UptimeSeconds)
+	if r.Error != "" {
+		fmt.Fprintf(tw, "Error:\t%s\n", state.Printable(r.Error))
+	}
+	printRegistration(tw, r)
+}
+
+// printBoot prints one boot of node name.
+func printBoot(w io.Writer, name string, b state.Boot) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "Name:\t%s\n", name)
+	fmt.Fprintf(tw, "State:\t%s\n", b.State)
+	printReport(tw, b.Report)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return printTimeline(w, b)
+}
+
+func printTimeline(w io.Writer, b state.Boot) error {
+	if len(b.Timeline) == 0 {
 		_, err := fmt.Fprintln(w, "Timeline: no boot seen yet")
 		return err
 	}
-	fmt.Fprintf(w, "Boot %d, started %s (seconds since the first event):\n", s.Boots, s.Started.Local().Format(time.DateTime))
+	fmt.Fprintf(w, "Boot %d, started %s (seconds since the first event):\n", b.ID, b.Started.Local().Format(time.DateTime))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	t0 := s.Timeline[0].Time
-	for _, e := range s.Timeline {
-		fmt.Fprintf(tw, "%8.2f\t%s\t%s\n", e.Time.Sub(t0).Seconds(), e.Step, strings.ReplaceAll(e.Detail, "\t", " "))
+	t0 := b.Timeline[0].Time
+	for _, e := range b.Timeline {
+		fmt.Fprintf(tw, "%8.2f\t%s\t%s\n", e.Time.Sub(t0).Seconds(), e.Step, state.Printable(e.Detail))
 	}
 	return tw.Flush()
 }

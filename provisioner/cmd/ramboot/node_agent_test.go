@@ -10,11 +10,11 @@ import (
 )
 
 func TestPrintNodeAgent(t *testing.T) {
-	n := state.NodeStatus{Node: state.Node{Name: "deb1"}, Status: state.Status{State: state.StateBooted, Report: &state.Report{
+	n := state.NodeStatus{Node: state.Node{Name: "deb1"}, Status: state.Status{Boot: state.Boot{ID: 1, State: state.StateBooted, Report: &state.Report{
 		State: "ready", Kernel: "6.1.0", Registration: state.Registration{
 			Init: "systemd", CPUs: 4, RootMode: "tmpfs", RootUsedBytes: 596 << 20, RootSizeBytes: 1470 << 20,
 			InitSeconds: 13.9, HandoverSeconds: 19.5, ReadySeconds: 37, Warnings: []string{"clock: the head did not answer"},
-		}}}}
+		}}}}}
 	var b bytes.Buffer
 	if err := printNode(&b, n); err != nil {
 		t.Fatal(err)

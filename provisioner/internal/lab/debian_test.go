@@ -109,12 +109,12 @@ func TestDebian(t *testing.T) {
 	t.Logf("root: %d MiB of RAM for a %d MiB image (cap %d MiB); agent daemon RSS %.1f MiB; %d MiB available of %d MiB",
 		n.Agent.RootUsedBytes>>20, m.RootfsUncompressedSize>>20, n.Agent.RootSizeBytes>>20, float64(n.Agent.AgentRSSBytes)/(1<<20),
 		n.Agent.MemAvailableBytes>>20, n.Status.Report.MemTotalBytes>>20)
-	var seen []string
+	var seen []state.Step
 	for _, e := range n.Status.Timeline {
 		seen = append(seen, e.Step)
 		t.Logf("  %7.2fs  %-12s %s", e.Time.Sub(n.Status.Timeline[0].Time).Seconds(), e.Step, e.Detail)
 	}
-	for _, s := range []string{state.StepDHCPOffer, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady, state.StepSystem} {
+	for _, s := range []state.Step{state.StepDHCPOffer, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady, state.StepSystem} {
 		if !slices.Contains(seen, s) {
 			t.Errorf("timeline lacks %q: %v", s, seen)
 		}
@@ -127,7 +127,7 @@ func TestDebian(t *testing.T) {
 	// Fault 1: the head dies (SIGKILL) while the node is up, and comes back,
 	// with a name server added to its configuration: the node's heartbeats
 	// resume, and it applies its new overlay without a reboot.
-	if err := l.KillHead(); err != nil {
+	if err := l.KillServe(); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(3 * time.Second) // a heartbeat or two fall into the gap

@@ -21,14 +21,10 @@ func (w testLog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// TestBoot network-boots QEMU from `ramboot serve` in a namespace of its
-// own, once per firmware, and waits for the agent daemon's registration to
-// turn the node booted, running the image the test built. The busybox
-// image has no init: the agent stays PID 1 and runs the daemon itself, and
-// the virtio NIC's drivers come from modalias (boot.modules is empty).
-func TestBoot(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
-	defer cancel()
+// serveLab starts a lab with `ramboot serve` running, closed when the
+// test ends.
+func serveLab(ctx context.Context, t *testing.T) *lab.Lab {
+	t.Helper()
 	l, err := lab.New(ctx, lab.Options{Log: testLog{t}, Keep: os.Getenv("RAMBOOT_LAB_KEEP") != ""})
 	if err != nil {
 		t.Fatal(err)
@@ -41,25 +37,48 @@ func TestBoot(t *testing.T) {
 	if err := l.Serve(ctx); err != nil {
 		t.Fatal(err)
 	}
+	return l
+}
+
+// TestBoot network-boots QEMU from `ramboot serve` in a namespace of its
+// own, once per firmware, and waits for the agent daemon's registration to
+// turn the node booted, running the image the test built. The busybox
+// image has no init: the agent stays PID 1 and runs the daemon itself, and
+// the virtio NIC's drivers come from modalias (boot.modules is empty).
+func TestBoot(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	l := serveLab(ctx, t)
 	digest, err := l.BuildImage(ctx, "default")
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The UEFI node boots an image built from an OCI image layout.
+	ociDigest, err := l.BuildOCIImage(ctx, "oci")
+	if err != nil {
+		t.Fatal(err)
+	}
+	digests := map[string]string{"default": string(digest), "oci": string(ociDigest)}
 	cases := []struct {
 		mode  lab.Mode
 		node  string
 		mac   string
 		ip    string
-		steps []string
+		image string
+		steps []state.Step
 	}{
-		{lab.BIOS, "bios1", "52:54:00:77:00:0a", "10.77.0.10",
-			[]string{state.StepDHCPOffer, state.StepDHCPAck, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}},
-		{lab.UEFI, "uefi1", "52:54:00:77:00:0b", "10.77.0.11",
-			[]string{state.StepDHCPOffer, state.StepDHCPAck, state.StepTFTP, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}},
+		{lab.BIOS, "bios1", "52:54:00:77:00:0a", "10.77.0.10", "default",
+			[]state.Step{state.StepDHCPOffer, state.StepDHCPAck, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}},
+		{lab.UEFI, "uefi1", "52:54:00:77:00:0b", "10.77.0.11", "oci",
+			[]state.Step{state.StepDHCPOffer, state.StepDHCPAck, state.StepTFTP, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}},
 	}
 	for _, tc := range cases {
 		t.Run(string(tc.mode), func(t *testing.T) {
-			if err := l.AddNode(ctx, tc.node, tc.mac, tc.ip, ""); err != nil {
+			img := tc.image
+			if img == "default" {
+				img = "" // boot.default_image
+			}
+			if err := l.AddNode(ctx, tc.node, tc.mac, tc.ip, img); err != nil {
 				t.Fatal(err)
 			}
 			vm, err := l.Boot(ctx, lab.VMOptions{Mode: tc.mode, MAC: tc.mac})
@@ -90,13 +109,13 @@ func TestBoot(t *testing.T) {
 				t.Fatalf("state %q, want %q; report %+v\nserial:\n%s", n.Status.State, state.StateBooted, n.Status.Report, tail(vm.Serial(), 40))
 			}
 			r := n.Status.Report
-			if r == nil || r.ImageDigest != string(digest) || r.ImageName != "default" {
-				t.Fatalf("node reports image %+v, want default %s", r, digest)
+			if r == nil || r.ImageDigest != digests[tc.image] || r.ImageName != tc.image {
+				t.Fatalf("node reports image %+v, want %s %s", r, tc.image, digests[tc.image])
 			}
 			if !strings.HasPrefix(r.Kernel, "6.") || r.MemTotalBytes < 512<<20 {
 				t.Errorf("implausible report: kernel %q, memory %d", r.Kernel, r.MemTotalBytes)
 			}
-			var seen []string
+			var seen []state.Step
 			for _, e := range n.Status.Timeline {
 				seen = append(seen, e.Step)
 			}

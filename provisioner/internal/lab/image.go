@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -117,6 +118,27 @@ func (l *Lab) FetchKernel(ctx context.Context) (Kernel, error) {
 	return k, nil
 }
 
+// writePad writes mib MiB of pseudo-random (incompressible) bytes to path.
+func writePad(path string, mib int) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	r := rand.NewChaCha8([32]byte{'r', 'a', 'm', 'b', 'o', 'o', 't'})
+	buf := make([]byte, 1<<20)
+	for range mib {
+		_, _ = r.Read(buf)
+		if _, err := f.Write(buf); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	return f.Close()
+}
+
 func shellQuote(ss []string) string {
 	q := make([]string, len(ss))
 	for i, s := range ss {
@@ -182,6 +204,17 @@ func MakeRootfs(k Kernel, dir string) error {
 // `ramboot image build` into the daemon's store; it returns the manifest
 // digest the CLI printed.
 func (l *Lab) BuildImage(ctx context.Context, name string) (images.Digest, error) {
+	return l.buildImage(ctx, name, 0)
+}
+
+// BuildLargeImage builds the test image with padMiB of incompressible data
+// in /var/lib/ramboot-pad.bin, so that downloading it takes a while: long
+// enough to do something to the head in the middle.
+func (l *Lab) BuildLargeImage(ctx context.Context, name string, padMiB int) (images.Digest, error) {
+	return l.buildImage(ctx, name, padMiB)
+}
+
+func (l *Lab) buildImage(ctx context.Context, name string, padMiB int) (images.Digest, error) {
 	k, err := l.FetchKernel(ctx)
 	if err != nil {
 		return "", err
@@ -191,6 +224,12 @@ func (l *Lab) BuildImage(ctx context.Context, name string) (images.Digest, error
 	if err := MakeRootfs(k, tree); err != nil {
 		return "", fmt.Errorf("make test rootfs: %w", err)
 	}
+	if padMiB > 0 {
+		if err := writePad(filepath.Join(tree, "var", "lib", "ramboot-pad.bin"), padMiB); err != nil {
+			return "", fmt.Errorf("make test rootfs: %w", err)
+		}
+	}
+	defer os.RemoveAll(tree)
 	l.logf("building image %s from %s (kernel %s)", name, tree, k.Version)
 	out, err := l.CLI(ctx, "image", "build", tree, "--name", name, "-o", "json")
 	if err != nil {

@@ -64,10 +64,9 @@ type Lab struct {
 	Agent   string // path of the built ramboot-agent binary
 	State   string // the daemon's state directory
 
-	procs     []*proc
-	nsUp      bool
-	head      *proc    // the running ramboot serve
-	serveArgs []string // its extra flags, for a restart
+	procs []*proc
+	nsUp  bool
+	serve *proc // the running `ramboot serve`
 }
 
 // proc is a process the lab started; done closes when it has been reaped.
@@ -314,7 +313,7 @@ func (l *Lab) Serve(ctx context.Context, extra ...string) error {
 	if err != nil {
 		return err
 	}
-	l.head, l.serveArgs = p, extra
+	l.serve = p
 	l.logf("ramboot serve running in %s (pid %d), log %s", l.ns, p.cmd.Process.Pid, logFile)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -333,26 +332,6 @@ func (l *Lab) Serve(ctx context.Context, extra ...string) error {
 	}
 }
 
-// KillHead kills `ramboot serve` with SIGKILL, as a crash would, and
-// waits until it is gone.
-func (l *Lab) KillHead() error {
-	if l.head == nil || l.head.exited() {
-		return errors.New("no ramboot serve running")
-	}
-	l.logf("killing ramboot serve (pid %d) with SIGKILL", l.head.cmd.Process.Pid)
-	if err := l.head.cmd.Process.Kill(); err != nil {
-		return err
-	}
-	<-l.head.done
-	return nil
-}
-
-// RestartHead starts `ramboot serve` again with the flags of the last
-// Serve, on the same state directory.
-func (l *Lab) RestartHead(ctx context.Context) error {
-	return l.Serve(ctx, l.serveArgs...)
-}
-
 // WriteConfig writes a `ramboot serve` configuration file into the work
 // directory and returns its path, for Serve(ctx, "--config", path).
 func (l *Lab) WriteConfig(name, yaml string) (string, error) {
@@ -361,6 +340,26 @@ func (l *Lab) WriteConfig(name, yaml string) (string, error) {
 		return "", fmt.Errorf("write config: %w", err)
 	}
 	return p, nil
+}
+
+// KillServe kills `ramboot serve` with SIGKILL, as a crash or an admin's
+// kill -9 would, and waits until it is gone. Serve starts it again.
+func (l *Lab) KillServe() error {
+	p := l.serve
+	if p == nil || p.exited() {
+		return errors.New("ramboot serve is not running")
+	}
+	if err := p.cmd.Process.Kill(); err != nil {
+		return fmt.Errorf("kill ramboot serve: %w", err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("ramboot serve (pid %d) still running 10s after SIGKILL", p.cmd.Process.Pid)
+	}
+	l.logf("ramboot serve (pid %d) killed with SIGKILL", p.cmd.Process.Pid)
+	l.serve = nil
+	return nil
 }
 
 // CLI runs the ramboot CLI against the lab's state directory and returns

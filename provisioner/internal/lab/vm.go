@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"time"
 )
 
@@ -40,6 +41,10 @@ type VMOptions struct {
 	// "e1000". In UEFI mode an e1000 boots through its iPXE option ROM
 	// (OVMF has no e1000 driver), a virtio NIC through OVMF's own PXE.
 	NIC string
+	// LinkMbit, when set, shapes the head-to-VM direction of the VM's link
+	// to that rate (a token bucket on its tap), like a slow provisioning
+	// network; default unlimited.
+	LinkMbit int
 }
 
 // VM is a running QEMU.
@@ -84,6 +89,12 @@ func (l *Lab) Boot(ctx context.Context, opt VMOptions) (*VM, error) {
 	} {
 		if _, err := run(ctx, "ip", args...); err != nil {
 			return nil, err
+		}
+	}
+	if opt.LinkMbit > 0 {
+		rate := fmt.Sprintf("%dmbit", opt.LinkMbit)
+		if _, err := run(ctx, "ip", "netns", "exec", l.ns, "tc", "qdisc", "add", "dev", tap, "root", "tbf", "rate", rate, "burst", "64kb", "latency", "200ms"); err != nil {
+			return nil, fmt.Errorf("shape %s to %s: %w", tap, rate, err)
 		}
 	}
 	serial := filepath.Join(l.work, fmt.Sprintf("serial-%s-%d.log", opt.Mode, id))
@@ -146,6 +157,28 @@ func (v *VM) WaitSerial(ctx context.Context, marker string, timeout time.Duratio
 		}
 	}
 	return nil
+}
+
+// WaitSerialMatch waits until the VM's serial log matches re and returns
+// the match.
+func (v *VM) WaitSerialMatch(ctx context.Context, re *regexp.Regexp, timeout time.Duration) ([]byte, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		if m := re.Find(v.Serial()); m != nil {
+			return m, nil
+		}
+		if v.Exited() {
+			return nil, fmt.Errorf("QEMU exited before %q appeared on its console", re)
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%q not on the console after %s", re, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // Stop stops QEMU and waits for it to exit.

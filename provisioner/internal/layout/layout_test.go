@@ -4,10 +4,13 @@ import (
 	"encoding/json"
 	"go/parser"
 	"go/token"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ramboot/ramboot/provisioner/config"
 )
 
 const module = "github.com/ramboot/ramboot"
@@ -112,6 +115,19 @@ func TestPackageComments(t *testing.T) {
 		}
 		if len(docs) != 1 {
 			t.Errorf("%s: want exactly one file with a package comment, found %d %v", p.ImportPath, len(docs), docs)
+		}
+	}
+}
+
+// TestConfigKeysDocumented: every configuration key is in docs/config.md.
+func TestConfigKeysDocumented(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "..", "docs", "config.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range config.Keys() {
+		if !strings.Contains(string(doc), "`"+k+"`") {
+			t.Errorf("config key %s is not in docs/config.md", k)
 		}
 	}
 }

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ramboot/ramboot/provisioner"
+	"github.com/ramboot/ramboot/provisioner/state"
+)
+
+func stateCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "state", Short: "Back up, restore and check the state database (the inventory and boot history)"}
+	c.AddCommand(stateBackupCmd(g), stateRestoreCmd(g), stateCheckCmd(g))
+	return c
+}
+
+func (g *globals) dbPath() string { return filepath.Join(g.stateDir, provisioner.DBFile) }
+
+// daemonUp reports whether a daemon answers on the state directory's
+// socket.
+func (g *globals) daemonUp() bool {
+	c, err := net.DialTimeout("unix", filepath.Join(g.stateDir, provisioner.SocketFile), time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// stateResult is what the state commands print with -o json.
+type stateResult struct {
+	File string `json:"file"`
+	// From is the file a restore copied.
+	From string `json:"from,omitempty"`
+	// Kept is where a restore kept the database it replaced.
+	Kept string `json:"kept,omitempty"`
+	// Online is true when a backup went through the running daemon.
+	Online bool `json:"online"`
+	state.Summary
+}
+
+func (g *globals) printState(verb string, r stateResult) error {
+	if g.output == "json" {
+		return g.printJSON(r)
+	}
+	how := ""
+	if r.Online {
+		how = " (a consistent copy, through the running daemon)"
+	}
+	_, err := fmt.Fprintf(g.stdout, "%s %s%s: %d nodes, %d earlier boots, %d bytes, transaction %d\n", verb, r.File, how, r.Nodes, r.Boots, r.Bytes, r.TxID)
+	if err == nil && r.Kept != "" {
+		_, err = fmt.Fprintf(g.stdout, "the database it replaced is kept as %s\n", r.Kept)
+	}
+	return err
+}
+
+func stateBackupCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "backup FILE",
+		Short: "Write a consistent, verified copy of the state database to FILE",
+		Long: `backup copies the state database to FILE. While a daemon serves the state
+directory the copy comes through it, from one read transaction, so it is
+consistent while the daemon goes on working; otherwise the file is copied
+directly. The copy is written beside FILE, synced and verified before it
+takes FILE's name: FILE is never left half-written.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dst := args[0]
+			if g.daemonUp() {
+				sum, err := state.WriteFileAtomic(dst, func(w io.Writer) error {
+					_, err := g.client().Backup(cmd.Context(), w)
+					return err
+				})
+				if err != nil {
+					return err
+				}
+				return g.printState("wrote", stateResult{File: dst, Online: true, Summary: sum})
+			}
+			sum, err := state.BackupFile(g.dbPath(), dst)
+			if err != nil {
+				return err
+			}
+			return g.printState("wrote", stateResult{File: dst, Summary: sum})
+		},
+	}
+}
+
+func stateRestoreCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "restore FILE",
+		Short: "Replace the state database with FILE, verified (the daemon must be stopped)",
+		Long: `restore checks FILE and copies it over the state directory's database. It
+refuses while a daemon serves the state directory. The database it replaces,
+damaged or not, is kept beside it as ramboot.db.replaced-TIME.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if g.daemonUp() {
+				return fmt.Errorf("a ramboot daemon serves %s: stop it before restoring its database", g.stateDir)
+			}
+			if err := os.MkdirAll(g.stateDir, 0o700); err != nil {
+				return fmt.Errorf("create state directory: %w", err)
+			}
+			sum, kept, err := state.Restore(args[0], g.dbPath())
+			if err != nil {
+				return err
+			}
+			return g.printState("restored", stateResult{File: g.dbPath(), From: args[0], Kept: kept, Summary: sum})
+		},
+	}
+}
+
+func stateCheckCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "check [FILE]",
+		Short: "Check a state database file (default: the state directory's) without changing it",
+		Long: `check verifies a database file: its header pages, its size against the
+pages it uses, every page of its tree and every record. It exits 1, saying
+what is wrong, for an empty, truncated or damaged file. Without FILE it
+checks the state directory's database; while a daemon serves it, it checks a
+consistent copy taken through the daemon.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				sum, err := state.Verify(args[0])
+				if err != nil {
+					return err
+				}
+				return g.printState("ok", stateResult{File: args[0], Summary: sum})
+			}
+			if !g.daemonUp() {
+				sum, err := state.Verify(g.dbPath())
+				if err != nil {
+					return err
+				}
+				return g.printState("ok", stateResult{File: g.dbPath(), Summary: sum})
+			}
+			tmp, err := os.MkdirTemp("", "ramboot-check-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(tmp)
+			sum, err := state.WriteFileAtomic(filepath.Join(tmp, "copy.db"), func(w io.Writer) error {
+				_, err := g.client().Backup(cmd.Context(), w)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			return g.printState("ok", stateResult{File: g.dbPath(), Online: true, Summary: sum})
+		},
+	}
+}

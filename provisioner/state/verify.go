@@ -1,0 +1,324 @@
+package state
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// ErrInUse means another process holds the database open for writing: a
+// daemon serving that state directory.
+var ErrInUse = errors.New("in use by another process")
+
+// DamageError says what is wrong with a state database file. The daemon
+// never starts on such a file and never replaces it: Hint says how to
+// recover.
+type DamageError struct {
+	// Path is the damaged file.
+	Path string
+	// Problem says what is wrong, e.g. "is empty (0 bytes)".
+	Problem string
+	// Err is the underlying error, if any.
+	Err error
+	// Hint says how to recover; set by callers that know the state
+	// directory and its backups.
+	Hint string
+}
+
+// Error names the file, the problem and, when set, how to recover.
+func (e *DamageError) Error() string {
+	s := "state database " + e.Path + " " + e.Problem
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	if e.Hint != "" {
+		s += "\n" + e.Hint
+	}
+	return s
+}
+
+// Unwrap returns the underlying error.
+func (e *DamageError) Unwrap() error { return e.Err }
+
+// Summary describes a state database file that passed Verify.
+type Summary struct {
+	// Nodes counts the inventory's nodes.
+	Nodes int `json:"nodes"`
+	// Boots counts the earlier boots kept in the nodes' histories.
+	Boots int `json:"boots"`
+	// Bytes is the file's size.
+	Bytes int64 `json:"bytes"`
+	// TxID is the database's last committed transaction.
+	TxID int `json:"txid"`
+}
+
+// panicked is a panic (or a memory fault) that bbolt raised on a damaged
+// file, turned into an error.
+type panicked struct{ v any }
+
+func (p panicked) Error() string {
+	return fmt.Sprintf("reading it crashed the database library: %v", p.v)
+}
+
+// contained runs fn with memory faults turned into panics and panics turned
+// into errors. bbolt reads the file through mmap: it panics on some damaged
+// pages, and a page past the end of a short file is a fault that would
+// otherwise kill the process. After such a panic the bbolt handle fn had
+// open is abandoned (its descriptor leaks); callers stop using the file.
+func contained(fn func() error) error {
+	done := make(chan error, 1)
+	go func() {
+		debug.SetPanicOnFault(true)
+		defer func() {
+			if r := recover(); r != nil {
+				done <- panicked{r}
+			}
+		}()
+		done <- fn()
+	}()
+	return <-done
+}
+
+// bbolt's meta page: a 16-byte page header, then magic, version and page
+// size, native byte order.
+const (
+	boltMagic       = 0xED0CDAED
+	metaMagicOffset = 16
+)
+
+// pageSizeOf returns the page size the file's first meta page states, or
+// the system's page size (bbolt's default) when it states none.
+func pageSizeOf(f *os.File) int {
+	var hdr [metaMagicOffset + 12]byte
+	if _, err := f.ReadAt(hdr[:], 0); err == nil && binary.NativeEndian.Uint32(hdr[metaMagicOffset:]) == boltMagic {
+		ps := int(binary.NativeEndian.Uint32(hdr[metaMagicOffset+8:]))
+		if ps >= 1024 && ps <= 1<<24 && ps&(ps-1) == 0 {
+			return ps
+		}
+	}
+	return os.Getpagesize()
+}
+
+// Verify checks the database file at path without changing it: its header
+// pages, its size against the pages it uses, every page of its tree
+// (bbolt's consistency check) and every record in it. It returns an error
+// wrapping fs.ErrNotExist when there is no file, one wrapping ErrInUse when
+// a daemon holds it, and a *DamageError for an empty, truncated or damaged
+// file. It never panics, whatever the file holds.
+func Verify(path string) (Summary, error) {
+	var sum Summary
+	f, err := os.Open(path)
+	if err != nil {
+		return sum, fmt.Errorf("open state database: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return sum, fmt.Errorf("stat state database: %w", err)
+	}
+	damage := func(problem string, err error) (Summary, error) {
+		return Summary{}, &DamageError{Path: path, Problem: problem, Err: err}
+	}
+	sum.Bytes = fi.Size()
+	switch ps := pageSizeOf(f); {
+	case !fi.Mode().IsRegular():
+		return damage("is not a regular file", nil)
+	case fi.Size() == 0:
+		return damage("is empty (0 bytes), as a crash or a full disk can leave it; it holds no inventory", nil)
+	case fi.Size() < int64(2*ps):
+		return damage(fmt.Sprintf("is truncated: %d bytes, less than its two %d-byte header pages", fi.Size(), ps), nil)
+	}
+	err = contained(func() error {
+		// A first look, without the free-page list: the size check must
+		// come before anything reads a page that may lie past the end.
+		bdb, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+		if err != nil {
+			return err
+		}
+		defer bdb.Close()
+		return bdb.View(func(tx *bolt.Tx) error {
+			if need := tx.Size(); need > fi.Size() {
+				return &DamageError{Path: path, Problem: fmt.Sprintf("is truncated: %d bytes on disk, but its pages reach %d bytes", fi.Size(), need)}
+			}
+			return nil
+		})
+	})
+	if err == nil {
+		err = contained(func() error {
+			bdb, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second, PreLoadFreelist: true})
+			if err != nil {
+				return err
+			}
+			defer bdb.Close()
+			return bdb.View(func(tx *bolt.Tx) error { return check(tx, &sum) })
+		})
+	}
+	var de *DamageError
+	switch {
+	case err == nil:
+		return sum, nil
+	case errors.As(err, &de):
+		if de.Path == "" {
+			de.Path = path
+		}
+		return Summary{}, de
+	case errors.Is(err, berrors.ErrTimeout):
+		return Summary{}, fmt.Errorf("state database %s: %w (is a ramboot daemon serving this state directory?)", path, ErrInUse)
+	case errors.Is(err, berrors.ErrInvalid):
+		return damage("is not a bbolt database, or both of its header pages are damaged", nil)
+	case errors.Is(err, berrors.ErrChecksum):
+		return damage("has damaged header pages (checksum mismatch)", nil)
+	case errors.Is(err, berrors.ErrVersionMismatch):
+		return damage("was written in an unknown bbolt format version", nil)
+	case errors.As(err, new(panicked)):
+		return damage("is damaged", err)
+	}
+	return damage("cannot be read", err)
+}
+
+// check walks every bucket and record of tx in this goroutine (where a
+// fault is contained), decodes the records, then runs bbolt's own
+// consistency check, which is safe once every page it reaches was read.
+func check(tx *bolt.Tx, sum *Summary) error {
+	sum.TxID = int(tx.ID())
+	err := tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+		switch string(name) {
+		case string(bucketNodes):
+			return b.ForEach(func(k, v []byte) error {
+				var r record
+				if err := decodeRecord(k, v, &r); err != nil {
+					return err
+				}
+				sum.Nodes++
+				return nil
+			})
+		case string(bucketBoots):
+			return b.ForEach(func(k, v []byte) error {
+				var bt Boot
+				if v == nil || json.Unmarshal(v, &bt) != nil || len(k) < 10 {
+					return fmt.Errorf("boot %q cannot be decoded", k)
+				}
+				sum.Boots++
+				return nil
+			})
+		}
+		return walk(b) // a bucket of a later version: read it all the same
+	})
+	if err != nil {
+		return &DamageError{Problem: "holds a record that cannot be read", Err: err}
+	}
+	var errs []error
+	for err := range tx.Check() {
+		if len(errs) < 3 {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return &DamageError{Problem: "failed its consistency check", Err: errors.Join(errs...)}
+	}
+	return nil
+}
+
+func walk(b *bolt.Bucket) error {
+	return b.ForEach(func(k, v []byte) error {
+		if v == nil {
+			if nb := b.Bucket(k); nb != nil {
+				return walk(nb)
+			}
+		}
+		return nil
+	})
+}
+
+// decodeRecord decodes the node record stored under key k.
+func decodeRecord(k, v []byte, r *record) error {
+	if v == nil {
+		return fmt.Errorf("node %q is a bucket, not a record", k)
+	}
+	if err := json.Unmarshal(v, r); err != nil {
+		return fmt.Errorf("decode node %q: %w", k, err)
+	}
+	if r.Node.Name != string(k) {
+		return fmt.Errorf("node %q holds the record of %q", k, r.Node.Name)
+	}
+	if r.Status.ID == 0 && r.Status.Boots > 0 {
+		r.Status.ID = r.Status.Boots // written before boots had ids
+	}
+	return nil
+}
+
+// copyVerified copies the database file src to dst with WriteFileAtomic
+// after checking it, and checks the copy before it replaces dst.
+func copyVerified(src, dst string) (Summary, error) {
+	if _, err := Verify(src); err != nil {
+		return Summary{}, err
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		return Summary{}, fmt.Errorf("open %s: %w", src, err)
+	}
+	defer f.Close()
+	return WriteFileAtomic(dst, func(w io.Writer) error {
+		_, err := io.Copy(w, f)
+		return err
+	})
+}
+
+// WriteFileAtomic writes a database file to path: fill writes it to a
+// temporary file beside path, which is synced and verified before it is
+// renamed over path and the directory synced. A failure at any point
+// leaves path as it was.
+func WriteFileAtomic(path string, fill func(io.Writer) error) (Summary, error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".ramboot-db-*.tmp")
+	if err != nil {
+		return Summary{}, fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name()) // after a successful rename, a no-op
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return Summary{}, fmt.Errorf("write %s: %w", path, err)
+	}
+	err = fill(tmp)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return Summary{}, fmt.Errorf("write %s: %w", path, err)
+	}
+	sum, err := Verify(tmp.Name())
+	if err != nil {
+		return Summary{}, fmt.Errorf("write %s: the copy does not verify: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return Summary{}, fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return Summary{}, fmt.Errorf("write %s: %w", path, err)
+	}
+	return sum, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, fs.ErrInvalid) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,162 @@
+package provisioner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ramboot/ramboot/provisioner/state"
+)
+
+// BackupFile is the daemon's rolling backup of the database, in the state
+// directory: the last good copy, verified before it replaced the previous
+// one.
+const BackupFile = "ramboot.db.bak"
+
+// RecoveryHint says how to recover from a damaged database in the state
+// directory dir: which backup exists and the commands to use.
+func RecoveryHint(dir string) string {
+	db, bak := filepath.Join(dir, DBFile), filepath.Join(dir, BackupFile)
+	hint := "to recover, nothing was changed; either:\n"
+	if fi, err := os.Stat(bak); err == nil {
+		hint += fmt.Sprintf("  - restore the daemon's last good copy, %s (written %s): ramboot state restore %s --state-dir %s\n",
+			bak, fi.ModTime().Local().Format(time.DateTime), bak, dir)
+	}
+	hint += fmt.Sprintf("  - restore a backup of your own (ramboot state backup FILE made it): ramboot state restore FILE --state-dir %s\n", dir)
+	hint += fmt.Sprintf("  - or move %s away to start with an empty inventory; `ramboot state check FILE` checks any copy", db)
+	return hint
+}
+
+// OpenState opens the database of state directory dir, creating both if
+// they do not exist. A damaged database is an error with RecoveryHint.
+// When it creates a new database while a rolling backup of an earlier one
+// is there, it keeps that backup under a dated name, so that the first
+// backup of the new database does not replace it.
+func OpenState(dir string, o state.Options, log *slog.Logger) (*state.DB, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	path, bak := filepath.Join(dir, DBFile), filepath.Join(dir, BackupFile)
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		if _, err := os.Stat(bak); err == nil {
+			kept := bak + "." + time.Now().UTC().Format("20060102T150405Z")
+			if err := os.Rename(bak, kept); err != nil {
+				return nil, fmt.Errorf("keep the backup of the earlier database: %w", err)
+			}
+			log.Warn("no state database: starting with an empty inventory; the backup of the earlier one is kept", "path", kept)
+		}
+	}
+	db, err := state.OpenWith(path, o)
+	var de *state.DamageError
+	if errors.As(err, &de) {
+		de.Hint = RecoveryHint(dir)
+	}
+	return db, err
+}
+
+// stateMetrics are the state directory's Prometheus metrics.
+type stateMetrics struct {
+	backups   *prometheus.CounterVec
+	lastGood  prometheus.Gauge
+	stalled   prometheus.Counter
+	writeFail prometheus.CounterFunc
+}
+
+func newStateMetrics(reg prometheus.Registerer, db *state.DB) *stateMetrics {
+	m := &stateMetrics{
+		backups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ramboot_state_backups_total",
+			Help: "Rolling backups of the state database written (ok) or failed (error).",
+		}, []string{"result"}),
+		lastGood: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ramboot_state_backup_timestamp_seconds",
+			Help: "When the last rolling backup of the state database was written.",
+		}),
+		stalled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ramboot_boots_stalled_total",
+			Help: "Boots marked stalled: no progress for boot.stall_timeout.",
+		}),
+		writeFail: prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "ramboot_state_write_failures_total",
+			Help: "Writes to the state database that did not commit (a full disk): nothing changed.",
+		}, func() float64 { return float64(db.CommitFailures()) }),
+	}
+	m.backups.WithLabelValues("ok")
+	m.backups.WithLabelValues("error")
+	reg.MustRegister(m.backups, m.lastGood, m.stalled, m.writeFail)
+	return m
+}
+
+// backups keeps the rolling backup of the database: written at start and
+// every interval when the database changed. A failed backup is logged and
+// counted, and the previous one stays.
+type backups struct {
+	db       *state.DB
+	path     string
+	interval time.Duration
+	log      *slog.Logger
+	m        *stateMetrics
+	last     int // transaction of the last backup written
+}
+
+// once writes a backup if the database changed since the last one.
+func (b *backups) once() {
+	tx := b.db.TxID()
+	if tx == b.last {
+		return
+	}
+	sum, err := b.db.Backup(b.path)
+	if err != nil {
+		b.m.backups.WithLabelValues("error").Inc()
+		b.log.Warn("rolling backup of the state database failed; the previous one stays", "path", b.path, "err", err)
+		return
+	}
+	b.last = tx
+	b.m.backups.WithLabelValues("ok").Inc()
+	b.m.lastGood.SetToCurrentTime()
+	b.log.Debug("rolling backup of the state database written", "path", b.path, "bytes", sum.Bytes, "nodes", sum.Nodes)
+}
+
+// run refreshes the backup every interval until ctx ends.
+func (b *backups) run(ctx context.Context) error {
+	t := time.NewTicker(b.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			b.once()
+		}
+	}
+}
+
+// watchStalls marks boots stalled that made no progress for timeout and
+// have no download under way, checking a few times per timeout.
+func watchStalls(ctx context.Context, db *state.DB, timeout time.Duration, busy func(state.Node) bool, log *slog.Logger, m *stateMetrics) error {
+	tick := min(max(timeout/4, time.Second), 30*time.Second)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		marked, err := db.MarkStalled(timeout, busy)
+		for _, name := range marked {
+			m.stalled.Inc()
+			log.Warn("boot stalled: no progress", "node", name, "dur", timeout)
+		}
+		if err != nil {
+			log.Warn("mark stalled boots", "err", err)
+		}
+	}
+}

@@ -224,9 +224,12 @@ type Node struct {
 //
 //	POST /api/v1/nodes/{name}/report   the agent's report (overlay.Report),
 //	                                   with "Authorization: Bearer TOKEN"
+//
+// and the routes of the node's containers and jobs (see workloadRoutes).
 func (n *Node) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+overlay.ReportPath, n.report)
+	n.workloadRoutes(mux) // nodeworkload.go
 	return mux
 }
 

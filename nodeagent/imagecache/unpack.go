@@ -352,7 +352,10 @@ func (u *unpacker) file(pfd int, base, rel string, h header, perm uint32) error 
 				return err
 			}
 			defer unix.Close(fd)
-			return u.writeData(fd, h)
+			if err := u.writeData(fd, h); err != nil {
+				return err
+			}
+			return setAttrs(fd, pfd, base, h, perm)
 		}
 		u.links[uint64(h.ino)] = rel
 	}
@@ -370,6 +373,11 @@ func (u *unpacker) file(pfd int, base, rel string, h header, perm uint32) error 
 	if err := u.writeData(fd, h); err != nil {
 		return err
 	}
+	return setAttrs(fd, pfd, base, h, perm)
+}
+
+// setAttrs sets an open regular file's owner, mode and time.
+func setAttrs(fd, pfd int, base string, h header, perm uint32) error {
 	if err := unix.Fchown(fd, int(h.uid), int(h.gid)); err != nil {
 		return fmt.Errorf("chown: %w", err)
 	}

@@ -86,6 +86,14 @@ func New(cfg Config) (*Manager, error) {
 	return m, nil
 }
 
+// SetJobs sets the job registry that authorizes callers, for a registry
+// built after the manager (it removes the manager's containers).
+func (m *Manager) SetJobs(j Jobs) {
+	m.mu.Lock()
+	m.cfg.Jobs = j
+	m.mu.Unlock()
+}
+
 // load takes over the containers described under Dir.
 func (m *Manager) load() {
 	des, _ := os.ReadDir(m.cfg.Dir)
@@ -137,8 +145,11 @@ func parseUser(s string) (uid, gid int, err error) {
 func (m *Manager) identity(caller localapi.Cred, req RunRequest) (Job, int, int, []uint32, error) {
 	var job Job
 	var err error
-	if m.cfg.Jobs != nil {
-		job, err = m.cfg.Jobs.JobFor(caller, req.Job)
+	m.mu.Lock()
+	jobs := m.cfg.Jobs
+	m.mu.Unlock()
+	if jobs != nil {
+		job, err = jobs.JobFor(caller, req.Job)
 		if err != nil {
 			return Job{}, 0, 0, nil, err
 		}

@@ -1,0 +1,276 @@
+// Package workload assembles what the agent daemon serves for the node's
+// jobs and containers: the image cache, the probed OCI runtime, the
+// container manager and the job registry, wired to the head of the node
+// configuration, as local API routes.
+//
+//	w, err := workload.New(ctx, workload.Config{StateDir: "/run/ramboot", Node: &nodeCfg})
+//	defer w.Close()
+//	w.Routes(mux)         // the local API's /v1/containers..., /v1/jobs..., /v1/runtime
+//	s := w.Summary()      // jobs and containers, for the heartbeat
+package workload
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/ramboot/ramboot/images/overlay"
+	"github.com/ramboot/ramboot/nodeagent/container"
+	"github.com/ramboot/ramboot/nodeagent/imagecache"
+	"github.com/ramboot/ramboot/nodeagent/job"
+	"github.com/ramboot/ramboot/nodeagent/localapi"
+	"github.com/ramboot/ramboot/nodeagent/ociruntime"
+)
+
+// DefaultStateDir is where the workload keeps its state: RAM on every
+// node (/run is a tmpfs).
+const DefaultStateDir = "/run/ramboot"
+
+// Config configures the node's workload.
+type Config struct {
+	// StateDir holds images/, containers/, jobs/, scratch/ and runtime/.
+	// Default DefaultStateDir.
+	StateDir string
+	// Node is the node configuration (the head, the token); nil means no
+	// head: only cached images run and nothing is reported.
+	Node *overlay.Config
+	// SourceAddr, when valid, is the local address requests to the head
+	// come from (the node's own address is the kernel's choice anyway).
+	SourceAddr net.IP
+	// CacheBytes caps the image cache. Default: a quarter of the RAM.
+	CacheBytes int64
+	// ScratchBytes sizes each job's scratch. Default: half the job's
+	// memory, else 1 GiB.
+	ScratchBytes int64
+	// Memory and Tmpfs are containers' default limits (see container).
+	Memory, Tmpfs int64
+	// AllowRoot lets containers run as root.
+	AllowRoot bool
+	// Runtimes are the candidate runtimes in order of preference.
+	// Default ociruntime.DefaultCandidates.
+	Runtimes []string
+	// Logger; nil discards.
+	Logger *slog.Logger
+}
+
+// Workload is the node's jobs and containers service.
+type Workload struct {
+	cfg   Config
+	log   *slog.Logger
+	Cache *imagecache.Cache
+	Ctrs  *container.Manager
+	Jobs  *job.Registry
+	head  *imagecache.Head
+
+	mu      sync.Mutex
+	rt      *ociruntime.Runtime
+	report  ociruntime.Report
+	rtError error
+}
+
+// New probes the runtime and builds the service. A node where no runtime
+// works still serves jobs: the prolog then fails with the probe's reason.
+func New(ctx context.Context, cfg Config) (*Workload, error) {
+	if cfg.StateDir == "" {
+		cfg.StateDir = DefaultStateDir
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	w := &Workload{cfg: cfg, log: log}
+	if cfg.Node != nil {
+		w.head = imagecache.HeadFrom(*cfg.Node)
+		tr := &http.Transport{ResponseHeaderTimeout: 30 * time.Second, IdleConnTimeout: 90 * time.Second}
+		if cfg.SourceAddr != nil {
+			tr.DialContext = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: cfg.SourceAddr}, Timeout: 10 * time.Second}).DialContext
+		}
+		w.head.HTTP = &http.Client{Transport: tr}
+	}
+	w.Cache = &imagecache.Cache{Dir: filepath.Join(cfg.StateDir, "images"), Head: w.head, MaxBytes: cfg.CacheBytes, Logger: log}
+	w.probe(ctx)
+	ctrs, err := container.New(container.Config{
+		Dir: filepath.Join(cfg.StateDir, "containers"), Runtime: runtimeRef{w}, Images: w.Cache,
+		AllowRoot: cfg.AllowRoot, Memory: cfg.Memory, Tmpfs: cfg.Tmpfs, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	w.Ctrs = ctrs
+	var rep job.Reporter
+	if w.head != nil {
+		rep = w
+	}
+	w.Jobs, err = job.New(job.Config{
+		Dir: filepath.Join(cfg.StateDir, "jobs"), ScratchDir: filepath.Join(cfg.StateDir, "scratch"),
+		ScratchBytes: cfg.ScratchBytes, Containers: ctrs, Health: w, Reporter: rep, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The manager asks the registry who may run what.
+	ctrs.SetJobs(w.Jobs)
+	return w, nil
+}
+
+// probe finds the runtime.
+func (w *Workload) probe(ctx context.Context) {
+	rt, rep, err := ociruntime.Probe(ctx, ociruntime.ProbeOptions{
+		Candidates: w.cfg.Runtimes, Dir: w.cfg.StateDir, Root: filepath.Join(w.cfg.StateDir, "runtime"),
+	})
+	w.mu.Lock()
+	w.rt, w.report, w.rtError = rt, rep, err
+	w.mu.Unlock()
+	if err != nil {
+		w.log.Warn("no container runtime works", "err", err)
+	} else {
+		w.log.Info("container runtime", "runtime", rt.Name, "version", rt.Version, "detail", rep.Summary())
+	}
+}
+
+// Runtime is the job.Health check of the runtime: it probes again when
+// the last probe found none.
+func (w *Workload) Runtime(ctx context.Context) error {
+	w.mu.Lock()
+	err := w.rtError
+	w.mu.Unlock()
+	if err != nil {
+		w.probe(ctx)
+		w.mu.Lock()
+		err = w.rtError
+		w.mu.Unlock()
+	}
+	return err
+}
+
+// Head is the job.Health check of the head: its /healthz answers.
+func (w *Workload) Head(ctx context.Context) error {
+	if w.head == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, w.head.URL+"/healthz", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := w.head.HTTP.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s/healthz: %s", w.head.URL, resp.Status)
+	}
+	return nil
+}
+
+// JobEvent reports a job hook to the head.
+func (w *Workload) JobEvent(ctx context.Context, ev overlay.JobEvent) error {
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	u := w.head.URL + strings.ReplaceAll(overlay.JobEventPath, "{node}", w.head.Node)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+w.head.Token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := w.head.HTTP.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("POST %s: %s", u, resp.Status)
+	}
+	return nil
+}
+
+// runtimeRef is the current runtime as a container.Runtime.
+type runtimeRef struct{ w *Workload }
+
+func (r runtimeRef) get() (*ociruntime.Runtime, error) {
+	r.w.mu.Lock()
+	defer r.w.mu.Unlock()
+	if r.w.rt == nil {
+		return nil, r.w.rtError
+	}
+	return r.w.rt, nil
+}
+
+func (r runtimeRef) Run(ctx context.Context, id, bundle string, io ociruntime.IO) (int, error) {
+	rt, err := r.get()
+	if err != nil {
+		return 0, err
+	}
+	return rt.Run(ctx, id, bundle, io)
+}
+
+func (r runtimeRef) Exec(ctx context.Context, id string, p *specs.Process, bundle string, io ociruntime.IO) error {
+	rt, err := r.get()
+	if err != nil {
+		return err
+	}
+	return rt.Exec(ctx, id, p, bundle, io)
+}
+
+func (r runtimeRef) Kill(ctx context.Context, id string, sig syscall.Signal) error {
+	rt, err := r.get()
+	if err != nil {
+		return err
+	}
+	return rt.Kill(ctx, id, sig)
+}
+
+func (r runtimeRef) Delete(ctx context.Context, id string, force bool) error {
+	rt, err := r.get()
+	if err != nil {
+		return nil // nothing can have been run
+	}
+	return rt.Delete(ctx, id, force)
+}
+
+// RuntimeReport is the answer to GET /v1/runtime.
+type RuntimeReport struct {
+	ociruntime.Report
+	Error string `json:"error,omitempty"`
+}
+
+// Routes adds the container, job and runtime routes to mux.
+func (w *Workload) Routes(mux *http.ServeMux) {
+	w.Ctrs.Routes(mux)
+	w.Jobs.Routes(mux)
+	mux.HandleFunc("GET /v1/runtime", func(rw http.ResponseWriter, r *http.Request) {
+		w.mu.Lock()
+		rep := RuntimeReport{Report: w.report}
+		if w.rtError != nil {
+			rep.Error = w.rtError.Error()
+		}
+		w.mu.Unlock()
+		localapi.WriteJSON(rw, http.StatusOK, rep)
+	})
+	mux.HandleFunc("GET /v1/images", func(rw http.ResponseWriter, r *http.Request) {
+		localapi.WriteJSON(rw, http.StatusOK, w.Cache.List())
+	})
+}
+
+// Summary returns the node's jobs and containers, for the heartbeat.
+func (w *Workload) Summary() job.Summary { return w.Jobs.Summarize(w.Ctrs) }
+
+// Close releases what the service holds in memory; containers keep
+// running and images stay cached for the next daemon.
+func (w *Workload) Close() error { return w.Ctrs.Close() }

@@ -155,7 +155,9 @@ func (c *Cache) log() *slog.Logger {
 	return c.Logger
 }
 
-func (c *Cache) blobPath(d string) string { return filepath.Join(c.Dir, "blobs", images.Digest(d).Hex()) }
+func (c *Cache) blobPath(d string) string {
+	return filepath.Join(c.Dir, "blobs", images.Digest(d).Hex())
+}
 func (c *Cache) lowerPath(d images.Digest) string {
 	return filepath.Join(c.Dir, "lower", d.Hex())
 }

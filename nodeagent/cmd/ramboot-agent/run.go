@@ -53,7 +53,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	switch args[1] {
 	case "help", "-h", "-help", "--help":
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, usage+workloadUsage)
 		return nil
 	case "version", "--version":
 		fmt.Fprintln(stdout, versionString())
@@ -79,7 +79,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return runInit(ctx, o, stdout, stderr)
 	default:
-		fmt.Fprint(stderr, usage)
+		if handled, err := runWorkload(ctx, args, stdout, stderr); handled { // workload.go
+			return err
+		}
+		fmt.Fprint(stderr, usage+workloadUsage)
 		return fmt.Errorf("unknown command %q", args[1])
 	}
 }

@@ -400,11 +400,26 @@ func memAvailable() int64 {
 	return 0
 }
 
+// findScontrol finds scontrol on $PATH or where packages install it:
+// Slurm runs the prolog and epilog with an environment that may have no
+// PATH.
+func findScontrol() string {
+	if p, err := exec.LookPath("scontrol"); err == nil {
+		return p
+	}
+	for _, p := range []string{"/usr/bin/scontrol", "/usr/local/bin/scontrol", "/opt/slurm/bin/scontrol"} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return "scontrol"
+}
+
 // Drain drains node in Slurm with reason, as the prolog and epilog do when
 // they fail (Slurm's own reason would only say "Prolog error").
 func Drain(ctx context.Context, scontrol, node, reason string) error {
 	if scontrol == "" {
-		scontrol = "scontrol"
+		scontrol = findScontrol()
 	}
 	if node == "" {
 		h, err := os.Hostname()

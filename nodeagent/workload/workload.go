@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -90,6 +91,9 @@ func New(ctx context.Context, cfg Config) (*Workload, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	w := &Workload{cfg: cfg, log: log}
+	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
+		return nil, fmt.Errorf("workload: %w", err)
+	}
 	if cfg.Node != nil {
 		w.head = imagecache.HeadFrom(*cfg.Node)
 		tr := &http.Transport{ResponseHeaderTimeout: 30 * time.Second, IdleConnTimeout: 90 * time.Second}

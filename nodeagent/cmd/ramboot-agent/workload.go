@@ -115,7 +115,7 @@ func runWorkload(ctx context.Context, args []string, stdout, stderr io.Writer) (
 		if err := parse(fs, rest); err != nil || fs.NArg() < 2 {
 			return true, errors.Join(err, errors.New("exec: want ID -- CMD..."))
 		}
-		code, err := cli.Exec(ctx, fs.Arg(0), container.ExecRequest{Args: fs.Args()[1:], Env: env}, stdout, stderr)
+		code, err := cli.Exec(ctx, fs.Arg(0), container.ExecRequest{Args: dashes(fs.Args()[1:]), Env: env}, stdout, stderr)
 		if err != nil {
 			return true, err
 		}
@@ -151,6 +151,15 @@ func runWorkload(ctx context.Context, args []string, stdout, stderr io.Writer) (
 		return true, runHook(ctx, cli.API, sub, stdout, stderr)
 	}
 	return false, nil
+}
+
+// dashes drops the "--" that separates a command from the flags (the flag
+// package keeps it when a positional argument came first).
+func dashes(args []string) []string {
+	if len(args) > 0 && args[0] == "--" {
+		return args[1:]
+	}
+	return args
 }
 
 func orNone(s string) string {
@@ -251,7 +260,7 @@ func runRun(ctx context.Context, cli *container.Client, args []string, stdout, s
 	if fs.NArg() < 1 {
 		return errors.New("run: want IMAGE[:TAG] [-- CMD...]")
 	}
-	req.Image, req.Args, req.Env, req.Binds = fs.Arg(0), fs.Args()[1:], env, binds
+	req.Image, req.Args, req.Env, req.Binds = fs.Arg(0), dashes(fs.Args()[1:]), env, binds
 	var err error
 	if req.TmpfsBytes, err = parseSize(tmpfs); err != nil {
 		return err

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -247,5 +248,37 @@ func TestBindAndExec(t *testing.T) {
 	})
 	if !strings.Contains(out, "shared") || code == 0 || !strings.Contains(errs, "Read-only") {
 		t.Errorf("ro bind: out %q err %q exit %d", out, errs, code)
+	}
+}
+
+// TestBundle: a bundle for Slurm's own OCI support has no cgroup of its
+// own (the runtime nests it under the step that runs it), is the user's,
+// and runs with the runtime as it is.
+func TestBundle(t *testing.T) {
+	r := newRig(t, nil)
+	ct, err := r.c.Run(context.Background(), container.RunRequest{Image: "busybox", User: "1000", BundleOnly: true, Args: []string{"cat", "/etc/motd"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ct.State != container.StateCreated || ct.Cgroup != "" {
+		t.Errorf("bundle %+v", ct)
+	}
+	b, err := os.ReadFile(filepath.Join(ct.Bundle, "config.json"))
+	if err != nil || strings.Contains(string(b), "cgroupsPath") {
+		t.Errorf("config.json: %v, cgroupsPath set: %s", err, b)
+	}
+	var st unix.Stat_t
+	if unix.Stat(ct.Bundle, &st) != nil || st.Uid != 1000 {
+		t.Errorf("bundle owner %d, want 1000", st.Uid)
+	}
+	out, err := exec.Command("runc", "--root", filepath.Join(r.dir, "slurm-runc"), "run", "--bundle", ct.Bundle, "slurmstep").CombinedOutput()
+	if err != nil || string(out) != "ramboot test image\n" {
+		t.Errorf("runc run of the bundle: %v %q", err, out)
+	}
+	if err := r.c.Remove(context.Background(), ct.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	if m := mountsUnder(filepath.Join(r.dir, "containers")); len(m) != 0 {
+		t.Errorf("mounts left: %v", m)
 	}
 }

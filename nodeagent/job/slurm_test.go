@@ -306,7 +306,7 @@ func mountsUnder(dir string) []string {
 	var out []string
 	for _, l := range strings.Split(string(b), "\n") {
 		f := strings.Fields(l)
-		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+		if len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
 			out = append(out, f[4])
 		}
 	}

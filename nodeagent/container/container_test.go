@@ -38,8 +38,18 @@ func (f jobsFunc) JobFor(c localapi.Cred, want string) (container.Job, error) { 
 
 func newRig(t *testing.T, jobs jobsFunc) *rig {
 	t.Helper()
+	return newRigWith(t, jobs, nil)
+}
+
+// newRigWith is newRig with an image whose tree grow adds to.
+func newRigWith(t *testing.T, jobs jobsFunc, grow func(tree string)) *rig {
+	t.Helper()
 	h := imagecachetest.Start(t)
-	h.BuildImage(t, "busybox", imagecachetest.BusyboxTree(t))
+	tree := imagecachetest.BusyboxTree(t)
+	if grow != nil {
+		grow(tree)
+	}
+	h.BuildImage(t, "busybox", tree)
 	h.Boot(t)
 	dir := t.TempDir()
 	t.Cleanup(func() { unmountUnder(dir) })

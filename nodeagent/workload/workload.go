@@ -14,6 +14,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -270,6 +271,43 @@ func (w *Workload) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/images", func(rw http.ResponseWriter, r *http.Request) {
 		localapi.WriteJSON(rw, http.StatusOK, w.Cache.List())
 	})
+	mux.HandleFunc("GET /v1/metrics", func(rw http.ResponseWriter, r *http.Request) {
+		rw.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		w.WriteMetrics(rw)
+	})
+}
+
+// WriteMetrics writes the workload's metrics in the Prometheus text
+// format (the agent stays free of the Prometheus client library).
+func (w *Workload) WriteMetrics(out io.Writer) {
+	st := w.Cache.Stats()
+	var lower, blob int64
+	for _, im := range w.Cache.List() {
+		lower += im.LowerBytes
+		blob += im.BlobBytes
+	}
+	states := map[container.State]int{}
+	for _, c := range w.Ctrs.List(localapi.Cred{}) {
+		states[c.State]++
+	}
+	counter := func(name, help string, v int64) {
+		fmt.Fprintf(out, "# HELP %s %s\n# TYPE %s counter\n%s %d\n", name, help, name, name, v)
+	}
+	gauge := func(name, help string, v int64) {
+		fmt.Fprintf(out, "# HELP %s %s\n# TYPE %s gauge\n%s %d\n", name, help, name, name, v)
+	}
+	counter("ramboot_agent_image_fetches_total", "Image blobs downloaded from the head.", st.Fetches.Load())
+	counter("ramboot_agent_image_fetched_bytes_total", "Bytes of image blobs downloaded.", st.FetchedBytes.Load())
+	counter("ramboot_agent_image_refetches_total", "Cached image blobs found corrupt and fetched again.", st.Refetches.Load())
+	counter("ramboot_agent_image_unpacks_total", "Image lowers unpacked.", st.Unpacks.Load())
+	counter("ramboot_agent_image_cache_hits_total", "Container starts served by an unpacked lower.", st.Hits.Load())
+	counter("ramboot_agent_image_evictions_total", "Images evicted from the cache to make room.", st.Evictions.Load())
+	gauge("ramboot_agent_image_cache_bytes", "RAM the image cache takes (blobs and lowers).", lower+blob)
+	fmt.Fprintf(out, "# HELP ramboot_agent_containers Containers on the node by state.\n# TYPE ramboot_agent_containers gauge\n")
+	for _, s := range []container.State{container.StateCreated, container.StateRunning, container.StateExited} {
+		fmt.Fprintf(out, "ramboot_agent_containers{state=%q} %d\n", s, states[s])
+	}
+	gauge("ramboot_agent_jobs", "Jobs registered on the node by the prolog.", int64(len(w.Jobs.List())))
 }
 
 // Summary returns the node's jobs and containers, for the heartbeat.

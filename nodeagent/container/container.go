@@ -201,6 +201,10 @@ type RunRequest struct {
 	// Slurm's own OCI support): the runtime is Slurm's, the cgroup the
 	// step's.
 	BundleOnly bool `json:"bundleOnly,omitempty"`
+	// Rootless makes the bundle for a runtime the user runs (runc
+	// --rootless, Slurm's oci.conf): a user namespace, no cgroup
+	// settings. Only with BundleOnly.
+	Rootless bool `json:"rootless,omitempty"`
 }
 
 // ExecRequest is the body of POST /v1/containers/{id}/exec.

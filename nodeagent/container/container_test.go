@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -290,5 +291,34 @@ func TestBundle(t *testing.T) {
 	}
 	if m := mountsUnder(filepath.Join(r.dir, "containers")); len(m) != 0 {
 		t.Errorf("mounts left: %v", m)
+	}
+}
+
+// TestBundleRootless: a rootless bundle runs with runc --rootless as its
+// user, as Slurm's oci.conf runs it.
+func TestBundleRootless(t *testing.T) {
+	r := newRig(t, nil)
+	ct, err := r.c.Run(context.Background(), container.RunRequest{Image: "busybox", User: "1000", BundleOnly: true, Rootless: true, Args: []string{"sh", "-c", "id -u; cat /etc/motd"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	state, err := os.MkdirTemp("", "ramboot-rootless-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(state)
+	os.Chown(state, 1000, 1000)
+	// The bundle's parents must be reachable by the user, as Slurm's
+	// spool is: here they are the test's 0700 temporary directories.
+	for p := filepath.Dir(ct.Bundle); p != "/" && p != "/tmp"; p = filepath.Dir(p) {
+		os.Chmod(p, 0o755)
+	}
+	cmd := exec.Command("runc", "--rootless=true", "--root", state, "run", "--bundle", ct.Bundle, "slurmstep")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1000, Gid: 1000}}
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "XDG_RUNTIME_DIR=" + state, "HOME=" + state}
+	out, err := cmd.CombinedOutput()
+	// Root of its own user namespace, uid 1000 on the host.
+	if err != nil || string(out) != "0\nramboot test image\n" {
+		t.Errorf("runc --rootless run of the bundle as uid 1000: %v %q", err, out)
 	}
 }

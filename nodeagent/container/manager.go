@@ -308,6 +308,7 @@ func (m *Manager) start(ctx context.Context, x *ctr, digest string, req RunReque
 		UID: uint32(c.UID), GID: uint32(c.GID), AdditionalGIDs: groups,
 		MemoryBytes: c.MemoryBytes, CPUs: c.CPUs, Pids: c.Pids, CgroupsPath: c.Cgroup,
 		HostNetwork: !(req.PrivateNetwork || m.cfg.PrivateNetwork), Binds: binds,
+		Rootless: req.Rootless && req.BundleOnly,
 	})
 	if err := ocispec.Write(c.Bundle, spec); err != nil {
 		return err

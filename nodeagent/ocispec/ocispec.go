@@ -83,6 +83,11 @@ type Options struct {
 	Binds []Bind
 	// ShmBytes caps the container's /dev/shm. Default 64 MiB.
 	ShmBytes int64
+	// Rootless makes the configuration for a runtime run by the user
+	// (runc --rootless, as Slurm's oci.conf runs it): a user namespace
+	// whose root is the user (UID, GID), no capabilities, and no cgroup
+	// settings.
+	Rootless bool
 	// NoSeccomp leaves out the seccomp profile (for runtimes built
 	// without seccomp; the agent refuses those unless told otherwise).
 	NoSeccomp bool
@@ -181,6 +186,28 @@ func New(o Options) *specs.Spec {
 	}
 	if !o.NoSeccomp {
 		s.Linux.Seccomp = DefaultSeccomp()
+	}
+	if o.Rootless {
+		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+		// The user is root of its own namespace, as `runc spec
+		// --rootless` makes it: runc needs the namespace's root mapped.
+		s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: o.UID, Size: 1}}
+		s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: o.GID, Size: 1}}
+		s.Process.User = specs.User{}
+		empty := []string{}
+		s.Process.Capabilities = &specs.LinuxCapabilities{Bounding: empty, Effective: empty, Permitted: empty, Inheritable: empty, Ambient: empty}
+		s.Linux.Resources = nil
+		s.Linux.CgroupsPath = ""
+		// A user namespace cannot mount sysfs or the cgroup file system
+		// of the host's network and cgroup namespaces: bind them.
+		for i, m := range s.Mounts {
+			switch m.Destination {
+			case "/sys":
+				s.Mounts[i] = specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: []string{"rbind", "nosuid", "noexec", "nodev", "ro"}}
+			case "/sys/fs/cgroup":
+				s.Mounts[i] = specs.Mount{Destination: "/sys/fs/cgroup", Type: "bind", Source: "/sys/fs/cgroup", Options: []string{"rbind", "nosuid", "noexec", "nodev", "ro"}}
+			}
+		}
 	}
 	return s
 }

@@ -33,7 +33,7 @@ Containers and jobs (docs/containers.md, docs/slurm.md):
         [--tmpfs-size SIZE] [--memory SIZE] [--cpus N] [--job ID] [--user UID[:GID]]
         [-d] [--rm] -- CMD...
   ramboot-agent ps [-o json] | stop ID | rm [--force] ID | logs [-f] ID | exec ID -- CMD...
-  ramboot-agent bundle IMAGE --job ID     print a bundle directory for srun --container
+  ramboot-agent bundle IMAGE --job ID [--rootless]   print a bundle directory for srun --container
   ramboot-agent prolog | epilog           Slurm's Prolog/Epilog (root; SLURM_* environment)
   ramboot-agent runtime                   which OCI runtime works here, and why
 `
@@ -124,6 +124,7 @@ func runWorkload(ctx context.Context, args []string, stdout, stderr io.Writer) (
 		fs := newFlags("bundle", stderr)
 		jobID := fs.String("job", os.Getenv("SLURM_JOB_ID"), "job the bundle belongs to (default $SLURM_JOB_ID)")
 		tmpfs := fs.String("tmpfs-size", "", "size of the writable layer")
+		rootless := fs.Bool("rootless", false, "for a runtime the user runs (runc --rootless in Slurm's oci.conf)")
 		if err := parse(fs, rest); err != nil || fs.NArg() != 1 {
 			return true, errors.Join(err, errors.New("bundle: want IMAGE"))
 		}
@@ -131,7 +132,7 @@ func runWorkload(ctx context.Context, args []string, stdout, stderr io.Writer) (
 		if err != nil {
 			return true, err
 		}
-		c, err := cli.Run(ctx, container.RunRequest{Image: fs.Arg(0), Job: *jobID, BundleOnly: true, TmpfsBytes: t})
+		c, err := cli.Run(ctx, container.RunRequest{Image: fs.Arg(0), Job: *jobID, BundleOnly: true, Rootless: *rootless, TmpfsBytes: t})
 		if err != nil {
 			return true, err
 		}

@@ -192,4 +192,3 @@ func fsUsed(dir string) int64 {
 }
 
 func kib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
-

@@ -29,7 +29,6 @@ type rig struct {
 	c      *container.Client
 	cache  *imagecache.Cache
 	dir    string
-	jobs   jobsFunc
 	rtRoot string
 }
 

@@ -129,7 +129,7 @@ func TestNodeImage(t *testing.T) {
 // TestNodeImageOtherAddress: a valid token from an address that is not
 // the node's reserved one is refused.
 func TestNodeImageOtherAddress(t *testing.T) {
-	url, token, db, _, _ := workloadHead(t)
+	url, _, db, _, _ := workloadHead(t)
 	if err := db.DeleteNode("n1"); err != nil {
 		t.Fatal(err)
 	}

@@ -113,7 +113,7 @@ func runWorkload(ctx context.Context, args []string, stdout, stderr io.Writer) (
 		var env multi
 		fs.Var(&env, "env", "K=V to add (repeatable)")
 		if err := parse(fs, rest); err != nil || fs.NArg() < 2 {
-			return true, errors.Join(err, errors.New("exec: want ID -- CMD..."))
+			return true, errors.Join(err, errors.New("exec: want ID -- CMD"))
 		}
 		code, err := cli.Exec(ctx, fs.Arg(0), container.ExecRequest{Args: dashes(fs.Args()[1:]), Env: env}, stdout, stderr)
 		if err != nil {

@@ -137,13 +137,15 @@ type Container struct {
 	ID string `json:"id"`
 	// Name is its name, unique on the node.
 	Name string `json:"name"`
-	// Image is the image reference as asked; Digest its manifest digest.
-	Image  string `json:"image"`
+	// Image is the image reference as asked.
+	Image string `json:"image"`
+	// Digest is the image's manifest digest.
 	Digest string `json:"digest"`
 	// Job is the scheduler job it belongs to, if any.
 	Job string `json:"job,omitempty"`
-	// UID and GID are its processes' user and group.
+	// UID is its processes' user.
 	UID int `json:"uid"`
+	// GID is its processes' group.
 	GID int `json:"gid"`
 	// Args is its command.
 	Args []string `json:"args"`
@@ -154,15 +156,20 @@ type Container struct {
 	// ExitCode is its exit status once exited; -1 when unknown (the
 	// process was not the agent's child), 128+n when killed by signal n.
 	ExitCode int `json:"exitCode"`
-	// Created, Started and Finished are times of its life.
-	Created  time.Time `json:"created"`
-	Started  time.Time `json:"started,omitzero"`
+	// Created is when it was created.
+	Created time.Time `json:"created"`
+	// Started is when its command started.
+	Started time.Time `json:"started,omitzero"`
+	// Finished is when its command exited.
 	Finished time.Time `json:"finished,omitzero"`
-	// MemoryBytes, TmpfsBytes, CPUs and Pids are its limits.
-	MemoryBytes int64   `json:"memoryBytes"`
-	TmpfsBytes  int64   `json:"tmpfsBytes"`
-	CPUs        float64 `json:"cpus,omitempty"`
-	Pids        int64   `json:"pids"`
+	// MemoryBytes is its memory limit.
+	MemoryBytes int64 `json:"memoryBytes"`
+	// TmpfsBytes is the size of its writable layer.
+	TmpfsBytes int64 `json:"tmpfsBytes"`
+	// CPUs is its CPU quota, 0 for none.
+	CPUs float64 `json:"cpus,omitempty"`
+	// Pids caps its tasks.
+	Pids int64 `json:"pids"`
 	// TmpfsUsed is what its writable layer holds now.
 	TmpfsUsed int64 `json:"tmpfsUsed"`
 	// Cgroup is its cgroup path, empty for a bundle.

@@ -336,7 +336,7 @@ func (m *Manager) start(ctx context.Context, x *ctr, digest string, req RunReque
 	if err != nil {
 		// The runtime writes why to the container's stderr.
 		if b, rerr := os.ReadFile(logPath(c.Bundle, "stderr")); rerr == nil && len(b) > 0 {
-			err = fmt.Errorf("%w: %s", err, lastLine(string(b)))
+			err = fmt.Errorf("%w: %s", err, ociruntime.LastLine(string(b)))
 		}
 		return fmt.Errorf("container %s: %w", c.Name, err)
 	}
@@ -349,15 +349,6 @@ func (m *Manager) start(ctx context.Context, x *ctr, digest string, req RunReque
 	m.log.Info("container started", "container", c.Name, "id", c.ID, "image", c.Image, "job", c.Job, "uid", c.UID, "pid", pid)
 	go m.watch(x, pid)
 	return nil
-}
-
-func lastLine(s string) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	l := lines[len(lines)-1]
-	if i := strings.Index(l, `msg="`); i >= 0 {
-		l = strings.TrimSuffix(l[i+5:], `"`)
-	}
-	return l
 }
 
 // watch waits for the container's first process to exit and records its

@@ -113,12 +113,18 @@ type Cache struct {
 
 // Stats are the cache's counters since the agent started.
 type Stats struct {
-	Fetches      atomic.Int64 // blobs downloaded
-	FetchedBytes atomic.Int64 // bytes downloaded
-	Refetches    atomic.Int64 // cached blobs found corrupt and fetched again
-	Unpacks      atomic.Int64 // lowers unpacked
-	Hits         atomic.Int64 // Lower calls served by an unpacked lower
-	Evictions    atomic.Int64 // images evicted to make room
+	// Fetches counts blobs downloaded.
+	Fetches atomic.Int64
+	// FetchedBytes counts bytes downloaded.
+	FetchedBytes atomic.Int64
+	// Refetches counts cached blobs found corrupt and fetched again.
+	Refetches atomic.Int64
+	// Unpacks counts lowers unpacked.
+	Unpacks atomic.Int64
+	// Hits counts Lower calls served by an unpacked lower.
+	Hits atomic.Int64
+	// Evictions counts images evicted to make room.
+	Evictions atomic.Int64
 }
 
 // Stats returns the cache's counters.

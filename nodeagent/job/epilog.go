@@ -29,13 +29,15 @@ type EpilogResult struct {
 	Containers int `json:"containers"`
 	// Killed is the number of processes killed.
 	Killed int `json:"killed"`
-	// FilesRemoved and FileBytes count what the user left in CleanDirs.
-	FilesRemoved int   `json:"filesRemoved"`
-	FileBytes    int64 `json:"fileBytes"`
-	// MemAvailableBefore and MemAvailableAfter are the node's available
-	// RAM at the prolog and now (the difference includes other jobs').
+	// FilesRemoved counts what the user left in CleanDirs.
+	FilesRemoved int `json:"filesRemoved"`
+	// FileBytes is the size of those files.
+	FileBytes int64 `json:"fileBytes"`
+	// MemAvailableBefore is the node's available RAM at the prolog.
 	MemAvailableBefore int64 `json:"memAvailableBefore"`
-	MemAvailableAfter  int64 `json:"memAvailableAfter"`
+	// MemAvailableAfter is the node's available RAM now (the difference
+	// includes other jobs').
+	MemAvailableAfter int64 `json:"memAvailableAfter"`
 	// Problems say why the node is not clean; empty when it is.
 	Problems []string `json:"problems,omitempty"`
 }
@@ -89,8 +91,8 @@ func (r *Registry) Epilog(ctx context.Context, env Env) (EpilogResult, error) {
 		res.Problems = append(res.Problems, fmt.Sprintf("scratch: %v", err))
 	}
 	if !others && j.UID != 0 {
-		res.FilesRemoved, res.FileBytes = removeUserFiles(r.cfg.CleanDirs, j.UID)
-		if n, b := countUserFiles(r.cfg.CleanDirs, j.UID); n > 0 {
+		res.FilesRemoved, res.FileBytes = userFiles(r.cfg.CleanDirs, j.UID, true)
+		if n, b := userFiles(r.cfg.CleanDirs, j.UID, false); n > 0 {
 			res.Problems = append(res.Problems, fmt.Sprintf("%d files (%d KiB) of uid %d could not be removed from %v", n, b>>10, j.UID, r.cfg.CleanDirs))
 		}
 	}
@@ -253,9 +255,9 @@ func mountsUnder(dir string) []string {
 	return out
 }
 
-// removeUserFiles removes the top-level entries of dirs owned by uid and
-// returns how many and their size.
-func removeUserFiles(dirs []string, uid int) (int, int64) {
+// userFiles finds (and with remove, removes) the top-level entries of
+// dirs owned by uid, and returns how many and their size.
+func userFiles(dirs []string, uid int, remove bool) (int, int64) {
 	n, bytes := 0, int64(0)
 	for _, d := range dirs {
 		des, _ := os.ReadDir(d)
@@ -265,26 +267,12 @@ func removeUserFiles(dirs []string, uid int) (int, int64) {
 			if unix.Lstat(p, &st) != nil || int(st.Uid) != uid {
 				continue
 			}
-			bytes += du(p)
-			if os.RemoveAll(p) == nil {
-				n++
+			size := du(p)
+			if remove && os.RemoveAll(p) != nil {
+				continue
 			}
-		}
-	}
-	return n, bytes
-}
-
-func countUserFiles(dirs []string, uid int) (int, int64) {
-	n, bytes := 0, int64(0)
-	for _, d := range dirs {
-		des, _ := os.ReadDir(d)
-		for _, de := range des {
-			p := filepath.Join(d, de.Name())
-			var st unix.Stat_t
-			if unix.Lstat(p, &st) == nil && int(st.Uid) == uid {
-				n++
-				bytes += du(p)
-			}
+			n++
+			bytes += size
 		}
 	}
 	return n, bytes

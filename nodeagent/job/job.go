@@ -120,15 +120,18 @@ func EnvFrom(environ []string) (Env, error) {
 type Job struct {
 	// ID is the scheduler's job id.
 	ID string `json:"id"`
-	// User, UID and GID are its user.
+	// User is its user's name.
 	User string `json:"user"`
-	UID  int    `json:"uid"`
-	GID  int    `json:"gid"`
+	// UID is its user's id.
+	UID int `json:"uid"`
+	// GID is its group's id.
+	GID int `json:"gid"`
 	// MemoryBytes is its memory on the node, 0 when unknown.
 	MemoryBytes int64 `json:"memoryBytes"`
-	// Scratch is its scratch directory (a tmpfs), ScratchBytes its size.
-	Scratch      string `json:"scratch"`
-	ScratchBytes int64  `json:"scratchBytes"`
+	// Scratch is its scratch directory (a tmpfs).
+	Scratch string `json:"scratch"`
+	// ScratchBytes is the scratch's size.
+	ScratchBytes int64 `json:"scratchBytes"`
 	// Registered is when the prolog registered it.
 	Registered time.Time `json:"registered"`
 	// MemAvailable is the node's available RAM at the prolog.

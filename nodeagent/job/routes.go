@@ -10,6 +10,7 @@ import (
 // HookRequest is the body of POST /v1/jobs/prolog and /v1/jobs/epilog:
 // what Slurm gave the hook.
 type HookRequest struct {
+	// Env is the hook's Slurm environment.
 	Env Env `json:"env"`
 }
 
@@ -67,7 +68,9 @@ func (r *Registry) Routes(mux *http.ServeMux) {
 // Summary is the node's workload for the head: its jobs and containers.
 // The agent daemon sends it with its heartbeat.
 type Summary struct {
-	Jobs       []Job                 `json:"jobs"`
+	// Jobs are the registered jobs.
+	Jobs []Job `json:"jobs"`
+	// Containers are the node's containers.
 	Containers []container.Container `json:"containers"`
 }
 

@@ -210,6 +210,7 @@ type Error struct {
 	Message string `json:"error"`
 }
 
+// Error returns the message.
 func (e *Error) Error() string { return e.Message }
 
 // WriteError writes err as a JSON error response with status code.

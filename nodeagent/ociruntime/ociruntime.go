@@ -77,8 +77,12 @@ func (r *Runtime) Seccomp() bool {
 
 // IO is a container's standard streams; nil means /dev/null.
 type IO struct {
-	Stdin          io.Reader
-	Stdout, Stderr io.Writer
+	// Stdin is the standard input.
+	Stdin io.Reader
+	// Stdout is the standard output.
+	Stdout io.Writer
+	// Stderr is the standard error.
+	Stderr io.Writer
 }
 
 // command returns the runtime invoked with args after its global flags.
@@ -96,19 +100,19 @@ func (r *Runtime) run(ctx context.Context, args ...string) ([]byte, error) {
 	if err := cmd.Run(); err != nil {
 		msg := strings.TrimSpace(stderr.String())
 		if strings.Contains(msg, "does not exist") || strings.Contains(msg, "not found") {
-			return nil, fmt.Errorf("%s %s: %s: %w", r.Name, args[0], lastLine(msg), ErrNotExist)
+			return nil, fmt.Errorf("%s %s: %s: %w", r.Name, args[0], LastLine(msg), ErrNotExist)
 		}
 		if msg != "" {
-			return nil, fmt.Errorf("%s %s: %w: %s", r.Name, args[0], err, lastLine(msg))
+			return nil, fmt.Errorf("%s %s: %w: %s", r.Name, args[0], err, LastLine(msg))
 		}
 		return nil, fmt.Errorf("%s %s: %w", r.Name, args[0], err)
 	}
 	return stdout.Bytes(), nil
 }
 
-// lastLine returns the last non-empty line of runtime output, stripped of
+// LastLine returns the last non-empty line of runtime output, stripped of
 // runc's logrus prefix, which is where runc and crun say what failed.
-func lastLine(s string) string {
+func LastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	l := lines[len(lines)-1]
 	if i := strings.Index(l, `msg="`); i >= 0 {
@@ -135,7 +139,7 @@ func (r *Runtime) Run(ctx context.Context, id, bundle string, io IO) (pid int, e
 		if msg == "" {
 			msg = "see the container's log"
 		}
-		return 0, fmt.Errorf("%s run %s: %w: %s", r.Name, id, err, lastLine(msg))
+		return 0, fmt.Errorf("%s run %s: %w: %s", r.Name, id, err, LastLine(msg))
 	}
 	b, err := os.ReadFile(pidFile)
 	if err != nil {

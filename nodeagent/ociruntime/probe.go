@@ -233,7 +233,7 @@ func (r *Runtime) trial(ctx context.Context, dir string) error {
 		if msg == "" {
 			msg = err.Error()
 		}
-		return fmt.Errorf("trial container failed: %s", lastLine(msg))
+		return fmt.Errorf("trial container failed: %s", LastLine(msg))
 	}
 	return nil
 }

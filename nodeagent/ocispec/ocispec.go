@@ -60,9 +60,9 @@ type Options struct {
 	Env []string
 	// Cwd is the working directory. Default "/".
 	Cwd string
-	// UID and GID are the process's user and group; AdditionalGIDs its
-	// supplementary groups.
-	UID, GID       uint32
+	// UID and GID are the process's user and group.
+	UID, GID uint32
+	// AdditionalGIDs are its supplementary groups.
 	AdditionalGIDs []uint32
 	// MemoryBytes caps the cgroup's memory (including the tmpfs pages
 	// its processes write: the container's writable layer). 0 = no limit.

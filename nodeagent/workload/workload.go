@@ -68,12 +68,15 @@ type Config struct {
 
 // Workload is the node's jobs and containers service.
 type Workload struct {
-	cfg   Config
-	log   *slog.Logger
+	cfg Config
+	log *slog.Logger
+	// Cache is the image cache.
 	Cache *imagecache.Cache
-	Ctrs  *container.Manager
-	Jobs  *job.Registry
-	head  *imagecache.Head
+	// Ctrs is the container manager.
+	Ctrs *container.Manager
+	// Jobs is the job registry.
+	Jobs *job.Registry
+	head *imagecache.Head
 
 	mu      sync.Mutex
 	rt      *ociruntime.Runtime
@@ -252,6 +255,7 @@ func (r runtimeRef) Delete(ctx context.Context, id string, force bool) error {
 // RuntimeReport is the answer to GET /v1/runtime.
 type RuntimeReport struct {
 	ociruntime.Report
+	// Error says why no runtime works, if none does.
 	Error string `json:"error,omitempty"`
 }
 

@@ -146,8 +146,12 @@ func TestRunIsolated(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
-	// The seccomp profile refuses what the isolation needs refused, even
-	// where capabilities would not.
+	// The seccomp profile refuses what capabilities would not: an
+	// unprivileged user namespace.
+	_, errs, code = r.run(t, container.RunRequest{Image: "busybox", User: "1000", Args: []string{"unshare", "-U", "true"}})
+	if code == 0 || !strings.Contains(errs, "Operation not permitted") {
+		t.Errorf("unshare -U in a container: exit %d, %q; want EPERM from seccomp", code, errs)
+	}
 	_, errs, code = r.run(t, container.RunRequest{Image: "busybox", User: "1000", Args: []string{"sh", "-c", "exit 3"}})
 	if code != 3 {
 		t.Errorf("exit status %d, want 3 (%s)", code, errs)

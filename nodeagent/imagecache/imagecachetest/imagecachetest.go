@@ -268,7 +268,7 @@ func freePort(t testing.TB) int {
 }
 
 // BusyboxApplets are linked to busybox in BusyboxTree.
-var BusyboxApplets = []string{"sh", "cat", "echo", "true", "false", "sleep", "dd", "id", "ls", "date", "head", "env", "touch", "rm", "mkdir", "df", "ps", "kill", "wc", "setsid", "nohup", "stat", "grep", "test", "tee"}
+var BusyboxApplets = []string{"sh", "cat", "echo", "true", "false", "sleep", "dd", "id", "ls", "date", "head", "env", "touch", "rm", "mkdir", "df", "ps", "kill", "wc", "setsid", "nohup", "stat", "grep", "test", "tee", "unshare", "hostname"}
 
 // BusyboxTree writes a minimal root tree: Debian's static busybox with its
 // applets, /etc/passwd, /tmp (1777). It skips the test when busybox-static

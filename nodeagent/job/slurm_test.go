@@ -97,10 +97,17 @@ func TestSlurm(t *testing.T) {
 			t.Skipf("needs %s (make deps installs slurm-wlm, munge, runc)", b)
 		}
 	}
+	// The job's user: the epilog kills every process of that user, so not
+	// nobody, whom other tests on the machine run as.
+	ju, err := user.Lookup("games")
+	if err != nil {
+		t.Skip("needs the user games (Debian's base-passwd)")
+	}
+	jobUID := ju.Uid
 	h := imagecachetest.Start(t)
 	h.BuildImage(t, "busybox", imagecachetest.BusyboxTree(t))
 	cfg := h.Boot(t)
-	// The job's user (nobody) reaches the agent, its socket and the
+	// The job's user (games) reaches the agent, its socket and the
 	// output directory: not under the test's 0700 temporary directory.
 	dir, err := os.MkdirTemp("", "ramboot-slurm-")
 	if err != nil {
@@ -239,14 +246,14 @@ PartitionName=debug Nodes=%[1]s Default=YES MaxTime=INFINITE State=UP
 		return ""
 	}
 
-	// A job of user nobody runs a container through the agent and leaves
+	// A job of user games runs a container through the agent and leaves
 	// a process behind in a session of its own.
 	result := filepath.Join(dir, "out", "result")
 	script := fmt.Sprintf("#!/bin/sh\nexport RAMBOOT_AGENT_SOCKET=%s\nsetsid sleep 1000 </dev/null >/dev/null 2>&1 &\n%s run --tmpfs-size 16M busybox -- sh -c 'echo hello from the container; id -u' > %s 2>&1\necho exit $? >> %s\n",
 		sock, agent, result, result)
 	scriptPath := filepath.Join(dir, "out", "job.sh")
 	os.WriteFile(scriptPath, []byte(script), 0o755)
-	id := submit("--uid=65534", "--gid=65534", "--mem=64M", "--output="+filepath.Join(dir, "out", "slurm-%j.out"), scriptPath)
+	id := submit("--uid="+jobUID, "--gid="+ju.Gid, "--mem=64M", "--output="+filepath.Join(dir, "out", "slurm-%j.out"), scriptPath)
 	waitFor(t, "job "+id+" completed", 90*time.Second, func() error {
 		if s := jobState(id); s != "COMPLETED" && s != "FAILED" {
 			return fmt.Errorf("state %q", s)
@@ -254,9 +261,9 @@ PartitionName=debug Nodes=%[1]s Default=YES MaxTime=INFINITE State=UP
 		return nil
 	})
 	got, _ := os.ReadFile(result)
-	if !strings.Contains(string(got), "hello from the container\n65534\nexit 0") {
+	if !strings.Contains(string(got), "hello from the container\n"+jobUID+"\nexit 0") {
 		slurmOut, _ := os.ReadFile(filepath.Join(dir, "out", "slurm-"+id+".out"))
-		t.Errorf("job output %q (slurm output %q), want the container's output as uid 65534", got, slurmOut)
+		t.Errorf("job output %q (slurm output %q), want the container's output as uid %s", got, slurmOut, jobUID)
 	}
 	// The epilog ran: nothing of the job remains.
 	waitFor(t, "the epilog", 30*time.Second, func() error {
@@ -265,7 +272,7 @@ PartitionName=debug Nodes=%[1]s Default=YES MaxTime=INFINITE State=UP
 		}
 		return nil
 	})
-	if ps, _ := exec.Command("pgrep", "-u", "65534").Output(); len(bytes.TrimSpace(ps)) > 0 {
+	if ps, _ := exec.Command("pgrep", "-u", jobUID).Output(); len(bytes.TrimSpace(ps)) > 0 {
 		t.Errorf("processes of the job's user left: %s", ps)
 	}
 	// The image cache stays (the next job's containers start from it);
@@ -279,13 +286,13 @@ PartitionName=debug Nodes=%[1]s Default=YES MaxTime=INFINITE State=UP
 		}
 	}
 	tl := strings.Join(h.Timeline(t), "\n")
-	if !strings.Contains(tl, "job-epilog: job "+id+" (nobody) ok: clean") {
+	if !strings.Contains(tl, "job-epilog: job "+id+" (games) ok: clean") {
 		t.Errorf("head timeline lacks the clean epilog:\n%s", tl)
 	}
 
 	// A job the node cannot hold: the prolog fails and drains the node
 	// with its own reason.
-	id2 := submit("--uid=65534", "--gid=65534", "--mem=3000G", "--output=/dev/null", "--wrap=true")
+	id2 := submit("--uid="+jobUID, "--gid="+ju.Gid, "--mem=3000G", "--output=/dev/null", "--wrap=true")
 	waitFor(t, "the node drained", 60*time.Second, func() error {
 		out, _ := scontrol("show", "node", host)
 		if !strings.Contains(out, "Reason=ramboot prolog job "+id2) {

@@ -231,7 +231,8 @@ func (c *Cache) load() {
 
 // Resolve asks the head which image ref names ("name", "name:tag" or a
 // manifest digest). An image already cached under its digest needs no
-// head.
+// head, and a name already cached still resolves when the head cannot be
+// reached.
 func (c *Cache) Resolve(ctx context.Context, ref string) (overlay.NodeImage, error) {
 	if err := c.init(); err != nil {
 		return overlay.NodeImage{}, err
@@ -256,6 +257,12 @@ func (c *Cache) Resolve(ctx context.Context, ref string) (overlay.NodeImage, err
 	req.Header.Set("Authorization", "Bearer "+h.Token)
 	resp, err := h.client().Do(req)
 	if err != nil {
+		// The head is down (restarting, say): a name already cached
+		// keeps working, as it resolved last.
+		if img, ok := c.cachedByName(ref); ok {
+			c.log().Warn("head unreachable: using the cached image", "image", ref, "digest", img.Digest, "err", err)
+			return img, nil
+		}
 		return overlay.NodeImage{}, fmt.Errorf("resolve image %q at the head: %w", ref, err)
 	}
 	defer resp.Body.Close()
@@ -293,6 +300,23 @@ func (c *Cache) Resolve(ctx context.Context, ref string) (overlay.NodeImage, err
 	}
 	c.mu.Unlock()
 	return img, nil
+}
+
+// cachedByName returns the most recently used cached image that ref
+// resolved to.
+func (c *Cache) cachedByName(ref string) (overlay.NodeImage, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var best *entry
+	for _, e := range c.entries {
+		if (e.img.Ref == ref || e.img.Name == ref) && (best == nil || e.lastUse.After(best.lastUse)) {
+			best = e
+		}
+	}
+	if best == nil {
+		return overlay.NodeImage{}, false
+	}
+	return best.img, true
 }
 
 // Lower returns the directory of the image's unpacked, read-only root file

@@ -114,6 +114,17 @@ func TestCacheFromHead(t *testing.T) {
 		t.Errorf("refetches %d fetches %d, want 1 1", c3.Stats().Refetches.Load(), c3.Stats().Fetches.Load())
 	}
 
+	// The head unreachable (restarting): a cached name still resolves.
+	dead := imagecache.HeadFrom(h.Config)
+	dead.URL = "http://127.0.0.1:1"
+	c4 := &imagecache.Cache{Dir: c.Dir, Head: dead}
+	if got, err := c4.Resolve(ctx, "busybox"); err != nil || got.Digest != img.Digest {
+		t.Errorf("cached name with the head down: %+v, %v", got, err)
+	}
+	if _, err := c4.Resolve(ctx, "other"); err == nil {
+		t.Error("an uncached name resolved with the head down")
+	}
+
 	if _, err := c3.Resolve(ctx, "nosuch"); !errors.Is(err, imagecache.ErrUnknownImage) || !strings.Contains(err.Error(), "nosuch") {
 		t.Errorf("unknown image: %v", err)
 	}

@@ -167,6 +167,9 @@ type Heartbeat struct {
 	OverlayGeneration string `json:"overlayGeneration,omitempty"`
 	// AgentRSSBytes is the agent daemon's resident memory.
 	AgentRSSBytes int64 `json:"agentRSSBytes,omitempty"`
+	// Workload is the node's jobs and containers; nil when the daemon
+	// runs no workload service.
+	Workload *Workload `json:"workload,omitempty"`
 }
 
 // Schedule is the head's answer to a registration or a heartbeat.

@@ -9,11 +9,16 @@
 // On a systemd image it runs as ramboot-agent.service (Type=notify); on a
 // minimal image the agent's PID 1 runs it as a child and restarts it.
 //
-//	d := &daemon.Daemon{Logger: log, Version: version, Routes: []daemon.Registrar{containers}}
-//	err := d.Run(ctx) // until ctx ends (SIGTERM), then reports the shutdown
+//	head := headapi.NewClient(nodeCfg, "ramboot-agent/"+version, netip.Addr{})
+//	d := &daemon.Daemon{Logger: log, Version: version, Head: head}
+//	w, err := workload.New(ctx, workload.Config{Head: head, Connected: d.Connected})
+//	d.Routes, d.Summary = []daemon.Registrar{daemon.RegistrarFunc(w.Routes)}, w.Summary
+//	err = d.Run(ctx) // until ctx ends (SIGTERM), then reports the shutdown
 //
 // Other parts of the agent add routes to the local API with a Registrar;
-// every route sees its caller's credentials (localapi.CallerFrom).
+// every route sees its caller's credentials (localapi.CallerFrom). They
+// reach the head through the daemon's own client (Head), and send what
+// the head should see of them with each heartbeat (Summary).
 package daemon
 
 import (
@@ -24,6 +29,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -83,9 +89,19 @@ type Daemon struct {
 	Console io.Writer
 	// Version is the agent's version, reported to the head.
 	Version string
-	// HTTPClient reaches the head; nil means a client that dials from a
-	// privileged port (headapi.Dialer).
+	// Head is the client of the head's node API that the daemon and the
+	// services it serves share. Nil means one made from the node
+	// configuration: headapi.NewClient, or HTTPClient when that is set.
+	Head *headapi.Client
+	// HTTPClient reaches the head when Head is nil; nil means a client
+	// that dials from a privileged port (headapi.Dialer).
 	HTTPClient *http.Client
+	// SourceAddr, when valid, is the address requests to the head leave
+	// from (when Head is nil); the zero value lets the kernel pick.
+	SourceAddr netip.Addr
+	// Summary, when set, gives the node's jobs and containers for each
+	// heartbeat.
+	Summary func() *overlay.Workload
 	// BackoffMin is the ceiling of the first wait after a failure. Zero
 	// means DefaultBackoffMin.
 	BackoffMin time.Duration
@@ -105,7 +121,6 @@ type Daemon struct {
 	mu       sync.Mutex
 	status   Status
 	rootFull bool
-	dialer   *headapi.Dialer
 	beat     chan struct{} // asks for a heartbeat now
 }
 
@@ -133,6 +148,25 @@ func (d *Daemon) root() string {
 		return "/"
 	}
 	return d.Root
+}
+
+// Connected returns nil when the daemon is registered with the head and
+// its last request was answered, else why not: the scheduler's prolog
+// checks it before a job starts.
+func (d *Daemon) Connected() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.status
+	switch {
+	case st.Registered && st.Connected:
+		return nil
+	case st.LastError != "":
+		return fmt.Errorf("agent not connected to the head %s (%d failures): %s", st.Head, st.Failures, st.LastError)
+	case st.Registered:
+		return fmt.Errorf("agent not connected to the head %s", st.Head)
+	default:
+		return fmt.Errorf("agent not registered with the head %s yet", st.Head)
+	}
 }
 
 // Status returns the daemon's view of the node now.
@@ -179,12 +213,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Node: cfg.Node, Head: cfg.HeadURL, Image: cfg.Image, AgentVersion: d.Version,
 		Boot: rec, OverlayGeneration: cfg.OverlayGeneration, IntervalSeconds: DefaultInterval.Seconds(),
 	}
-	client := &headapi.Client{Config: cfg, HTTPClient: d.HTTPClient, UserAgent: "ramboot-agent/" + d.Version}
-	if client.HTTPClient == nil {
-		d.dialer = &headapi.Dialer{}
-		t := headapi.NewTransport()
-		t.DialContext = d.dialer.DialContext
-		client.HTTPClient = &http.Client{Transport: t}
+	client := d.Head
+	switch {
+	case client != nil:
+	case d.HTTPClient != nil:
+		client = &headapi.Client{Config: cfg, HTTPClient: d.HTTPClient, UserAgent: "ramboot-agent/" + d.Version}
+	default:
+		client = headapi.NewClient(cfg, "ramboot-agent/"+d.Version, d.SourceAddr)
 	}
 
 	socket := d.Socket
@@ -278,12 +313,12 @@ func (d *Daemon) loop(ctx context.Context, client *headapi.Client) {
 			})
 		} else {
 			if !registered {
-				log.Info("registered with the head", "head", client.Config.HeadURL, "interval", s.Interval(), "down_after", s.DownAfter())
+				log.Info("registered with the head", "head", client.NodeConfig().HeadURL, "interval", s.Interval(), "down_after", s.DownAfter())
 				registered = true
 				if d.Status().Boot.State == overlay.StateFailed {
-					d.say("%s registered with the head, boot failed: %s", client.Config.Node, d.Status().Boot.Error)
+					d.say("%s registered with the head, boot failed: %s", client.NodeConfig().Node, d.Status().Boot.Error)
 				} else {
-					d.say("%s ready", client.Config.Node)
+					d.say("%s ready", client.NodeConfig().Node)
 				}
 			} else if bo.Failures() > 0 {
 				log.Info("head reachable again", "failures", bo.Failures())
@@ -299,9 +334,7 @@ func (d *Daemon) loop(ctx context.Context, client *headapi.Client) {
 				st.Heartbeats++
 				st.IntervalSeconds, st.DownAfterSeconds = sched.IntervalSeconds, sched.DownAfterSeconds
 				st.HeadSkewSeconds = time.Since(s.HeadTime).Seconds()
-				if d.dialer != nil {
-					st.PrivilegedPort = d.dialer.Privileged()
-				}
+				st.PrivilegedPort = client.Privileged()
 			})
 			if s.OverlayGeneration != "" && s.OverlayGeneration != d.Status().OverlayGeneration {
 				if err := d.refresh(ctx, client); err != nil {

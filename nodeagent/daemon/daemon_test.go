@@ -237,6 +237,33 @@ func TestRegisterAgain(t *testing.T) {
 	}
 }
 
+// TestWorkloadInHeartbeats: what Summary gives goes with every heartbeat,
+// and Connected says whether the daemon is registered and heard from the
+// head (the prolog's check).
+func TestWorkloadInHeartbeats(t *testing.T) {
+	head := fastHead(t)
+	n := newNode(t, head)
+	head.Stop() // not reachable yet
+	d := &daemon.Daemon{Summary: func() *overlay.Workload {
+		return &overlay.Workload{Jobs: []overlay.WorkloadJob{{ID: "42", User: "alice", UID: 1000}},
+			Containers: []overlay.WorkloadContainer{{ID: "c1", Name: "web", Image: "busybox", Job: "42", State: "running"}}}
+	}}
+	n.run(t, d)
+	waitFor(t, "a failed registration", func() bool { return d.Status().Failures > 0 })
+	if err := d.Connected(); err == nil || !strings.Contains(err.Error(), "not") {
+		t.Errorf("Connected before any answer: %v", err)
+	}
+	head.Start()
+	waitFor(t, "2 heartbeats", func() bool { return len(head.Heartbeats()) >= 2 })
+	if err := d.Connected(); err != nil {
+		t.Errorf("Connected while heartbeating: %v", err)
+	}
+	hb := head.Heartbeats()[1].Heartbeat
+	if w := hb.Workload; w == nil || len(w.Jobs) != 1 || w.Jobs[0].ID != "42" || len(w.Containers) != 1 || w.Containers[0].Name != "web" {
+		t.Errorf("heartbeat workload %+v", hb.Workload)
+	}
+}
+
 func TestOverlayRefresh(t *testing.T) {
 	head := fastHead(t)
 	n := newNode(t, head)

@@ -27,7 +27,7 @@ func (d *Daemon) refresh(ctx context.Context, client *headapi.Client) error {
 	if err != nil {
 		return err
 	}
-	old := client.Config
+	old := client.NodeConfig()
 	cfg := o.Config
 	cfg.Token, cfg.OverlayGeneration = old.Token, o.Generation
 	if err := cfg.Validate(); err != nil {
@@ -67,7 +67,7 @@ func (d *Daemon) refresh(ctx context.Context, client *headapi.Client) error {
 	if !sameInterface(cfg.Interface, old.Interface) || cfg.Image != old.Image {
 		d.log().Warn("the new overlay changes the interface or the image: that takes a reboot", "node", cfg.Node)
 	}
-	client.Config = cfg
+	client.SetConfig(cfg)
 	d.update(func(s *Status) {
 		s.OverlayGeneration, s.OverlayRefreshed = o.Generation, time.Now()
 		s.Head, s.Image = cfg.HeadURL, cfg.Image

@@ -120,6 +120,9 @@ func (d *Daemon) heartbeat(root string) overlay.Heartbeat {
 	r := st.Root
 	h.Root = &r
 	d.checkRoot(r)
+	if d.Summary != nil {
+		h.Workload = d.Summary()
+	}
 	return h
 }
 

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -25,6 +26,10 @@ const (
 type Dialer struct {
 	// Timeout bounds a connect. Zero means 10 s.
 	Timeout time.Duration
+	// Local, when valid, is the address connections leave from; the zero
+	// value lets the kernel pick (the provisioning interface's address,
+	// for a head on the provisioning network).
+	Local netip.Addr
 
 	refused    atomic.Bool // binding a privileged port is not allowed here
 	privileged atomic.Bool // the last connection got one
@@ -43,7 +48,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 	if !d.refused.Load() {
 		for range 8 {
 			port := PrivilegedPortMin + rand.N(PrivilegedPortMax-PrivilegedPortMin+1)
-			nd := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{Port: port}, Control: reuseAddr}
+			nd := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: d.ip(), Port: port}, Control: reuseAddr}
 			c, err := nd.DialContext(ctx, network, addr)
 			if err == nil {
 				d.privileged.Store(true)
@@ -62,7 +67,18 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 	}
 	d.privileged.Store(false)
 	nd := net.Dialer{Timeout: timeout}
+	if ip := d.ip(); ip != nil {
+		nd.LocalAddr = &net.TCPAddr{IP: ip}
+	}
 	return nd.DialContext(ctx, network, addr)
+}
+
+// ip returns Local as a net.IP, nil when it is not set.
+func (d *Dialer) ip() net.IP {
+	if !d.Local.IsValid() {
+		return nil
+	}
+	return net.IP(d.Local.AsSlice())
 }
 
 // NewTransport returns an HTTP transport that dials through a new Dialer,

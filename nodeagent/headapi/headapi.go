@@ -1,11 +1,13 @@
 // Package headapi is the node agent's client of the head's node API: the
 // routes of overlay.Config's head that a node calls with its per-boot
-// token (register, heartbeat, shutdown, runtime overlay) and the head's
-// clock. Requests leave from a privileged source port where the process
-// may bind one, and the token is only ever put in the Authorization
-// header, never in a URL, an error or a log.
+// token (register, heartbeat, shutdown, runtime overlay, container images,
+// job events), image downloads and the head's clock: one client for the
+// agent daemon and the workload it serves. Requests leave from a
+// privileged source port where the process may bind one, and the token is
+// only ever put in the Authorization header, never in a URL, an error or a
+// log.
 //
-//	c := &headapi.Client{Config: cfg}
+//	c := headapi.NewClient(cfg, "ramboot-agent/v1", netip.Addr{})
 //	sched, err := c.Register(ctx, report)      // the node is booted
 //	sched, err = c.Heartbeat(ctx, heartbeat)    // every sched.Interval()
 //	var se *headapi.StatusError
@@ -23,7 +25,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ramboot/ramboot/images/overlay"
@@ -39,7 +43,8 @@ const maxAnswer = 16 << 20
 // Client calls the head's node API for one node. Set its fields before
 // the first call; it is safe for concurrent use.
 type Client struct {
-	// Config names the head (HeadURL), the node and its token.
+	// Config names the head (HeadURL), the node and its token. Set it
+	// before the first call; SetConfig replaces it later.
 	Config overlay.Config
 	// HTTPClient makes the requests. Nil means a shared client whose
 	// Transport is NewTransport: a privileged source port, no proxy.
@@ -49,6 +54,44 @@ type Client struct {
 	AttemptTimeout time.Duration
 	// UserAgent is sent as User-Agent. Empty means "ramboot-agent".
 	UserAgent string
+
+	dialer *Dialer // NewClient's, for Privileged
+
+	mu  sync.Mutex
+	cfg *overlay.Config // SetConfig's
+}
+
+// NewClient returns a client of the head named in cfg whose requests leave
+// from a privileged source port where the process may bind one (see
+// Dialer), and from local when it is valid (else from the address the
+// kernel picks).
+func NewClient(cfg overlay.Config, userAgent string, local netip.Addr) *Client {
+	d := &Dialer{Local: local}
+	t := NewTransport()
+	t.DialContext = d.DialContext
+	return &Client{Config: cfg, HTTPClient: &http.Client{Transport: t}, UserAgent: userAgent, dialer: d}
+}
+
+// Privileged reports whether the last connection of a client made by
+// NewClient left from a privileged port.
+func (c *Client) Privileged() bool { return c.dialer != nil && c.dialer.Privileged() }
+
+// NodeConfig returns the node configuration the client uses now.
+func (c *Client) NodeConfig() overlay.Config {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cfg != nil {
+		return *c.cfg
+	}
+	return c.Config
+}
+
+// SetConfig makes cfg the node configuration of the requests from now on
+// (a refreshed overlay: a new head URL, say); safe while requests run.
+func (c *Client) SetConfig(cfg overlay.Config) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cfg = &cfg
 }
 
 // StatusError is an answer from the head other than 2xx.
@@ -134,7 +177,8 @@ func (c *Client) do(ctx context.Context, method, route string, auth bool, in, ou
 		}
 		body = bytes.NewReader(b)
 	}
-	url := c.Config.URL(route)
+	cfg := c.NodeConfig()
+	url := cfg.URL(route)
 	req, err := http.NewRequestWithContext(ctx, method, url, body)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, route, err)
@@ -143,18 +187,9 @@ func (c *Client) do(ctx context.Context, method, route string, auth bool, in, ou
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if auth {
-		req.Header.Set("Authorization", "Bearer "+c.Config.Token)
+		req.Header.Set("Authorization", "Bearer "+cfg.Token)
 	}
-	ua := c.UserAgent
-	if ua == "" {
-		ua = "ramboot-agent"
-	}
-	req.Header.Set("User-Agent", ua)
-	hc := c.HTTPClient
-	if hc == nil {
-		hc = defaultClient
-	}
-	resp, err := hc.Do(req)
+	resp, err := c.send(req)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, url, err)
 	}
@@ -181,4 +216,18 @@ func (c *Client) do(ctx context.Context, method, route string, auth bool, in, ou
 		}
 	}
 	return nil
+}
+
+// send sends req with the client's User-Agent through its HTTP client.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	ua := c.UserAgent
+	if ua == "" {
+		ua = "ramboot-agent"
+	}
+	req.Header.Set("User-Agent", ua)
+	hc := c.HTTPClient
+	if hc == nil {
+		hc = defaultClient
+	}
+	return hc.Do(req)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -125,6 +126,28 @@ func daemonRole() int {
 		}
 		if got := ee.ExitCode(); got != want {
 			fmt.Fprintf(os.Stderr, "daemon: child %d: exit code %d, want %d\n", i, got, want)
+			return 1
+		}
+	}
+	// The container manager makes the daemon a child subreaper: a
+	// container's first process, orphaned when the runtime exits, comes
+	// to the daemon, never to PID 1's reaper, and the daemon gets its
+	// status.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "daemon: become a subreaper:", err)
+		return 1
+	}
+	for i := range 20 {
+		want := 10 + i%5
+		out, err := exec.Command("/bin/sh", "-c", fmt.Sprintf("sh -c 'sleep 0.05; exit %d' </dev/null >/dev/null 2>&1 & echo $!", want)).Output()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "daemon: orphan %d: %v\n", i, err)
+			return 1
+		}
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+		var ws unix.WaitStatus
+		if _, err := unix.Wait4(pid, &ws, 0, nil); err != nil || ws.ExitStatus() != want {
+			fmt.Fprintf(os.Stderr, "daemon: orphan %d (pid %d): %v, status %d, want %d (taken by PID 1?)\n", i, pid, err, ws.ExitStatus(), want)
 			return 1
 		}
 	}

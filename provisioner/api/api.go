@@ -33,6 +33,10 @@ const (
 	maxBody = 1 << 20
 	// MaxAgentBody bounds every body a node's agent sends (413 beyond).
 	MaxAgentBody = 64 << 10
+	// MaxHeartbeatBody bounds a heartbeat's body: room for the bounded
+	// list of jobs and containers (overlay.MaxWorkloadJobs,
+	// MaxWorkloadContainers) with every text field full.
+	MaxHeartbeatBody = 192 << 10
 	// MaxReportError bounds the error text kept from a failed node's
 	// registration; longer text is cut, not refused, so the reason still
 	// shows.
@@ -51,6 +55,9 @@ const (
 	// agent's version, the root mode, the system state, an overlay
 	// generation, a job id or user.
 	MaxWord = 64
+	// MaxImageRef bounds an image reference a node asks the head to
+	// resolve.
+	MaxImageRef = 256
 	// agentReadTimeout bounds how long reading an agent's body may take.
 	agentReadTimeout = 10 * time.Second
 )
@@ -346,12 +353,15 @@ func (n *Node) count(result string) {
 //	POST /api/v1/nodes/{node}/heartbeat    overlay.Heartbeat -> overlay.Schedule
 //	POST /api/v1/nodes/{node}/shutdown     overlay.Shutdown -> 204
 //	GET  /api/v1/nodes/{node}/overlay      -> overlay.RuntimeOverlay
+//	GET  /api/v1/nodes/{node}/images/{ref} -> overlay.NodeImage
+//	POST /api/v1/nodes/{node}/jobs         overlay.JobEvent -> 204
 //	GET  /api/v1/time                      -> overlay.HeadTime
 //
 // All but the time take "Authorization: Bearer TOKEN".
 func (n *Node) Handler() http.Handler {
 	mux := http.NewServeMux()
 	n.agentRoutes(mux)
+	n.workloadRoutes(mux) // nodeworkload.go
 	return mux
 }
 

@@ -70,6 +70,11 @@ type caller struct {
 // and returns an error when r is refused. The state database checks the
 // token again, atomically, in the change the route makes.
 func (n *Node) authenticate(w http.ResponseWriter, r *http.Request, v any) (caller, error) {
+	return n.authenticateMax(w, r, v, MaxAgentBody)
+}
+
+// authenticateMax is authenticate with a body bounded by limit.
+func (n *Node) authenticateMax(w http.ResponseWriter, r *http.Request, v any, limit int64) (caller, error) {
 	name := r.PathValue("node")
 	fail := func(err error) (caller, error) {
 		writeError(w, err)
@@ -94,7 +99,7 @@ func (n *Node) authenticate(w http.ResponseWriter, r *http.Request, v any) (call
 	}
 	if v != nil {
 		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(agentReadTimeout))
-		r.Body = http.MaxBytesReader(w, r.Body, MaxAgentBody)
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
 		if err := decode(r, v); err != nil {
 			return fail(fmt.Errorf("node %s: %w", name, err))
 		}
@@ -294,7 +299,7 @@ func checkHeartbeat(hb overlay.Heartbeat) error {
 
 func (n *Node) heartbeat(w http.ResponseWriter, r *http.Request) {
 	var hb overlay.Heartbeat
-	c, err := n.authenticate(w, r, &hb)
+	c, err := n.authenticateMax(w, r, &hb, MaxHeartbeatBody)
 	if err != nil {
 		return
 	}
@@ -310,6 +315,7 @@ func (n *Node) heartbeat(w http.ResponseWriter, r *http.Request) {
 	if hb.Root != nil {
 		live.RootUsedBytes, live.RootSizeBytes = hb.Root.UsedBytes, hb.Root.SizeBytes
 	}
+	live.Workload = workload(hb.Workload)
 	wasDown := c.node.Status.State == state.StateDown
 	if err := n.DB.Heartbeat(c.node.Name, c.token, c.from, live); err != nil {
 		writeError(w, err)
@@ -357,4 +363,38 @@ func (n *Node) overlay(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, o)
+}
+
+// workload copies the jobs and containers a heartbeat lists, as bounded
+// as the node should have sent them: at most overlay.MaxWorkloadJobs and
+// MaxWorkloadContainers (the rest counted as omitted), each text field cut
+// to MaxWorkloadText and made printable. A node's odd container name must
+// not cost it its heartbeat.
+func workload(w *overlay.Workload) *state.Workload {
+	if w == nil {
+		return nil
+	}
+	text := func(s string) string { return state.Clip(state.Printable(s), overlay.MaxWorkloadText) }
+	out := &state.Workload{
+		Jobs: []state.WorkloadJob{}, Containers: []state.WorkloadContainer{},
+		OmittedJobs: max(w.OmittedJobs, 0), OmittedContainers: max(w.OmittedContainers, 0),
+	}
+	for i, j := range w.Jobs {
+		if i == overlay.MaxWorkloadJobs {
+			out.OmittedJobs += len(w.Jobs) - i
+			break
+		}
+		out.Jobs = append(out.Jobs, state.WorkloadJob{ID: text(j.ID), User: text(j.User), UID: j.UID, MemoryBytes: max(j.MemoryBytes, 0), Registered: j.Registered})
+	}
+	for i, c := range w.Containers {
+		if i == overlay.MaxWorkloadContainers {
+			out.OmittedContainers += len(w.Containers) - i
+			break
+		}
+		out.Containers = append(out.Containers, state.WorkloadContainer{
+			ID: text(c.ID), Name: text(c.Name), Image: text(c.Image), Job: text(c.Job), UID: c.UID,
+			State: text(c.State), ExitCode: c.ExitCode, Started: c.Started,
+		})
+	}
+	return out
 }

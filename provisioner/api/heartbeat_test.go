@@ -439,9 +439,21 @@ func TestAgentFieldBounds(t *testing.T) {
 	if n, _ := h.db.Get("n1"); n.Agent == nil || n.Agent.Heartbeats != 0 {
 		t.Errorf("refused heartbeats counted: %+v", n.Agent)
 	}
-	big := []byte(`{"systemState":"` + strings.Repeat("x", 70<<10) + `"}`)
+	big := []byte(`{"systemState":"` + strings.Repeat("x", 200<<10) + `"}`)
 	if code, _ := h.call(t, n1, 0, http.MethodPost, hb, tok, big); code != http.StatusRequestEntityTooLarge {
-		t.Errorf("70 KiB heartbeat: %d, want 413", code)
+		t.Errorf("200 KiB heartbeat: %d, want 413", code)
+	}
+	// The largest workload a node sends fits.
+	full := overlay.Workload{}
+	long128 := strings.Repeat("n", overlay.MaxWorkloadText)
+	for range overlay.MaxWorkloadJobs {
+		full.Jobs = append(full.Jobs, overlay.WorkloadJob{ID: long128, User: long128, UID: 1 << 30, MemoryBytes: 1 << 50, Registered: time.Now()})
+	}
+	for range overlay.MaxWorkloadContainers {
+		full.Containers = append(full.Containers, overlay.WorkloadContainer{ID: long128, Name: long128, Image: long128, Job: long128, State: "running", UID: 1 << 30, ExitCode: -1, Started: time.Now()})
+	}
+	if code, body := h.call(t, n1, 0, http.MethodPost, hb, tok, overlay.Heartbeat{UptimeSeconds: 50, Workload: &full}); code != http.StatusOK {
+		t.Errorf("a heartbeat with the largest workload: %d %.200s", code, body)
 	}
 }
 
@@ -464,5 +476,38 @@ func (c reportsCounter) Collect(ch chan<- prometheus.Metric) {
 				ch <- prometheus.MustNewConstMetric(prometheus.NewDesc("c", "c", nil, nil), prometheus.CounterValue, m.GetCounter().GetValue())
 			}
 		}
+	}
+}
+
+// TestHeartbeatWorkload: the jobs and containers a heartbeat lists are
+// what `node show` has; past the bounds they are counted, not refused,
+// and odd text is made printable.
+func TestHeartbeatWorkload(t *testing.T) {
+	h := newHead(t, false)
+	tok := h.token(t, "n1")
+	const n1 = "127.0.0.11"
+	if code, body := h.call(t, n1, 0, http.MethodPost, "/api/v1/nodes/n1/register", tok, report); code != http.StatusOK {
+		t.Fatalf("register: %d %s", code, body)
+	}
+	w := &overlay.Workload{Jobs: []overlay.WorkloadJob{{ID: "42", User: "alice", UID: 1000}}}
+	for i := range overlay.MaxWorkloadContainers + 5 {
+		w.Containers = append(w.Containers, overlay.WorkloadContainer{ID: fmt.Sprintf("c%03d", i), Name: "x\x1b[2J", Image: "busybox", Job: "42", State: "running"})
+	}
+	code, body := h.call(t, n1, 0, http.MethodPost, "/api/v1/nodes/n1/heartbeat", tok, overlay.Heartbeat{UptimeSeconds: 40, Workload: w})
+	if code != http.StatusOK {
+		t.Fatalf("heartbeat: %d %s", code, body)
+	}
+	n, _ := h.db.Get("n1")
+	got := n.Agent.Workload
+	if got == nil || len(got.Jobs) != 1 || got.Jobs[0].User != "alice" || len(got.Containers) != overlay.MaxWorkloadContainers || got.OmittedContainers != 5 {
+		t.Fatalf("workload %+v", got)
+	}
+	if c := got.Containers[0]; c.Name != "x?[2J" || c.ID != "c000" || c.Job != "42" {
+		t.Errorf("container %+v", c)
+	}
+	// A heartbeat without a workload (a daemon without containers) clears it.
+	h.call(t, n1, 0, http.MethodPost, "/api/v1/nodes/n1/heartbeat", tok, overlay.Heartbeat{UptimeSeconds: 41})
+	if n, _ := h.db.Get("n1"); n.Agent.Workload != nil {
+		t.Errorf("workload after a heartbeat without one: %+v", n.Agent.Workload)
 	}
 }

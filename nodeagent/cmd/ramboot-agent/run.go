@@ -50,7 +50,9 @@ Usage:
 	for _, c := range commands {
 		fmt.Fprintf(&b, "  ramboot-agent %s %s\n        %s\n", c.name, c.args, c.summary)
 	}
-	b.WriteString("  ramboot-agent help\n        print this help\n\nSee docs/agent.md.\n")
+	b.WriteString("  ramboot-agent help\n        print this help\n")
+	b.WriteString(workloadUsage)
+	b.WriteString("\nSee docs/agent.md.\n")
 	return b.String()
 }
 
@@ -78,6 +80,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if c.name == name {
 			return c.run(ctx, args[2:], stdout, stderr)
 		}
+	}
+	if handled, err := runWorkload(ctx, args, stdout, stderr); handled { // workload.go
+		return err
 	}
 	fmt.Fprint(stderr, usage())
 	return fmt.Errorf("unknown command %q", args[1])

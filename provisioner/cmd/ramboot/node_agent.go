@@ -61,4 +61,31 @@ func printAgent(w io.Writer, n state.NodeStatus) {
 	if a.AgentRSSBytes > 0 {
 		fmt.Fprintf(w, "Agent RSS:\t%.1f MiB\n", float64(a.AgentRSSBytes)/(1<<20))
 	}
+	printWorkload(w, a.Workload)
+}
+
+// printWorkload prints the jobs and containers of the agent's last
+// heartbeat, one line each.
+func printWorkload(w io.Writer, wl *state.Workload) {
+	if wl == nil {
+		return
+	}
+	more := func(n int) string {
+		if n > 0 {
+			return fmt.Sprintf(" (and %d more)", n)
+		}
+		return ""
+	}
+	fmt.Fprintf(w, "Jobs:\t%d%s\n", len(wl.Jobs)+wl.OmittedJobs, more(wl.OmittedJobs))
+	for _, j := range wl.Jobs {
+		fmt.Fprintf(w, "\tjob %s, user %s (%d)\n", j.ID, j.User, j.UID)
+	}
+	fmt.Fprintf(w, "Containers:\t%d%s\n", len(wl.Containers)+wl.OmittedContainers, more(wl.OmittedContainers))
+	for _, c := range wl.Containers {
+		job := ""
+		if c.Job != "" {
+			job = ", job " + c.Job
+		}
+		fmt.Fprintf(w, "\t%s %s, image %s, %s%s, uid %d\n", c.ID, c.Name, c.Image, c.State, job, c.UID)
+	}
 }

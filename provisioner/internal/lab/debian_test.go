@@ -119,6 +119,22 @@ func TestDebian(t *testing.T) {
 			t.Errorf("timeline lacks %q: %v", s, seen)
 		}
 	}
+	// The daemon under systemd runs the node's workload service (the
+	// containers and jobs of its local API): its heartbeats carry the
+	// node's jobs and containers, none here, and node show lists them.
+	n = waitNode(t, ctx, l, node, vm, time.Minute, "a heartbeat with the workload", func(n state.NodeStatus) bool {
+		return n.Agent != nil && n.Agent.Workload != nil
+	})
+	if w := n.Agent.Workload; len(w.Jobs) != 0 || len(w.Containers) != 0 {
+		t.Errorf("workload of an idle node: %+v", w)
+	}
+	show, err := l.CLI(ctx, "node", "show", node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(show), "\nJobs:") || !strings.Contains(string(show), "\nContainers:") {
+		t.Errorf("node show lacks the jobs and containers:\n%s", show)
+	}
 	boots, uptime, generation := n.Status.Boots, n.Agent.UptimeSeconds, n.Agent.OverlayGeneration
 	if generation == "" {
 		t.Fatalf("the node reports no overlay generation: %+v", n.Agent)

@@ -209,10 +209,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		rec.Boot.ReadySeconds = uptime(root)
 	}
 	d.beat = make(chan struct{}, 1)
-	d.status = Status{
-		Node: cfg.Node, Head: cfg.HeadURL, Image: cfg.Image, AgentVersion: d.Version,
-		Boot: rec, OverlayGeneration: cfg.OverlayGeneration, IntervalSeconds: DefaultInterval.Seconds(),
-	}
+	d.update(func(s *Status) { // Status and Connected may be called already
+		*s = Status{
+			Node: cfg.Node, Head: cfg.HeadURL, Image: cfg.Image, AgentVersion: d.Version,
+			Boot: rec, OverlayGeneration: cfg.OverlayGeneration, IntervalSeconds: DefaultInterval.Seconds(),
+		}
+	})
 	client := d.Head
 	switch {
 	case client != nil:

@@ -261,9 +261,11 @@ func (h *Head) Timeline(t testing.TB) []string {
 // NodeView is what `ramboot node show -o json` says of the node's state
 // and of its agent daemon's last heartbeat.
 type NodeView struct {
+	// Status is the node's current boot.
 	Status struct {
 		State string `json:"state"`
 	} `json:"status"`
+	// Agent is the agent daemon's last heartbeat, nil before the first.
 	Agent *struct {
 		Heartbeats int `json:"heartbeats"`
 		Workload   *struct {

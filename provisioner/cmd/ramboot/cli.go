@@ -64,7 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.stateDir, "state-dir", DefaultStateDir, "state directory (database, images, admin socket)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(serveCmd(g), nodeCmd(g), imageCmd(g), stateCmd(g), versionCmd(g))
+	root.AddCommand(serveCmd(g), nodeCmd(g), imageCmd(g), stateCmd(g), benchCmd(g), versionCmd(g))
 	return root.ExecuteContext(ctx)
 }
 

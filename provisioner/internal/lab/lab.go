@@ -157,23 +157,11 @@ func run(ctx context.Context, name string, args ...string) ([]byte, error) {
 
 // build compiles ramboot and ramboot-agent (static) into the work dir.
 func (l *Lab) build(ctx context.Context) error {
-	gomod, err := run(ctx, "go", "env", "GOMOD")
-	if err != nil {
-		return err
-	}
-	root := filepath.Dir(strings.TrimSpace(string(gomod)))
 	bin := filepath.Join(l.work, "bin")
-	l.Ramboot, l.Agent = filepath.Join(bin, "ramboot"), filepath.Join(bin, "ramboot-agent")
 	l.logf("building ramboot and ramboot-agent into %s", bin)
-	for out, pkg := range map[string]string{l.Ramboot: "./provisioner/cmd/ramboot", l.Agent: "./nodeagent/cmd/ramboot-agent"} {
-		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, pkg)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build %s: %w: %s", pkg, err, b)
-		}
-	}
-	return nil
+	var err error
+	l.Ramboot, l.Agent, err = BuildBinaries(ctx, bin)
+	return err
 }
 
 // sweepStale deletes lab namespaces left by lab processes that died

@@ -6,12 +6,21 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"syscall"
 	"time"
 )
 
 // bufSize is the read buffer of a download: large reads keep the
 // generator's CPU per byte low.
 const bufSize = 256 << 10
+
+// ipxeWindow is iPXE's TCP receive window (TCP_MAX_WINDOW_SIZE in its
+// tcp.h: 256 KiB). Every simulated node's connections get a receive
+// buffer that advertises it: the head meets the windows real nodes
+// offer, and a thousand nodes that the generator drains late cannot
+// exhaust the host's TCP memory (tcp_mem), which would drop packets and
+// stall connections in retransmission timeouts that no real node sees.
+const ipxeWindow = 256 << 10
 
 func (r *runner) buffer() *[]byte {
 	if b, ok := r.bufs.Get().(*[]byte); ok {
@@ -52,7 +61,17 @@ func (r *runner) httpClient(local netip.Addr) *http.Client {
 }
 
 func newHTTPClient(local netip.Addr, stall time.Duration) *http.Client {
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: local.AsSlice()}, Timeout: stall, KeepAlive: -1}
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: local.AsSlice()}, Timeout: stall, KeepAlive: -1,
+		Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, ipxeWindow)
+			})
+			if err != nil {
+				return err
+			}
+			return serr
+		}}
 	return &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := d.DialContext(ctx, network, addr)

@@ -250,8 +250,10 @@ type StormHead struct {
 	State string
 	// Log is its log file.
 	Log string
-	// Image is the default image's manifest.
-	Image images.Manifest
+	// Image is the default image's manifest, ImageDigest the manifest's
+	// digest.
+	Image       images.Manifest
+	ImageDigest images.Digest
 	// Blobs is the image store's blob directory (sha256/HEX files), for
 	// a server of the same files.
 	Blobs string
@@ -285,11 +287,11 @@ func StartStormHead(ctx context.Context, n *StormNet, opt StormHeadOptions) (*St
 		return nil, err
 	}
 	store := &images.Store{Dir: filepath.Join(h.State, "images")}
-	m, _, err := store.Resolve("default")
+	m, d, err := store.Resolve("default")
 	if err != nil {
 		return nil, fmt.Errorf("storm image: %w", err)
 	}
-	h.Image, h.Blobs = m, filepath.Join(store.Dir, "blobs")
+	h.Image, h.ImageDigest, h.Blobs = m, d, filepath.Join(store.Dir, "blobs")
 	cfg := filepath.Join(opt.Dir, "serve.yaml")
 	yaml := "log_level: " + opt.LogLevel + "\ndhcp:\n  detect_rivals: false\nra:\n  enabled: false\nsftp:\n  enabled: false\n" + opt.Config
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
@@ -399,6 +401,9 @@ func StartNginx(ctx context.Context, n *StormNet, dir, root, addr, workers strin
 	}
 	if workers == "" {
 		workers = "auto"
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
 	}
 	var conf bytes.Buffer
 	if err := nginxConf.Execute(&conf, map[string]string{"Dir": dir, "Root": root, "Addr": addr, "Workers": workers}); err != nil {

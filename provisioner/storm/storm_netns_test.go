@@ -140,3 +140,20 @@ func TestStormLost(t *testing.T) {
 		t.Fatalf("lost %d: %+v", rep.Lost, rep.LostNodes)
 	}
 }
+
+// TestStormDirect: the direct path, the generator broadcasting on the
+// link as the nodes themselves, BIOS firmware.
+func TestStormDirect(t *testing.T) {
+	n := stormtest.New(t)
+	ramboot := stormtest.Binaries(t)
+	h := stormtest.Head(t, n, lab.StormHeadOptions{Ramboot: ramboot, ImageMiB: 2, KernelMiB: 1})
+	args := []string{"bench", "storm", "--state-dir", h.State, "--nodes", "20", "--head", n.HeadIP.Addr().String(),
+		"--interface", n.GenIface, "--first-ip", n.FirstNode().String(), "--firmware", "bios", "-o", "json"}
+	rep, err := runStorm(t, n, ramboot, args)
+	if err != nil || rep.Completed != 20 || rep.HeadStates["booted"] != 20 {
+		t.Fatalf("exit %v: completed %d, head states %v, lost %+v", err, rep.Completed, rep.HeadStates, rep.LostNodes)
+	}
+	if rep.Path != "direct "+n.GenIface {
+		t.Errorf("path %q", rep.Path)
+	}
+}

@@ -330,7 +330,7 @@ func (rep *Report) WriteTable(w io.Writer) error {
 				humanRate(f.MedianBitsPerSecond), humanRate(f.SlowestBitsPerSecond), f.Slowest, f.MaxOverMedian)
 		}
 	}
-	fmt.Fprintf(&b, "DHCP socket: %d sent, %d received, %d stray, %d malformed\n", rep.DHCP.Sent, rep.DHCP.Received, rep.DHCP.Stray, rep.DHCP.Malformed)
+	fmt.Fprintf(&b, "DHCP socket: %d sent, %d received, %d stray, %d malformed, %d dropped here\n", rep.DHCP.Sent, rep.DHCP.Received, rep.DHCP.Stray, rep.DHCP.Malformed, rep.DHCP.Dropped)
 	for _, h := range rep.Heads {
 		fmt.Fprintf(&b, "\nhead %s: answered %d nodes; CPU %.1f s (%.2f cores mean, %.2f peak); RSS %s -> peak %s -> %s",
 			h.Name, h.Nodes, h.CPUSeconds, h.CoresMean, h.CoresPeak, humanBytes(float64(h.RSSStart)), humanBytes(float64(h.RSSPeak)), humanBytes(float64(h.RSSEnd)))

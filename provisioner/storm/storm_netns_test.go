@@ -81,6 +81,9 @@ func TestStorm(t *testing.T) {
 	if drops := hr.Counters["dhcp_socket_drops_total"]; drops != 0 {
 		t.Errorf("the head's DHCP socket dropped %v requests", drops)
 	}
+	if rep.DHCP.Dropped != 0 {
+		t.Errorf("the relay's socket dropped %d replies", rep.DHCP.Dropped)
+	}
 	// The nodes closed their connections: the head's goroutines are back
 	// near where they started (the misbehaving client's connections were
 	// closed too).

@@ -23,6 +23,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"golang.org/x/sys/unix"
@@ -65,6 +66,10 @@ type Counters struct {
 	Stray int64
 	// Malformed counts datagrams that did not decode.
 	Malformed int64
+	// Dropped counts replies the kernel dropped at this socket (its
+	// receive buffer was full), -1 when unknown: the generator's loss, not
+	// the head's.
+	Dropped int64
 }
 
 // Conn is one socket shared by many exchanges.
@@ -137,11 +142,48 @@ func ListenDirect(ctx context.Context, iface string) (*Conn, error) {
 	return start(conn, netip.Addr{}, []netip.AddrPort{bcast}), nil
 }
 
-// setBuffers asks for large socket buffers: a storm's replies arrive in
-// bursts. Errors leave the defaults.
+// socketBuffer is the receive buffer asked for: a storm's replies arrive
+// in bursts, and a reply the generator's own socket drops must not be
+// blamed on the head.
+const socketBuffer = 16 << 20
+
+// setBuffers asks for large socket buffers, past net.core.rmem_max where
+// the process may (SO_RCVBUFFORCE, as root). Errors leave the defaults.
 func setBuffers(c *net.UDPConn) {
-	_ = c.SetReadBuffer(8 << 20)
 	_ = c.SetWriteBuffer(4 << 20)
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, socketBuffer) != nil {
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, socketBuffer)
+		}
+	})
+}
+
+// skMeminfoDrops is the index of the drop count in SO_MEMINFO's answer
+// (SK_MEMINFO_DROPS in linux/sock_diag.h).
+const skMeminfoDrops = 8
+
+// drops returns the datagrams the kernel dropped at the socket because
+// its buffer was full (SO_MEMINFO), or -1 when it cannot tell.
+func (c *Conn) drops() int64 {
+	rc, err := c.conn.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	n := int64(-1)
+	_ = rc.Control(func(fd uintptr) {
+		var info [9]uint32
+		size := uint32(unsafe.Sizeof(info))
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
+			uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&size)), 0)
+		if errno == 0 && size > skMeminfoDrops*4 {
+			n = int64(info[skMeminfoDrops])
+		}
+	})
+	return n
 }
 
 func start(conn *net.UDPConn, relay netip.Addr, servers []netip.AddrPort) *Conn {
@@ -155,7 +197,7 @@ func (c *Conn) Relay() netip.Addr { return c.relay }
 
 // Counters returns the socket's totals so far.
 func (c *Conn) Counters() Counters {
-	return Counters{Sent: c.sent.Load(), Received: c.received.Load(), Stray: c.stray.Load(), Malformed: c.malformed.Load()}
+	return Counters{Sent: c.sent.Load(), Received: c.received.Load(), Stray: c.stray.Load(), Malformed: c.malformed.Load(), Dropped: c.drops()}
 }
 
 // Close closes the socket and waits for its reader; exchanges in progress

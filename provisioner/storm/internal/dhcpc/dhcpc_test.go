@@ -109,8 +109,8 @@ func TestRelay(t *testing.T) {
 	if !errors.Is(err, ErrTimeout) || st.Sent != 3 {
 		t.Fatalf("unknown MAC: %v after %d sends, want ErrTimeout after 3", err, st.Sent)
 	}
-	if cn := c.Counters(); cn.Sent != 5 || cn.Received != 2 {
-		t.Errorf("counters %+v, want 5 sent, 2 received", cn)
+	if cn := c.Counters(); cn.Sent != 5 || cn.Received != 2 || cn.Dropped != 0 {
+		t.Errorf("counters %+v, want 5 sent, 2 received, none dropped", cn)
 	}
 }
 

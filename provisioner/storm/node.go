@@ -51,6 +51,7 @@ type nodeRun struct {
 	uuid    [16]byte
 	powerOn time.Duration // when it was powered on (since the storm's start)
 	phases  [numPhases]span
+	counted [numPhases]bool // in the progress counts
 	bytes   [numPhases]int64
 	retries map[string]int // "phase reason" -> count
 	reboots int
@@ -97,7 +98,10 @@ func (n *nodeRun) end(r *runner, ph Phase) {
 		s.start, s.started = n.since(), true
 	}
 	s.end, s.ok = n.since(), true
-	r.doneCount[ph].Add(1)
+	if !n.counted[ph] { // a phase done again after a reboot counts once
+		n.counted[ph] = true
+		r.doneCount[ph].Add(1)
+	}
 }
 
 // run boots node n, starting over from its firmware when its script
@@ -118,8 +122,11 @@ func (r *runner) run(ctx context.Context, n *nodeRun) {
 		}
 		if !errors.As(err, &pe) {
 			reason := "error"
-			if ctx.Err() != nil {
+			switch {
+			case errors.Is(ctx.Err(), context.DeadlineExceeded):
 				reason = "deadline"
+			case ctx.Err() != nil:
+				reason = "interrupted"
 			}
 			pe = &PhaseError{Phase: n.current(), Reason: reason, Err: err}
 			if n.lastErr != nil && reason == "deadline" {

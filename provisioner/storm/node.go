@@ -142,7 +142,7 @@ func (r *runner) run(ctx context.Context, n *nodeRun) {
 
 // current is the phase the node is in: the first one not done.
 func (n *nodeRun) current() Phase {
-	for p := range numPhases {
+	for p := PhaseDHCP; p < numPhases; p++ {
 		if !n.phases[p].ok {
 			return p
 		}

@@ -167,7 +167,7 @@ func (rep *Report) collect(r *runner, nodes []*nodeRun) {
 		for k, v := range n.retries {
 			rep.Retries[k] += v
 		}
-		for p := range numPhases {
+		for p := PhaseDHCP; p < numPhases; p++ {
 			rep.Bytes[p.String()] += n.bytes[p]
 			s := n.phases[p]
 			if !s.ok {
@@ -206,7 +206,7 @@ func (rep *Report) collect(r *runner, nodes []*nodeRun) {
 		}
 	}
 	rep.Seconds = lastEnd.Seconds()
-	for p := range numPhases {
+	for p := PhaseDHCP; p < numPhases; p++ {
 		if p > r.cfg.Until || (r.cfg.Firmware == FirmwareIPXE && p < PhaseIPXEDHCP) {
 			continue
 		}

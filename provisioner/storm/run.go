@@ -84,7 +84,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	rep := newReport(cfg)
 
-	if cfg.Until >= PhaseDHCP && !(cfg.Firmware == FirmwareIPXE && cfg.Until < PhaseIPXEDHCP) {
+	if !(cfg.Firmware == FirmwareIPXE && cfg.Until < PhaseIPXEDHCP) {
 		var err error
 		if cfg.Relay.IsValid() {
 			var servers []netip.AddrPort
@@ -256,7 +256,7 @@ func (r *runner) progress(start time.Time, done <-chan struct{}) {
 	defer t.Stop()
 	line := func() {
 		s := fmt.Sprintf("storm %6.1fs  on %d/%d", time.Since(start).Seconds(), r.powered.Load(), r.cfg.Nodes)
-		for p := range numPhases {
+		for p := PhaseDHCP; p < numPhases; p++ {
 			if p > r.cfg.Until || (r.cfg.Firmware == FirmwareIPXE && p < PhaseIPXEDHCP) {
 				continue
 			}

@@ -57,9 +57,10 @@ import (
 // Phase is one step of a node's boot.
 type Phase int
 
-// The phases, in the order a node runs them.
+// The phases, in the order a node runs them. The zero Phase is none: a
+// Config's zero Until means every phase.
 const (
-	PhaseDHCP     Phase = iota // firmware DHCP: DISCOVER to ACK
+	PhaseDHCP     Phase = iota + 1 // firmware DHCP: DISCOVER to ACK
 	PhaseTFTP                  // the iPXE binary over TFTP
 	PhaseIPXEDHCP              // iPXE's DHCP, which yields the script URL
 	PhaseScript                // the iPXE script over HTTP
@@ -71,10 +72,10 @@ const (
 	numPhases
 )
 
-var phaseNames = [numPhases]string{"dhcp", "tftp", "ipxe-dhcp", "script", "kernel", "image", "agent", "overlay", "register"}
+var phaseNames = [numPhases]string{"", "dhcp", "tftp", "ipxe-dhcp", "script", "kernel", "image", "agent", "overlay", "register"}
 
 func (p Phase) String() string {
-	if p < 0 || p >= numPhases {
+	if p < PhaseDHCP || p >= numPhases {
 		return fmt.Sprintf("phase(%d)", int(p))
 	}
 	return phaseNames[p]
@@ -82,9 +83,9 @@ func (p Phase) String() string {
 
 // Phases returns every phase, in order.
 func Phases() []Phase {
-	out := make([]Phase, numPhases)
-	for i := range out {
-		out[i] = Phase(i)
+	var out []Phase
+	for p := PhaseDHCP; p < numPhases; p++ {
+		out = append(out, p)
 	}
 	return out
 }
@@ -92,11 +93,11 @@ func Phases() []Phase {
 // ParsePhase returns the phase named s.
 func ParsePhase(s string) (Phase, error) {
 	for i, n := range phaseNames {
-		if n == s {
+		if n == s && n != "" {
 			return Phase(i), nil
 		}
 	}
-	return 0, fmt.Errorf("phase %q: must be one of %s", s, strings.Join(phaseNames[:], ", "))
+	return 0, fmt.Errorf("phase %q: must be one of %s", s, strings.Join(phaseNames[PhaseDHCP:], ", "))
 }
 
 // Firmware is what the simulated nodes boot with.
@@ -172,8 +173,7 @@ type Config struct {
 	// Firmware is what the nodes boot with; empty means FirmwareUEFI.
 	Firmware Firmware
 	// Until is the last phase the nodes run (PhaseScript for a DHCP, TFTP
-	// and script storm); the zero value, PhaseDHCP, is taken as
-	// PhaseRegister: every phase.
+	// and script storm); zero means PhaseRegister: every phase.
 	Until Phase
 	// Spread spreads the nodes' power-on times evenly over this long; 0
 	// powers them all on at once.
@@ -247,7 +247,7 @@ func (c Config) withDefaults() Config {
 	if c.Firmware == "" {
 		c.Firmware = FirmwareUEFI
 	}
-	if c.Until == PhaseDHCP {
+	if c.Until == 0 {
 		c.Until = PhaseRegister
 	}
 	if c.Deadline <= 0 {
@@ -324,7 +324,7 @@ func (c Config) Validate() error {
 	if c.Until < 0 || c.Until >= numPhases {
 		errs = append(errs, fmt.Errorf("until: %v is not a phase", c.Until))
 	}
-	if c.Firmware == FirmwareIPXE && c.Until != PhaseDHCP && c.Until < PhaseIPXEDHCP {
+	if c.Firmware == FirmwareIPXE && c.Until != 0 && c.Until < PhaseIPXEDHCP {
 		errs = append(errs, fmt.Errorf("until: %v: firmware ipxe has no %v phase", c.Until, c.Until))
 	}
 	if c.Spread < 0 || c.BootTime < 0 {

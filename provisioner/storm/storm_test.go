@@ -74,8 +74,17 @@ func TestParsePhase(t *testing.T) {
 			t.Errorf("ParsePhase(%q) = %v, %v", p, got, err)
 		}
 	}
-	if _, err := ParsePhase("boot"); err == nil || !strings.Contains(err.Error(), "register") {
-		t.Errorf("unknown phase: %v", err)
+	for _, bad := range []string{"boot", ""} {
+		if _, err := ParsePhase(bad); err == nil || !strings.Contains(err.Error(), "dhcp, tftp") {
+			t.Errorf("ParsePhase(%q): %v", bad, err)
+		}
+	}
+	// The first phase is a real choice, not the zero value's default.
+	if c := (Config{Until: PhaseDHCP}).withDefaults(); c.Until != PhaseDHCP {
+		t.Errorf("until dhcp became %v", c.Until)
+	}
+	if c := (Config{}).withDefaults(); c.Until != PhaseRegister {
+		t.Errorf("zero until became %v", c.Until)
 	}
 }
 
@@ -212,8 +221,8 @@ func TestReport(t *testing.T) {
 	if rep.Heads[0].Nodes != 4 {
 		t.Errorf("head answered %d", rep.Heads[0].Nodes)
 	}
-	img := rep.Phases[PhaseImage]
-	if img.Done != 3 || img.P50 != 0.2 || img.Max != 0.3 {
+	img := rep.Phases[PhaseImage-PhaseDHCP]
+	if img.Name != "image" || img.Done != 3 || img.P50 != 0.2 || img.Max != 0.3 {
 		t.Errorf("image phase %+v", img)
 	}
 	if rep.Throughput.Bytes != 3*64<<20 || rep.Throughput.OfLink <= 0 {

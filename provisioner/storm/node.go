@@ -104,7 +104,9 @@ func (n *nodeRun) end(r *runner, ph Phase) {
 	}
 }
 
-// run boots node n, starting over from its firmware when its script
+// run boots node n, starting over from its firmware when a boot attempt
+// fails before the kernel (DHCP or TFTP given up, iPXE without a script:
+// the firmware's boot manager tries the network again) or when its script
 // reboots it, until it has finished or is lost.
 func (r *runner) run(ctx context.Context, n *nodeRun) {
 	for {
@@ -114,10 +116,16 @@ func (r *runner) run(ctx context.Context, n *nodeRun) {
 			return
 		}
 		var pe *PhaseError
-		if errors.As(err, &pe) && errors.Is(err, errReboot) && n.reboots < r.cfg.MaxReboots {
+		if errors.As(err, &pe) && (errors.Is(err, errReboot) || pe.Phase <= PhaseScript) && n.reboots < r.cfg.MaxReboots {
 			n.reboots++
 			n.retry(pe.Phase, "reboot", 1)
+			n.lastErr = pe
 			n.phases = [numPhases]span{} // a new boot: phases are timed again
+			if err := sleep(ctx, r.cfg.RebootTime); err != nil {
+				n.failure, n.ended = &PhaseError{Phase: pe.Phase, Reason: "deadline", Err: fmt.Errorf("rebooting after %w", pe)}, n.since()
+				r.failed.Add(1)
+				return
+			}
 			continue
 		}
 		if !errors.As(err, &pe) {

@@ -61,14 +61,14 @@ type Phase int
 // Config's zero Until means every phase.
 const (
 	PhaseDHCP     Phase = iota + 1 // firmware DHCP: DISCOVER to ACK
-	PhaseTFTP                  // the iPXE binary over TFTP
-	PhaseIPXEDHCP              // iPXE's DHCP, which yields the script URL
-	PhaseScript                // the iPXE script over HTTP
-	PhaseKernel                // the kernel over HTTP
-	PhaseImage                 // the image's root file system over HTTP
-	PhaseAgent                 // the agent archive over HTTP
-	PhaseOverlay               // the node's overlay over HTTP
-	PhaseRegister              // the agent's registration with its token
+	PhaseTFTP                      // the iPXE binary over TFTP
+	PhaseIPXEDHCP                  // iPXE's DHCP, which yields the script URL
+	PhaseScript                    // the iPXE script over HTTP
+	PhaseKernel                    // the kernel over HTTP
+	PhaseImage                     // the image's root file system over HTTP
+	PhaseAgent                     // the agent archive over HTTP
+	PhaseOverlay                   // the node's overlay over HTTP
+	PhaseRegister                  // the agent's registration with its token
 	numPhases
 )
 
@@ -138,6 +138,7 @@ const (
 	DefaultDigestEvery = 10
 	DefaultHTTPStall   = 30 * time.Second
 	DefaultMaxReboots  = 3
+	DefaultRebootTime  = 5 * time.Second
 	DefaultSample      = 500 * time.Millisecond
 )
 
@@ -205,10 +206,14 @@ type Config struct {
 	TFTPTimeout   time.Duration
 	TFTPRetries   int
 	TFTPBlockSize int
-	// MaxReboots is how many times a node whose script gave up (reboot)
-	// starts over from its firmware before it is lost; 0 means
-	// DefaultMaxReboots.
+	// MaxReboots is how many times a node starts over from its firmware
+	// (a boot attempt that failed before the kernel, a script that gave up
+	// and rebooted) before it is lost; 0 means DefaultMaxReboots.
 	MaxReboots int
+	// RebootTime is how long a node takes from a failed boot attempt to
+	// its firmware's next DHCP (the boot manager, or a reboot's POST); 0
+	// means DefaultRebootTime, negative none.
+	RebootTime time.Duration
 	// LinkRate is the head link's rate in bits per second, the yardstick
 	// of the report's throughput; 0 = none.
 	LinkRate float64
@@ -267,6 +272,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxReboots <= 0 {
 		c.MaxReboots = DefaultMaxReboots
+	}
+	if c.RebootTime == 0 {
+		c.RebootTime = DefaultRebootTime
 	}
 	if c.SampleInterval <= 0 {
 		c.SampleInterval = DefaultSample

@@ -52,13 +52,13 @@ import (
 // Names of the files in every node's script; the kernel's EFI stub finds
 // the initrds by these names.
 const (
-	KernelName  = "vmlinuz"
-	RootfsName  = "rootfs.cpio.zst"
+	KernelName = "vmlinuz"
+	RootfsName = "rootfs.cpio.zst"
 	// CompressedRootName is the image's compressed root, sent instead of
 	// RootfsName to nodes in the compressed root mode.
 	CompressedRootName = "rootfs.squashfs.cpio"
-	AgentName   = "agent.cpio.zst"
-	OverlayName = "overlay.cpio.zst"
+	AgentName          = "agent.cpio.zst"
+	OverlayName        = "overlay.cpio.zst"
 )
 
 // Server serves the /boot/ routes. Its exported fields must be set before

@@ -242,6 +242,49 @@ func (l *Lab) BuildImageFrom(ctx context.Context, name, dir string) (images.Dige
 	return res.Digest, res.Manifest, nil
 }
 
+// FillUnit is a systemd service that fills the root's writable layer past
+// its cap, prints dd's error on the console, frees the room again and says
+// so (FillFreed): the compressed root's ENOSPC check.
+const FillUnit = `[Unit]
+Description=ramboot e2e: write past the root's cap
+After=local-fs.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'dd if=/dev/zero of=/var/tmp/ramboot-fill bs=1M 2>/dev/console; echo "RAMBOOT-FILL: dd exit $$?" >/dev/console; rm -f /var/tmp/ramboot-fill; echo ` + FillFreed + ` >/dev/console'
+
+[Install]
+WantedBy=multi-user.target
+`
+
+// FillFreed is what FillUnit prints once it removed its file.
+const FillFreed = "RAMBOOT-FILL-FREED"
+
+// WithFillUnit returns a copy of the tree at dir (hard links, so it costs
+// no space and takes a second) with FillUnit installed and enabled. The
+// copy is under the lab's work directory and goes with it.
+func (l *Lab) WithFillUnit(ctx context.Context, dir string) (string, error) {
+	dst := filepath.Join(l.work, "debian-fill")
+	if err := os.RemoveAll(dst); err != nil {
+		return "", err
+	}
+	if out, err := exec.CommandContext(ctx, "cp", "-al", dir, dst).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("cp -al %s: %v: %s", dir, err, out)
+	}
+	unit := filepath.Join(dst, "etc/systemd/system/ramboot-fill.service")
+	if err := os.WriteFile(unit, []byte(FillUnit), 0o644); err != nil {
+		return "", err
+	}
+	wants := filepath.Join(dst, "etc/systemd/system/multi-user.target.wants")
+	if err := os.MkdirAll(wants, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.Symlink("../ramboot-fill.service", filepath.Join(wants, "ramboot-fill.service")); err != nil {
+		return "", err
+	}
+	return dst, nil
+}
+
 // tail returns the last n lines of b.
 func tail(b []byte, n int) string {
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")

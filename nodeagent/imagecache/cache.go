@@ -129,11 +129,11 @@ func (c *Cache) Stats() *Stats { return &c.stats }
 // entry is one image in the cache.
 type entry struct {
 	img     overlay.NodeImage
-	mu      sync.Mutex // held while fetching or unpacking
-	refs    int        // containers using the lower; under Cache.mu
-	lastUse time.Time  // under Cache.mu
-	ready   bool       // lower unpacked and read-only; under mu
-	lowerB  int64      // bytes the lower's tmpfs holds
+	mu      sync.Mutex  // held while fetching or unpacking
+	refs    int         // containers using the lower; under Cache.mu
+	lastUse time.Time   // under Cache.mu
+	ready   bool        // lower unpacked and read-only; under mu
+	lowerB  int64       // bytes the lower's tmpfs holds
 	mounted atomic.Bool // the lower is the compressed root, mounted
 }
 

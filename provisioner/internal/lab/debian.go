@@ -260,30 +260,63 @@ WantedBy=multi-user.target
 // FillFreed is what FillUnit prints once it removed its file.
 const FillFreed = "RAMBOOT-FILL-FREED"
 
-// WithFillUnit returns a copy of the tree at dir (hard links, so it costs
-// no space and takes a second) with FillUnit installed and enabled. The
-// copy is under the lab's work directory and goes with it.
+// WithFillUnit returns a copy of the tree at dir (see CopyTree) with
+// FillUnit installed and enabled.
 func (l *Lab) WithFillUnit(ctx context.Context, dir string) (string, error) {
-	dst := filepath.Join(l.work, "debian-fill")
+	dst, err := l.CopyTree(ctx, dir, "debian-fill")
+	if err != nil {
+		return "", err
+	}
+	return dst, AddUnit(dst, "ramboot-fill.service", FillUnit)
+}
+
+// CopyTree copies the tree at dir to name under the lab's work directory,
+// with hard links: it costs no space, takes a second, and leaves dir (the
+// cached tree) alone as long as only new files are written into the copy.
+// The copy goes with the lab.
+func (l *Lab) CopyTree(ctx context.Context, dir, name string) (string, error) {
+	dst := filepath.Join(l.work, name)
 	if err := os.RemoveAll(dst); err != nil {
 		return "", err
 	}
 	if out, err := exec.CommandContext(ctx, "cp", "-al", dir, dst).CombinedOutput(); err != nil {
 		return "", fmt.Errorf("cp -al %s: %v: %s", dir, err, out)
 	}
-	unit := filepath.Join(dst, "etc/systemd/system/ramboot-fill.service")
-	if err := os.WriteFile(unit, []byte(FillUnit), 0o644); err != nil {
-		return "", err
-	}
-	wants := filepath.Join(dst, "etc/systemd/system/multi-user.target.wants")
-	if err := os.MkdirAll(wants, 0o755); err != nil {
-		return "", err
-	}
-	if err := os.Symlink("../ramboot-fill.service", filepath.Join(wants, "ramboot-fill.service")); err != nil {
-		return "", err
-	}
 	return dst, nil
 }
+
+// AddUnit installs a systemd service in the tree and enables it for the
+// multi-user target.
+func AddUnit(tree, name, unit string) error {
+	if err := os.WriteFile(filepath.Join(tree, "etc/systemd/system", name), []byte(unit), 0o644); err != nil {
+		return err
+	}
+	wants := filepath.Join(tree, "etc/systemd/system/multi-user.target.wants")
+	if err := os.MkdirAll(wants, 0o755); err != nil {
+		return err
+	}
+	return os.Symlink("../"+name, filepath.Join(wants, name))
+}
+
+// ReadUnit is a systemd service that reads file once the node is up, from
+// a cold page cache, and prints dd's summary on the console after
+// ReadMarker: the read throughput from the root.
+func ReadUnit(file string) string {
+	return `[Unit]
+Description=ramboot bench: read a large file from the root
+After=multi-user.target ramboot-agent.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'sync; echo 3 >/proc/sys/vm/drop_caches; dd if=` + file + ` of=/dev/null bs=1M 2>&1 | tail -n 1 | sed "s/^/` + ReadMarker + ` /" >/dev/console'
+
+[Install]
+WantedBy=multi-user.target
+`
+}
+
+// ReadMarker starts the line ReadUnit prints.
+const ReadMarker = "RAMBOOT-READ:"
 
 // tail returns the last n lines of b.
 func tail(b []byte, n int) string {

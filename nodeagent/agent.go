@@ -334,6 +334,10 @@ func (b *boot) setupRoot(ctx context.Context) error {
 	}
 	b.rec.Root = overlay.RootUsage{Mode: "rootfs", SizeBytes: size}
 	if b.DryRun {
+		if mode == overlay.RootCompressed {
+			b.say("would mount the compressed root under an overlay with a tmpfs upper of %s (root.size %s)", mib(size), b.cfg.Root.SizeOrDefault())
+			return nil
+		}
 		b.say("would move the root into a %s of %s (root.size %s)", mode, mib(size), b.cfg.Root.SizeOrDefault())
 		return nil
 	}

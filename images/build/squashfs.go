@@ -14,7 +14,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/ramboot/ramboot/images"
@@ -234,7 +233,7 @@ func (b *builder) writeTar(ctx context.Context, w io.Writer, t *source.Tree, ext
 	tw := tar.NewWriter(bw)
 	first := map[uint64]string{}
 	var files int
-	var done atomic.Int64
+	var done int64
 	total := archiveSize(t.Entries)
 	last := time.Now()
 	for i := range t.Entries {
@@ -303,12 +302,12 @@ func (b *builder) writeTar(ctx context.Context, w io.Writer, t *source.Tree, ext
 			if err != nil {
 				return fmt.Errorf("read %s: %w", describe(t, *e), err)
 			}
-			done.Add(n)
+			done += n
 		}
 		files++
 		if now := time.Now(); now.Sub(last) > 250*time.Millisecond {
 			last = now
-			b.progress(Progress{Phase: PhaseCompressedRoot, Files: files, TotalFiles: len(t.Entries), Bytes: done.Load(), TotalBytes: total})
+			b.progress(Progress{Phase: PhaseCompressedRoot, Files: files, TotalFiles: len(t.Entries), Bytes: done, TotalBytes: total})
 		}
 	}
 	for _, f := range extra {
@@ -329,7 +328,7 @@ func (b *builder) writeTar(ctx context.Context, w io.Writer, t *source.Tree, ext
 	if err := tw.Close(); err != nil {
 		return err
 	}
-	b.progress(Progress{Phase: PhaseCompressedRoot, Files: len(t.Entries), TotalFiles: len(t.Entries), Bytes: done.Load(), TotalBytes: total})
+	b.progress(Progress{Phase: PhaseCompressedRoot, Files: len(t.Entries), TotalFiles: len(t.Entries), Bytes: max(done, total), TotalBytes: total})
 	return bw.Flush()
 }
 

@@ -297,6 +297,12 @@ func watch(ctx context.Context, k *kindRun, conn net.Conn) {
 	k.open.Add(1)
 	defer k.open.Add(-1)
 	_, _ = io.Copy(io.Discard, conn)
+	k.closed(ctx, start)
+}
+
+// closed counts a connection the head ended (unless ctx did): held if it
+// lived past heldAfter, then cut; refused at once otherwise.
+func (k *kindRun) closed(ctx context.Context, start time.Time) {
 	end := time.Now()
 	if end.Sub(start) >= heldAfter {
 		k.heldFrom(start, end)
@@ -373,17 +379,7 @@ func (m *misbehaver) slowReader(ctx context.Context, k *kindRun, l learned) {
 				break
 			}
 		}
-		end := time.Now()
-		if end.Sub(start) >= heldAfter {
-			k.heldFrom(start, end)
-		}
-		switch {
-		case ctx.Err() != nil:
-		case end.Sub(start) < heldAfter:
-			k.refused.Add(1)
-		default:
-			k.cut.Add(1)
-		}
+		k.closed(ctx, start)
 	})
 }
 

@@ -154,58 +154,10 @@ func (n *StormNet) Command(ctx context.Context, ns, name string, args ...string)
 	return cmd
 }
 
-// Proc is a process started in a namespace; Stop ends it by its pid.
-type Proc struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-// PID returns the process id.
-func (p *Proc) PID() int { return p.cmd.Process.Pid }
-
-// Exited reports whether the process has ended.
-func (p *Proc) Exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// Stop sends SIGTERM, then SIGKILL after 10 s, and waits for the end.
-func (p *Proc) Stop() {
-	if p.Exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
 // Start runs name in namespace ns in the background with its output in
-// logFile.
+// logFile; Proc.Stop ends it.
 func (n *StormNet) Start(ns, logFile, name string, args ...string) (*Proc, error) {
-	f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open log: %w", err)
-	}
-	defer f.Close()
-	// `ip netns exec` execs the command after joining the namespace: the
-	// pid is the command's own.
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &Proc{cmd: cmd, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); close(p.done) }()
-	return p, nil
+	return startIn(ns, logFile, name, args...)
 }
 
 // BuildBinaries compiles ramboot and ramboot-agent (static) into dir.

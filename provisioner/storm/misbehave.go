@@ -97,7 +97,8 @@ type MisbehaveKindReport struct {
 	// Cut counts those the head ended later (a timeout).
 	Cut int64 `json:"cut"`
 	// HeldMax is the most the head held at once for it: connections it
-	// kept open past a second, TFTP transfers it kept retransmitting.
+	// kept open past a second, TFTP transfers from their first packet to
+	// their last retransmission.
 	HeldMax int64 `json:"heldMax"`
 	// Failed counts attempts that failed on the client's side.
 	Failed int64 `json:"failed"`
@@ -415,8 +416,12 @@ func (m *misbehaver) tftpFlood(ctx context.Context, k *kindRun, l learned) {
 		// A transfer started: never acknowledge. The head holds it while
 		// it retransmits, and lets go one retransmission interval after
 		// its last packet.
+		// It is held from its first packet to its last retransmission:
+		// the head lets go a retransmission interval later, when it may
+		// already have taken the next request, so the overlap counted
+		// stays within what the head really held.
 		start := time.Now()
-		last, gap := start, time.Duration(0)
+		last := start
 		k.open.Add(1)
 		defer k.open.Add(-1)
 		for ctx.Err() == nil {
@@ -428,9 +433,8 @@ func (m *misbehaver) tftpFlood(ctx context.Context, k *kindRun, l learned) {
 				}
 				break
 			}
-			now := time.Now()
-			last, gap = now, now.Sub(last)
+			last = time.Now()
 		}
-		k.heldFrom(start, last.Add(gap))
+		k.heldFrom(start, last)
 	})
 }

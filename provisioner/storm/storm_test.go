@@ -319,3 +319,22 @@ func TestRequestsAsTheHeadSeesThem(t *testing.T) {
 		}
 	}
 }
+
+// FuzzReadOverlay: whatever the head sends as an overlay, reading it ends
+// with a configuration or an error, within bounded memory.
+func FuzzReadOverlay(f *testing.F) {
+	enc, _ := zstd.NewWriter(nil)
+	files, _ := bootserver.OverlayFiles(overlay.Config{Node: "n1", HeadURL: "http://h", Token: "t",
+		Interface: overlay.Interface{MAC: "02:00:00:00:00:01", Address: "10.0.1.1/16"}})
+	var raw bytes.Buffer
+	_ = newc.WriteFiles(&raw, files)
+	f.Add(enc.EncodeAll(raw.Bytes(), nil))
+	f.Add(enc.EncodeAll([]byte("070701not a cpio"), nil))
+	f.Add([]byte{0x28, 0xb5, 0x2f, 0xfd})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		cfg, err := readOverlay(b)
+		if err == nil && cfg.Token == "" {
+			t.Fatal("a configuration without a token passed")
+		}
+	})
+}

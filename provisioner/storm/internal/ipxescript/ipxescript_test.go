@@ -148,3 +148,25 @@ func TestRunCancelled(t *testing.T) {
 		t.Fatalf("error %v, want context.Canceled", err)
 	}
 }
+
+// quick is an Env that fetches nothing and never waits.
+type quick struct{}
+
+func (quick) Fetch(context.Context, Image) error         { return nil }
+func (quick) Sleep(context.Context, time.Duration) error { return nil }
+func (quick) Echo(string)                                {}
+
+// FuzzRun: any script the head could send ends, with a result or an
+// error, and never panics.
+func FuzzRun(f *testing.F) {
+	f.Add([]byte("#!ipxe\nkernel http://h/k a\ninitrd http://h/i\nboot\n"))
+	f.Add([]byte("#!ipxe\nset a:int32 1\n:x\ninc a\niseq ${a} 5 || goto x\nreboot\n"))
+	f.Add([]byte("#!ipxe\nchain http://h/${net0/mac}.ipxe || exit\n"))
+	f.Fuzz(func(t *testing.T, script []byte) {
+		_ = Check(script)
+		res, err := Run(context.Background(), script, quick{})
+		if err == nil && res.End == 0 {
+			t.Fatalf("no end and no error: %+v", res)
+		}
+	})
+}

@@ -111,8 +111,8 @@ func Download(ctx context.Context, cfg DownloadConfig) (DownloadResult, error) {
 	var mu sync.Mutex
 	for i := range cfg.Clients {
 		wg.Go(func() {
-			hc := newHTTPClient(addIP(cfg.FirstIP, i), cfg.HTTPStall)
-			defer hc.CloseIdleConnections()
+			hc := newNodeHTTP(addIP(cfg.FirstIP, i), cfg.HTTPStall)
+			defer hc.Close()
 			t := time.Now()
 			verify := cfg.DigestEvery > 0 && (i+1)%cfg.DigestEvery == 0
 			for j, u := range cfg.URLs {
@@ -128,7 +128,7 @@ func Download(ctx context.Context, cfg DownloadConfig) (DownloadResult, error) {
 				if verify && j < len(cfg.Digests) && cfg.Digests[j] != "" {
 					o = getOpts{verify: true, want: cfg.Digests[j]}
 				}
-				got, err := r.get(ctx, hc, u, o)
+				got, err := hc.get(ctx, &r.bufs, u, o)
 				if sem != nil {
 					<-sem
 				}

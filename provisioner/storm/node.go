@@ -2,12 +2,9 @@ package storm
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
-	"net/http"
 	"net/netip"
 	"path"
 	"time"
@@ -189,8 +186,8 @@ func (r *runner) boot(ctx context.Context, n *nodeRun) error {
 		return nil
 	}
 
-	hc := r.httpClient(n.spec.IP)
-	defer hc.CloseIdleConnections()
+	hc := newNodeHTTP(n.spec.IP, r.cfg.HTTPStall)
+	defer hc.Close()
 	n.begin(PhaseScript)
 	script, err := r.getScript(ctx, n, hc, l.bootFile)
 	if err != nil {
@@ -290,9 +287,9 @@ func tftpErr(ctx context.Context, err error) error {
 // getScript fetches the iPXE script, retrying as iPXE's autoboot would
 // not (it would fail the boot; the firmware then retries from DHCP): a
 // failure here is a reboot.
-func (r *runner) getScript(ctx context.Context, n *nodeRun, hc *http.Client, url string) ([]byte, error) {
+func (r *runner) getScript(ctx context.Context, n *nodeRun, hc *nodeHTTP, url string) ([]byte, error) {
 	var body []byte
-	_, err := r.get(ctx, hc, url, getOpts{keep: func(b []byte) { body = append(body, b...) }, limit: 1 << 20})
+	_, err := hc.get(ctx, &r.bufs, url, getOpts{keep: func(b []byte) { body = append(body, b...) }, limit: 1 << 20})
 	if err != nil {
 		var pe *PhaseError
 		if errors.As(err, &pe) {
@@ -311,7 +308,7 @@ func (r *runner) getScript(ctx context.Context, n *nodeRun, hc *http.Client, url
 type nodeEnv struct {
 	r       *runner
 	n       *nodeRun
-	hc      *http.Client
+	hc      *nodeHTTP
 	overlay []byte
 	lastErr *PhaseError
 }
@@ -356,7 +353,7 @@ func (e *nodeEnv) Fetch(ctx context.Context, img ipxescript.Image) error {
 		e.overlay = e.overlay[:0]
 		o.keep = func(b []byte) { e.overlay = append(e.overlay, b...) }
 	}
-	res, err := r.get(ctx, e.hc, img.URL, o)
+	res, err := e.hc.get(ctx, &r.bufs, img.URL, o)
 	if err != nil {
 		var pe *PhaseError
 		if errors.As(err, &pe) {
@@ -400,68 +397,6 @@ type getOpts struct {
 	// keep, if set, gets the body's bytes; limit > 0 bounds them.
 	keep  func([]byte)
 	limit int64
-}
-
-// get downloads url with hc; the body must match its Content-Length and,
-// as o says, its digest.
-func (r *runner) get(ctx context.Context, hc *http.Client, url string, o getOpts) (getResult, error) {
-	var res getResult
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return res, phaseErr(PhaseScript, "url", err)
-	}
-	req.Header.Set("User-Agent", "iPXE/1.0.0+ (ramboot storm)")
-	resp, err := hc.Do(req)
-	if err != nil {
-		return res, httpErr(ctx, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		return res, phaseErr(PhaseScript, fmt.Sprintf("http-%d", resp.StatusCode), fmt.Errorf("GET %s: %s", url, resp.Status))
-	}
-	res.etagDigest = etagDigest(resp.Header.Get("ETag"))
-	want := o.want
-	if want == "" {
-		want = res.etagDigest
-	}
-	var h hash.Hash
-	if o.verify && want != "" {
-		h = sha256.New()
-	}
-	buf := r.buffer()
-	defer r.bufs.Put(buf)
-	for {
-		k, err := resp.Body.Read(*buf)
-		if k > 0 {
-			b := (*buf)[:k]
-			res.size += int64(k)
-			if h != nil {
-				h.Write(b)
-			}
-			if o.keep != nil {
-				if o.limit > 0 && res.size > o.limit {
-					return res, phaseErr(PhaseScript, "too-large", fmt.Errorf("GET %s: more than %d bytes", url, o.limit))
-				}
-				o.keep(b)
-			}
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return res, httpErr(ctx, err)
-		}
-	}
-	if resp.ContentLength >= 0 && res.size != resp.ContentLength {
-		return res, phaseErr(PhaseScript, "short", fmt.Errorf("GET %s: %d bytes, Content-Length %d", url, res.size, resp.ContentLength))
-	}
-	if h != nil {
-		if got := fmt.Sprintf("sha256:%x", h.Sum(nil)); got != want {
-			return res, phaseErr(PhaseScript, "digest", fmt.Errorf("GET %s: body is %s, want %s", url, got, want))
-		}
-	}
-	return res, nil
 }
 
 // etagDigest returns the sha256 digest an ETag names ("sha256:<64 hex>"),

@@ -14,6 +14,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -117,19 +118,24 @@ func TestGet(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	r := &runner{cfg: Config{HTTPStall: 300 * time.Millisecond}}
-	hc := newHTTPClient(netip.MustParseAddr("127.0.0.1"), r.cfg.HTTPStall)
+	var bufs sync.Pool
+	hc := newNodeHTTP(netip.MustParseAddr("127.0.0.1"), 300*time.Millisecond)
+	defer hc.Close()
 	ctx := context.Background()
-	res, err := r.get(ctx, hc, srv.URL+"/good", getOpts{verify: true})
+	res, err := hc.get(ctx, &bufs, srv.URL+"/good", getOpts{verify: true})
 	if err != nil || res.size != int64(len(body)) || res.etagDigest != strings.Trim(good, `"`) {
 		t.Fatalf("good: %+v, %v", res, err)
 	}
 	want := fmt.Sprintf("sha256:%x", sha256.Sum256(body))
-	if _, err := r.get(ctx, hc, srv.URL+"/good", getOpts{verify: true, want: want}); err != nil {
+	if _, err := hc.get(ctx, &bufs, srv.URL+"/good", getOpts{verify: true, want: want}); err != nil {
 		t.Errorf("good against an expected digest: %v", err)
 	}
+	// Unverified, the body goes to /dev/null by splice.
+	if res, err := hc.get(ctx, &bufs, srv.URL+"/good", getOpts{}); err != nil || res.size != int64(len(body)) {
+		t.Errorf("good, discarded: %+v, %v", res, err)
+	}
 	for path, reason := range map[string]string{"/corrupt": "digest", "/short": "", "/stall": "stall", "/missing": "http-404"} {
-		_, err := r.get(ctx, hc, srv.URL+path, getOpts{verify: true})
+		_, err := hc.get(ctx, &bufs, srv.URL+path, getOpts{verify: true})
 		var pe *PhaseError
 		if !errors.As(err, &pe) {
 			t.Errorf("%s: error %v, want a PhaseError", path, err)
@@ -141,8 +147,27 @@ func TestGet(t *testing.T) {
 	}
 	// Without verify the corrupt body passes: only every Nth node pays
 	// for the hash.
-	if _, err := r.get(ctx, hc, srv.URL+"/corrupt", getOpts{}); err != nil {
+	if _, err := hc.get(ctx, &bufs, srv.URL+"/corrupt", getOpts{}); err != nil {
 		t.Errorf("corrupt, unverified: %v", err)
+	}
+	// A short body and a stall on the zero-copy path too.
+	for path, reason := range map[string]string{"/short": "", "/stall": "stall"} {
+		_, err := hc.get(ctx, &bufs, srv.URL+path, getOpts{})
+		var pe *PhaseError
+		if !errors.As(err, &pe) || (reason != "" && pe.Reason != reason) {
+			t.Errorf("%s, discarded: %v, want reason %q", path, err, reason)
+		}
+	}
+	// The server's idle keep-alive connections are closed under the
+	// client: the next GET opens a new one.
+	srv.CloseClientConnections()
+	if _, err := hc.get(ctx, &bufs, srv.URL+"/good", getOpts{}); err != nil {
+		t.Errorf("after the server closed the kept connection: %v", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := hc.get(cctx, &bufs, srv.URL+"/good", getOpts{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: %v", err)
 	}
 }
 

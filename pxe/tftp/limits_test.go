@@ -90,11 +90,12 @@ func TestPerClientLimit(t *testing.T) {
 }
 
 // TestTotalLimit holds MaxTransfers transfers from two addresses that
-// never acknowledge: a request from a third address gets a TFTP ERROR at
-// once, not silence, and is counted under limit="total".
+// never acknowledge: with no queue (QueueWait negative), a request from a
+// third address gets a TFTP ERROR at once, not silence, and is counted
+// under limit="total".
 func TestTotalLimit(t *testing.T) {
 	h := start(t, func(s *tftp.Server) {
-		s.MaxTransfers, s.MaxTransfersPerClient = 2, 1
+		s.MaxTransfers, s.MaxTransfersPerClient, s.QueueWait = 2, 1, -1
 		s.Timeout = 500 * time.Millisecond // the held transfers end 3 s later
 	})
 	for _, from := range []string{"127.0.0.2", "127.0.0.3"} {
@@ -112,6 +113,99 @@ func TestTotalLimit(t *testing.T) {
 		t.Fatalf("request over the total: opcode %d %q, want ERROR server busy", op, body)
 	}
 	t.Logf("refusal answered in %v", time.Since(start).Round(time.Microsecond))
+	if got := testutil.ToFloat64(gathered{h.reg, "ramboot_tftp_over_limit_total", "total"}); got != 1 {
+		t.Errorf("over_limit{total} = %v, want 1", got)
+	}
+}
+
+// fetch reads a whole file on c in lock-step, from its first DATA packet.
+func fetch(t *testing.T, c *rawClient, blksize int) {
+	t.Helper()
+	for block := uint16(1); ; block++ {
+		op, body := c.recv(t)
+		if op != opDATA {
+			t.Fatalf("opcode %d %q, want DATA", op, body)
+		}
+		c.tryAck(block)
+		if len(body)-2 < blksize {
+			return
+		}
+	}
+}
+
+// TestTotalLimitQueues: a request over MaxTransfers waits for a slot
+// instead of being refused (a rack powered on queues for a moment, its
+// boots do not fail), and is served, silently meanwhile, once a transfer
+// ends; the wait is measured.
+func TestTotalLimitQueues(t *testing.T) {
+	h := start(t, func(s *tftp.Server) {
+		s.MaxTransfers, s.MaxTransfersPerClient, s.QueueWait = 1, 1, 5*time.Second
+	})
+	first := dialRawFrom(t, netip.MustParseAddr("127.0.0.2"), h.addr)
+	first.send(t, rrq("undionly.kpxe", "octet"))
+	if op, _ := first.recv(t); op != opDATA {
+		t.Fatalf("first transfer: opcode %d, want DATA", op)
+	}
+	first.tryAck(1)
+	waiting := dialRawFrom(t, netip.MustParseAddr("127.0.0.3"), h.addr)
+	waiting.send(t, rrq("undionly.kpxe", "octet"))
+	if op, body, err := waiting.tryRecv(300 * time.Millisecond); err == nil {
+		t.Fatalf("the waiting request was answered at once: opcode %d %q", op, body)
+	}
+	// The first transfer ends; the slot goes to the waiting request.
+	for block := uint16(2); ; block++ {
+		op, body := first.recv(t)
+		if op != opDATA {
+			t.Fatalf("first transfer: opcode %d %q", op, body)
+		}
+		first.tryAck(block)
+		if len(body)-2 < 512 {
+			break
+		}
+	}
+	fetch(t, waiting, 512)
+	if got := testutil.ToFloat64(gathered{h.reg, "ramboot_tftp_over_limit_total", "total"}); got != 0 {
+		t.Errorf("over_limit{total} = %v, want 0", got)
+	}
+	if n := testutil.CollectAndCount(h.reg, "ramboot_tftp_queue_wait_seconds"); n != 1 {
+		t.Errorf("queue wait histogram: %d series", n)
+	}
+	var waited float64
+	if mfs, err := h.reg.Gather(); err == nil {
+		for _, mf := range mfs {
+			if mf.GetName() == "ramboot_tftp_queue_wait_seconds" {
+				waited = float64(mf.GetMetric()[0].GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	if waited != 1 {
+		t.Errorf("%v requests waited, want 1", waited)
+	}
+}
+
+// TestTotalLimitQueueWait: a request that finds no slot within QueueWait
+// is refused then, and counted.
+func TestTotalLimitQueueWait(t *testing.T) {
+	h := start(t, func(s *tftp.Server) {
+		s.MaxTransfers, s.MaxTransfersPerClient, s.QueueWait = 1, 1, 300*time.Millisecond
+		s.Timeout = time.Second // the held transfer lasts 6 s
+	})
+	held := dialRawFrom(t, netip.MustParseAddr("127.0.0.2"), h.addr)
+	held.send(t, rrq("undionly.kpxe", "octet"))
+	if op, _ := held.recv(t); op != opDATA {
+		t.Fatalf("held transfer: opcode %d, want DATA", op)
+	}
+	c := dialRawFrom(t, netip.MustParseAddr("127.0.0.3"), h.addr)
+	start := time.Now()
+	c.send(t, rrq("undionly.kpxe", "octet"))
+	op, body := c.recv(t)
+	waited := time.Since(start)
+	if op != opERROR || !bytes.Contains(body, []byte("server busy")) {
+		t.Fatalf("opcode %d %q, want ERROR server busy", op, body)
+	}
+	if waited < 250*time.Millisecond || waited > 3*time.Second {
+		t.Errorf("refused after %v, want after the 300ms wait", waited)
+	}
 	if got := testutil.ToFloat64(gathered{h.reg, "ramboot_tftp_over_limit_total", "total"}); got != 1 {
 		t.Errorf("over_limit{total} = %v, want 1", got)
 	}

@@ -78,6 +78,11 @@ const (
 	// booting node needs one at a time (UEFI's tsize probe ends before its
 	// fetch starts).
 	DefaultMaxTransfersPerClient = 8
+	// DefaultQueueWait is how long a read request waits for a slot when
+	// Server.QueueWait is zero: half the 4 s after which PXE firmware
+	// (EDK2) sends its request again, so a request served from the queue
+	// is answered before the firmware repeats it.
+	DefaultQueueWait = 2 * time.Second
 	// DefaultReceiveBuffer is the receive buffer asked for the server
 	// socket when Server.ReceiveBuffer is zero: room for thousands of
 	// queued requests during a boot storm.
@@ -158,10 +163,19 @@ type Server struct {
 	// capped by the MTU of the interface a request came in on.
 	MaxBlockSize int
 	// MaxTransfers caps the transfers in flight. A read request beyond it
-	// gets a TFTP ERROR ("server busy") at once and is counted in
+	// waits, in arrival order, up to QueueWait for a transfer to end; one
+	// that still finds no slot, or finds MaxTransfers requests waiting
+	// already, gets a TFTP ERROR ("server busy") and is counted in
 	// ramboot_tftp_over_limit_total{limit="total"}. Default 1000
 	// (DefaultMaxTransfers).
 	MaxTransfers int
+	// QueueWait is how long a read request over MaxTransfers waits for a
+	// slot: a burst of firmware (a rack powered on) queues for a moment
+	// instead of failing boots, as an ERROR makes firmware give up its
+	// boot attempt. Default 2 s (DefaultQueueWait); negative refuses at
+	// once. Requests over MaxTransfersPerClient are always refused at
+	// once.
+	QueueWait time.Duration
 	// MaxTransfersPerClient caps the transfers in flight from one client
 	// IP address, so that one host cannot take every slot; beyond it, as
 	// for MaxTransfers, with limit="client". Default 8
@@ -289,7 +303,8 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 	case <-ctx.Done():
 	}
 	st.stopping.Store(true)
-	st.untrackDrops() // read the socket's drops before it closes
+	close(st.admit.stop) // requests waiting for a slot are refused
+	st.untrackDrops()    // read the socket's drops before it closes
 	// Shutdown closes conn, tells pin's loop to stop and waits for the
 	// transfers in flight. Closing conn again here covers a Shutdown that
 	// raced with Serve storing it.
@@ -327,7 +342,7 @@ func (s *Server) newState() (*state, error) {
 		retries:       s.Retries,
 		maxBlockSize:  s.MaxBlockSize,
 		receiveBuffer: s.ReceiveBuffer,
-		admit:         admission{maxTotal: s.MaxTransfers, maxPerClient: s.MaxTransfersPerClient},
+		admit:         admission{maxTotal: s.MaxTransfers, maxPerClient: s.MaxTransfersPerClient, wait: s.QueueWait, stop: make(chan struct{})},
 		observer:      s.Observer,
 		log:           s.Logger,
 		logLimit:      ratelog.Limiter{Interval: logInterval},
@@ -372,6 +387,9 @@ func (s *Server) newState() (*state, error) {
 	case s.MaxTransfers == 0:
 		st.admit.maxTotal = DefaultMaxTransfers
 	}
+	if s.QueueWait == 0 {
+		st.admit.wait = DefaultQueueWait
+	}
 	switch {
 	case s.MaxTransfersPerClient < 0:
 		errs = append(errs, fmt.Errorf("max transfers per client %d is negative (MaxTransfersPerClient)", s.MaxTransfersPerClient))
@@ -408,7 +426,11 @@ func (st *state) handleRead(filename string, rf io.ReaderFrom) error {
 	// pin has bound this transfer's socket already (it does so before it
 	// calls the handler); refusing here sends the ERROR from it and closes
 	// it at once, so a refused request holds nothing afterwards.
-	release, err := st.admit.acquire(ev.Remote.Addr())
+	release, queued, err := st.admit.acquire(ev.Remote.Addr())
+	if queued > 0 {
+		st.metrics.queuedFor(queued)
+		st.log.Debug("tftp request waited for a slot", "ip", ev.Remote.Addr().String(), "path", ev.File, "dur", queued, "err", err)
+	}
 	if err != nil {
 		err = fmt.Errorf("read %q: %w", ev.File, err)
 		st.overLimit(ev, err)
@@ -574,39 +596,92 @@ const (
 var errClientBusy = fmt.Errorf("%w: too many transfers from this address", ErrBusy)
 
 // admission counts the transfers in flight, in total and per client
-// address, and refuses those beyond the limits.
+// address, queues requests over the total for a while (oldest first), and
+// refuses those beyond the limits.
 type admission struct {
 	maxTotal, maxPerClient int
+	wait                   time.Duration // how long a request over maxTotal may wait
+	stop                   chan struct{} // closed when Serve stops: waiters are refused
 
 	mu        sync.Mutex
-	total     int
-	perClient map[netip.Addr]int
+	total     int                // slots taken (a slot handed to a waiter stays taken)
+	perClient map[netip.Addr]int // in flight or waiting, by address
+	queue     []chan struct{}    // waiters, oldest first; closed when given a slot
 }
 
-// acquire takes a slot for a transfer from ip, or returns an error
-// wrapping ErrBusy. release gives the slot back.
-func (a *admission) acquire(ip netip.Addr) (release func(), err error) {
+// acquire takes a slot for a transfer from ip, waiting for one up to
+// a.wait when every slot is taken, or returns an error wrapping ErrBusy.
+// queued is how long it waited. release gives the slot back, to the
+// oldest waiter if there is one.
+func (a *admission) acquire(ip netip.Addr) (release func(), queued time.Duration, err error) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.total >= a.maxTotal {
-		return nil, fmt.Errorf("%w: %d transfers in flight", ErrBusy, a.total)
-	}
 	if a.perClient[ip] >= a.maxPerClient {
-		return nil, errClientBusy
+		a.mu.Unlock()
+		return nil, 0, errClientBusy
 	}
 	if a.perClient == nil {
 		a.perClient = map[netip.Addr]int{}
 	}
-	a.total++
+	release = func() { a.release(ip) }
+	if a.total < a.maxTotal && len(a.queue) == 0 {
+		a.total++
+		a.perClient[ip]++
+		a.mu.Unlock()
+		return release, 0, nil
+	}
+	if a.wait <= 0 || len(a.queue) >= a.maxTotal {
+		err := fmt.Errorf("%w: %d transfers in flight, %d waiting", ErrBusy, a.total, len(a.queue))
+		a.mu.Unlock()
+		return nil, 0, err
+	}
+	granted := make(chan struct{})
+	a.queue = append(a.queue, granted)
 	a.perClient[ip]++
-	return func() {
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		a.total--
-		if a.perClient[ip]--; a.perClient[ip] == 0 {
-			delete(a.perClient, ip)
+	a.mu.Unlock()
+
+	start := time.Now()
+	t := time.NewTimer(a.wait)
+	defer t.Stop()
+	select {
+	case <-granted:
+		return release, time.Since(start), nil
+	case <-t.C:
+	case <-a.stop:
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	select {
+	case <-granted: // given a slot as the wait ended
+		return release, time.Since(start), nil
+	default:
+	}
+	for i, q := range a.queue {
+		if q == granted {
+			a.queue = append(a.queue[:i], a.queue[i+1:]...)
+			break
 		}
-	}, nil
+	}
+	a.dropClient(ip)
+	return nil, time.Since(start), fmt.Errorf("%w: %d transfers in flight, none ended within %s", ErrBusy, a.total, a.wait)
+}
+
+// release gives a slot back: to the oldest waiter, or to the pool.
+func (a *admission) release(ip netip.Addr) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.dropClient(ip)
+	if len(a.queue) > 0 {
+		close(a.queue[0])
+		a.queue = a.queue[1:]
+		return
+	}
+	a.total--
+}
+
+func (a *admission) dropClient(ip netip.Addr) {
+	if a.perClient[ip]--; a.perClient[ip] <= 0 {
+		delete(a.perClient, ip)
+	}
 }
 
 // inFlight returns the transfers in flight in total and from ip.

@@ -347,7 +347,9 @@ func (e *nodeEnv) Fetch(ctx context.Context, img ipxescript.Image) error {
 			return ctx.Err()
 		}
 	}
-	verify := ph != PhaseKernel && ph != PhaseImage || (r.cfg.DigestEvery > 0 && n.index%r.cfg.DigestEvery == 0)
+	// The kernel, image and agent archive are one shared copy each: every
+	// Nth node checks them. The overlay is the node's own, and read.
+	verify := ph == PhaseOverlay || (r.cfg.DigestEvery > 0 && n.index%r.cfg.DigestEvery == 0)
 	o := getOpts{verify: verify}
 	if ph == PhaseOverlay {
 		e.overlay = e.overlay[:0]

@@ -190,10 +190,10 @@ type Config struct {
 	// Deadline bounds the storm from the first power-on; a node that has
 	// not finished by then is lost. 0 means DefaultDeadline.
 	Deadline time.Duration
-	// DigestEvery checks the sha256 of the kernel and image of every Nth
-	// node (1: every node); 0 means DefaultDigestEvery, negative never.
-	// Sizes, the script, the agent archive and the overlay are always
-	// checked.
+	// DigestEvery checks the sha256 of the kernel, image and agent
+	// archive of every Nth node (1: every node); 0 means
+	// DefaultDigestEvery, negative never. Sizes, the script and the
+	// overlay are always checked.
 	DigestEvery int
 	// HTTPStall fails a download that received nothing for this long, as
 	// iPXE's TCP gives up; 0 means DefaultHTTPStall.

@@ -99,7 +99,7 @@ docs/storm.md. Exits non-zero when a node is lost.`,
 	fl.IntVar(&cfg.MaxDownloads, "max-downloads", 0, "kernel and image downloads in flight (0: no cap)")
 	fl.DurationVar(&cfg.BootTime, "boot-time", 0, "simulated kernel and init time before the agent registers")
 	fl.DurationVar(&cfg.Deadline, "deadline", storm.DefaultDeadline, "a node not finished this long after the first power-on is lost")
-	fl.IntVar(&cfg.DigestEvery, "digest-every", storm.DefaultDigestEvery, "check the sha256 of the kernel and image of every Nth node (1: all, -1: none)")
+	fl.IntVar(&cfg.DigestEvery, "digest-every", storm.DefaultDigestEvery, "check the sha256 of the kernel, image and agent archive of every Nth node (1: all, -1: none)")
 	fl.DurationVar(&cfg.HTTPStall, "http-stall", storm.DefaultHTTPStall, "a download that receives nothing for this long fails, as iPXE's does")
 	fl.IntVar(&cfg.MaxReboots, "max-reboots", storm.DefaultMaxReboots, "times a node starts over from its firmware (a failed boot attempt, a script that rebooted) before it is lost")
 	fl.DurationVar(&cfg.RebootTime, "reboot-time", storm.DefaultRebootTime, "from a failed boot attempt to the firmware's next DHCP")

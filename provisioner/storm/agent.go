@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync"
 	"syscall"
 	"time"
 
@@ -21,33 +22,44 @@ import (
 )
 
 // maxOverlay bounds an overlay archive unpacked, and each file in it.
-const maxOverlay = 16 << 20
+const maxOverlay = 64 << 20
 
-// unpackOverlay returns the regular files of a zstd-compressed newc cpio.
-func unpackOverlay(b []byte) (map[string][]byte, error) {
-	zr, err := zstd.NewReader(bytes.NewReader(b), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxOverlay))
+// decoders are zstd decoders reused across the nodes: a new one per
+// overlay allocates (and clears) its windows every time.
+var decoders = sync.Pool{New: func() any {
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxOverlay))
 	if err != nil {
+		panic(fmt.Sprintf("zstd decoder: %v", err)) // only for invalid options
+	}
+	return d
+}}
+
+// overlayFile returns the content of the regular file name in an overlay
+// (a zstd-compressed newc cpio), reading past the others without keeping
+// them: an overlay carries the whole cluster's hosts and known_hosts.
+func overlayFile(b []byte, name string) ([]byte, error) {
+	zr := decoders.Get().(*zstd.Decoder)
+	defer decoders.Put(zr)
+	if err := zr.Reset(bytes.NewReader(b)); err != nil {
 		return nil, fmt.Errorf("overlay: %w", err)
 	}
-	defer zr.Close()
 	cr := cpio.NewReader(io.LimitReader(zr, maxOverlay))
-	files := map[string][]byte{}
 	for {
 		h, err := cr.Next()
 		if err == io.EOF {
-			return files, nil
+			return nil, fmt.Errorf("the overlay has no %s", name)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("overlay: read archive: %w", err)
 		}
-		if !h.Mode.IsRegular() {
+		if h.Name != name || !h.Mode.IsRegular() {
 			continue
 		}
-		data, err := io.ReadAll(io.LimitReader(cr, maxOverlay))
+		data, err := io.ReadAll(io.LimitReader(cr, 1<<20))
 		if err != nil {
 			return nil, fmt.Errorf("overlay: read %s: %w", h.Name, err)
 		}
-		files[h.Name] = data
+		return data, nil
 	}
 }
 

@@ -443,13 +443,9 @@ func baseOf(u string) string {
 
 // readOverlay finds the node configuration in an overlay archive.
 func readOverlay(b []byte) (overlay.Config, error) {
-	files, err := unpackOverlay(b)
+	data, err := overlayFile(b, overlay.ConfigPath)
 	if err != nil {
 		return overlay.Config{}, err
-	}
-	data, ok := files[overlay.ConfigPath]
-	if !ok {
-		return overlay.Config{}, fmt.Errorf("the overlay has no %s", overlay.ConfigPath)
 	}
 	cfg, err := overlay.ParseConfig(data)
 	if err != nil {

@@ -1,6 +1,9 @@
-// Package state keeps the head's durable state in one bbolt database under
-// the state directory: the node inventory with each node's boot status,
-// its current boot's timeline and the last few boots before it.
+// Package state keeps the head's durable state in a store (provisioner/store;
+// one bbolt database under the state directory by default): the node
+// inventory with each node's boot status, its current boot's timeline and
+// the last few boots before it. Reads come from an in-memory view that
+// follows the store's changes (its Watch), so with a shared store every
+// head serves what any head committed.
 //
 // Guarantees:
 //
@@ -9,8 +12,9 @@
 //     panic and never a new empty inventory (see Verify).
 //
 //   - Memory follows disk: every change is applied to a copy of the node's
-//     record, committed (fsync) and only then published to readers. A write
-//     that fails (a full disk) changes nothing, in memory or on disk.
+//     record and committed (fsync, compare-and-swap on what it read); only
+//     the store's watch of committed changes updates memory. A write that
+//     fails (a full disk) changes nothing, in memory or on disk.
 //
 //   - Reads are served from memory, except earlier boots, read from disk.
 //
@@ -21,6 +25,7 @@
 package state
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -31,15 +36,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
+	"github.com/ramboot/ramboot/provisioner/store"
 )
 
 // Errors callers branch on.
@@ -91,10 +95,19 @@ type NodeStatus struct {
 	Status Status `json:"status"`
 }
 
-// record is what is stored per node: what reads return, plus the secrets
-// they never do.
+// record is a node as memory holds it: its inventory entry and its
+// status, each with the store revision that last wrote it, plus the
+// secrets reads never return.
 type record struct {
-	Node   Node   `json:"node"`
+	Node    Node
+	nodeRev int64
+	statusRecord
+	statusRev int64
+}
+
+// statusRecord is what is stored at a node's status key: its boot status
+// and the current boot's secrets.
+type statusRecord struct {
 	Status Status `json:"status"`
 	// BootNonce is in the overlay URL of the script last served; empty once
 	// an overlay consumed it, or a new boot started.
@@ -106,23 +119,36 @@ type record struct {
 	TokenBoot int `json:"tokenBoot,omitempty"`
 }
 
-// clone returns a deep copy of r: changes are made to copies.
-func (r *record) clone() *record {
-	c := *r
-	c.Status.Boot = r.Status.Boot.clone()
-	c.Status.History = slices.Clone(r.Status.History)
-	return &c
+// clone returns a deep copy of s: changes are made to copies.
+func (s statusRecord) clone() statusRecord {
+	c := s
+	c.Status.Boot = s.Status.Boot.clone()
+	c.Status.History = slices.Clone(s.Status.History)
+	return c
 }
 
 func (r *record) view() NodeStatus {
-	c := r.clone()
-	return NodeStatus{Node: c.Node, Status: c.Status}
+	c := r.statusRecord.clone()
+	return NodeStatus{Node: r.Node, Status: c.Status}
 }
 
-var (
-	bucketNodes = []byte("nodes") // node name -> record (JSON)
-	bucketBoots = []byte("boots") // bootKey(name, id) -> Boot (JSON), earlier boots
+// clone returns a deep copy of r.
+func (r *record) clone() *record {
+	c := *r
+	c.statusRecord = r.statusRecord.clone()
+	return &c
+}
+
+// Keys of the store.
+const (
+	keyNodes     = "nodes/"          // nodes/NAME -> Node (inventory)
+	keyStatus    = "status/"         // status/NAME -> statusRecord
+	keyBoots     = "boots/"          // boots/NAME/ID (16 hex digits) -> Boot, earlier boots
+	keyInventory = "meta/inventory"  // changes with every inventory write: the inventory's compare-and-swap key
 )
+
+func nodeKey(name string) string   { return keyNodes + name }
+func statusKey(name string) string { return keyStatus + name }
 
 // Options configure a database.
 type Options struct {
@@ -137,18 +163,25 @@ type Options struct {
 	mmapSize int
 }
 
-// DB is the open state database. Its methods are safe for concurrent use.
+// DB is the open state database: an in-memory view that follows the
+// store's changes. Its methods are safe for concurrent use.
 type DB struct {
-	db      *bolt.DB
+	st      *store.Bolt
 	path    string
 	history int
 	now     func() time.Time
+	stop    context.CancelFunc
+	done    chan struct{}
 
-	mu    sync.Mutex
-	nodes map[string]*record // by name; published records are never changed
-	byMAC map[string]string  // MAC -> name
-	byIP  map[netip.Addr]string
-	fails int // writes that did not commit
+	mu       sync.Mutex
+	applied  sync.Cond // broadcast when rev advances
+	rev      int64     // the store revision memory reflects
+	watchErr error     // set when the watch ended
+	invRev   int64     // revision of keyInventory
+	nodes    map[string]*record // by name; published records are never changed
+	byMAC    map[string]string  // MAC -> name
+	byIP     map[netip.Addr]string
+	fails    int // writes that did not commit
 }
 
 // Open opens the database at path with default options; see OpenWith.
@@ -167,7 +200,7 @@ func OpenWith(path string, o Options) (*DB, error) {
 		o.Now = time.Now
 	}
 	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
-		if err := create(path); err != nil {
+		if err := store.CreateBolt(path); err != nil {
 			return nil, err
 		}
 	} else if err != nil {
@@ -177,105 +210,160 @@ func OpenWith(path string, o Options) (*DB, error) {
 		return nil, err
 	}
 	d := &DB{path: path, history: o.History, now: o.Now, nodes: map[string]*record{}, byMAC: map[string]string{}, byIP: map[netip.Addr]string{}}
+	d.applied.L = &d.mu
+	var kvs []store.KV
 	err := contained(func() error {
-		bdb, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, InitialMmapSize: o.mmapSize})
+		st, err := store.OpenBolt(path, store.BoltOptions{InitialMmapSize: o.mmapSize})
 		if err != nil {
 			return err
 		}
-		d.db = bdb
-		err = bdb.View(func(tx *bolt.Tx) error {
-			if tx.Bucket(bucketNodes) == nil || tx.Bucket(bucketBoots) == nil {
-				return errNoChange
-			}
-			return nil
-		})
-		if errors.Is(err, errNoChange) { // a database from before boot history
-			err = bdb.Update(func(tx *bolt.Tx) error {
-				for _, b := range [][]byte{bucketNodes, bucketBoots} {
-					if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-						return err
-					}
-				}
-				return nil
-			})
-		}
-		if err != nil {
+		d.st = st
+		if err := migrate(st); err != nil {
 			return err
 		}
-		return bdb.View(func(tx *bolt.Tx) error {
-			return tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
-				var r record
-				if err := decodeRecord(k, v, &r); err != nil {
-					return err
-				}
-				d.index(&r)
-				return nil
-			})
-		})
+		kvs, d.rev, err = st.List(context.Background(), "")
+		return err
 	})
 	if err != nil {
-		if d.db != nil {
-			d.db.Close()
+		if d.st != nil {
+			d.st.Close()
 		}
-		if errors.Is(err, berrors.ErrTimeout) {
+		if errors.Is(err, store.ErrInUse) {
 			return nil, fmt.Errorf("state database %s: %w (is a ramboot daemon serving this state directory?)", path, ErrInUse)
 		}
 		return nil, fmt.Errorf("load state database %s: %w", path, err)
 	}
+	for _, kv := range kvs {
+		if err := d.apply(store.Event{KV: kv}); err != nil {
+			d.st.Close()
+			return nil, fmt.Errorf("load state database %s: %w", path, err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d.stop, d.done = cancel, make(chan struct{})
+	go d.follow(ctx, d.st.Watch(ctx, "", d.rev))
 	return d, nil
 }
 
-// create makes a new, empty database at path atomically: it is built beside
-// path and linked into place, so a crash never leaves an empty file at path
-// (which the next start would rightly refuse).
-func create(path string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("create state database: %w", err)
-	}
-	tmp := path + ".new"
-	_ = os.Remove(tmp) // left by a crash during an earlier create
-	bdb, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second})
-	if err != nil {
-		return fmt.Errorf("create state database %s: %w", tmp, err)
-	}
-	err = bdb.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketNodes, bucketBoots} {
-			if _, err := tx.CreateBucket(b); err != nil {
-				return err
+// follow applies the store's changes to memory, in order, until ctx ends.
+func (d *DB) follow(ctx context.Context, ch <-chan store.Change) {
+	defer close(d.done)
+	for c := range ch {
+		d.mu.Lock()
+		var err error
+		if c.Err != nil {
+			err = c.Err
+		}
+		for _, e := range c.Events {
+			if aerr := d.apply(e); aerr != nil && err == nil {
+				err = aerr
 			}
 		}
-		return nil
-	})
-	if cerr := bdb.Close(); err == nil {
-		err = cerr
+		if c.Rev > d.rev {
+			d.rev = c.Rev
+		}
+		if err != nil && ctx.Err() == nil {
+			d.watchErr = err
+		}
+		d.applied.Broadcast()
+		d.mu.Unlock()
 	}
-	if err == nil {
-		err = os.Link(tmp, path) // fails if a file appeared at path
+	d.mu.Lock()
+	if d.watchErr == nil {
+		d.watchErr = store.ErrClosed
 	}
-	_ = os.Remove(tmp)
-	if err != nil {
-		return fmt.Errorf("create state database %s: %w", path, err)
+	d.applied.Broadcast()
+	d.mu.Unlock()
+}
+
+// apply folds one stored key into memory; d.mu is held (or memory not yet
+// shared).
+func (d *DB) apply(e store.Event) error {
+	switch {
+	case e.Key == keyInventory:
+		d.invRev = e.Rev
+	case strings.HasPrefix(e.Key, keyNodes):
+		name := strings.TrimPrefix(e.Key, keyNodes)
+		old := d.nodes[name]
+		if old != nil && old.Node.Name != "" {
+			delete(d.byMAC, old.Node.MAC)
+			delete(d.byIP, old.Node.IP)
+		}
+		if e.Deleted {
+			delete(d.nodes, name)
+			return nil
+		}
+		var n Node
+		if err := json.Unmarshal(e.Value, &n); err != nil || n.Name != name {
+			return fmt.Errorf("decode node %q: %v", name, err)
+		}
+		r := &record{}
+		if old != nil {
+			*r = *old
+		}
+		r.Node, r.nodeRev = n, e.Rev
+		d.nodes[name] = r
+		d.byMAC[n.MAC] = name
+		d.byIP[n.IP] = name
+	case strings.HasPrefix(e.Key, keyStatus):
+		name := strings.TrimPrefix(e.Key, keyStatus)
+		old := d.nodes[name]
+		if e.Deleted {
+			if old != nil {
+				r := *old
+				r.statusRecord, r.statusRev = statusRecord{}, 0
+				d.nodes[name] = &r
+			}
+			return nil
+		}
+		var s statusRecord
+		if err := decodeStatus(name, e.Value, &s); err != nil {
+			return err
+		}
+		r := &record{}
+		if old != nil {
+			*r = *old
+		}
+		r.statusRecord, r.statusRev = s, e.Rev
+		d.nodes[name] = r
 	}
-	return syncDir(filepath.Dir(path))
+	return nil
+}
+
+// waitRev waits until memory reflects store revision rev.
+func (d *DB) waitRev(rev int64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for d.rev < rev && d.watchErr == nil {
+		d.applied.Wait()
+	}
+	if d.rev < rev {
+		return fmt.Errorf("follow the state store: %w", d.watchErr)
+	}
+	return nil
 }
 
 // Close closes the database.
-func (d *DB) Close() error { return d.db.Close() }
+func (d *DB) Close() error {
+	err := d.st.Close()
+	if d.stop != nil {
+		d.stop()
+		<-d.done
+	}
+	return err
+}
 
 // Path returns the database file's path.
 func (d *DB) Path() string { return d.path }
+
+// Store returns the store the database lives in.
+func (d *DB) Store() store.Store { return d.st }
 
 // CommitFailures returns how many writes failed to commit since Open.
 func (d *DB) CommitFailures() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.fails
-}
-
-func (d *DB) index(r *record) {
-	d.nodes[r.Node.Name] = r
-	d.byMAC[r.Node.MAC] = r.Node.Name
-	d.byIP[r.Node.IP] = r.Node.Name
 }
 
 // errNoChange, returned by an update's function, ends the update without a
@@ -288,52 +376,77 @@ type archive struct {
 	drop []int // boots that fell out of the history
 }
 
-// update is the one place a node's record changes: fn works on a deep copy,
-// which is committed in one transaction (with the archive changes fn asks
-// for) and only then replaces the record that readers see. d.mu is held
-// throughout, so a failed write leaves memory exactly as the disk is.
-func (d *DB) update(name string, fn func(r *record, a *archive) error) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	cur, ok := d.nodes[name]
-	if !ok {
-		return ErrNotFound
-	}
-	nr := cur.clone()
-	var a archive
-	if err := fn(nr, &a); err != nil {
-		if errors.Is(err, errNoChange) {
-			return nil
+// maxRetries bounds the retries of a transaction that met a conflict.
+const maxRetries = 16
+
+// commit runs one transaction and waits until memory reflects it. A
+// failure other than a conflict counts as a failed write.
+func (d *DB) commit(cmps []store.Cmp, ops []store.Op) error {
+	rev, err := d.st.Txn(context.Background(), cmps, ops)
+	if err != nil {
+		if !errors.Is(err, store.ErrConflict) {
+			d.mu.Lock()
+			d.fails++
+			d.mu.Unlock()
 		}
 		return err
 	}
-	b, err := json.Marshal(nr)
-	if err != nil {
-		return fmt.Errorf("encode node %s: %w", name, err)
-	}
-	err = d.db.Update(func(tx *bolt.Tx) error {
+	return d.waitRev(rev)
+}
+
+// catchUp waits until memory reflects everything the store committed.
+func (d *DB) catchUp() error { return d.waitRev(d.st.Rev()) }
+
+// update is the one place a node's status changes: fn works on a deep
+// copy, which is committed in one transaction (with the archive changes fn
+// asks for) if the status is still the one fn saw (else fn runs again on
+// the newer one), and only then reaches memory, from the store's watch. A
+// failed write leaves memory exactly as the disk is.
+func (d *DB) update(name string, fn func(r *record, a *archive) error) error {
+	for range maxRetries {
+		d.mu.Lock()
+		cur, ok := d.nodes[name]
+		if !ok || cur.Node.Name == "" {
+			d.mu.Unlock()
+			return ErrNotFound
+		}
+		nr, rev := cur.clone(), cur.statusRev
+		d.mu.Unlock()
+		var a archive
+		if err := fn(nr, &a); err != nil {
+			if errors.Is(err, errNoChange) {
+				return nil
+			}
+			return err
+		}
+		b, err := json.Marshal(nr.statusRecord)
+		if err != nil {
+			return fmt.Errorf("encode node %s: %w", name, err)
+		}
+		ops := []store.Op{store.Put(statusKey(name), b)}
 		if a.put != nil {
 			old, err := json.Marshal(a.put)
 			if err != nil {
-				return err
+				return fmt.Errorf("encode node %s: %w", name, err)
 			}
-			if err := tx.Bucket(bucketBoots).Put(bootKey(name, a.put.ID), old); err != nil {
-				return err
-			}
+			ops = append(ops, store.Put(bootKey(name, a.put.ID), old))
 		}
 		for _, id := range a.drop {
-			if err := tx.Bucket(bucketBoots).Delete(bootKey(name, id)); err != nil {
+			ops = append(ops, store.Delete(bootKey(name, id)))
+		}
+		err = d.commit([]store.Cmp{{Key: statusKey(name), Rev: rev}}, ops)
+		if errors.Is(err, store.ErrConflict) {
+			if err := d.catchUp(); err != nil {
 				return err
 			}
+			continue
 		}
-		return tx.Bucket(bucketNodes).Put([]byte(name), b)
-	})
-	if err != nil {
-		d.fails++
-		return fmt.Errorf("write node %s: %w", name, err)
+		if err != nil {
+			return fmt.Errorf("write node %s: %w", name, err)
+		}
+		return nil
 	}
-	d.nodes[name] = nr
-	return nil
+	return fmt.Errorf("write node %s: %w, %d times", name, store.ErrConflict, maxRetries)
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -355,6 +468,38 @@ func NormalizeMAC(s string) (string, error) {
 	return hw.String(), nil
 }
 
+// inventory runs an inventory transaction: plan, under the lock of
+// memory, checks the change against the whole inventory and returns its
+// writes; they commit only if the inventory did not change since (else
+// plan runs again on the newer one), and memory reflects them on return.
+func (d *DB) inventory(what string, plan func() ([]store.Op, error)) error {
+	for range maxRetries {
+		d.mu.Lock()
+		ops, err := plan()
+		rev := d.invRev
+		d.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if len(ops) == 0 {
+			return nil
+		}
+		ops = append(ops, store.Put(keyInventory, []byte(strconv.FormatInt(rev+1, 10))))
+		err = d.commit([]store.Cmp{{Key: keyInventory, Rev: rev}}, ops)
+		if errors.Is(err, store.ErrConflict) {
+			if err := d.catchUp(); err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("%s: %w, %d times", what, store.ErrConflict, maxRetries)
+}
+
 // AddNode adds n to the inventory. Name, MAC and IP must be unique.
 func (d *DB) AddNode(n Node) error {
 	if err := ValidName(n.Name); err != nil {
@@ -368,73 +513,44 @@ func (d *DB) AddNode(n Node) error {
 	if !n.IP.Is4() {
 		return fmt.Errorf("node %s: ip %q: not an IPv4 address", n.Name, n.IP)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if _, ok := d.nodes[n.Name]; ok {
-		return fmt.Errorf("add node %s: name %w", n.Name, ErrExists)
-	}
-	if other, ok := d.byMAC[n.MAC]; ok {
-		return fmt.Errorf("add node %s: mac %s %w (node %s)", n.Name, n.MAC, ErrExists, other)
-	}
-	if other, ok := d.byIP[n.IP]; ok {
-		return fmt.Errorf("add node %s: ip %s %w (node %s)", n.Name, n.IP, ErrExists, other)
-	}
 	if n.Created.IsZero() {
 		n.Created = d.now().UTC()
 	}
-	r := &record{Node: n, Status: Status{Boot: Boot{State: StateNew}}}
-	b, err := json.Marshal(r)
+	nb, err := json.Marshal(n)
 	if err != nil {
 		return fmt.Errorf("encode node %s: %w", n.Name, err)
 	}
-	err = d.db.Update(func(tx *bolt.Tx) error {
-		// Boots of an earlier node of the same name must not show up.
-		if err := deleteBoots(tx, n.Name); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketNodes).Put([]byte(n.Name), b)
-	})
+	sb, err := json.Marshal(statusRecord{Status: Status{Boot: Boot{State: StateNew}}})
 	if err != nil {
-		d.fails++
-		return fmt.Errorf("add node %s: %w", n.Name, err)
+		return fmt.Errorf("encode node %s: %w", n.Name, err)
 	}
-	d.index(r)
-	return nil
-}
-
-func deleteBoots(tx *bolt.Tx, name string) error {
-	c := tx.Bucket(bucketBoots).Cursor()
-	p := bootPrefix(name)
-	for k, _ := c.Seek(p); k != nil && strings.HasPrefix(string(k), string(p)); k, _ = c.Seek(p) {
-		if err := c.Delete(); err != nil {
-			return err
+	return d.inventory("add node "+n.Name, func() ([]store.Op, error) {
+		if _, ok := d.nodes[n.Name]; ok {
+			return nil, fmt.Errorf("add node %s: name %w", n.Name, ErrExists)
 		}
-	}
-	return nil
+		if other, ok := d.byMAC[n.MAC]; ok {
+			return nil, fmt.Errorf("add node %s: mac %s %w (node %s)", n.Name, n.MAC, ErrExists, other)
+		}
+		if other, ok := d.byIP[n.IP]; ok {
+			return nil, fmt.Errorf("add node %s: ip %s %w (node %s)", n.Name, n.IP, ErrExists, other)
+		}
+		return []store.Op{
+			// Boots of an earlier node of the same name must not show up.
+			store.DeletePrefix(bootPrefix(n.Name)),
+			store.Put(nodeKey(n.Name), nb),
+			store.Put(statusKey(n.Name), sb),
+		}, nil
+	})
 }
 
 // DeleteNode removes a node, its status and its boot history.
 func (d *DB) DeleteNode(name string) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	r, ok := d.nodes[name]
-	if !ok {
-		return fmt.Errorf("delete node %s: %w", name, ErrNotFound)
-	}
-	err := d.db.Update(func(tx *bolt.Tx) error {
-		if err := deleteBoots(tx, name); err != nil {
-			return err
+	return d.inventory("delete node "+name, func() ([]store.Op, error) {
+		if r, ok := d.nodes[name]; !ok || r.Node.Name == "" {
+			return nil, fmt.Errorf("delete node %s: %w", name, ErrNotFound)
 		}
-		return tx.Bucket(bucketNodes).Delete([]byte(name))
+		return []store.Op{store.DeletePrefix(bootPrefix(name)), store.Delete(statusKey(name)), store.Delete(nodeKey(name))}, nil
 	})
-	if err != nil {
-		d.fails++
-		return fmt.Errorf("delete node %s: %w", name, err)
-	}
-	delete(d.nodes, name)
-	delete(d.byMAC, r.Node.MAC)
-	delete(d.byIP, r.Node.IP)
-	return nil
 }
 
 // Get returns the node called name.
@@ -442,7 +558,7 @@ func (d *DB) Get(name string) (NodeStatus, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	r, ok := d.nodes[name]
-	if !ok {
+	if !ok || r.Node.Name == "" {
 		return NodeStatus{}, fmt.Errorf("node %s: %w", name, ErrNotFound)
 	}
 	return r.view(), nil
@@ -476,7 +592,9 @@ func (d *DB) List() []NodeStatus {
 	defer d.mu.Unlock()
 	out := make([]NodeStatus, 0, len(d.nodes))
 	for _, r := range d.nodes {
-		out = append(out, r.view())
+		if r.Node.Name != "" {
+			out = append(out, r.view())
+		}
 	}
 	slices.SortFunc(out, func(a, b NodeStatus) int { return strings.Compare(a.Name, b.Name) })
 	return out
@@ -486,27 +604,34 @@ func (d *DB) List() []NodeStatus {
 // first.
 func (d *DB) Boots(name string) ([]Boot, error) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	r, ok := d.nodes[name]
-	if !ok {
+	if !ok || r.Node.Name == "" {
+		d.mu.Unlock()
 		return nil, fmt.Errorf("node %s: %w", name, ErrNotFound)
 	}
 	out := []Boot{r.Status.Boot.clone()}
-	err := d.db.View(func(tx *bolt.Tx) error {
-		for _, id := range r.Status.History {
-			v := tx.Bucket(bucketBoots).Get(bootKey(name, id))
-			if v == nil {
-				continue
-			}
-			var b Boot
-			if err := json.Unmarshal(v, &b); err != nil {
-				return fmt.Errorf("decode boot %d of node %s: %w", id, name, err)
-			}
-			out = append(out, b)
+	history := slices.Clone(r.Status.History)
+	d.mu.Unlock()
+	kvs, _, err := d.st.List(context.Background(), bootPrefix(name))
+	if err != nil {
+		return out, err
+	}
+	kept := map[string][]byte{}
+	for _, kv := range kvs {
+		kept[kv.Key] = kv.Value
+	}
+	for _, id := range history {
+		v, ok := kept[bootKey(name, id)]
+		if !ok {
+			continue
 		}
-		return nil
-	})
-	return out, err
+		var b Boot
+		if err := json.Unmarshal(v, &b); err != nil {
+			return out, fmt.Errorf("decode boot %d of node %s: %w", id, name, err)
+		}
+		out = append(out, b)
+	}
+	return out, nil
 }
 
 // BootByID returns boot id of node name, if it is still kept.

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/ramboot/ramboot/provisioner/store"
 )
 
 func open(t *testing.T, path string) *DB {
@@ -435,5 +437,34 @@ func TestMachine(t *testing.T) {
 func TestPrintable(t *testing.T) {
 	if got := Printable("ok\x1b[2Jbad\nline\xff"); got != "ok?[2Jbad line?" {
 		t.Fatalf("Printable = %q", got)
+	}
+}
+
+// TestFollowsStore: memory follows the store's watch, so a change another
+// writer commits to the store (another head, with a shared store) is
+// served without a restart, and a status write racing it retries on the
+// newer record instead of overwriting it.
+func TestFollowsStore(t *testing.T) {
+	db := open(t, filepath.Join(t.TempDir(), "s.db"))
+	nb := []byte(`{"name":"n9","mac":"52:54:00:aa:00:09","ip":"10.0.0.19","created":"2026-01-01T00:00:00Z"}`)
+	sb := []byte(`{"status":{"boot":0,"state":"new","timeline":null,"boots":0}}`)
+	if _, err := db.st.Txn(t.Context(), nil, []store.Op{store.Put(nodeKey("n9"), nb), store.Put(statusKey("n9"), sb)}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if n, err := db.ByMAC(net.HardwareAddr{0x52, 0x54, 0, 0xaa, 0, 9}); err == nil && n.Name == "n9" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a node committed to the store is not served within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := db.Record("n9", ev(StepDHCPOffer), true); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := db.Get("n9"); n.Status.ID != 1 || n.Status.State != StateBooting {
+		t.Fatalf("status after a recorded offer: %+v", n.Status)
 	}
 }

@@ -141,10 +141,10 @@ func (r *record) clone() *record {
 
 // Keys of the store.
 const (
-	keyNodes     = "nodes/"          // nodes/NAME -> Node (inventory)
-	keyStatus    = "status/"         // status/NAME -> statusRecord
-	keyBoots     = "boots/"          // boots/NAME/ID (16 hex digits) -> Boot, earlier boots
-	keyInventory = "meta/inventory"  // changes with every inventory write: the inventory's compare-and-swap key
+	keyNodes     = "nodes/"         // nodes/NAME -> Node (inventory)
+	keyStatus    = "status/"        // status/NAME -> statusRecord
+	keyBoots     = "boots/"         // boots/NAME/ID (16 hex digits) -> Boot, earlier boots
+	keyInventory = "meta/inventory" // changes with every inventory write: the inventory's compare-and-swap key
 )
 
 func nodeKey(name string) string   { return keyNodes + name }
@@ -174,10 +174,10 @@ type DB struct {
 	done    chan struct{}
 
 	mu       sync.Mutex
-	applied  sync.Cond // broadcast when rev advances
-	rev      int64     // the store revision memory reflects
-	watchErr error     // set when the watch ended
-	invRev   int64     // revision of keyInventory
+	applied  sync.Cond          // broadcast when rev advances
+	rev      int64              // the store revision memory reflects
+	watchErr error              // set when the watch ended
+	invRev   int64              // revision of keyInventory
 	nodes    map[string]*record // by name; published records are never changed
 	byMAC    map[string]string  // MAC -> name
 	byIP     map[netip.Addr]string

@@ -72,9 +72,7 @@ func (r *recorder) dhcp(e dhcp.Event) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
-	if err := r.db.Record(n.Name, ev, !e.IPXE); err != nil {
-		r.log.Warn("record dhcp step", "node", n.Name, "err", err)
-	}
+	r.db.Post(n.Name, ev, !e.IPXE) // a reply never waits for the disk
 }
 
 // tftp records a TFTP transfer in the timeline of the node that made it.
@@ -87,9 +85,7 @@ func (r *recorder) tftp(e tftp.Event) {
 	if e.Err != nil {
 		detail = fmt.Sprintf("%s: %v", e.File, e.Err)
 	}
-	if err := r.db.Record(n.Name, state.Event{Time: e.Time.Add(e.Dur), Step: state.StepTFTP, Detail: detail}, false); err != nil {
-		r.log.Warn("record tftp step", "node", n.Name, "err", err)
-	}
+	r.db.Post(n.Name, state.Event{Time: e.Time.Add(e.Dur), Step: state.StepTFTP, Detail: detail}, false)
 }
 
 // nodesCollector exports ramboot_nodes{state}: how many inventory nodes are

@@ -52,6 +52,7 @@ func TestSpoofedDiscoverKeepsHistory(t *testing.T) {
 			t.Fatalf("DISCOVER not answered: %v", err)
 		}
 		rec.dhcp(ev)
+		db.Flush() // the recorder posts: the reply did not wait for the write
 	}
 
 	// Boot 1 runs to booted.

@@ -69,6 +69,40 @@ type stateMetrics struct {
 	writeFail prometheus.CounterFunc
 }
 
+// writerCollector exports the status writer's counters at scrape time.
+type writerCollector struct {
+	db                                 *state.DB
+	batches, changes, dropped, lost, q *prometheus.Desc
+}
+
+func newWriterCollector(db *state.DB) *writerCollector {
+	return &writerCollector{
+		db:      db,
+		batches: prometheus.NewDesc("ramboot_state_writer_batches_total", "Transactions the status writer committed (each one fsync for a group of changes).", nil, nil),
+		changes: prometheus.NewDesc("ramboot_state_writer_changes_total", "Status changes (boot events, nonces, tokens, reports) the status writer committed.", nil, nil),
+		dropped: prometheus.NewDesc("ramboot_state_events_dropped_total", "Boot events refused because too many were waiting for the status writer.", nil, nil),
+		lost:    prometheus.NewDesc("ramboot_state_events_lost_total", "Boot events whose group failed to commit (a full disk).", nil, nil),
+		q:       prometheus.NewDesc("ramboot_state_writer_queued", "Status changes waiting for the status writer.", nil, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *writerCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.batches, c.changes, c.dropped, c.lost, c.q} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *writerCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.db.WriterStats()
+	ch <- prometheus.MustNewConstMetric(c.batches, prometheus.CounterValue, float64(s.Batches))
+	ch <- prometheus.MustNewConstMetric(c.changes, prometheus.CounterValue, float64(s.Changes))
+	ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(s.Dropped))
+	ch <- prometheus.MustNewConstMetric(c.lost, prometheus.CounterValue, float64(s.Lost))
+	ch <- prometheus.MustNewConstMetric(c.q, prometheus.GaugeValue, float64(s.Queued))
+}
+
 func newStateMetrics(reg prometheus.Registerer, db *state.DB) *stateMetrics {
 	m := &stateMetrics{
 		backups: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -90,7 +124,7 @@ func newStateMetrics(reg prometheus.Registerer, db *state.DB) *stateMetrics {
 	}
 	m.backups.WithLabelValues("ok")
 	m.backups.WithLabelValues("error")
-	reg.MustRegister(m.backups, m.lastGood, m.stalled, m.writeFail)
+	reg.MustRegister(m.backups, m.lastGood, m.stalled, m.writeFail, newWriterCollector(db))
 	return m
 }
 

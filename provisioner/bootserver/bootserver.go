@@ -341,10 +341,10 @@ func shortDigest(d string) string {
 	return d
 }
 
+// record posts a download step to the node's timeline: the response
+// does not wait for the disk.
 func (s *Server) record(node string, step state.Step, detail string) {
-	if err := s.DB.Record(node, state.Event{Step: step, Detail: detail}, false); err != nil {
-		s.log().Warn("record boot step", "node", node, "step", step, "err", err)
-	}
+	s.DB.Post(node, state.Event{Step: step, Detail: detail}, false)
 }
 
 func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {

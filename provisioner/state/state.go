@@ -172,6 +172,7 @@ type DB struct {
 	now     func() time.Time
 	stop    context.CancelFunc
 	done    chan struct{}
+	w       *writer
 
 	mu       sync.Mutex
 	applied  sync.Cond          // broadcast when rev advances
@@ -242,6 +243,8 @@ func OpenWith(path string, o Options) (*DB, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	d.stop, d.done = cancel, make(chan struct{})
 	go d.follow(ctx, d.st.Watch(ctx, "", d.rev))
+	d.w = newWriter()
+	go d.runWriter()
 	return d, nil
 }
 
@@ -345,6 +348,9 @@ func (d *DB) waitRev(rev int64) error {
 
 // Close closes the database.
 func (d *DB) Close() error {
+	if d.w != nil {
+		d.closeWriter()
+	}
 	err := d.st.Close()
 	if d.stop != nil {
 		d.stop()
@@ -396,58 +402,6 @@ func (d *DB) commit(cmps []store.Cmp, ops []store.Op) error {
 
 // catchUp waits until memory reflects everything the store committed.
 func (d *DB) catchUp() error { return d.waitRev(d.st.Rev()) }
-
-// update is the one place a node's status changes: fn works on a deep
-// copy, which is committed in one transaction (with the archive changes fn
-// asks for) if the status is still the one fn saw (else fn runs again on
-// the newer one), and only then reaches memory, from the store's watch. A
-// failed write leaves memory exactly as the disk is.
-func (d *DB) update(name string, fn func(r *record, a *archive) error) error {
-	for range maxRetries {
-		d.mu.Lock()
-		cur, ok := d.nodes[name]
-		if !ok || cur.Node.Name == "" {
-			d.mu.Unlock()
-			return ErrNotFound
-		}
-		nr, rev := cur.clone(), cur.statusRev
-		d.mu.Unlock()
-		var a archive
-		if err := fn(nr, &a); err != nil {
-			if errors.Is(err, errNoChange) {
-				return nil
-			}
-			return err
-		}
-		b, err := json.Marshal(nr.statusRecord)
-		if err != nil {
-			return fmt.Errorf("encode node %s: %w", name, err)
-		}
-		ops := []store.Op{store.Put(statusKey(name), b)}
-		if a.put != nil {
-			old, err := json.Marshal(a.put)
-			if err != nil {
-				return fmt.Errorf("encode node %s: %w", name, err)
-			}
-			ops = append(ops, store.Put(bootKey(name, a.put.ID), old))
-		}
-		for _, id := range a.drop {
-			ops = append(ops, store.Delete(bootKey(name, id)))
-		}
-		err = d.commit([]store.Cmp{{Key: statusKey(name), Rev: rev}}, ops)
-		if errors.Is(err, store.ErrConflict) {
-			if err := d.catchUp(); err != nil {
-				return err
-			}
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("write node %s: %w", name, err)
-		}
-		return nil
-	}
-	return fmt.Errorf("write node %s: %w, %d times", name, store.ErrConflict, maxRetries)
-}
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
@@ -668,22 +622,36 @@ func orNone(s string) string {
 // boot keeps the previous one in the node's history (the last History
 // boots), voids the previous script's nonce, and never touches the token a
 // running node holds: only a new script revokes it.
+//
+// Record waits until the event is committed; Post does not.
 func (d *DB) Record(name string, e Event, newBoot bool) error {
+	if err := d.update(name, d.recordFn(e, newBoot)); err != nil {
+		return fmt.Errorf("record %s for node %s: %w", e.Step, name, err)
+	}
+	return nil
+}
+
+// Post queues an event as Record does and returns at once: the status
+// writer commits it with its next group of changes, typically within a
+// few milliseconds. The serving path (DHCP, TFTP, downloads) posts, so a
+// reply never waits for the disk; a crash can lose what was posted and
+// not yet committed (docs/state.md).
+func (d *DB) Post(name string, e Event, newBoot bool) {
+	d.post(name, d.recordFn(e, newBoot))
+}
+
+func (d *DB) recordFn(e Event, newBoot bool) func(r *record, a *archive) error {
 	if e.Time.IsZero() {
 		e.Time = d.now()
 	}
-	err := d.update(name, func(r *record, a *archive) error {
+	return func(r *record, a *archive) error {
 		st := &r.Status
 		if e.Step == StepDHCPOffer && (newBoot || st.reached(StepScript) || st.ID == 0) {
 			d.startBoot(r, a, e.Time)
 		}
 		st.add(e)
 		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("record %s for node %s: %w", e.Step, name, err)
 	}
-	return nil
 }
 
 // startBoot moves r's current boot to the history and starts the next.

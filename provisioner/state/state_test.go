@@ -2,10 +2,12 @@ package state
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -466,5 +468,52 @@ func TestFollowsStore(t *testing.T) {
 	}
 	if n, _ := db.Get("n9"); n.Status.ID != 1 || n.Status.State != StateBooting {
 		t.Fatalf("status after a recorded offer: %+v", n.Status)
+	}
+}
+
+// TestPostBatches: boot events posted from many goroutines are committed
+// in groups (far fewer transactions than events), in order per node, and
+// a waiting change (a nonce) is committed with the group it joined.
+func TestPostBatches(t *testing.T) {
+	db := open(t, filepath.Join(t.TempDir(), "s.db"))
+	const nodes, events = 20, 30
+	for i := range nodes {
+		if err := db.AddNode(node(fmt.Sprintf("n%d", i), fmt.Sprintf("52:54:00:aa:01:%02x", i), fmt.Sprintf("10.0.1.%d", 10+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := db.WriterStats()
+	var wg sync.WaitGroup
+	for i := range nodes {
+		wg.Go(func() {
+			name := fmt.Sprintf("n%d", i)
+			db.Post(name, ev(StepDHCPOffer), true)
+			for k := range events - 1 {
+				db.Post(name, Event{Step: StepKernel, Detail: fmt.Sprint(k)}, false)
+			}
+		})
+	}
+	wg.Wait()
+	if _, err := db.NewBootNonce("n0", ev(StepScript)); err != nil {
+		t.Fatal(err)
+	}
+	db.Flush()
+	for i := range nodes {
+		n, _ := db.Get(fmt.Sprintf("n%d", i))
+		tl := n.Status.Timeline
+		if n.Status.ID != 1 || len(tl) < events {
+			t.Fatalf("n%d: boot %d with %d events, want boot 1 with %d", i, n.Status.ID, len(tl), events)
+		}
+		for k := 1; k < events; k++ {
+			if tl[k].Detail != fmt.Sprint(k-1) {
+				t.Fatalf("n%d: event %d is %q: out of order", i, k, tl[k].Detail)
+			}
+		}
+	}
+	after := db.WriterStats()
+	committed, batches := after.Changes-before.Changes, after.Batches-before.Batches
+	t.Logf("%d changes in %d transactions", committed, batches)
+	if committed < nodes*events || batches >= committed/2 {
+		t.Errorf("%d changes in %d transactions: not batched", committed, batches)
 	}
 }

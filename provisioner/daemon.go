@@ -143,10 +143,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	db, err := OpenState(cfg.StateDir, state.Options{History: cfg.State.BootHistory}, log)
+	heads := &Nodes{}
+	heads.defaults.Store(Defaults(cfg, prefix))
+	db, err := OpenState(cfg.StateDir, state.Options{History: cfg.State.BootHistory, Check: heads.Check}, log)
 	if err != nil {
 		return err
 	}
+	heads.db = db
 	defer db.Close()
 	store := &images.Store{Dir: filepath.Join(cfg.StateDir, ImagesDir)}
 
@@ -159,19 +162,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	stateMetrics := newStateMetrics(reg, db)
 	bak := &backups{db: db, path: filepath.Join(cfg.StateDir, BackupFile), interval: time.Duration(cfg.State.BackupInterval), log: log, m: stateMetrics, last: -1}
 	bak.once() // the last good database, before anything changes it
-	var gateway netip.Addr
-	if cfg.DHCP.Router != "" {
-		gateway = netip.MustParseAddr(cfg.DHCP.Router) // validated
-	}
-	var dns []netip.Addr
-	for _, s := range cfg.DHCP.DNS {
-		dns = append(dns, netip.MustParseAddr(s))
-	}
 	baseURL := "http://" + headIP.String()
 	if cfg.HTTP.Port != 80 {
 		baseURL += ":" + strconv.Itoa(cfg.HTTP.Port)
 	}
 	rec := &recorder{db: db, log: log}
+	heads.baseURL = baseURL
 
 	// Listeners first, so a port conflict fails before anything serves:
 	// another DHCP or TFTP server on the link's interface stops this one
@@ -194,12 +190,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 
 	boot := &bootserver.Server{
-		DB: db, Images: store, Agent: agent, BaseURL: baseURL, PrefixLen: prefix.Bits(),
-		Gateway: gateway, DNS: dns, DefaultImage: cfg.Boot.DefaultImage,
-		KernelArgs: cfg.Boot.KernelArgs, Modules: cfg.Boot.Modules,
+		Nodes: heads, Images: store, Agent: agent, BaseURL: baseURL,
 		Logger: log, Metrics: bootserver.NewMetrics(reg),
 	}
-	nodeAPI := &api.Node{DB: db, Images: store, DefaultImage: cfg.Boot.DefaultImage, Logger: log, Metrics: api.NewMetrics(reg)}
+	nodeAPI := &api.Node{DB: db, Images: store, Plan: heads.Plan, Logger: log, Metrics: api.NewMetrics(reg)}
 	admin := &api.Admin{DB: db, Images: store, Subnet: prefix, Logger: log}
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 
@@ -226,7 +220,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer os.Remove(sock)
 	g.Go(func() error { return bak.run(gctx) })
 	g.Go(func() error {
-		busy := func(n state.Node) bool { return boot.Busy(n.IP) }
+		busy := func(n state.Node) bool {
+			for _, ifc := range n.Interfaces {
+				if ifc.IP.IsValid() && boot.Busy(ifc.IP) {
+					return true
+				}
+			}
+			return false
+		}
 		return watchStalls(gctx, db, time.Duration(cfg.Boot.StallTimeout), busy, log, stateMetrics)
 	})
 
@@ -235,7 +236,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		for a, f := range bootFiles {
 			arches[pxe.Arch(a)] = f
 		}
-		inventory := dhcp.InventoryFunc(rec.reservation(prefix.Bits(), gateway, dns, baseURL))
+		inventory := dhcp.InventoryFunc(heads.Reservation)
 		dhcpMetrics := dhcp.NewMetrics(reg)
 		srv := &dhcp.Server{
 			ServerIP:      headIP,

@@ -1,13 +1,8 @@
 package provisioner
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/netip"
-	"net/url"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,32 +12,10 @@ import (
 	"github.com/ramboot/ramboot/pxe/tftp"
 )
 
-// recorder turns the protocol servers' events into node timeline steps and
-// answers the DHCP server's inventory questions from the state database.
+// recorder turns the protocol servers' events into node timeline steps.
 type recorder struct {
 	db  *state.DB
 	log *slog.Logger
-}
-
-// reservation returns the DHCP inventory: every address is a reservation.
-func (r *recorder) reservation(prefixLen int, router netip.Addr, dns []netip.Addr, baseURL string) func(context.Context, net.HardwareAddr) (dhcp.Reservation, error) {
-	return func(_ context.Context, mac net.HardwareAddr) (dhcp.Reservation, error) {
-		n, err := r.db.ByMAC(mac)
-		if errors.Is(err, state.ErrNotFound) {
-			return dhcp.Reservation{}, dhcp.ErrUnknown
-		}
-		if err != nil {
-			return dhcp.Reservation{}, err
-		}
-		return dhcp.Reservation{
-			IP:        n.IP,
-			PrefixLen: prefixLen,
-			Router:    router,
-			DNS:       dns,
-			Hostname:  n.Name,
-			ScriptURL: baseURL + "/boot/ipxe?mac=" + url.QueryEscape(n.MAC),
-		}, nil
-	}
 }
 
 // dhcp records a DHCP event in the timeline of the node it is about.
@@ -57,6 +30,9 @@ func (r *recorder) dhcp(e dhcp.Event) {
 	}
 	var ev state.Event
 	switch {
+	case !e.NetBoot && (e.Reply == "offer" || e.Reply == "ack"):
+		// The node's own OS (no PXE options): its address, no boot.
+		ev = state.Event{Step: state.StepLease, Detail: fmt.Sprintf("os: %s %s", e.Reply, e.IP)}
 	case e.Reply == "offer":
 		ev = state.Event{Step: state.StepDHCPOffer, Detail: fmt.Sprintf("%s: %s, boot %s", who, e.IP, e.BootFile)}
 	case e.Reply == "ack":
@@ -72,7 +48,7 @@ func (r *recorder) dhcp(e dhcp.Event) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
-	r.db.Post(n.Name, ev, !e.IPXE) // a reply never waits for the disk
+	r.db.Post(n.Name, ev, e.NetBoot && !e.IPXE) // a reply never waits for the disk
 }
 
 // tftp records a TFTP transfer in the timeline of the node that made it.

@@ -27,6 +27,8 @@ import (
 
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/images/overlay"
+	"github.com/ramboot/ramboot/provisioner/inventory"
+	"github.com/ramboot/ramboot/provisioner/plan"
 	"github.com/ramboot/ramboot/provisioner/state"
 )
 
@@ -201,7 +203,7 @@ func (a *Admin) addNode(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	n := state.Node{Name: req.Name, MAC: req.MAC, IP: ip, Image: req.Image}
+	n := state.Node{Name: req.Name, Interfaces: []inventory.Interface{{MAC: req.MAC, IP: ip}}, Settings: inventory.Settings{Image: req.Image}}
 	if err := a.DB.AddNode(n); err != nil {
 		if !errors.Is(err, state.ErrExists) {
 			err = badRequest{err}
@@ -214,7 +216,7 @@ func (a *Admin) addNode(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	logger(a.Logger).Info("node added", "node", got.Name, "mac", got.MAC, "ip", got.IP, "image", got.Image)
+	logger(a.Logger).Info("node added", "node", got.Name, "mac", req.MAC, "ip", ip, "image", got.Image)
 	writeJSON(w, http.StatusCreated, got)
 }
 
@@ -289,8 +291,9 @@ type Node struct {
 	// Images is the image store, to resolve what a node reports it runs;
 	// required.
 	Images *images.Store
-	// DefaultImage is the image of nodes that have none.
-	DefaultImage string
+	// Plan returns a node's boot plan (the policy seam), for the image it
+	// was assigned; required.
+	Plan func(node string) (plan.Plan, error)
 	// Logger logs reports at Info; nil = discard.
 	Logger *slog.Logger
 	// Metrics, when set, counts reports by result.
@@ -409,16 +412,12 @@ func (n *Node) report(w http.ResponseWriter, r *http.Request) {
 		refuse(ReportInvalid, fmt.Errorf("report from node %s: %w", name, err))
 		return
 	}
-	node, err := n.DB.Get(name)
+	p, err := n.Plan(name)
 	if err != nil {
 		refuse(ReportInvalid, err)
 		return
 	}
-	assigned := node.Image
-	if assigned == "" {
-		assigned = n.DefaultImage
-	}
-	imgName, imgDigest := n.resolve(assigned, rep.ContentDigest)
+	imgName, imgDigest := n.resolve(p.Image, rep.ContentDigest)
 	applied, err := n.DB.SetReport(name, token, from.Addr(), state.Report{
 		State:         string(rep.State),
 		Error:         rep.Error,
@@ -451,10 +450,10 @@ func (n *Node) report(w http.ResponseWriter, r *http.Request) {
 		l.Info("repeated report accepted, not applied again", "node", name, "ip", from.Addr())
 	case rep.State == overlay.StateReady:
 		n.count(ReportApplied)
-		l.Info("node booted", "node", name, "ip", node.IP, "image", imgName, "digest", imgDigest, "kernel", rep.Kernel, "uptime", rep.UptimeSeconds)
+		l.Info("node booted", "node", name, "ip", from.Addr(), "image", imgName, "digest", imgDigest, "kernel", rep.Kernel, "uptime", rep.UptimeSeconds)
 	default:
 		n.count(ReportApplied)
-		l.Warn("node boot failed", "node", name, "ip", node.IP, "err", rep.Error)
+		l.Warn("node boot failed", "node", name, "ip", from.Addr(), "err", rep.Error)
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -44,7 +44,7 @@ func TestNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n.MAC != "52:54:00:aa:bb:01" || n.Status.State != state.StateNew || n.Image != "compute" {
+	if n.Interfaces[0].MAC != "52:54:00:aa:bb:01" || n.Status.State != state.StateNew || n.Image != "compute" {
 		t.Fatalf("added %+v", n)
 	}
 	bad := []struct {
@@ -76,7 +76,7 @@ func TestNodes(t *testing.T) {
 	if err != nil || len(ns) != 2 || ns[0].Name != "n0" || ns[1].Name != "n1" {
 		t.Fatalf("list: %+v %v", ns, err)
 	}
-	if got, err := c.GetNode(ctx, "n1"); err != nil || got.IP.String() != "10.77.0.10" {
+	if got, err := c.GetNode(ctx, "n1"); err != nil || got.Interfaces[0].IP.String() != "10.77.0.10" {
 		t.Fatalf("get: %+v %v", got, err)
 	}
 	if err := c.DeleteNode(ctx, "n1"); err != nil {

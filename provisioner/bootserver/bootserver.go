@@ -18,7 +18,11 @@
 // makes the token inside it the node's token for this boot. A GET that fails
 // midway spends nothing, so iPXE can retry it.
 //
-//	s := &bootserver.Server{DB: db, Images: store, Agent: agent, BaseURL: "http://10.77.0.1"}
+// What each node gets comes from the head's policy seam (provisioner/plan)
+// through Nodes, a small interface this package defines: the server never
+// sees the database.
+//
+//	s := &bootserver.Server{Nodes: head, Images: store, Agent: agent, BaseURL: "http://10.77.0.1"}
 //	mux.Handle("/boot/", s.Handler())
 package bootserver
 
@@ -44,6 +48,7 @@ import (
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/images/newc"
 	"github.com/ramboot/ramboot/images/overlay"
+	"github.com/ramboot/ramboot/provisioner/plan"
 	"github.com/ramboot/ramboot/provisioner/state"
 	"github.com/ramboot/ramboot/pxe/ipxe"
 )
@@ -57,11 +62,33 @@ const (
 	OverlayName = "overlay.cpio.zst"
 )
 
+// Nodes is what the boot server needs from the head: each node's boot
+// plan, by the address its requests come from, and the boot's secrets and
+// timeline.
+type Nodes interface {
+	// ByIP returns the plan of the node an address is reserved for; an
+	// error wrapping state.ErrNotFound when there is none.
+	ByIP(ip netip.Addr) (plan.Plan, error)
+	// StartScript records the script step with detail, pins the image
+	// digest the script names, and mints the boot nonce the script carries
+	// (revoking the previous boot's token).
+	StartScript(node, detail, ref, digest string) (nonce string, err error)
+	// CheckNonce reports whether nonce is the node's unspent boot nonce
+	// (an error wrapping state.ErrBadToken when not).
+	CheckNonce(node, nonce string) error
+	// ConsumeNonce spends the nonce and makes token the node's report
+	// token for this boot, recording the overlay step with detail.
+	ConsumeNonce(node, nonce, token, detail string) error
+	// Post records a step in the node's timeline without waiting for it
+	// to be written.
+	Post(node string, step state.Step, detail string)
+}
+
 // Server serves the /boot/ routes. Its exported fields must be set before
 // Handler is called and not changed after.
 type Server struct {
-	// DB is the inventory and status store; required.
-	DB *state.DB
+	// Nodes answers what each node gets; required.
+	Nodes Nodes
 	// Images is the image store; required.
 	Images *images.Store
 	// Agent is the agent archive; required.
@@ -69,18 +96,6 @@ type Server struct {
 	// BaseURL is the head's HTTP base URL as nodes reach it, e.g.
 	// "http://10.77.0.1"; required.
 	BaseURL string
-	// PrefixLen is the provisioning subnet's prefix length; required.
-	PrefixLen int
-	// Gateway is the nodes' default router; zero value = none.
-	Gateway netip.Addr
-	// DNS lists the nodes' name servers.
-	DNS []netip.Addr
-	// DefaultImage is booted by nodes without an image.
-	DefaultImage string
-	// KernelArgs are appended to every node's kernel command line.
-	KernelArgs string
-	// Modules are the kernel modules the agent loads.
-	Modules []string
 	// Logger receives per-request detail at Debug; nil = discard.
 	Logger *slog.Logger
 	// Metrics, when set, counts requests by route and status.
@@ -237,14 +252,15 @@ func remoteIP(r *http.Request) (netip.Addr, error) {
 	return ap.Addr().Unmap(), nil
 }
 
-// remoteNode returns the node whose reserved address made the request.
-func (s *Server) remoteNode(r *http.Request) (state.NodeStatus, netip.Addr, error) {
+// remoteNode returns the plan of the node whose reserved address made the
+// request.
+func (s *Server) remoteNode(r *http.Request) (plan.Plan, netip.Addr, error) {
 	ip, err := remoteIP(r)
 	if err != nil {
-		return state.NodeStatus{}, netip.Addr{}, err
+		return plan.Plan{}, netip.Addr{}, err
 	}
-	n, err := s.DB.ByIP(ip)
-	return n, ip, err
+	p, err := s.Nodes.ByIP(ip)
+	return p, ip, err
 }
 
 func (s *Server) fail(w http.ResponseWriter, route string, code int, err error, attrs ...any) {
@@ -263,17 +279,24 @@ func (s *Server) count(route string, code int, n int64) {
 	}
 }
 
-// imageFor resolves the node's image.
-func (s *Server) imageFor(n state.NodeStatus) (string, images.Manifest, images.Digest, error) {
-	name := n.Image
-	if name == "" {
-		name = s.DefaultImage
+// imageFor returns the node's image: the digest its plan is pinned to,
+// else what its reference resolves to now (the script then pins it).
+func (s *Server) imageFor(p plan.Plan) (string, images.Manifest, images.Digest, error) {
+	if p.Digest != "" {
+		d, err := images.ParseDigest(p.Digest)
+		if err == nil {
+			var m images.Manifest
+			if m, err = s.Images.ReadManifest(d); err == nil {
+				return p.Image, m, d, nil
+			}
+		}
+		return p.Image, images.Manifest{}, "", fmt.Errorf("node %s: image %s pinned at %s: %w (move the node: ramboot node set %s --image %s)", p.Node, p.Image, p.Digest, err, p.Node, p.Image)
 	}
-	m, d, err := s.Images.Resolve(name)
+	m, d, err := s.Images.Resolve(p.Image)
 	if err != nil {
-		return name, images.Manifest{}, "", fmt.Errorf("node %s: image %s: %w", n.Name, name, err)
+		return p.Image, images.Manifest{}, "", fmt.Errorf("node %s: image %s: %w", p.Node, p.Image, err)
 	}
-	return name, m, d, nil
+	return p.Image, m, d, nil
 }
 
 func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
@@ -289,43 +312,43 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n, ip, err := s.remoteNode(r)
-	if err != nil || n.MAC != mac {
+	if _, own := n.Interface(mac); err != nil || !own {
 		s.fail(w, route, http.StatusForbidden, fmt.Errorf("script for %s is served only to its node's reserved address", mac), "mac", mac, "ip", ip)
 		return
 	}
 	name, _, d, err := s.imageFor(n)
 	if err != nil {
-		s.fail(w, route, http.StatusNotFound, err, "node", n.Name)
+		s.fail(w, route, http.StatusNotFound, err, "node", n.Node)
 		return
 	}
 	base := strings.TrimRight(s.BaseURL, "/")
 	img := base + "/boot/image/" + d.Hex() + "/"
-	args := "ramboot.node=" + n.Name
-	if s.KernelArgs != "" {
-		args += " " + s.KernelArgs
+	args := "ramboot.node=" + n.Node
+	if n.KernelArgs != "" {
+		args += " " + n.KernelArgs
 	}
 	sc := ipxe.Script{
-		Comment: fmt.Sprintf("node %s, image %s %s", n.Name, name, shortDigest(string(d))),
+		Comment: fmt.Sprintf("node %s, image %s %s", n.Node, name, shortDigest(string(d))),
 		Kernel:  ipxe.File{URL: img + KernelName},
 		Args:    args,
 	}
 	if _, err := sc.Render(); err != nil { // before a nonce is minted
-		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
+		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Node)
 		return
 	}
-	nonce, err := s.DB.NewBootNonce(n.Name, state.Event{Step: state.StepScript, Detail: fmt.Sprintf("image %s %s", name, shortDigest(string(d)))})
+	nonce, err := s.Nodes.StartScript(n.Node, fmt.Sprintf("image %s %s", name, shortDigest(string(d))), name, string(d))
 	if err != nil {
-		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
+		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Node)
 		return
 	}
 	sc.Initrds = []ipxe.File{
 		{URL: img + RootfsName},
 		{URL: base + "/boot/" + AgentName},
-		{URL: base + "/boot/node/" + n.Name + "/" + nonce + "/" + OverlayName},
+		{URL: base + "/boot/node/" + n.Node + "/" + nonce + "/" + OverlayName},
 	}
 	script, err := sc.Render()
 	if err != nil {
-		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
+		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Node)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -344,7 +367,7 @@ func shortDigest(d string) string {
 // record posts a download step to the node's timeline: the response
 // does not wait for the disk.
 func (s *Server) record(node string, step state.Step, detail string) {
-	s.DB.Post(node, state.Event{Step: step, Detail: detail}, false)
+	s.Nodes.Post(node, step, detail)
 }
 
 func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
@@ -399,10 +422,10 @@ func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, route stri
 		return
 	}
 	if cw.code >= 300 && cw.code != http.StatusNotModified {
-		s.record(n.Name, step, fmt.Sprintf("%s: HTTP %d", file, cw.code))
+		s.record(n.Node, step, fmt.Sprintf("%s: HTTP %d", file, cw.code))
 		return
 	}
-	s.record(n.Name, step, fmt.Sprintf("%s %s in %s", file, humanBytes(cw.n), time.Since(start).Round(time.Millisecond)))
+	s.record(n.Node, step, fmt.Sprintf("%s %s in %s", file, humanBytes(cw.n), time.Since(start).Round(time.Millisecond)))
 }
 
 func (s *Server) serveAgent(w http.ResponseWriter, r *http.Request) {
@@ -415,7 +438,7 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 	const route = "overlay"
 	name, nonce := r.PathValue("name"), r.PathValue("nonce")
 	n, ip, err := s.remoteNode(r)
-	if err != nil || n.Name != name {
+	if err != nil || n.Node != name {
 		s.fail(w, route, http.StatusForbidden, fmt.Errorf("overlay of node %s is served only to its reserved address", name), "node", name, "ip", ip)
 		return
 	}
@@ -432,45 +455,46 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if err := s.DB.CheckNonce(n.Name, nonce); err != nil {
+	if err := s.Nodes.CheckNonce(name, nonce); err != nil {
 		code := http.StatusInternalServerError
 		if errors.Is(err, state.ErrBadToken) {
 			code = http.StatusForbidden
 		}
-		s.fail(w, route, code, err, "node", n.Name)
+		s.fail(w, route, code, err, "node", name)
 		return
 	}
 	imgName, m, d, err := s.imageFor(n)
 	if err != nil {
-		s.fail(w, route, http.StatusNotFound, err, "node", n.Name)
+		s.fail(w, route, http.StatusNotFound, err, "node", name)
 		return
 	}
 	token := state.NewToken()
 	c := overlay.Config{
-		Node:    n.Name,
-		HeadURL: strings.TrimRight(s.BaseURL, "/"),
-		Token:   token,
-		Interface: overlay.Interface{
-			MAC:     n.MAC,
-			Address: netip.PrefixFrom(n.IP, s.PrefixLen).String(),
-		},
-		Modules: s.Modules,
-		Image:   overlay.ImageRef{Name: imgName, Digest: string(d), ContentDigest: string(m.ContentDigest)},
+		Node:     name,
+		Hostname: hostnameIfNotName(n),
+		HeadURL:  strings.TrimRight(s.BaseURL, "/"),
+		Token:    token,
+		Modules:  n.Modules,
+		Image:    overlay.ImageRef{Name: imgName, Digest: string(d), ContentDigest: string(m.ContentDigest)},
 	}
-	if s.Gateway.IsValid() {
-		c.Interface.Gateway = s.Gateway.String()
-	}
-	for _, a := range s.DNS {
-		c.Interface.DNS = append(c.Interface.DNS, a.String())
+	if len(n.Interfaces) > 0 {
+		ifc := n.Interfaces[0]
+		c.Interface = overlay.Interface{MAC: ifc.MAC, Address: ifc.Address.String()}
+		if ifc.Gateway.IsValid() {
+			c.Interface.Gateway = ifc.Gateway.String()
+		}
+		for _, a := range ifc.DNS {
+			c.Interface.DNS = append(c.Interface.DNS, a.String())
+		}
 	}
 	files, err := OverlayFiles(c)
 	if err != nil {
-		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
+		s.fail(w, route, http.StatusInternalServerError, err, "node", name)
 		return
 	}
 	a, err := compressArchive(files, time.Now())
 	if err != nil {
-		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
+		s.fail(w, route, http.StatusInternalServerError, err, "node", name)
 		return
 	}
 	defer s.transfer(r)()
@@ -485,15 +509,24 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 	s.count(route, http.StatusOK, int64(nw))
 	if err != nil || nw != len(a.data) {
 		// The nonce stays unspent: iPXE's retry gets a new token.
-		s.log().Debug("overlay not sent whole", "node", n.Name, "ip", ip, "bytes", nw, "err", err)
-		s.record(n.Name, state.StepOverlay, fmt.Sprintf("%s: sent %d of %d bytes: %v", OverlayName, nw, len(a.data), err))
+		s.log().Debug("overlay not sent whole", "node", name, "ip", ip, "bytes", nw, "err", err)
+		s.record(name, state.StepOverlay, fmt.Sprintf("%s: sent %d of %d bytes: %v", OverlayName, nw, len(a.data), err))
 		return
 	}
-	err = s.DB.ConsumeNonce(n.Name, nonce, token, state.Event{Step: state.StepOverlay,
-		Detail: fmt.Sprintf("%s %s in %s, token minted", OverlayName, humanBytes(int64(nw)), time.Since(start).Round(time.Millisecond))})
+	err = s.Nodes.ConsumeNonce(name, nonce, token,
+		fmt.Sprintf("%s %s in %s, token minted", OverlayName, humanBytes(int64(nw)), time.Since(start).Round(time.Millisecond)))
 	if err != nil {
-		s.log().Warn("overlay sent, but its token could not be made the node's", "node", n.Name, "err", err)
+		s.log().Warn("overlay sent, but its token could not be made the node's", "node", name, "err", err)
 	}
+}
+
+// hostnameIfNotName returns the plan's host name when it is not the
+// node's name (node.json carries it only then).
+func hostnameIfNotName(p plan.Plan) string {
+	if p.Hostname == p.Node {
+		return ""
+	}
+	return p.Hostname
 }
 
 type countingWriter struct {

@@ -38,6 +38,7 @@ const (
 	StepFailed    Step = "failed"       // the agent reported a failed boot step
 	StepIgnored   Step = "dhcp-ignored" // a DHCP packet from the node got no answer
 	StepStalled   Step = "stalled"      // the head saw no progress for the stall timeout
+	StepLease     Step = "dhcp-lease"   // the node's own OS got or renewed its address: no boot
 )
 
 // moves lists, for each state, the states a boot may move to without a new
@@ -69,6 +70,8 @@ func next(s State, step Step) State {
 		to = StateFailed
 	case StepStalled:
 		to = StateStalled
+	case StepLease:
+		return s // the running OS: no boot progress either way
 	default:
 		if s == StateStalled {
 			to = StateBooting // progress again

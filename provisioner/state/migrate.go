@@ -38,6 +38,7 @@ func migrate(st store.Store) error {
 		if lr.Status.ID == 0 && lr.Status.Boots > 0 {
 			lr.Status.ID = lr.Status.Boots // written before boots had ids
 		}
+		lr.Node.Upgrade()
 		nb, err := json.Marshal(lr.Node)
 		if err != nil {
 			return err

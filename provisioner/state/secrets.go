@@ -34,6 +34,13 @@ func equalSecret(a, b string) bool {
 // the head saw no boot start (its DHCP server is off, or another one
 // answered).
 func (d *DB) NewBootNonce(name string, e Event) (string, error) {
+	return d.StartScript(name, e, nil)
+}
+
+// StartScript is NewBootNonce that also pins the image the script names,
+// when pin is set and differs from the node's pin, in the same write: the
+// node boots that digest from then on until an admin moves it (ClearPins).
+func (d *DB) StartScript(name string, e Event, pin *Pin) (string, error) {
 	nonce := randomHex(16)
 	if e.Time.IsZero() {
 		e.Time = d.now()
@@ -45,6 +52,11 @@ func (d *DB) NewBootNonce(name string, e Event) (string, error) {
 		r.BootNonce = nonce
 		r.TokenHash, r.TokenBoot = "", 0
 		r.Status.add(e)
+		if pin != nil && (r.Status.Pin == nil || r.Status.Pin.Ref != pin.Ref || r.Status.Pin.Digest != pin.Digest) {
+			p := *pin
+			p.Boot = r.Status.ID
+			r.Status.Pin = &p
+		}
 		return nil
 	})
 	if err != nil {
@@ -103,8 +115,8 @@ func (d *DB) SetReport(name, token string, from netip.Addr, rep Report) (applied
 	}
 	applied = true
 	err = d.update(name, func(r *record, _ *archive) error {
-		if from.Unmap() != r.Node.IP {
-			return fmt.Errorf("from %s, reserved %s: %w", from, r.Node.IP, ErrWrongAddress)
+		if !hasIP(&r.Node, from.Unmap()) {
+			return fmt.Errorf("from %s, not an address reserved for it: %w", from, ErrWrongAddress)
 		}
 		if !equalSecret(hashHex(token), r.TokenHash) {
 			return ErrBadToken
@@ -132,4 +144,31 @@ func (d *DB) SetReport(name, token string, from netip.Addr, rep Report) (applied
 		return false, fmt.Errorf("report from node %s: %w", name, err)
 	}
 	return applied, nil
+}
+
+// hasIP reports whether ip is reserved for one of n's interfaces.
+func hasIP(n *Node, ip netip.Addr) bool {
+	for _, ifc := range n.Interfaces {
+		if ifc.IP == ip {
+			return true
+		}
+	}
+	return false
+}
+
+// ClearPins drops the image pins of the named nodes, so that each boots
+// what its image reference resolves to at its next script: how an admin
+// moves nodes to a new build of their image. Unknown names are skipped.
+func (d *DB) ClearPins(names []string) error {
+	for _, name := range names {
+		d.post(name, func(r *record, _ *archive) error {
+			if r.Status.Pin == nil {
+				return errNoChange
+			}
+			r.Status.Pin = nil
+			return nil
+		})
+	}
+	d.Flush()
+	return nil
 }

@@ -33,16 +33,18 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
-	"regexp"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/ramboot/ramboot/provisioner/inventory"
 	"github.com/ramboot/ramboot/provisioner/store"
 )
 
@@ -51,7 +53,7 @@ var (
 	// ErrNotFound means no node (or boot) has that name, MAC or address.
 	ErrNotFound = errors.New("not found")
 	// ErrExists means a node with that name, MAC or address already exists.
-	ErrExists = errors.New("already exists")
+	ErrExists = inventory.ErrDuplicate
 	// ErrBadToken means a node presented a wrong, used or revoked secret.
 	ErrBadToken = errors.New("bad token")
 	// ErrWrongAddress means a node's request came from another address
@@ -62,18 +64,21 @@ var (
 	ErrConflict = errors.New("conflicts with the recorded boot")
 )
 
-// Node is one inventory entry.
-type Node struct {
-	// Name is the node's unique name, a host name.
-	Name string `json:"name"`
-	// MAC is the provisioning interface's MAC, lower case with colons.
-	MAC string `json:"mac"`
-	// IP is the node's reserved IPv4 address.
-	IP netip.Addr `json:"ip"`
-	// Image is the image the node boots; empty means the default image.
-	Image string `json:"image,omitempty"`
-	// Created is when the node was added.
-	Created time.Time `json:"created"`
+// Node is one inventory node (provisioner/inventory's model).
+type Node = inventory.Node
+
+// Profile is one inventory profile.
+type Profile = inventory.Profile
+
+// Pin is the image digest a node was given: it keeps booting that digest,
+// whatever its reference resolves to later, until an admin moves it.
+type Pin struct {
+	// Ref is the image reference the digest was resolved from.
+	Ref string `json:"ref"`
+	// Digest is the manifest digest.
+	Digest string `json:"digest"`
+	// Boot is the boot that was first given it.
+	Boot int `json:"boot,omitempty"`
 }
 
 // Status is what the head knows about a node's boots: the current (or
@@ -86,6 +91,9 @@ type Status struct {
 	Boots int `json:"boots"`
 	// History lists the IDs of the earlier boots kept, newest first.
 	History []int `json:"history,omitempty"`
+	// Pin is the image the node boots until an admin moves it; nil until
+	// its first script.
+	Pin *Pin `json:"pin,omitempty"`
 }
 
 // NodeStatus is a node with its status, as returned by reads.
@@ -99,8 +107,7 @@ type NodeStatus struct {
 // status, each with the store revision that last wrote it, plus the
 // secrets reads never return.
 type record struct {
-	Node    Node
-	nodeRev int64
+	Node Node
 	statusRecord
 	statusRev int64
 }
@@ -124,12 +131,16 @@ func (s statusRecord) clone() statusRecord {
 	c := s
 	c.Status.Boot = s.Status.Boot.clone()
 	c.Status.History = slices.Clone(s.Status.History)
+	if s.Status.Pin != nil {
+		p := *s.Status.Pin
+		c.Status.Pin = &p
+	}
 	return c
 }
 
 func (r *record) view() NodeStatus {
 	c := r.statusRecord.clone()
-	return NodeStatus{Node: r.Node, Status: c.Status}
+	return NodeStatus{Node: *r.Node.Clone(), Status: c.Status}
 }
 
 // clone returns a deep copy of r.
@@ -142,6 +153,7 @@ func (r *record) clone() *record {
 // Keys of the store.
 const (
 	keyNodes     = "nodes/"         // nodes/NAME -> Node (inventory)
+	keyProfiles  = "profiles/"      // profiles/NAME -> Profile (inventory)
 	keyStatus    = "status/"        // status/NAME -> statusRecord
 	keyBoots     = "boots/"         // boots/NAME/ID (16 hex digits) -> Boot, earlier boots
 	keyInventory = "meta/inventory" // changes with every inventory write: the inventory's compare-and-swap key
@@ -157,6 +169,10 @@ type Options struct {
 	History int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+
+	// Check, if set, checks the whole inventory after every change, before
+	// it commits (the daemon checks addresses against its subnets).
+	Check func(*inventory.Inventory) error
 
 	// mmapSize is bbolt's initial memory map size (tests: a write that
 	// must grow the map waits for every read transaction to end).
@@ -175,14 +191,17 @@ type DB struct {
 	w       *writer
 
 	mu       sync.Mutex
-	applied  sync.Cond          // broadcast when rev advances
-	rev      int64              // the store revision memory reflects
-	watchErr error              // set when the watch ended
-	invRev   int64              // revision of keyInventory
+	applied  sync.Cond // broadcast when rev advances
+	rev      int64     // the store revision memory reflects
+	watchErr error     // set when the watch ended
+	invRev   int64     // revision of keyInventory
+	inv      *inventory.Inventory
 	nodes    map[string]*record // by name; published records are never changed
-	byMAC    map[string]string  // MAC -> name
+	byMAC    map[string]string  // MAC -> name, every interface
+	byID     map[string]string  // client id -> name
 	byIP     map[netip.Addr]string
 	fails    int // writes that did not commit
+	check    func(*inventory.Inventory) error
 }
 
 // Open opens the database at path with default options; see OpenWith.
@@ -210,7 +229,8 @@ func OpenWith(path string, o Options) (*DB, error) {
 	if _, err := Verify(path); err != nil {
 		return nil, err
 	}
-	d := &DB{path: path, history: o.History, now: o.Now, nodes: map[string]*record{}, byMAC: map[string]string{}, byIP: map[netip.Addr]string{}}
+	d := &DB{path: path, history: o.History, now: o.Now, check: o.Check, inv: inventory.New(),
+		nodes: map[string]*record{}, byMAC: map[string]string{}, byID: map[string]string{}, byIP: map[netip.Addr]string{}}
 	d.applied.L = &d.mu
 	var kvs []store.KV
 	err := contained(func() error {
@@ -285,29 +305,43 @@ func (d *DB) apply(e store.Event) error {
 	switch {
 	case e.Key == keyInventory:
 		d.invRev = e.Rev
+	case strings.HasPrefix(e.Key, keyProfiles):
+		name := strings.TrimPrefix(e.Key, keyProfiles)
+		m := maps.Clone(d.inv.Profiles) // published maps are never changed
+		d.inv.Profiles = m
+		if e.Deleted {
+			delete(m, name)
+			return nil
+		}
+		var p Profile
+		if err := json.Unmarshal(e.Value, &p); err != nil || p.Name != name {
+			return fmt.Errorf("decode profile %q: %v", name, err)
+		}
+		m[name] = &p
 	case strings.HasPrefix(e.Key, keyNodes):
 		name := strings.TrimPrefix(e.Key, keyNodes)
 		old := d.nodes[name]
-		if old != nil && old.Node.Name != "" {
-			delete(d.byMAC, old.Node.MAC)
-			delete(d.byIP, old.Node.IP)
+		if old != nil {
+			d.unindex(&old.Node)
 		}
 		if e.Deleted {
 			delete(d.nodes, name)
+			delete(d.inv.Nodes, name)
 			return nil
 		}
 		var n Node
 		if err := json.Unmarshal(e.Value, &n); err != nil || n.Name != name {
 			return fmt.Errorf("decode node %q: %v", name, err)
 		}
+		n.Upgrade()
 		r := &record{}
 		if old != nil {
 			*r = *old
 		}
-		r.Node, r.nodeRev = n, e.Rev
+		r.Node = n
 		d.nodes[name] = r
-		d.byMAC[n.MAC] = name
-		d.byIP[n.IP] = name
+		d.inv.Nodes[name] = &r.Node
+		d.index(&n)
 	case strings.HasPrefix(e.Key, keyStatus):
 		name := strings.TrimPrefix(e.Key, keyStatus)
 		old := d.nodes[name]
@@ -331,6 +365,36 @@ func (d *DB) apply(e store.Event) error {
 		d.nodes[name] = r
 	}
 	return nil
+}
+
+// index adds n's interfaces to the lookup maps.
+func (d *DB) index(n *Node) {
+	for _, ifc := range n.Interfaces {
+		if ifc.MAC != "" {
+			d.byMAC[ifc.MAC] = n.Name
+		}
+		if ifc.ClientID != "" {
+			d.byID[ifc.ClientID] = n.Name
+		}
+		if ifc.IP.IsValid() {
+			d.byIP[ifc.IP] = n.Name
+		}
+	}
+}
+
+// unindex removes n's interfaces from the lookup maps.
+func (d *DB) unindex(n *Node) {
+	for _, ifc := range n.Interfaces {
+		if d.byMAC[ifc.MAC] == n.Name {
+			delete(d.byMAC, ifc.MAC)
+		}
+		if d.byID[ifc.ClientID] == n.Name {
+			delete(d.byID, ifc.ClientID)
+		}
+		if d.byIP[ifc.IP] == n.Name {
+			delete(d.byIP, ifc.IP)
+		}
+	}
 }
 
 // waitRev waits until memory reflects store revision rev.
@@ -403,108 +467,188 @@ func (d *DB) commit(cmps []store.Cmp, ops []store.Op) error {
 // catchUp waits until memory reflects everything the store committed.
 func (d *DB) catchUp() error { return d.waitRev(d.st.Rev()) }
 
-var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-
 // ValidName checks that name can be a node name: a host name label.
-func ValidName(name string) error {
-	if !nameRE.MatchString(name) {
-		return fmt.Errorf("node name %q: must be 1-63 lower-case letters, digits or '-', not starting or ending with '-'", name)
-	}
-	return nil
-}
+func ValidName(name string) error { return inventory.ValidName("node", name) }
 
 // NormalizeMAC parses a MAC address and returns it lower case with colons.
-func NormalizeMAC(s string) (string, error) {
-	hw, err := net.ParseMAC(s)
-	if err != nil || len(hw) != 6 {
-		return "", fmt.Errorf("mac %q: not an Ethernet MAC address like 52:54:00:12:34:56", s)
-	}
-	return hw.String(), nil
+func NormalizeMAC(s string) (string, error) { return inventory.NormalizeMAC(s) }
+
+// Change is what an inventory transaction changed.
+type Change struct {
+	// Added, Updated and Removed name the nodes, sorted.
+	Added, Updated, Removed []string
+	// ProfilesAdded, ProfilesUpdated and ProfilesRemoved name the profiles.
+	ProfilesAdded, ProfilesUpdated, ProfilesRemoved []string
 }
 
-// inventory runs an inventory transaction: plan, under the lock of
-// memory, checks the change against the whole inventory and returns its
-// writes; they commit only if the inventory did not change since (else
-// plan runs again on the newer one), and memory reflects them on return.
-func (d *DB) inventory(what string, plan func() ([]store.Op, error)) error {
+// Empty reports whether c changes nothing.
+func (c Change) Empty() bool {
+	return len(c.Added)+len(c.Updated)+len(c.Removed)+len(c.ProfilesAdded)+len(c.ProfilesUpdated)+len(c.ProfilesRemoved) == 0
+}
+
+// ChangeInventory runs one inventory transaction: fn edits a copy of the
+// inventory (replacing entries, never changing them in place); the result
+// is checked whole (inventory.Validate and Options.Check: every problem at
+// once), and the difference commits in one transaction only if the
+// inventory did not change since it was read (else fn runs again on the
+// newer one). Memory reflects it on return. With dryRun nothing is
+// written. New nodes start with status new; removed nodes lose their
+// status and boot history; a node whose effective image changed is moved
+// by fn clearing its pin with ClearPin.
+func (d *DB) ChangeInventory(dryRun bool, fn func(inv *inventory.Inventory) error) (Change, error) {
 	for range maxRetries {
 		d.mu.Lock()
-		ops, err := plan()
+		old := d.inv
+		next := old.Copy()
 		rev := d.invRev
 		d.mu.Unlock()
-		if err != nil {
-			return err
+		if err := fn(next); err != nil {
+			return Change{}, err
 		}
-		if len(ops) == 0 {
-			return nil
+		for name, n := range next.Nodes {
+			if old.Nodes[name] != n {
+				nn := n.Normalize()
+				if nn.Created.IsZero() {
+					if o, ok := old.Nodes[name]; ok {
+						nn.Created = o.Created
+					} else {
+						nn.Created = d.now().UTC()
+					}
+				}
+				next.Nodes[name] = nn
+			}
+		}
+		if err := next.Validate(nil); err != nil {
+			return Change{}, err
+		}
+		if d.check != nil {
+			if err := d.check(next); err != nil {
+				return Change{}, err
+			}
+		}
+		ch, ops, err := diff(old, next)
+		if err != nil {
+			return Change{}, err
+		}
+		if dryRun || len(ops) == 0 {
+			return ch, nil
 		}
 		ops = append(ops, store.Put(keyInventory, []byte(strconv.FormatInt(rev+1, 10))))
 		err = d.commit([]store.Cmp{{Key: keyInventory, Rev: rev}}, ops)
 		if errors.Is(err, store.ErrConflict) {
 			if err := d.catchUp(); err != nil {
-				return err
+				return Change{}, err
 			}
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("%s: %w", what, err)
+			return Change{}, fmt.Errorf("write the inventory: %w", err)
 		}
-		return nil
+		return ch, nil
 	}
-	return fmt.Errorf("%s: %w, %d times", what, store.ErrConflict, maxRetries)
+	return Change{}, fmt.Errorf("write the inventory: %w, %d times", store.ErrConflict, maxRetries)
 }
 
-// AddNode adds n to the inventory. Name, MAC and IP must be unique.
-func (d *DB) AddNode(n Node) error {
-	if err := ValidName(n.Name); err != nil {
-		return err
-	}
-	mac, err := NormalizeMAC(n.MAC)
+// diff returns the change from old to next and the store writes it takes.
+func diff(old, next *inventory.Inventory) (Change, []store.Op, error) {
+	var ch Change
+	var ops []store.Op
+	newStatus, err := json.Marshal(statusRecord{Status: Status{Boot: Boot{State: StateNew}}})
 	if err != nil {
-		return err
+		return ch, nil, err
 	}
-	n.MAC = mac
-	if !n.IP.Is4() {
-		return fmt.Errorf("node %s: ip %q: not an IPv4 address", n.Name, n.IP)
-	}
-	if n.Created.IsZero() {
-		n.Created = d.now().UTC()
-	}
-	nb, err := json.Marshal(n)
-	if err != nil {
-		return fmt.Errorf("encode node %s: %w", n.Name, err)
-	}
-	sb, err := json.Marshal(statusRecord{Status: Status{Boot: Boot{State: StateNew}}})
-	if err != nil {
-		return fmt.Errorf("encode node %s: %w", n.Name, err)
-	}
-	return d.inventory("add node "+n.Name, func() ([]store.Op, error) {
-		if _, ok := d.nodes[n.Name]; ok {
-			return nil, fmt.Errorf("add node %s: name %w", n.Name, ErrExists)
+	for _, name := range slices.Sorted(maps.Keys(next.Profiles)) {
+		p := next.Profiles[name]
+		o, had := old.Profiles[name]
+		if had && (o == p || reflect.DeepEqual(o, p)) {
+			continue
 		}
-		if other, ok := d.byMAC[n.MAC]; ok {
-			return nil, fmt.Errorf("add node %s: mac %s %w (node %s)", n.Name, n.MAC, ErrExists, other)
+		b, err := json.Marshal(p)
+		if err != nil {
+			return ch, nil, fmt.Errorf("encode profile %s: %w", name, err)
 		}
-		if other, ok := d.byIP[n.IP]; ok {
-			return nil, fmt.Errorf("add node %s: ip %s %w (node %s)", n.Name, n.IP, ErrExists, other)
+		ops = append(ops, store.Put(keyProfiles+name, b))
+		if had {
+			ch.ProfilesUpdated = append(ch.ProfilesUpdated, name)
+		} else {
+			ch.ProfilesAdded = append(ch.ProfilesAdded, name)
 		}
-		return []store.Op{
+	}
+	for _, name := range slices.Sorted(maps.Keys(old.Profiles)) {
+		if _, ok := next.Profiles[name]; !ok {
+			ops = append(ops, store.Delete(keyProfiles+name))
+			ch.ProfilesRemoved = append(ch.ProfilesRemoved, name)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(next.Nodes)) {
+		n := next.Nodes[name]
+		o, had := old.Nodes[name]
+		if had && (o == n || reflect.DeepEqual(o, n)) {
+			continue
+		}
+		b, err := json.Marshal(n)
+		if err != nil {
+			return ch, nil, fmt.Errorf("encode node %s: %w", name, err)
+		}
+		if had {
+			ch.Updated = append(ch.Updated, name)
+			ops = append(ops, store.Put(nodeKey(name), b))
+		} else {
+			ch.Added = append(ch.Added, name)
 			// Boots of an earlier node of the same name must not show up.
-			store.DeletePrefix(bootPrefix(n.Name)),
-			store.Put(nodeKey(n.Name), nb),
-			store.Put(statusKey(n.Name), sb),
-		}, nil
+			ops = append(ops, store.DeletePrefix(bootPrefix(name)), store.Put(nodeKey(name), b), store.Put(statusKey(name), newStatus))
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(old.Nodes)) {
+		if _, ok := next.Nodes[name]; !ok {
+			ch.Removed = append(ch.Removed, name)
+			ops = append(ops, store.DeletePrefix(bootPrefix(name)), store.Delete(statusKey(name)), store.Delete(nodeKey(name)))
+		}
+	}
+	return ch, ops, nil
+}
+
+// Inventory returns the inventory as memory holds it: the maps are a
+// copy, the entries shared and never to be changed.
+func (d *DB) Inventory() *inventory.Inventory {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.inv.Copy()
+}
+
+// Profiles returns every profile by name: a map that is never changed
+// (a change to the profiles publishes a new one), so reading it costs
+// nothing on a per-packet path.
+func (d *DB) Profiles() map[string]*Profile {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.inv.Profiles
+}
+
+// AddNode adds n to the inventory. Name, MACs, client ids and addresses
+// must be unique.
+func (d *DB) AddNode(n Node) error {
+	n.Upgrade()
+	_, err := d.ChangeInventory(false, func(inv *inventory.Inventory) error {
+		if _, ok := inv.Nodes[n.Name]; ok {
+			return fmt.Errorf("add node %s: name %w", n.Name, ErrExists)
+		}
+		inv.Nodes[n.Name] = &n
+		return nil
 	})
+	return err
 }
 
 // DeleteNode removes a node, its status and its boot history.
 func (d *DB) DeleteNode(name string) error {
-	return d.inventory("delete node "+name, func() ([]store.Op, error) {
-		if r, ok := d.nodes[name]; !ok || r.Node.Name == "" {
-			return nil, fmt.Errorf("delete node %s: %w", name, ErrNotFound)
+	_, err := d.ChangeInventory(false, func(inv *inventory.Inventory) error {
+		if _, ok := inv.Nodes[name]; !ok {
+			return fmt.Errorf("delete node %s: %w", name, ErrNotFound)
 		}
-		return []store.Op{store.DeletePrefix(bootPrefix(name)), store.Delete(statusKey(name)), store.Delete(nodeKey(name))}, nil
+		delete(inv.Nodes, name)
+		return nil
 	})
+	return err
 }
 
 // Get returns the node called name.
@@ -525,6 +669,18 @@ func (d *DB) ByMAC(mac net.HardwareAddr) (NodeStatus, error) {
 	name, ok := d.byMAC[mac.String()]
 	if !ok {
 		return NodeStatus{}, fmt.Errorf("mac %s: %w", mac, ErrNotFound)
+	}
+	return d.nodes[name].view(), nil
+}
+
+// ByClientID returns the node with that DHCP client identifier (hex
+// with colons, as inventory.NormalizeClientID writes it).
+func (d *DB) ByClientID(id string) (NodeStatus, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	name, ok := d.byID[id]
+	if !ok {
+		return NodeStatus{}, fmt.Errorf("client id %s: %w", id, ErrNotFound)
 	}
 	return d.nodes[name].view(), nil
 }
@@ -647,6 +803,7 @@ func (d *DB) recordFn(e Event, newBoot bool) func(r *record, a *archive) error {
 	return func(r *record, a *archive) error {
 		st := &r.Status
 		if e.Step == StepDHCPOffer && (newBoot || st.reached(StepScript) || st.ID == 0) {
+			// (StepLease, a node OS's DHCP, never starts a boot.)
 			d.startBoot(r, a, e.Time)
 		}
 		st.add(e)

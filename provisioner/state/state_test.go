@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ramboot/ramboot/provisioner/inventory"
 	"github.com/ramboot/ramboot/provisioner/store"
 )
 
@@ -25,7 +26,7 @@ func open(t *testing.T, path string) *DB {
 }
 
 func node(name, mac, ip string) Node {
-	return Node{Name: name, MAC: mac, IP: netip.MustParseAddr(ip)}
+	return Node{Name: name, Interfaces: []inventory.Interface{{MAC: mac, IP: netip.MustParseAddr(ip)}}}
 }
 
 // clock is a settable test clock.
@@ -99,7 +100,7 @@ func TestAddNode(t *testing.T) {
 		})
 	}
 	n, err := db.ByMAC(net.HardwareAddr{0x52, 0x54, 0, 0xaa, 0, 1})
-	if err != nil || n.Name != "n1" || n.MAC != "52:54:00:aa:00:01" || n.Status.State != StateNew || n.Status.ID != 0 {
+	if err != nil || n.Name != "n1" || n.Interfaces[0].MAC != "52:54:00:aa:00:01" || n.Status.State != StateNew || n.Status.ID != 0 {
 		t.Fatalf("ByMAC: %+v %v", n, err)
 	}
 	if _, err := db.ByIP(netip.MustParseAddr("10.0.0.99")); !errors.Is(err, ErrNotFound) {

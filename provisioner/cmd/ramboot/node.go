@@ -123,7 +123,11 @@ func printNodes(w io.Writer, ns []state.NodeStatus) error {
 			e := t[len(t)-1]
 			last = fmt.Sprintf("%s (%s ago)", e.Step, time.Since(e.Time).Round(time.Second))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", n.Name, n.MAC, n.IP, orDash(n.Image), n.Status.State, n.Status.Boots, last)
+		var mac, ip string
+		if len(n.Interfaces) > 0 {
+			mac, ip = n.Interfaces[0].MAC, n.Interfaces[0].IP.String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", n.Name, mac, ip, orDash(n.Image), n.Status.State, n.Status.Boots, last)
 	}
 	return tw.Flush()
 }
@@ -133,8 +137,9 @@ func printNodes(w io.Writer, ns []state.NodeStatus) error {
 func printNode(w io.Writer, n state.NodeStatus) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "Name:\t%s\n", n.Name)
-	fmt.Fprintf(tw, "MAC:\t%s\n", n.MAC)
-	fmt.Fprintf(tw, "IP:\t%s\n", n.IP)
+	for _, ifc := range n.Interfaces {
+		fmt.Fprintf(tw, "Interface:\t%s %s %s\n", orDash(ifc.Name), orDash(ifc.MAC+ifc.ClientID), ifc.IP)
+	}
 	img := n.Image
 	if img == "" {
 		img = "(the default image, boot.default_image)"

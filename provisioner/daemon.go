@@ -19,24 +19,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/bootserver"
 	"github.com/ramboot/ramboot/provisioner/config"
-	"github.com/ramboot/ramboot/provisioner/internal/httplimit"
 	"github.com/ramboot/ramboot/provisioner/state"
-	"github.com/ramboot/ramboot/pxe"
 	"github.com/ramboot/ramboot/pxe/dhcp"
-	"github.com/ramboot/ramboot/pxe/ra"
-	"github.com/ramboot/ramboot/pxe/tftp"
 )
 
 // Files under the state directory.
@@ -68,6 +62,8 @@ type Head struct {
 	BaseURL string
 	// Socket is the admin API socket path.
 	Socket string
+	// TFTP is the TFTP server's address; zero when TFTP is off.
+	TFTP netip.AddrPort
 }
 
 // InterfaceAddr returns the first IPv4 address of iface with its prefix.
@@ -119,7 +115,10 @@ func (d *Daemon) log() *slog.Logger {
 }
 
 // Run serves until ctx ends, then stops every service and returns nil; it
-// returns an error if a service cannot start or fails.
+// returns an error if a service cannot start or fails. It only wires: each
+// service has its own constructor, opens its sockets in Listen (all of
+// them before any serves, so another DHCP or TFTP server on the link stops
+// this one at start with an error naming it) and runs in Serve.
 func (d *Daemon) Run(ctx context.Context) error {
 	cfg := d.Config
 	if err := cfg.Validate(); err != nil {
@@ -144,13 +143,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	heads := &Nodes{}
-	heads.defaults.Store(Defaults(cfg, prefix))
+	heads.SetDefaults(Defaults(cfg, prefix))
 	db, err := OpenState(cfg.StateDir, state.Options{History: cfg.State.BootHistory, Check: heads.Check}, log)
 	if err != nil {
 		return err
 	}
-	heads.db = db
 	defer db.Close()
+	heads.db = db
 	store := &images.Store{Dir: filepath.Join(cfg.StateDir, ImagesDir)}
 
 	reg := d.Registry
@@ -162,184 +161,80 @@ func (d *Daemon) Run(ctx context.Context) error {
 	stateMetrics := newStateMetrics(reg, db)
 	bak := &backups{db: db, path: filepath.Join(cfg.StateDir, BackupFile), interval: time.Duration(cfg.State.BackupInterval), log: log, m: stateMetrics, last: -1}
 	bak.once() // the last good database, before anything changes it
-	baseURL := "http://" + headIP.String()
-	if cfg.HTTP.Port != 80 {
-		baseURL += ":" + strconv.Itoa(cfg.HTTP.Port)
-	}
 	rec := &recorder{db: db, log: log}
-	heads.baseURL = baseURL
 
-	// Listeners first, so a port conflict fails before anything serves:
-	// another DHCP or TFTP server on the link's interface stops this one
-	// here with an error naming it (issue 12: one server per link).
-	socks, err := listenPXE(ctx, cfg, headIP)
-	if err != nil {
-		return err
-	}
-	httpLn, err := net.Listen("tcp4", net.JoinHostPort(headIP.String(), strconv.Itoa(cfg.HTTP.Port)))
-	if err != nil {
-		socks.close()
-		return fmt.Errorf("listen http: %w", err)
-	}
 	sock := filepath.Join(cfg.StateDir, SocketFile)
-	sockLn, err := listenUnix(sock)
-	if err != nil {
-		socks.close()
-		httpLn.Close()
+	pub := newHTTPService(cfg, headIP, log.With("svc", "http"), reg)
+	admin := newAdminService(cfg, sock, log.With("svc", "admin"))
+	var svcs []service
+	if cfg.DHCP.Enabled {
+		svcs = append(svcs, newDHCPService(cfg, headIP, bootFiles, dhcp.InventoryFunc(heads.Reservation), rec.dhcp, log.With("svc", "dhcp"), reg))
+	}
+	var tftpSvc *tftpService
+	if cfg.TFTP.Enabled {
+		tftpSvc = newTFTPService(cfg, headIP, rec.tftp, log.With("svc", "tftp"), reg)
+		svcs = append(svcs, tftpSvc)
+	}
+	svcs = append(svcs, pub, admin)
+	if cfg.RA.Enabled {
+		svcs = append(svcs, newRAService(cfg, log.With("svc", "ra"), reg))
+	}
+	if err := listenAll(ctx, svcs); err != nil {
 		return err
 	}
 
+	// The HTTP port is known now (http.port 0 picks a free one).
+	baseURL := "http://" + pub.ln.Addr().String()
+	if port := pub.ln.Addr().(*net.TCPAddr).Port; port == 80 {
+		baseURL = "http://" + headIP.String()
+	}
+	heads.baseURL = baseURL
 	boot := &bootserver.Server{
 		Nodes: heads, Images: store, Agent: agent, BaseURL: baseURL,
 		Logger: log, Metrics: bootserver.NewMetrics(reg),
 	}
 	nodeAPI := &api.Node{DB: db, Images: store, Plan: heads.Plan, Logger: log, Metrics: api.NewMetrics(reg)}
-	admin := &api.Admin{DB: db, Images: store, Subnet: prefix, Logger: log}
+	adminAPI := &api.Admin{DB: db, Images: store, Subnet: prefix, Logger: log}
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+	pubMux := http.NewServeMux()
+	pubMux.Handle("/boot/", boot.Handler())
+	pubMux.Handle("/api/", nodeAPI.Handler())
+	pubMux.Handle("GET /metrics", metrics)
+	pubMux.HandleFunc("GET /healthz", healthz)
+	pub.Handle(pubMux)
+	privMux := http.NewServeMux()
+	privMux.Handle("/api/", adminAPI.Handler())
+	privMux.Handle("GET /metrics", metrics)
+	privMux.HandleFunc("GET /healthz", healthz)
+	admin.Handle(privMux)
 
-	pub := http.NewServeMux()
-	pub.Handle("/boot/", boot.Handler())
-	pub.Handle("/api/", nodeAPI.Handler())
-	pub.Handle("GET /metrics", metrics)
-	pub.HandleFunc("GET /healthz", healthz)
-	priv := http.NewServeMux()
-	priv.Handle("/api/", admin.Handler())
-	priv.Handle("GET /metrics", metrics)
-	priv.HandleFunc("GET /healthz", healthz)
-
-	g, gctx := errgroup.WithContext(ctx)
-	pubSrv := &httplimit.Server{
-		Handler: pub, ReadHeaderTimeout: time.Duration(cfg.HTTP.ReadHeaderTimeout), IdleTimeout: time.Duration(cfg.HTTP.IdleTimeout),
-		SendTimeout: time.Duration(cfg.HTTP.SendTimeout), MinSendRate: cfg.HTTP.MinSendRate,
-		MaxConnsPerClient: cfg.HTTP.MaxConnsPerClient, MaxConns: cfg.HTTP.MaxConns,
-		Logger: log.With("svc", "http"), Metrics: httplimit.NewMetrics(reg),
-	}
-	privSrv := &httplimit.Server{Handler: priv, ReadHeaderTimeout: time.Duration(cfg.HTTP.ReadHeaderTimeout), IdleTimeout: time.Duration(cfg.HTTP.IdleTimeout), Logger: log.With("svc", "admin")}
-	g.Go(func() error { return wrapErr("serve http", pubSrv.Serve(gctx, httpLn)) })
-	g.Go(func() error { return wrapErr("serve admin socket", privSrv.Serve(gctx, sockLn)) })
-	defer os.Remove(sock)
-	g.Go(func() error { return bak.run(gctx) })
-	g.Go(func() error {
-		busy := func(n state.Node) bool {
-			for _, ifc := range n.Interfaces {
-				if ifc.IP.IsValid() && boot.Busy(ifc.IP) {
-					return true
-				}
+	busy := func(n state.Node) bool {
+		for _, ifc := range n.Interfaces {
+			if ifc.IP.IsValid() && boot.Busy(ifc.IP) {
+				return true
 			}
-			return false
 		}
-		return watchStalls(gctx, db, time.Duration(cfg.Boot.StallTimeout), busy, log, stateMetrics)
-	})
-
-	if cfg.DHCP.Enabled {
-		arches := map[pxe.Arch]string{}
-		for a, f := range bootFiles {
-			arches[pxe.Arch(a)] = f
-		}
-		inventory := dhcp.InventoryFunc(heads.Reservation)
-		dhcpMetrics := dhcp.NewMetrics(reg)
-		srv := &dhcp.Server{
-			ServerIP:      headIP,
-			Inventory:     inventory,
-			BootFiles:     arches,
-			LeaseTime:     time.Duration(cfg.DHCP.LeaseTime),
-			ReceiveBuffer: cfg.DHCP.ReceiveBuffer,
-			Observer:      rec.dhcp,
-			Logger:        log.With("svc", "dhcp"),
-			Metrics:       dhcpMetrics,
-		}
-		g.Go(func() error { return srv.Serve(gctx, socks.dhcp) })
-		if socks.rivals != nil {
-			det := &dhcp.RivalDetector{ServerIP: headIP, Inventory: inventory, Logger: log.With("svc", "dhcp"), Metrics: dhcpMetrics}
-			g.Go(func() error { return det.Serve(gctx, socks.rivals) })
-		}
+		return false
 	}
-	if cfg.TFTP.Enabled {
-		srv := &tftp.Server{
-			Root:                  os.DirFS(cfg.TFTP.Root),
-			Files:                 cfg.TFTPFiles(),
-			MaxTransfers:          cfg.TFTP.MaxTransfers,
-			MaxTransfersPerClient: cfg.TFTP.MaxTransfersPerClient,
-			ReceiveBuffer:         cfg.TFTP.ReceiveBuffer,
-			Observer:              rec.tftp,
-			Logger:                log.With("svc", "tftp"),
-			Metrics:               tftp.NewMetrics(reg),
-		}
-		g.Go(func() error { return srv.Serve(gctx, socks.tftp) })
-	}
-	if cfg.RA.Enabled {
-		srv := &ra.Server{
-			Interface: cfg.Interface,
-			Interval:  time.Duration(cfg.RA.Interval),
-			Logger:    log.With("svc", "ra"),
-			Metrics:   ra.NewMetrics(reg),
-		}
-		g.Go(func() error { return srv.ListenAndServe(gctx) })
-	}
+	svcs = append(svcs,
+		loopService{"backups", bak.run},
+		loopService{"stall watch", func(ctx context.Context) error {
+			return watchStalls(ctx, db, time.Duration(cfg.Boot.StallTimeout), busy, log, stateMetrics)
+		}},
+	)
 
 	head := Head{IP: headIP, Subnet: prefix, BaseURL: baseURL, Socket: sock}
+	if tftpSvc != nil {
+		head.TFTP = tftpSvc.Addr()
+	}
 	log.Info("ramboot serving", "iface", cfg.Interface, "ip", headIP, "http", baseURL, "socket", sock,
-		"state_dir", cfg.StateDir, "agent", agentPath, "dhcp", cfg.DHCP.Enabled, "tftp", cfg.TFTP.Enabled, "ra", cfg.RA.Enabled)
+		"state_dir", cfg.StateDir, "agent", agentPath, "dhcp", cfg.DHCP.Enabled, "tftp", head.TFTP, "ra", cfg.RA.Enabled)
 	if d.Ready != nil {
 		d.Ready(head)
 	}
-	err = g.Wait()
+	err = serveAll(ctx, svcs)
 	log.Info("ramboot stopped")
 	return err
-}
-
-func wrapErr(what string, err error) error {
-	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	return nil
-}
-
-// pxeConns are the sockets of the enabled DHCP and TFTP services, opened
-// before anything serves.
-type pxeConns struct {
-	dhcp, rivals net.PacketConn
-	tftp         *net.UDPConn
-}
-
-// listenPXE opens the DHCP socket on the interface (and the rival
-// detector's), and the TFTP socket on the head's address, as configured. A
-// DHCP or TFTP server already there makes it fail with an error that names
-// it.
-func listenPXE(ctx context.Context, cfg config.Config, headIP netip.Addr) (c pxeConns, err error) {
-	defer func() {
-		if err != nil {
-			c.close()
-		}
-	}()
-	if cfg.DHCP.Enabled {
-		if c.dhcp, err = dhcp.Listen(ctx, cfg.Interface); err != nil {
-			return c, err
-		}
-		if cfg.DHCP.DetectRivals {
-			if c.rivals, err = dhcp.ListenRivals(cfg.Interface); err != nil {
-				return c, fmt.Errorf("%w (set dhcp.detect_rivals: false to run without it)", err)
-			}
-		}
-	}
-	if cfg.TFTP.Enabled {
-		if c.tftp, err = tftp.Listen(ctx, net.JoinHostPort(headIP.String(), "69")); err != nil {
-			return c, err
-		}
-	}
-	return c, nil
-}
-
-// close closes the sockets that are open.
-func (c pxeConns) close() {
-	for _, conn := range []net.PacketConn{c.dhcp, c.rivals} {
-		if conn != nil {
-			conn.Close()
-		}
-	}
-	if c.tftp != nil {
-		c.tftp.Close()
-	}
 }
 
 func healthz(w http.ResponseWriter, _ *http.Request) {

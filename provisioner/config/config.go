@@ -91,6 +91,9 @@ type TFTP struct {
 	Enabled bool `yaml:"enabled"`
 	// Root is the directory the iPXE binaries are read from.
 	Root string `yaml:"root"`
+	// Port is the UDP port, on the head's address; 0 picks a free one
+	// (tests).
+	Port int `yaml:"port"`
 	// Files is the catalogue; empty means the values of DHCP.BootFiles.
 	Files []string `yaml:"files"`
 	// MaxTransfers caps the transfers in flight.
@@ -103,7 +106,8 @@ type TFTP struct {
 
 // HTTP configures the boot and node API server.
 type HTTP struct {
-	// Port is the TCP port, on the head's address.
+	// Port is the TCP port, on the head's address; 0 picks a free one
+	// (tests).
 	Port int `yaml:"port"`
 	// ReadHeaderTimeout bounds reading a request's headers.
 	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
@@ -523,8 +527,11 @@ func (c Config) Validate() error {
 			bad(fmt.Sprintf("tftp.files[%d]", i), "%q must be a plain file name", f)
 		}
 	}
-	if c.HTTP.Port < 1 || c.HTTP.Port > 65535 {
+	if c.HTTP.Port < 0 || c.HTTP.Port > 65535 {
 		bad("http.port", "%d is not a TCP port", c.HTTP.Port)
+	}
+	if c.TFTP.Port < 0 || c.TFTP.Port > 65535 {
+		bad("tftp.port", "%d is not a UDP port", c.TFTP.Port)
 	}
 	for _, d := range []struct {
 		key string

@@ -194,7 +194,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Logger: log, Metrics: bootserver.NewMetrics(reg),
 	}
 	nodeAPI := &api.Node{DB: db, Images: store, Plan: heads.Plan, Logger: log, Metrics: api.NewMetrics(reg)}
-	adminAPI := &api.Admin{DB: db, Images: store, Subnet: prefix, Logger: log}
+	adminAPI := &api.Admin{DB: db, Images: store, Plan: heads.Plan, Logger: log}
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	pubMux := http.NewServeMux()
 	pubMux.Handle("/boot/", boot.Handler())

@@ -164,7 +164,7 @@ func TestDaemonOnLoopback(t *testing.T) {
 	resp.Body.Close()
 
 	c := apiclient.New(head.Socket)
-	if _, err := c.AddNode(ctx, api.AddNodeRequest{Name: "n1", MAC: "52:54:00:00:00:01", IP: "127.0.0.5"}); err != nil {
+	if _, err := c.AddNodes(ctx, api.AddNodesRequest{Names: "n1", MAC: "52:54:00:00:00:01", IP: "127.0.0.5"}); err != nil {
 		t.Fatal(err)
 	}
 	resp, err = http.Get(head.BaseURL + "/metrics")
@@ -244,7 +244,7 @@ func TestDaemonOnLoopback(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n.Status.State == state.StateStalled {
+		if n.Status.State == string(state.StateStalled) {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -58,14 +58,24 @@ func Defaults(cfg config.Config, prefix netip.Prefix) *plan.Defaults {
 		own.DNS = append(own.DNS, netip.MustParseAddr(s))
 	}
 	d.Subnets = append(d.Subnets, own)
+	for i, sn := range cfg.Subnets { // validated
+		s := plan.Subnet{Prefix: netip.MustParsePrefix(sn.Prefix), MTU: sn.MTU, From: fmt.Sprintf("config subnets[%d] (%s)", i, sn.Prefix)}
+		if sn.Gateway != "" {
+			s.Gateway = netip.MustParseAddr(sn.Gateway)
+		}
+		for _, a := range sn.DNS {
+			s.DNS = append(s.DNS, netip.MustParseAddr(a))
+		}
+		d.Subnets = append(d.Subnets, s)
+	}
 	return d
 }
 
 // Check is the state's inventory check: every address on a configured
 // subnet, and every node's plan resolvable.
-func (h *Nodes) Check(inv *inventory.Inventory) error {
+func (h *Nodes) Check(inv *inventory.Inventory, changed map[string]bool) error {
 	d := h.defaults.Load()
-	return inv.Validate(d.Prefixes())
+	return inv.ValidateChange(d.Prefixes(), changed)
 }
 
 // pinOf returns a node's image pin as the plan takes it.

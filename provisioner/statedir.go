@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -193,4 +194,27 @@ func watchStalls(ctx context.Context, db *state.DB, timeout time.Duration, busy 
 			log.Warn("mark stalled boots", "err", err)
 		}
 	}
+}
+
+// StateSummary describes a state database file that verified: its node
+// and boot counts, size and last transaction.
+type StateSummary = state.Summary
+
+// VerifyState checks the state database file at path without changing it
+// (`ramboot state check`); see state.Verify.
+func VerifyState(path string) (StateSummary, error) { return state.Verify(path) }
+
+// BackupStateFile writes a verified copy of the database file src to dst
+// without a daemon (`ramboot state backup` when none runs).
+func BackupStateFile(src, dst string) (StateSummary, error) { return state.BackupFile(src, dst) }
+
+// RestoreState replaces the database at path with a verified copy of from,
+// keeping the file it replaces (`ramboot state restore`); see
+// state.Restore.
+func RestoreState(from, path string) (StateSummary, string, error) { return state.Restore(from, path) }
+
+// WriteStateFileAtomic writes a database file to path through a verified
+// temporary file; see state.WriteFileAtomic.
+func WriteStateFileAtomic(path string, fill func(io.Writer) error) (StateSummary, error) {
+	return state.WriteFileAtomic(path, fill)
 }

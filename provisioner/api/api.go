@@ -15,11 +15,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"log/slog"
+	"maps"
 	"math"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
@@ -27,7 +28,6 @@ import (
 
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/images/overlay"
-	"github.com/ramboot/ramboot/provisioner/inventory"
 	"github.com/ramboot/ramboot/provisioner/plan"
 	"github.com/ramboot/ramboot/provisioner/state"
 )
@@ -51,18 +51,6 @@ const (
 	reportReadTimeout = 10 * time.Second
 )
 
-// AddNodeRequest is the body of POST /api/v1/nodes.
-type AddNodeRequest struct {
-	// Name is the node's name.
-	Name string `json:"name"`
-	// MAC is the provisioning interface's MAC.
-	MAC string `json:"mac"`
-	// IP is the node's reserved IPv4 address.
-	IP string `json:"ip"`
-	// Image is the image to boot; empty = the default image.
-	Image string `json:"image,omitempty"`
-}
-
 // Image is one entry of GET /api/v1/images.
 type Image struct {
 	// Name is the image's name.
@@ -77,42 +65,6 @@ type Image struct {
 type Error struct {
 	// Error says what went wrong.
 	Error string `json:"error"`
-}
-
-// Admin serves the admin routes. Put it only on a listener that only the
-// administrator can reach (the root-only unix socket).
-type Admin struct {
-	// DB is the inventory; required.
-	DB *state.DB
-	// Images is the image store; required.
-	Images *images.Store
-	// Subnet, when valid, is the provisioning subnet node addresses must be in.
-	Subnet netip.Prefix
-	// Logger logs inventory changes at Info; nil = discard.
-	Logger *slog.Logger
-}
-
-// Handler returns the admin routes:
-//
-//	GET    /api/v1/nodes          list nodes with their status
-//	POST   /api/v1/nodes          add a node (AddNodeRequest)
-//	GET    /api/v1/nodes/{name}   one node with its status and timeline
-//	DELETE /api/v1/nodes/{name}   remove a node
-//	GET    /api/v1/nodes/{name}/boots        the boots kept, newest first
-//	GET    /api/v1/nodes/{name}/boots/{boot} one boot, by number
-//	GET    /api/v1/images         list images
-//	GET    /api/v1/state/backup   a consistent copy of the state database
-func (a *Admin) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /api/v1/nodes", a.listNodes)
-	mux.HandleFunc("POST /api/v1/nodes", a.addNode)
-	mux.HandleFunc("GET /api/v1/nodes/{name}", a.getNode)
-	mux.HandleFunc("DELETE /api/v1/nodes/{name}", a.deleteNode)
-	mux.HandleFunc("GET /api/v1/nodes/{name}/boots", a.listBoots)
-	mux.HandleFunc("GET /api/v1/nodes/{name}/boots/{boot}", a.getBoot)
-	mux.HandleFunc("GET /api/v1/images", a.listImages)
-	mux.HandleFunc("GET /api/v1/state/backup", a.backup)
-	return mux
 }
 
 func logger(l *slog.Logger) *slog.Logger {
@@ -153,8 +105,10 @@ type badRequest struct{ error }
 
 func (b badRequest) Unwrap() error { return b.error }
 
-func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+func decode(r *http.Request, v any) error { return decodeLimit(r, v, maxBody) }
+
+func decodeLimit(r *http.Request, v any, limit int64) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, limit))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		if errors.As(err, new(*http.MaxBytesError)) {
@@ -163,125 +117,6 @@ func decode(r *http.Request, v any) error {
 		return badRequest{fmt.Errorf("decode request body: %w", err)}
 	}
 	return nil
-}
-
-func (a *Admin) listNodes(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, a.DB.List())
-}
-
-func (a *Admin) getNode(w http.ResponseWriter, r *http.Request) {
-	n, err := a.DB.Get(r.PathValue("name"))
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, n)
-}
-
-func (a *Admin) addNode(w http.ResponseWriter, r *http.Request) {
-	var req AddNodeRequest
-	if err := decode(r, &req); err != nil {
-		writeError(w, err)
-		return
-	}
-	ip, err := netip.ParseAddr(req.IP)
-	if err != nil || !ip.Is4() {
-		writeError(w, badRequest{fmt.Errorf("node %s: ip %q: not an IPv4 address", req.Name, req.IP)})
-		return
-	}
-	if a.Subnet.IsValid() && !a.Subnet.Contains(ip) {
-		writeError(w, badRequest{fmt.Errorf("node %s: ip %s is not in the provisioning subnet %s", req.Name, ip, a.Subnet.Masked())})
-		return
-	}
-	if a.Subnet.IsValid() && (ip == a.Subnet.Addr() || ip == a.Subnet.Masked().Addr()) {
-		writeError(w, badRequest{fmt.Errorf("node %s: ip %s is the head's or the subnet's address", req.Name, ip)})
-		return
-	}
-	if req.Image != "" {
-		if err := images.ValidName(req.Image); err != nil {
-			writeError(w, badRequest{err})
-			return
-		}
-	}
-	n := state.Node{Name: req.Name, Interfaces: []inventory.Interface{{MAC: req.MAC, IP: ip}}, Settings: inventory.Settings{Image: req.Image}}
-	if err := a.DB.AddNode(n); err != nil {
-		if !errors.Is(err, state.ErrExists) {
-			err = badRequest{err}
-		}
-		writeError(w, err)
-		return
-	}
-	got, err := a.DB.Get(req.Name)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	logger(a.Logger).Info("node added", "node", got.Name, "mac", req.MAC, "ip", ip, "image", got.Image)
-	writeJSON(w, http.StatusCreated, got)
-}
-
-func (a *Admin) deleteNode(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	if err := a.DB.DeleteNode(name); err != nil {
-		writeError(w, err)
-		return
-	}
-	logger(a.Logger).Info("node deleted", "node", name)
-	w.WriteHeader(http.StatusNoContent)
-}
-
-func (a *Admin) listBoots(w http.ResponseWriter, r *http.Request) {
-	bs, err := a.DB.Boots(r.PathValue("name"))
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, bs)
-}
-
-func (a *Admin) getBoot(w http.ResponseWriter, r *http.Request) {
-	id, err := strconv.Atoi(r.PathValue("boot"))
-	if err != nil || id < 1 {
-		writeError(w, badRequest{fmt.Errorf("boot %q: not a boot number (1, 2, ...)", r.PathValue("boot"))})
-		return
-	}
-	b, err := a.DB.BootByID(r.PathValue("name"), id)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, b)
-}
-
-// backup streams a consistent copy of the database (one read transaction),
-// with its size in Content-Length: a copy cut short does not verify.
-func (a *Admin) backup(w http.ResponseWriter, r *http.Request) {
-	n, err := a.DB.WriteSnapshot(w, func(size int64) {
-		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
-	})
-	if err != nil && n == 0 {
-		writeError(w, err)
-		return
-	}
-	if err != nil {
-		logger(a.Logger).Warn("state backup cut short", "bytes", n, "err", err)
-		return
-	}
-	logger(a.Logger).Info("state backup sent", "bytes", n)
-}
-
-func (a *Admin) listImages(w http.ResponseWriter, r *http.Request) {
-	refs, err := a.Images.List()
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	out := make([]Image, 0, len(refs))
-	for _, ref := range refs {
-		out = append(out, Image{Name: ref.Name, Digest: string(ref.Digest), Manifest: ref.Manifest})
-	}
-	writeJSON(w, http.StatusOK, out)
 }
 
 // Node serves the routes booted nodes call.
@@ -479,3 +314,5 @@ func (n *Node) resolve(assigned, content string) (name, digest string) {
 	}
 	return name, digest
 }
+
+func mapsKeys[M ~map[K]V, K comparable, V any](m M) iter.Seq[K] { return maps.Keys(m) }

@@ -56,6 +56,10 @@ type Config struct {
 	Agent Agent `yaml:"agent"`
 	// State configures the state database.
 	State State `yaml:"state"`
+	// Subnets are subnets besides the provisioning interface's own that
+	// nodes may have addresses on (relayed subnets, other interfaces'
+	// networks such as InfiniBand).
+	Subnets []Subnet `yaml:"subnets"`
 
 	// lines maps dotted key paths to the line they were set on, for errors.
 	lines map[string]line
@@ -64,6 +68,19 @@ type Config struct {
 type line struct {
 	file string
 	n    int
+}
+
+// Subnet is a subnet node addresses may lie on, with what addresses on
+// it get.
+type Subnet struct {
+	// Prefix is the subnet, e.g. 10.1.0.0/24.
+	Prefix string `yaml:"prefix"`
+	// Gateway is its default router; empty = none.
+	Gateway string `yaml:"gateway"`
+	// DNS are its name servers.
+	DNS []string `yaml:"dns"`
+	// MTU is its MTU; 0 leaves the default.
+	MTU int `yaml:"mtu"`
 }
 
 // DHCP configures the DHCP server.
@@ -565,6 +582,25 @@ func (c Config) Validate() error {
 	}
 	if c.Boot.DefaultImage == "" {
 		bad("boot.default_image", "required")
+	}
+	for i, sn := range c.Subnets {
+		key := fmt.Sprintf("subnets[%d]", i)
+		p, err := netip.ParsePrefix(sn.Prefix)
+		if err != nil || !p.Addr().Is4() {
+			bad(key+".prefix", "%q is not an IPv4 prefix like 10.1.0.0/24", sn.Prefix)
+		} else if sn.Gateway != "" {
+			if g, err := netip.ParseAddr(sn.Gateway); err != nil || !p.Contains(g) {
+				bad(key+".gateway", "%q is not an address in %s", sn.Gateway, p.Masked())
+			}
+		}
+		for j, d := range sn.DNS {
+			if a, err := netip.ParseAddr(d); err != nil || !a.Is4() {
+				bad(fmt.Sprintf("%s.dns[%d]", key, j), "%q is not an IPv4 address", d)
+			}
+		}
+		if sn.MTU != 0 && (sn.MTU < 576 || sn.MTU > 65520) {
+			bad(key+".mtu", "%d is not between 576 and 65520", sn.MTU)
+		}
 	}
 	for i, m := range c.Boot.Modules {
 		if m == "" || strings.ContainsAny(m, "/ ") {

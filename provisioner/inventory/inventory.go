@@ -38,8 +38,9 @@ type Settings struct {
 	// KernelArgs replaces the kernel arguments it inherits; nil inherits,
 	// a pointer to "" sets none.
 	KernelArgs *string `json:"kernelArgs,omitempty" yaml:"kernel_args,omitempty"`
-	// Modules replaces the kernel modules the agent loads; nil inherits.
-	Modules []string `json:"modules,omitempty" yaml:"modules,omitempty"`
+	// Modules replaces the kernel modules the agent loads; nil inherits,
+	// an empty list loads none (so it is stored even when empty).
+	Modules []string `json:"modules" yaml:"modules,omitempty"`
 	// BootFile is the iPXE binary firmware gets instead of the one for its
 	// architecture (a firmware quirk: snponly.efi, ipxe.efi).
 	BootFile string `json:"bootFile,omitempty" yaml:"boot_file,omitempty"`
@@ -135,6 +136,26 @@ func (s Settings) Clone() Settings {
 	c.Modules = slices.Clone(s.Modules)
 	c.Tags = maps.Clone(s.Tags)
 	c.Values = maps.Clone(s.Values)
+	return c
+}
+
+func (s Settings) normalize() Settings {
+	if len(s.Tags) == 0 {
+		s.Tags = nil
+	}
+	if len(s.Values) == 0 {
+		s.Values = nil
+	}
+	return s
+}
+
+// Normalize returns p with empty lists and maps as nil.
+func (p *Profile) Normalize() *Profile {
+	c := p.Clone()
+	if len(c.Inherits) == 0 {
+		c.Inherits = nil
+	}
+	c.Settings = c.Settings.normalize()
 	return c
 }
 
@@ -269,7 +290,12 @@ type Subnet = netip.Prefix
 // every interface of every node), addresses (unique, inside one of
 // subnets when any are given, not a subnet's network or broadcast
 // address), profiles that exist and inherit without a cycle, settings.
-func (inv *Inventory) Validate(subnets []Subnet) error {
+func (inv *Inventory) Validate(subnets []Subnet) error { return inv.ValidateChange(subnets, nil) }
+
+// ValidateChange is Validate for an inventory where the nodes in changed
+// were just added or changed: they are checked after the others, so a
+// duplicate is reported on the node that takes what another already had.
+func (inv *Inventory) ValidateChange(subnets []Subnet, changed map[string]bool) error {
 	var errs []error
 	for _, name := range slices.Sorted(maps.Keys(inv.Profiles)) {
 		p := inv.Profiles[name]
@@ -291,7 +317,17 @@ func (inv *Inventory) Validate(subnets []Subnet) error {
 		errs = append(errs, fmt.Errorf("profile cycle: %s", strings.Join(cycle, " -> ")))
 	}
 	macs, ids, ips := map[string]string{}, map[string]string{}, map[netip.Addr]string{}
-	for _, name := range slices.Sorted(maps.Keys(inv.Nodes)) {
+	names := slices.Sorted(maps.Keys(inv.Nodes))
+	slices.SortStableFunc(names, func(a, b string) int {
+		switch ca, cb := changed[a], changed[b]; {
+		case ca == cb:
+			return 0
+		case cb:
+			return -1
+		}
+		return 1
+	})
+	for _, name := range names {
 		n := inv.Nodes[name]
 		what := "node " + name
 		if n.Name != name {
@@ -468,9 +504,14 @@ func (inv *Inventory) Chain(n *Node) []string {
 }
 
 // Normalize returns n with its MACs and client ids written canonically
-// (invalid ones are left for Validate to report).
+// (invalid ones are left for Validate to report) and empty lists and maps
+// as nil (except Modules, where empty and nil differ).
 func (n *Node) Normalize() *Node {
 	c := n.Clone()
+	if len(c.Profiles) == 0 {
+		c.Profiles = nil
+	}
+	c.Settings = c.Settings.normalize()
 	for i := range c.Interfaces {
 		if m, err := NormalizeMAC(c.Interfaces[i].MAC); err == nil {
 			c.Interfaces[i].MAC = m

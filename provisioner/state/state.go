@@ -171,8 +171,10 @@ type Options struct {
 	Now func() time.Time
 
 	// Check, if set, checks the whole inventory after every change, before
-	// it commits (the daemon checks addresses against its subnets).
-	Check func(*inventory.Inventory) error
+	// it commits, instead of inventory.Validate without subnets (the daemon
+	// checks addresses against its subnets); changed names the nodes the
+	// change adds or changes.
+	Check func(inv *inventory.Inventory, changed map[string]bool) error
 
 	// mmapSize is bbolt's initial memory map size (tests: a write that
 	// must grow the map waits for every read transaction to end).
@@ -201,7 +203,7 @@ type DB struct {
 	byID     map[string]string  // client id -> name
 	byIP     map[netip.Addr]string
 	fails    int // writes that did not commit
-	check    func(*inventory.Inventory) error
+	check    func(*inventory.Inventory, map[string]bool) error
 }
 
 // Open opens the database at path with default options; see OpenWith.
@@ -505,8 +507,15 @@ func (d *DB) ChangeInventory(dryRun bool, fn func(inv *inventory.Inventory) erro
 		if err := fn(next); err != nil {
 			return Change{}, err
 		}
+		for name, p := range next.Profiles {
+			if old.Profiles[name] != p {
+				next.Profiles[name] = p.Normalize()
+			}
+		}
+		changed := map[string]bool{}
 		for name, n := range next.Nodes {
 			if old.Nodes[name] != n {
+				changed[name] = true
 				nn := n.Normalize()
 				if nn.Created.IsZero() {
 					if o, ok := old.Nodes[name]; ok {
@@ -518,13 +527,12 @@ func (d *DB) ChangeInventory(dryRun bool, fn func(inv *inventory.Inventory) erro
 				next.Nodes[name] = nn
 			}
 		}
-		if err := next.Validate(nil); err != nil {
-			return Change{}, err
-		}
 		if d.check != nil {
-			if err := d.check(next); err != nil {
+			if err := d.check(next, changed); err != nil {
 				return Change{}, err
 			}
+		} else if err := next.ValidateChange(nil, changed); err != nil {
+			return Change{}, err
 		}
 		ch, ops, err := diff(old, next)
 		if err != nil {

@@ -31,7 +31,7 @@ configuration (see docs/config.md); --config overrides it key by key.`,
 				cfg.LogLevel = logLevel
 			}
 			// Run validates the configuration, naming every bad key.
-			d := &provisioner.Daemon{Config: cfg, Logger: newLogger(g.stderr, cfg.LogLevel)}
+			d := &provisioner.Daemon{Config: cfg, Logger: newLogger(g.stderr, levelVar(cfg.LogLevel))}
 			return d.Run(cmd.Context())
 		},
 	}

@@ -81,7 +81,7 @@ func TestBoot(t *testing.T) {
 			for _, e := range n.Status.Timeline {
 				t.Logf("  %6.2fs  %-12s %s", e.Time.Sub(n.Status.Timeline[0].Time).Seconds(), e.Step, e.Detail)
 			}
-			if n.Status.State != state.StateBooted {
+			if n.Status.State != string(state.StateBooted) {
 				t.Fatalf("state %q, want %q; report %+v\nserial:\n%s", n.Status.State, state.StateBooted, n.Status.Report, tail(vm.Serial(), 40))
 			}
 			r := n.Status.Report
@@ -93,7 +93,7 @@ func TestBoot(t *testing.T) {
 			}
 			var seen []state.Step
 			for _, e := range n.Status.Timeline {
-				seen = append(seen, e.Step)
+				seen = append(seen, state.Step(e.Step))
 			}
 			for _, s := range tc.steps {
 				if !slices.Contains(seen, s) {

@@ -1,0 +1,213 @@
+package api
+
+import (
+	"time"
+)
+
+// The admin API's wire types. They are the API's own: the state package's
+// storage types never reach a client, and the CLI and apiclient import
+// only this package. The same types are the YAML of `ramboot apply` and
+// `ramboot export`.
+
+// Settings are what a node and a profile may set; a zero field inherits.
+type Settings struct {
+	// Image is the image reference the node boots.
+	Image string `json:"image,omitempty" yaml:"image,omitempty"`
+	// KernelArgs replaces the inherited kernel arguments; null inherits,
+	// "" sets none.
+	KernelArgs *string `json:"kernelArgs,omitempty" yaml:"kernel_args,omitempty"`
+	// Modules replaces the inherited kernel modules; null (absent)
+	// inherits, [] loads none.
+	Modules *[]string `json:"modules,omitempty" yaml:"modules,omitempty"`
+	// BootFile is the iPXE binary firmware gets instead of its
+	// architecture's.
+	BootFile string `json:"bootFile,omitempty" yaml:"boot_file,omitempty"`
+	// Root is the RAM root's mode and size cap.
+	Root *Root `json:"root,omitempty" yaml:"root,omitempty"`
+	// Network is the image's network stack (networkd, networkmanager,
+	// ifupdown, none).
+	Network string `json:"network,omitempty" yaml:"network,omitempty"`
+	// Tags are key/values.
+	Tags map[string]string `json:"tags,omitempty" yaml:"tags,omitempty"`
+	// Values are key/values for overlay templates.
+	Values map[string]string `json:"values,omitempty" yaml:"values,omitempty"`
+}
+
+// Root is the RAM root's settings.
+type Root struct {
+	// Mode is tmpfs.
+	Mode string `json:"mode,omitempty" yaml:"mode,omitempty"`
+	// Size caps it: bytes with a suffix (16G) or a percentage of RAM (50%).
+	Size string `json:"size,omitempty" yaml:"size,omitempty"`
+}
+
+// Interface is one network interface of a node.
+type Interface struct {
+	// Name is its name on the node (eth0, ib0); optional.
+	Name string `json:"name,omitempty" yaml:"name,omitempty"`
+	// MAC is its hardware address.
+	MAC string `json:"mac,omitempty" yaml:"mac,omitempty"`
+	// ClientID is its DHCP client identifier (InfiniBand), hex.
+	ClientID string `json:"clientId,omitempty" yaml:"client_id,omitempty"`
+	// IP is its reserved IPv4 address.
+	IP string `json:"ip,omitempty" yaml:"ip,omitempty"`
+	// Gateway overrides its subnet's gateway.
+	Gateway string `json:"gateway,omitempty" yaml:"gateway,omitempty"`
+	// MTU is its MTU; 0 leaves the default.
+	MTU int `json:"mtu,omitempty" yaml:"mtu,omitempty"`
+}
+
+// NodeSpec is one inventory node.
+type NodeSpec struct {
+	// Name is its unique name.
+	Name string `json:"name" yaml:"name"`
+	// Hostname is its host name; empty means Name.
+	Hostname string `json:"hostname,omitempty" yaml:"hostname,omitempty"`
+	// Profiles are the profiles it inherits, in order.
+	Profiles []string `json:"profiles,omitempty" yaml:"profiles,omitempty"`
+	// Interfaces are its interfaces; the first is the provisioning one.
+	Interfaces []Interface `json:"interfaces" yaml:"interfaces"`
+	// Settings are its own settings.
+	Settings `yaml:",inline"`
+	// Created is when it was added (not in YAML).
+	Created time.Time `json:"created,omitzero" yaml:"-"`
+}
+
+// Profile is a named set of settings nodes and profiles inherit.
+type Profile struct {
+	// Name is its unique name.
+	Name string `json:"name" yaml:"name"`
+	// Inherits are its parent profiles, in order.
+	Inherits []string `json:"inherits,omitempty" yaml:"inherits,omitempty"`
+	// Settings are its settings.
+	Settings `yaml:",inline"`
+}
+
+// Event is one step of a boot, as the head saw it.
+type Event struct {
+	// Time is when the head saw it.
+	Time time.Time `json:"time"`
+	// Step names it: dhcp-offer, dhcp-ack, dhcp-ignored, dhcp-lease, tftp,
+	// script, kernel, image, agent, overlay, ready, failed, stalled.
+	Step string `json:"step"`
+	// Detail says more.
+	Detail string `json:"detail,omitempty"`
+}
+
+// Report is what the head recorded from a node agent's report.
+type Report struct {
+	// Received is when the head accepted it.
+	Received time.Time `json:"received"`
+	// State is ready or failed.
+	State string `json:"state"`
+	// Error is the agent's error for a failed boot.
+	Error string `json:"error,omitempty"`
+	// ImageName is the image the node runs.
+	ImageName string `json:"imageName"`
+	// ImageDigest is its manifest digest; empty when its content matches
+	// no image.
+	ImageDigest string `json:"imageDigest"`
+	// ContentDigest is what the node read from its root.
+	ContentDigest string `json:"contentDigest"`
+	// Kernel is the node's kernel release.
+	Kernel string `json:"kernel"`
+	// MemTotalBytes is its RAM.
+	MemTotalBytes int64 `json:"memTotalBytes"`
+	// UptimeSeconds is its uptime at the report.
+	UptimeSeconds float64 `json:"uptimeSeconds"`
+}
+
+// Boot is one boot of a node.
+type Boot struct {
+	// ID numbers the node's boots from 1; 0: none seen yet.
+	ID int `json:"boot"`
+	// Started is when its first event arrived.
+	Started time.Time `json:"started,omitzero"`
+	// State is new, booting, stalled, booted or failed.
+	State string `json:"state"`
+	// Timeline lists its events in order.
+	Timeline []Event `json:"timeline"`
+	// Report is the agent's report, if any.
+	Report *Report `json:"report,omitempty"`
+}
+
+// Pin is the image digest a node boots until an admin moves it.
+type Pin struct {
+	// Ref is the reference it was resolved from.
+	Ref string `json:"ref"`
+	// Digest is the manifest digest.
+	Digest string `json:"digest"`
+	// Boot is the boot it was first given in.
+	Boot int `json:"boot,omitempty"`
+}
+
+// Status is a node's boot status: its current boot, and the earlier ones
+// kept.
+type Status struct {
+	Boot
+	// Boots counts the boots seen.
+	Boots int `json:"boots"`
+	// History lists the earlier boots kept, newest first.
+	History []int `json:"history,omitempty"`
+	// Pin is the image it is pinned to, if any.
+	Pin *Pin `json:"pin,omitempty"`
+}
+
+// PlanInterface is one interface of a node's plan.
+type PlanInterface struct {
+	// Name, MAC and ClientID identify it.
+	Name     string `json:"name,omitempty"`
+	MAC      string `json:"mac,omitempty"`
+	ClientID string `json:"clientId,omitempty"`
+	// Address is its address with its prefix length.
+	Address string `json:"address,omitempty"`
+	// Gateway is its default router.
+	Gateway string `json:"gateway,omitempty"`
+	// DNS are its name servers.
+	DNS []string `json:"dns,omitempty"`
+	// MTU is its MTU.
+	MTU int `json:"mtu,omitempty"`
+}
+
+// Plan is a node's effective boot plan (docs/plan.md), with where each
+// value came from.
+type Plan struct {
+	// Hostname is its host name.
+	Hostname string `json:"hostname"`
+	// Profiles is its profile chain, most general first.
+	Profiles []string `json:"profiles,omitempty"`
+	// Interfaces are its interfaces with their effective settings.
+	Interfaces []PlanInterface `json:"interfaces"`
+	// Image is the image reference it boots.
+	Image string `json:"image"`
+	// Digest is the digest it is pinned to; empty until its next script.
+	Digest string `json:"digest,omitempty"`
+	// KernelArgs are its kernel arguments.
+	KernelArgs string `json:"kernelArgs"`
+	// Modules are its kernel modules.
+	Modules []string `json:"modules"`
+	// BootFile is its iPXE binary override.
+	BootFile string `json:"bootFile,omitempty"`
+	// Root is its root setting.
+	Root Root `json:"root"`
+	// Network is its image's network stack.
+	Network string `json:"network"`
+	// Tags and Values are merged from its profiles and itself.
+	Tags   map[string]string `json:"tags,omitempty"`
+	Values map[string]string `json:"values,omitempty"`
+	// Sources maps each value to where it came from: node, profile NAME,
+	// config KEY, subnet ...
+	Sources map[string]string `json:"sources"`
+}
+
+// NodeStatus is a node with its boot status and, from GET of one node,
+// its plan (or the reason it has none).
+type NodeStatus struct {
+	NodeSpec
+	// Status is its boot status.
+	Status Status `json:"status"`
+	// Plan is its effective plan (GET /api/v1/nodes/{name} only).
+	Plan *Plan `json:"plan,omitempty"`
+	// PlanError says why it has no plan.
+	PlanError string `json:"planError,omitempty"`
+}

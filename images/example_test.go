@@ -33,26 +33,27 @@ func ExampleStore() {
 	rootfs.MediaType = images.MediaTypeRootfs
 
 	// Then the manifest, which makes the name resolve.
-	_, err = st.Commit("debian12", images.Manifest{
+	_, err = st.Commit("debian12:v1", images.Manifest{
 		SchemaVersion:          images.SchemaVersion,
 		Created:                time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC),
 		Source:                 "/srv/rootfs/debian12",
 		Kernel:                 kernel,
 		Rootfs:                 rootfs,
 		RootfsUncompressedSize: 1 << 20,
+		Files:                  42,
 		ContentDigest:          images.DigestOf([]byte("uncompressed archive")),
 	})
 	if err != nil {
 		log.Fatal(err)
 	}
 
-	m, d, err := st.Resolve("debian12")
+	m, d, err := st.Resolve("debian12:v1")
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println(m.Name, d)
+	fmt.Println(m.Name, m.Tag, d)
 	fmt.Println(m.Rootfs.Digest, m.Rootfs.Size)
 	// Output:
-	// debian12 sha256:80c74570c95f708184b06ebe27bbc0af09a84cc9164e42ea511ea5badf7f1611
+	// debian12 v1 sha256:a06921ef0a471b92d9834508a31f4283a4480b662a3f19733b3b9b79aa119713
 	// sha256:21a979a6c966c0093b5f5cfc05ab28b41f9b7f9f7dee7bb3650ba757031ed36c 25
 }

@@ -9,9 +9,9 @@ import (
 	"time"
 )
 
-// SchemaVersion is the manifest schema version this package writes and
-// reads.
-const SchemaVersion = 1
+// SchemaVersion is the manifest schema version this package writes. It
+// reads version 1 too (manifests without tag, files and builder).
+const SchemaVersion = 2
 
 // The media types of an image's artifacts.
 const (
@@ -21,6 +21,9 @@ const (
 	// MediaTypeRootfs is the root file system: a newc cpio archive in one
 	// zstd frame, unpackable by Linux 5.9 and later as an initramfs.
 	MediaTypeRootfs = "application/vnd.ramboot.rootfs.cpio+zstd"
+	// MediaTypeRootfsGzip is the root file system as a newc cpio archive
+	// compressed with gzip, for kernels older than 5.9.
+	MediaTypeRootfsGzip = "application/vnd.ramboot.rootfs.cpio+gzip"
 )
 
 // maxManifestSize bounds the manifests Resolve and ParseManifest read.
@@ -44,23 +47,36 @@ type Manifest struct {
 	SchemaVersion int `json:"schemaVersion"`
 	// Name is the name the image was built as.
 	Name string `json:"name"`
+	// Tag is the tag the image was built as (schema 2).
+	Tag string `json:"tag,omitempty"`
 	// Created is when the image was built. It is the one field that
 	// differs between two builds of the same tree.
 	Created time.Time `json:"created"`
-	// Source says what the image was built from, e.g. the absolute path
-	// of the root file-system tree.
+	// Source says what the image was built from: the absolute path of a
+	// root file-system tree, or a container image source and its digest,
+	// e.g. "oci:/srv/oci/rocky@sha256:...".
 	Source string `json:"source"`
+	// Builder names the program and version that built the image, e.g.
+	// "ramboot v0.3.0" (schema 2).
+	Builder string `json:"builder,omitempty"`
 	// KernelVersion is the kernel's release, e.g. "6.1.0-18-amd64", from
 	// the kernel file's name (vmlinuz-<release>) or its bzImage header;
 	// empty when neither says.
 	KernelVersion string `json:"kernelVersion,omitempty"`
 	// Kernel is the kernel blob (MediaTypeKernel).
 	Kernel Artifact `json:"kernel"`
-	// Rootfs is the root file-system blob (MediaTypeRootfs).
+	// Rootfs is the root file-system blob (MediaTypeRootfs, or
+	// MediaTypeRootfsGzip).
 	Rootfs Artifact `json:"rootfs"`
 	// RootfsUncompressedSize is the size of the root file system's cpio
 	// archive before compression: roughly the RAM the unpacked root takes.
 	RootfsUncompressedSize int64 `json:"rootfsUncompressedSize"`
+	// Files is the number of entries in the root file system's archive
+	// (schema 2).
+	Files int64 `json:"files,omitempty"`
+	// Excludes are the patterns whose matches the build left out of the
+	// tree (schema 2).
+	Excludes []string `json:"excludes,omitempty"`
 	// ContentDigest is the SHA-256 of the uncompressed archive up to the
 	// entry of the image-id file (overlay.ImageIDPath), which records this
 	// same digest inside the image, so a node can report what it runs.
@@ -70,11 +86,22 @@ type Manifest struct {
 // Validate reports every problem with m at once.
 func (m Manifest) Validate() error {
 	var errs []error
-	if m.SchemaVersion != SchemaVersion {
-		errs = append(errs, fmt.Errorf("schemaVersion: %d, want %d", m.SchemaVersion, SchemaVersion))
+	if m.SchemaVersion != 1 && m.SchemaVersion != SchemaVersion {
+		errs = append(errs, fmt.Errorf("schemaVersion: %d, want 1 or %d", m.SchemaVersion, SchemaVersion))
 	}
 	if err := ValidName(m.Name); err != nil {
 		errs = append(errs, fmt.Errorf("name: %w", err))
+	}
+	if m.SchemaVersion == 1 && (m.Tag != "" || m.Builder != "" || m.Files != 0 || len(m.Excludes) > 0) {
+		errs = append(errs, errors.New("schemaVersion 1 has no tag, builder, files or excludes"))
+	}
+	if m.SchemaVersion != 1 {
+		if err := ValidTag(m.Tag); err != nil {
+			errs = append(errs, fmt.Errorf("tag: %w", err))
+		}
+		if m.Files <= 0 {
+			errs = append(errs, fmt.Errorf("files: %d, want > 0", m.Files))
+		}
 	}
 	if m.Created.IsZero() {
 		errs = append(errs, errors.New("created: zero time"))
@@ -82,7 +109,11 @@ func (m Manifest) Validate() error {
 		errs = append(errs, fmt.Errorf("created: %w", err))
 	}
 	errs = append(errs, m.Kernel.validate("kernel", MediaTypeKernel)...)
-	errs = append(errs, m.Rootfs.validate("rootfs", MediaTypeRootfs)...)
+	if m.Rootfs.MediaType == MediaTypeRootfsGzip {
+		errs = append(errs, m.Rootfs.validate("rootfs", MediaTypeRootfsGzip)...)
+	} else {
+		errs = append(errs, m.Rootfs.validate("rootfs", MediaTypeRootfs)...)
+	}
 	if m.RootfsUncompressedSize <= 0 {
 		errs = append(errs, fmt.Errorf("rootfsUncompressedSize: %d, want > 0", m.RootfsUncompressedSize))
 	}

@@ -15,10 +15,12 @@ import (
 var update = flag.Bool("update", false, "rewrite golden files in testdata")
 
 var goldenManifest = images.Manifest{
-	SchemaVersion: 1,
+	SchemaVersion: 2,
 	Name:          "debian12",
+	Tag:           "v3",
 	Created:       time.Date(2025, 6, 1, 14, 30, 0, 0, time.FixedZone("CEST", 2*3600)),
 	Source:        "/srv/rootfs/debian12",
+	Builder:       "ramboot v0.3.0",
 	KernelVersion: "6.1.0-18-amd64",
 	Kernel: images.Artifact{
 		Digest:    images.Digest("sha256:" + strings.Repeat("1", 64)),
@@ -31,7 +33,33 @@ var goldenManifest = images.Manifest{
 		MediaType: images.MediaTypeRootfs,
 	},
 	RootfsUncompressedSize: 1_000_000_000,
+	Files:                  31_337,
+	Excludes:               []string{"tmp/*", "var/cache/apt/archives/*.deb"},
 	ContentDigest:          images.Digest("sha256:" + strings.Repeat("3", 64)),
+}
+
+// TestManifestV1 reads a manifest of schema 1, written before tags, as
+// stores and nodes still hold them.
+func TestManifestV1(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("testdata", "manifest-v1.golden.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := images.ParseManifest(b)
+	if err != nil {
+		t.Fatalf("ParseManifest(v1): %v", err)
+	}
+	if m.SchemaVersion != 1 || m.Name != "debian12" || m.Tag != "" {
+		t.Errorf("v1 manifest %+v", m)
+	}
+	c, err := m.Canonical()
+	if err != nil || !bytes.Equal(c, b) {
+		t.Errorf("v1 manifest does not keep its bytes: %s, %v", c, err)
+	}
+	m.Tag = "x"
+	if err := m.Validate(); err == nil || !strings.Contains(err.Error(), "schemaVersion 1 has no tag") {
+		t.Errorf("v1 with a tag: %v", err)
+	}
 }
 
 func TestManifestCanonicalGolden(t *testing.T) {
@@ -71,6 +99,8 @@ func TestManifestValidate(t *testing.T) {
 	m.Rootfs.Size = 0
 	m.RootfsUncompressedSize = -1
 	m.ContentDigest = ""
+	m.Tag = ".x"
+	m.Files = 0
 	err := m.Validate()
 	if err == nil {
 		t.Fatal("Validate of a bad manifest succeeded")
@@ -78,6 +108,7 @@ func TestManifestValidate(t *testing.T) {
 	for _, want := range []string{
 		"schemaVersion: 0", "name: invalid image name", "created: zero time", "kernel.digest",
 		"rootfs.mediaType", "rootfs.size: 0", "rootfsUncompressedSize: -1", "contentDigest",
+		"tag: invalid image tag", "files: 0",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate error lacks %q:\n%v", want, err)
@@ -98,7 +129,7 @@ func TestParseManifestRejects(t *testing.T) {
 		in   string
 		want string
 	}{
-		{"unknown-field", strings.Replace(string(good), `{`, `{"tag":"x",`, 1), `unknown field "tag"`},
+		{"unknown-field", strings.Replace(string(good), `{`, `{"color":"x",`, 1), `unknown field "color"`},
 		{"trailing-data", string(good) + `{}`, "data after the manifest"},
 		{"not-json", "schemaVersion: 1", "decode manifest"},
 		{"empty", "", "decode manifest"},

@@ -35,9 +35,10 @@ import (
 
 // Files under the state directory.
 const (
-	DBFile     = "ramboot.db"   // the bbolt database
-	SocketFile = "ramboot.sock" // the admin API socket (root only)
-	ImagesDir  = "images"       // the image store
+	DBFile      = "ramboot.db"            // the bbolt database
+	SocketFile  = "ramboot.sock"          // the admin API socket (root only)
+	ImagesDir   = "images"                // the image store
+	HostKeyFile = "sftp_host_ed25519_key" // the SFTP endpoint's host key
 )
 
 // Daemon is one running head. Set its fields, then call Run once.
@@ -64,6 +65,8 @@ type Head struct {
 	Socket string
 	// TFTP is the TFTP server's address; zero when TFTP is off.
 	TFTP netip.AddrPort
+	// SFTP is the address of the image push endpoint; empty when off.
+	SFTP string
 }
 
 // InterfaceAddr returns the first IPv4 address of iface with its prefix.
@@ -176,6 +179,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		svcs = append(svcs, tftpSvc)
 	}
 	svcs = append(svcs, pub, admin)
+	var sftpSvc *sftpService
+	if cfg.SFTP.Enabled {
+		sftpSvc = newSFTPService(cfg, store, log.With("svc", "sftp"), reg)
+		svcs = append(svcs, sftpSvc)
+	}
 	if cfg.RA.Enabled {
 		svcs = append(svcs, newRAService(cfg, log.With("svc", "ra"), reg))
 	}
@@ -227,8 +235,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if tftpSvc != nil {
 		head.TFTP = tftpSvc.Addr()
 	}
+	if sftpSvc != nil {
+		head.SFTP = sftpSvc.ln.Addr().String()
+	}
 	log.Info("ramboot serving", "iface", cfg.Interface, "ip", headIP, "http", baseURL, "socket", sock,
-		"state_dir", cfg.StateDir, "agent", agentPath, "dhcp", cfg.DHCP.Enabled, "tftp", head.TFTP, "ra", cfg.RA.Enabled)
+		"state_dir", cfg.StateDir, "sftp", head.SFTP, "agent", agentPath, "dhcp", cfg.DHCP.Enabled, "tftp", head.TFTP, "ra", cfg.RA.Enabled)
 	if d.Ready != nil {
 		d.Ready(head)
 	}

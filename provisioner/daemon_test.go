@@ -11,14 +11,18 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	tftpclient "github.com/pin/tftp/v3"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/ramboot/ramboot/images"
+	"github.com/ramboot/ramboot/images/push"
+	"github.com/ramboot/ramboot/images/push/pushtest"
 	"github.com/ramboot/ramboot/provisioner"
 	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/apiclient"
@@ -136,6 +140,7 @@ func TestDaemonOnLoopback(t *testing.T) {
 		"http: {port: 0, idle_timeout: 1s, send_timeout: 1s}",
 		"boot: {stall_timeout: 1s}",
 		"agent: {binary: " + agent + "}",
+		"sftp: {address: 127.0.0.1, port: 0}",
 	}, "\n")))
 	if err != nil {
 		t.Fatal(err)
@@ -275,6 +280,8 @@ func TestDaemonOnLoopback(t *testing.T) {
 		t.Fatalf("tftp: %d bytes, %v", got.Len(), err)
 	}
 
+	testPushToDaemon(t, dir, head)
+
 	cancel()
 	select {
 	case err := <-done:
@@ -286,5 +293,53 @@ func TestDaemonOnLoopback(t *testing.T) {
 	}
 	if _, err := os.Stat(head.Socket); !os.IsNotExist(err) {
 		t.Errorf("admin socket left behind: %v", err)
+	}
+}
+
+// testPushToDaemon pushes an image to the daemon's SFTP endpoint with a
+// key added to STATE_DIR/authorized_keys after it started, and trusts the
+// host key the daemon generated in the state directory.
+func testPushToDaemon(t *testing.T, dir string, head provisioner.Head) {
+	t.Helper()
+	stateDir := filepath.Join(dir, "state")
+	if head.SFTP == "" {
+		t.Fatal("no SFTP endpoint")
+	}
+	signer, keyFile := pushtest.NewKey(t, t.TempDir(), "admin")
+	if err := os.WriteFile(filepath.Join(stateDir, "authorized_keys"), ssh.MarshalAuthorizedKey(signer.PublicKey()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hostPub, err := os.ReadFile(filepath.Join(stateDir, provisioner.HostKeyFile+".pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	known := filepath.Join(t.TempDir(), "known_hosts")
+	host, port, _ := net.SplitHostPort(head.SFTP)
+	os.WriteFile(known, []byte("["+host+"]:"+port+" "+string(hostPub)), 0o600)
+	cfg, err := push.ClientConfig(push.ClientOptions{IdentityFiles: []string{keyFile}, KnownHostsFile: known})
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := &images.Store{Dir: filepath.Join(t.TempDir(), "images")}
+	k, _ := local.Put(context.Background(), strings.NewReader("kernel"))
+	k.MediaType = images.MediaTypeKernel
+	r, _ := local.Put(context.Background(), strings.NewReader("rootfs"))
+	r.MediaType = images.MediaTypeRootfs
+	if _, err := local.Commit("pushed", images.Manifest{SchemaVersion: images.SchemaVersion, Created: time.Now().UTC().Truncate(time.Second),
+		Source: "/x", Kernel: k, Rootfs: r, RootfsUncompressedSize: 1, Files: 1, ContentDigest: images.DigestOf(nil)}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := push.Dial(context.Background(), head.SFTP, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Push(context.Background(), local, "pushed", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	imgs, err := apiclient.New(head.Socket).ListImages(context.Background())
+	pushed := slices.ContainsFunc(imgs, func(i api.Image) bool { return i.Ref == "pushed:latest" })
+	if err != nil || !pushed {
+		t.Errorf("images after push: %+v, %v", imgs, err)
 	}
 }

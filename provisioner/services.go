@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -16,6 +17,8 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ramboot/ramboot/images"
+	"github.com/ramboot/ramboot/images/push"
 	"github.com/ramboot/ramboot/provisioner/config"
 	"github.com/ramboot/ramboot/provisioner/internal/httplimit"
 	"github.com/ramboot/ramboot/pxe"
@@ -234,6 +237,51 @@ func (s *raService) Serve(ctx context.Context) error { return s.srv.Serve(ctx, s
 func (s *raService) Close() {
 	if s.conn != nil {
 		s.conn.Close()
+	}
+}
+
+// sftpService is the image push endpoint (SFTP, keys only): its host key
+// is generated at first start, its authorized keys read at every login.
+type sftpService struct {
+	cfg config.Config
+	srv *push.Server
+	log *slog.Logger
+	ln  net.Listener
+}
+
+func newSFTPService(cfg config.Config, store *images.Store, log *slog.Logger, reg prometheus.Registerer) *sftpService {
+	return &sftpService{cfg: cfg, log: log, srv: &push.Server{
+		Store: store, AuthorizedKeysFile: cfg.SFTPAuthorizedKeys(), Logger: log, Metrics: push.NewMetrics(reg),
+	}}
+}
+
+func (s *sftpService) Name() string { return "sftp" }
+
+func (s *sftpService) Listen(context.Context) error {
+	key, err := push.LoadOrCreateHostKey(filepath.Join(s.cfg.StateDir, HostKeyFile))
+	if err != nil {
+		return err
+	}
+	s.srv.HostKey = key
+	keys := s.srv.AuthorizedKeysFile
+	if ks, err := push.ReadAuthorizedKeys(keys); err != nil {
+		return fmt.Errorf("sftp: %w", err)
+	} else if len(ks) == 0 {
+		s.log.Warn("no authorized keys yet: image push refused until keys are added", "path", keys)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(s.cfg.SFTP.Address, strconv.Itoa(s.cfg.SFTP.Port)))
+	if err != nil {
+		return fmt.Errorf("listen sftp: %w", err)
+	}
+	s.ln = ln
+	return nil
+}
+
+func (s *sftpService) Serve(ctx context.Context) error { return s.srv.Serve(ctx, s.ln) }
+
+func (s *sftpService) Close() {
+	if s.ln != nil {
+		s.ln.Close()
 	}
 }
 

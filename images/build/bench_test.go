@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/images/build"
@@ -147,7 +148,7 @@ func BenchmarkBuild(b *testing.B) {
 			var m images.Manifest
 			b.SetBytes(stats.Bytes)
 			for b.Loop() {
-				m, _, err = build.Build(context.Background(), build.Options{RootDir: tree, Name: "bench", Store: st, Level: level})
+				m, _, err = build.Build(context.Background(), build.Options{RootDir: tree, Name: "bench", Store: st, Level: level, NoCache: true, NoDefaultExcludes: true})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -208,4 +209,83 @@ func TestWriteBenchTreeShape(t *testing.T) {
 	if total < 4<<20 || total > 4<<20+64 || files < 50 {
 		t.Errorf("tree of %d files, %d bytes, %d symlinks", files, total, links)
 	}
+}
+
+// BenchmarkNoopRebuild times a rebuild of an unchanged tree (the cache
+// hit): the tree's listing and nothing else. With RAMBOOT_BENCH_TREE set,
+// it uses that tree instead of a generated 64 MiB one.
+func BenchmarkNoopRebuild(b *testing.B) {
+	tree := os.Getenv("RAMBOOT_BENCH_TREE")
+	if tree == "" {
+		tree = b.TempDir()
+		writeBenchTree(b, tree, 64<<20)
+	}
+	st := &images.Store{Dir: b.TempDir()}
+	opt := build.Options{RootDir: tree, Name: "bench", Store: st}
+	if _, _, err := build.Build(context.Background(), opt); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		cached := false
+		opt.Progress = func(p build.Progress) { cached = cached || p.Phase == build.PhaseCached }
+		if _, _, err := build.Build(context.Background(), opt); err != nil {
+			b.Fatal(err)
+		}
+		if !cached {
+			b.Fatal("rebuild was not a cache hit")
+		}
+	}
+}
+
+// BenchmarkBuildVsCpio alternates, in every iteration, a Build (level 3,
+// no cache, no excludes) and the standard pipeline on the same tree,
+//
+//	find . | sort | cpio -o -H newc --quiet | zstd -T0 -3
+//
+// so that both see the same machine load, and reports the ratios of their
+// total times and of their sizes (below 1: ramboot faster or smaller).
+// RAMBOOT_BENCH_TREE names a tree to use instead of the generated 64 MiB
+// one.
+func BenchmarkBuildVsCpio(b *testing.B) {
+	for _, tool := range []string{"cpio", "zstd", "find", "sort"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			b.Skipf("%s not installed", tool)
+		}
+	}
+	tree := os.Getenv("RAMBOOT_BENCH_TREE")
+	if tree == "" {
+		tree = b.TempDir()
+		writeBenchTree(b, tree, 64<<20)
+	}
+	st := &images.Store{Dir: b.TempDir()}
+	out := filepath.Join(b.TempDir(), "rootfs.cpio.zst")
+	script := "find . | sort | cpio -o -H newc --quiet | zstd -T0 -q -f -3 -o " + out
+	var rb, std time.Duration
+	var m images.Manifest
+	var err error
+	for b.Loop() {
+		start := time.Now()
+		m, _, err = build.Build(context.Background(), build.Options{RootDir: tree, Name: "bench", Store: st, NoCache: true, NoDefaultExcludes: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		rb += time.Since(start)
+		start = time.Now()
+		cmd := exec.Command("bash", "-o", "pipefail", "-c", script)
+		cmd.Dir = tree
+		cmd.Env = append(os.Environ(), "LC_ALL=C")
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("%s: %v\n%s", script, err, msg)
+		}
+		std += time.Since(start)
+	}
+	fi, err := os.Stat(out)
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := float64(b.N)
+	b.ReportMetric(rb.Seconds()/n, "ramboot-s")
+	b.ReportMetric(std.Seconds()/n, "cpio-zstd-s")
+	b.ReportMetric(rb.Seconds()/std.Seconds(), "time-ratio")
+	b.ReportMetric(float64(m.Rootfs.Size)/float64(fi.Size()), "size-ratio")
 }

@@ -91,58 +91,78 @@ func TestBootQEMU(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	st := newStore(t)
-	m, _ := mustBuild(t, build.Options{RootDir: root, Name: "boot-test", Store: st, Kernel: kernel})
-
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, qemu,
-		"-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
-		"-kernel", blobPath(st, m.Kernel.Digest),
-		"-initrd", blobPath(st, m.Rootfs.Digest),
-		"-append", "console=ttyS0 rdinit=/init panic=-1 loglevel=4",
-	)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	start := time.Now()
-	err = cmd.Run()
-	log := out.String()
-	if err != nil || !strings.Contains(log, "RAMBOOT-BOOT-OK") {
-		t.Fatalf("boot: %v (after %s)\n%s", err, time.Since(start), log)
-	}
-	t.Logf("booted and powered off in %s", time.Since(start).Round(time.Millisecond))
-	for _, line := range strings.Split(log, "\n") {
-		for _, marker := range []string{"IMAGE-ID ", "STAT ", "LINK ", "DATA ", "BIG "} {
-			if i := strings.Index(line, marker); i >= 0 {
-				t.Log(strings.TrimSpace(line[i:]))
+	// Every compressor's output must unpack in the kernel: the zstd
+	// program's, the Go encoder's, and gzip for old kernels.
+	for _, c := range []struct {
+		name string
+		set  func(*build.Options)
+	}{
+		{"zstd-program", func(o *build.Options) { o.Compressor = "zstd" }},
+		{"go-zstd", func(o *build.Options) { o.Compressor = "go" }},
+		{"gzip", func(o *build.Options) { o.Compression = build.Gzip }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if c.name == "zstd-program" {
+				if _, err := exec.LookPath("zstd"); err != nil {
+					t.Skip("zstd not installed")
+				}
 			}
-		}
-	}
+			st := newStore(t)
+			opt := build.Options{RootDir: root, Name: "boot-test", Store: st, Kernel: kernel}
+			c.set(&opt)
+			m, _ := mustBuild(t, opt)
 
-	wants := []string{
-		"IMAGE-ID " + string(m.ContentDigest),
-		"LINK busybox",
-		"DATA hard-linked",
-		fmt.Sprintf("BIG %x  /usr/big", sha256.Sum256(big)),
-		"STAT /etc/owned ino=",
-	}
-	if isRoot() {
-		wants = append(wants, "STAT /dev/testnull type=character special file rdev=1:3", "owner="+wantOwner)
-	}
-	for _, w := range wants {
-		if !strings.Contains(log, w) {
-			t.Errorf("console lacks %q:\n%s", w, log)
-		}
-	}
-	// The two names of the hard link are one inode, with two links.
-	var inos []string
-	for _, line := range strings.Split(log, "\n") {
-		if strings.HasPrefix(line, "STAT /usr/") {
-			f := strings.Fields(line)
-			inos = append(inos, f[2]+" "+f[3])
-		}
-	}
-	if len(inos) != 2 || inos[0] != inos[1] || !strings.HasSuffix(inos[0], "links=2") {
-		t.Errorf("hard link not kept by the kernel: %q", inos)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, qemu,
+				"-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
+				"-kernel", blobPath(st, m.Kernel.Digest),
+				"-initrd", blobPath(st, m.Rootfs.Digest),
+				"-append", "console=ttyS0 rdinit=/init panic=-1 loglevel=4",
+			)
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			start := time.Now()
+			err = cmd.Run()
+			log := out.String()
+			if err != nil || !strings.Contains(log, "RAMBOOT-BOOT-OK") {
+				t.Fatalf("boot: %v (after %s)\n%s", err, time.Since(start), log)
+			}
+			t.Logf("booted and powered off in %s", time.Since(start).Round(time.Millisecond))
+			for _, line := range strings.Split(log, "\n") {
+				for _, marker := range []string{"IMAGE-ID ", "STAT ", "LINK ", "DATA ", "BIG "} {
+					if i := strings.Index(line, marker); i >= 0 {
+						t.Log(strings.TrimSpace(line[i:]))
+					}
+				}
+			}
+
+			wants := []string{
+				"IMAGE-ID " + string(m.ContentDigest),
+				"LINK busybox",
+				"DATA hard-linked",
+				fmt.Sprintf("BIG %x  /usr/big", sha256.Sum256(big)),
+				"STAT /etc/owned ino=",
+			}
+			if isRoot() {
+				wants = append(wants, "STAT /dev/testnull type=character special file rdev=1:3", "owner="+wantOwner)
+			}
+			for _, w := range wants {
+				if !strings.Contains(log, w) {
+					t.Errorf("console lacks %q:\n%s", w, log)
+				}
+			}
+			// The two names of the hard link are one inode, with two links.
+			var inos []string
+			for _, line := range strings.Split(log, "\n") {
+				if strings.HasPrefix(line, "STAT /usr/") {
+					f := strings.Fields(line)
+					inos = append(inos, f[2]+" "+f[3])
+				}
+			}
+			if len(inos) != 2 || inos[0] != inos[1] || !strings.HasSuffix(inos[0], "links=2") {
+				t.Errorf("hard link not kept by the kernel: %q", inos)
+			}
+		})
 	}
 }

@@ -151,19 +151,20 @@ func TestBuild(t *testing.T) {
 	root := t.TempDir()
 	treeNames := makeTree(t, root)
 	st := newStore(t)
-	var progress bytes.Buffer
+	var progress []build.Progress
 	var logs bytes.Buffer
 	before := time.Now().Add(-time.Second)
 	m, d := mustBuild(t, build.Options{
 		RootDir:  root,
 		Name:     "test-image",
 		Store:    st,
-		Progress: &progress,
+		Progress: func(p build.Progress) { progress = append(progress, p) },
 		Logger:   slog.New(slog.NewTextHandler(&logs, nil)),
 	})
 
 	t.Run("manifest", func(t *testing.T) {
-		if m.SchemaVersion != 1 || m.Name != "test-image" || m.Source != root || m.KernelVersion != "6.1.0-test" {
+		if m.SchemaVersion != 2 || m.Name != "test-image" || m.Tag != "latest" || m.Source != root || m.KernelVersion != "6.1.0-test" ||
+			m.Files != int64(len(treeNames)+2) || !strings.HasPrefix(m.Builder, "ramboot ") {
 			t.Errorf("manifest %+v", m)
 		}
 		if m.Created.Before(before) || m.Created.After(time.Now()) {
@@ -244,10 +245,19 @@ func TestBuild(t *testing.T) {
 	})
 
 	t.Run("progress-and-log", func(t *testing.T) {
-		if !strings.Contains(progress.String(), "test-image: ") || !strings.Contains(progress.String(), "compressed") {
-			t.Errorf("progress output %q", progress.String())
+		if len(progress) < 3 || progress[0].Phase != build.PhaseScan || progress[len(progress)-1].Phase != build.PhaseDone {
+			t.Fatalf("progress %+v", progress)
 		}
-		if !strings.Contains(logs.String(), "image committed") || !strings.Contains(logs.String(), "image=test-image@"+string(d)) {
+		last := progress[len(progress)-1]
+		if last.Files != int(m.Files) || last.Bytes != m.RootfsUncompressedSize || last.CompressedBytes != m.Rootfs.Size {
+			t.Errorf("last progress %+v", last)
+		}
+		for _, p := range progress[1 : len(progress)-1] {
+			if p.Phase != build.PhaseArchive || p.TotalFiles != int(m.Files) || p.TotalBytes <= 0 {
+				t.Errorf("progress %+v", p)
+			}
+		}
+		if !strings.Contains(logs.String(), "image committed") || !strings.Contains(logs.String(), "image=test-image:latest@"+string(d)) {
 			t.Errorf("log %q", logs.String())
 		}
 	})
@@ -275,18 +285,44 @@ func TestBuildReproducible(t *testing.T) {
 func TestBuildReproducibleAcrossMachines(t *testing.T) {
 	root := t.TempDir()
 	writeBenchTree(t, root, 40<<20)
-	var digests []images.Digest
-	for _, procs := range []int{1, 4} {
-		prev := runtime.GOMAXPROCS(procs)
-		m, _, err := build.Build(context.Background(), build.Options{RootDir: root, Name: "procs", Store: newStore(t)})
-		runtime.GOMAXPROCS(prev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		digests = append(digests, m.Rootfs.Digest)
+	for _, comp := range []string{"go", "zstd"} {
+		t.Run(comp, func(t *testing.T) {
+			if _, err := exec.LookPath("zstd"); err != nil && comp == "zstd" {
+				t.Skip("zstd not installed")
+			}
+			var digests []images.Digest
+			var contents []images.Digest
+			for _, procs := range []int{1, 4} {
+				prev := runtime.GOMAXPROCS(procs)
+				m, _, err := build.Build(context.Background(), build.Options{RootDir: root, Name: "procs", Store: newStore(t), Compressor: comp})
+				runtime.GOMAXPROCS(prev)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !strings.Contains(m.Builder, comp) {
+					t.Errorf("builder %q does not name the compressor %s", m.Builder, comp)
+				}
+				digests = append(digests, m.Rootfs.Digest)
+				contents = append(contents, m.ContentDigest)
+			}
+			if digests[0] != digests[1] {
+				t.Errorf("GOMAXPROCS 1 gives %s, 4 gives %s", digests[0], digests[1])
+			}
+			if contents[0] != contents[1] {
+				t.Errorf("content digests differ")
+			}
+		})
 	}
-	if digests[0] != digests[1] {
-		t.Errorf("GOMAXPROCS 1 gives %s, 4 gives %s", digests[0], digests[1])
+	// The zstd program with one and with two threads: its output does not
+	// depend on the thread count either.
+	if _, err := exec.LookPath("zstd"); err == nil {
+		var out []string
+		for _, n := range []string{"1", "2"} {
+			out = append(out, shell(t, "cd "+root+" && find . | sort | cpio -o -H newc --quiet | zstd -q -c -3 -T"+n+" | sha256sum", "zstd", "cpio"))
+		}
+		if out[0] != out[1] {
+			t.Errorf("zstd -T1 and -T2 differ: %s %s", out[0], out[1])
+		}
 	}
 }
 
@@ -361,8 +397,10 @@ func TestBuildNewestKernel(t *testing.T) {
 
 func TestBuildTreeWithoutEtc(t *testing.T) {
 	root := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(root, "boot"), 0o755); err != nil {
-		t.Fatal(err)
+	for _, d := range []string{"boot", "bin"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := os.WriteFile(filepath.Join(root, "boot", "vmlinuz-1"), []byte("k"), 0o644); err != nil {
 		t.Fatal(err)
@@ -370,7 +408,7 @@ func TestBuildTreeWithoutEtc(t *testing.T) {
 	st := newStore(t)
 	m, _ := mustBuild(t, build.Options{RootDir: root, Name: "minimal", Store: st})
 	got := strings.Join(names(readArchive(t, decompress(t, st, m.Rootfs))), " ")
-	if want := ". boot boot/vmlinuz-1 etc etc/ramboot etc/ramboot/image-id"; got != want {
+	if want := ". bin boot boot/vmlinuz-1 etc etc/ramboot etc/ramboot/image-id"; got != want {
 		t.Errorf("entries %q, want %q", got, want)
 	}
 }
@@ -410,6 +448,9 @@ func TestBuildErrors(t *testing.T) {
 	good := t.TempDir()
 	makeTree(t, good)
 	noKernel := t.TempDir()
+	if err := os.Mkdir(filepath.Join(noKernel, "usr"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	etcFile := t.TempDir()
 	makeTree(t, etcFile)
 	if err := os.RemoveAll(filepath.Join(etcFile, "etc")); err != nil {
@@ -437,7 +478,7 @@ func TestBuildErrors(t *testing.T) {
 		{"missing-root", build.Options{RootDir: filepath.Join(good, "nope"), Name: "x", Store: st}, os.ErrNotExist, []string{"nope"}},
 		{"missing-kernel-file", build.Options{RootDir: good, Name: "x", Store: st, Kernel: "/nonexistent/bzImage"}, os.ErrNotExist, []string{"/nonexistent/bzImage"}},
 		{"etc-symlink", build.Options{RootDir: etcFile, Name: "x", Store: st}, nil, []string{"etc is a", "not a directory"}},
-		{"everything", build.Options{Name: "Bad Name", Level: 99}, nil, []string{"invalid image name", "no store", "zstd level 99", "no root directory"}},
+		{"everything", build.Options{Name: "Bad Name", Level: 99}, nil, []string{"invalid image name", "no store", "zstd level 99", "no source"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -27,6 +27,7 @@ func ExampleBuild() {
 	for name, data := range map[string]string{
 		"boot/vmlinuz-6.1.0-18-amd64": "kernel",
 		"etc/hostname":                "node\n",
+		"usr/bin/true":                "",
 	} {
 		os.MkdirAll(filepath.Join(root, filepath.Dir(name)), 0o755)
 		os.WriteFile(filepath.Join(root, name), []byte(data), 0o644)
@@ -36,7 +37,7 @@ func ExampleBuild() {
 	epoch := time.Unix(1_700_000_000, 0)
 	m, _, err := build.Build(context.Background(), build.Options{
 		RootDir:         root,
-		Name:            "example",
+		Name:            "example:v1",
 		Store:           st,
 		SourceDateEpoch: &epoch,
 	})
@@ -75,6 +76,9 @@ func ExampleBuild() {
 	// boot/vmlinuz-6.1.0-18-amd64 false
 	// etc false
 	// etc/hostname false
+	// usr false
+	// usr/bin false
+	// usr/bin/true false
 	// etc/ramboot false
 	// etc/ramboot/image-id true
 }

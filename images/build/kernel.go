@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
+
+	"github.com/ramboot/ramboot/images/newc"
 )
 
 // ErrNoKernel reports a tree without a boot/vmlinuz-* file when
@@ -126,4 +129,24 @@ func bzImageVersion(r io.ReaderAt) string {
 		}
 	}
 	return s
+}
+
+// findKernelEntry returns the regular file boot/vmlinuz-<release> of
+// entries with the highest release (see compareVersions), or nil.
+// Symlinks are ignored, as findKernel does.
+func findKernelEntry(entries []newc.Entry) *newc.Entry {
+	var best *newc.Entry
+	bestRel := ""
+	for i := range entries {
+		e := &entries[i]
+		dir, file := path.Split(e.Name)
+		rel, ok := strings.CutPrefix(file, kernelPrefix)
+		if dir != "boot/" || !ok || rel == "" || !e.Mode.IsRegular() {
+			continue
+		}
+		if best == nil || compareVersions(rel, bestRel) > 0 {
+			best, bestRel = e, rel
+		}
+	}
+	return best
 }

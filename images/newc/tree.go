@@ -2,11 +2,17 @@ package newc
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"hash"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -51,6 +57,299 @@ type TreeStats struct {
 	MountPoints []string
 }
 
+// Entry is one entry of a tree listing (see Tree): File's header fields
+// and where a regular file's data and a symlink's target come from.
+type Entry struct {
+	// Name, Mode, UID, GID, ModTime, Major and Minor are as in File.
+	Name         string
+	Mode         fs.FileMode
+	UID, GID     int
+	ModTime      time.Time
+	Major, Minor uint32
+	// Linkname is a symlink's target; empty for a symlink read from Path.
+	Linkname string
+	// Size is a regular file's size.
+	Size int64
+	// Path is the file on disk a regular file's data (or a symlink's
+	// target) is read from when Open is nil.
+	Path string
+	// Open, when set, opens a regular file's data: Size bytes.
+	Open func() (io.ReadCloser, error)
+	// Link, when not zero, makes entries with the same Link hard links
+	// of one file: one inode, and the data once (on the last of them).
+	Link uint64
+}
+
+// Tree is a listing of a root file-system tree in archive order: "."
+// first, then depth first with the names of each directory in byte order
+// (SortEntries). ScanDir lists a directory; other sources build one.
+type Tree struct {
+	// Entries are the entries, in archive order.
+	Entries []Entry
+	// MountPoints lists, by name, the directories ScanDir did not descend
+	// into because they are on another file system.
+	MountPoints []string
+	// MetaDigest is the SHA-256 of every entry's metadata as ScanDir read
+	// it (see ScanDir); empty for trees listed otherwise.
+	MetaDigest string
+}
+
+// Lookup returns the entry named name, or nil.
+func (t *Tree) Lookup(name string) *Entry {
+	i, ok := slices.BinarySearchFunc(t.Entries, name, func(e Entry, n string) int { return compareNames(e.Name, n) })
+	if !ok {
+		return nil
+	}
+	return &t.Entries[i]
+}
+
+// Bytes returns the total size of the regular files' data.
+func (t *Tree) Bytes() int64 {
+	var n int64
+	seen := map[uint64]bool{}
+	for _, e := range t.Entries {
+		if e.Link != 0 {
+			if seen[e.Link] {
+				continue
+			}
+			seen[e.Link] = true
+		}
+		n += e.Size
+	}
+	return n
+}
+
+// SortEntries sorts entries in archive order: a directory before its
+// contents, the names in each directory in byte order.
+func SortEntries(entries []Entry) {
+	slices.SortFunc(entries, func(a, b Entry) int { return compareNames(a.Name, b.Name) })
+}
+
+// compareNames orders archive names: "." first, then path by path
+// component, so "a/b" sorts right after "a" and before "a-b".
+func compareNames(a, b string) int {
+	if a == b {
+		return 0
+	}
+	if a == "." {
+		return -1
+	}
+	if b == "." {
+		return 1
+	}
+	for i := 0; i < len(a) && i < len(b); i++ {
+		ca, cb := a[i], b[i]
+		if ca == cb {
+			continue
+		}
+		if ca == '/' {
+			return -1
+		}
+		if cb == '/' {
+			return 1
+		}
+		if ca < cb {
+			return -1
+		}
+		return 1
+	}
+	return len(a) - len(b)
+}
+
+// ScanOptions controls ScanDir.
+type ScanOptions struct {
+	// Skip and CrossFilesystems are as in TreeOptions.
+	Skip             func(path string) bool
+	CrossFilesystems bool
+}
+
+// ScanDir lists the directory tree at root (a symlink root is followed)
+// in archive order without reading any file's data. Tree.MetaDigest is
+// the SHA-256 of every listed entry's name and lstat fields (type and
+// mode, owner, size, modification and change times in nanoseconds, inode,
+// link count, device numbers): any change to a listed file, even one that
+// restores its modification time, changes the change time and so the
+// digest.
+func ScanDir(ctx context.Context, root string, opt ScanOptions) (*Tree, error) {
+	real, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		return nil, fmt.Errorf("archive %s: %w", root, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(real, &st); err != nil {
+		return nil, fmt.Errorf("stat %s: %w", real, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return nil, fmt.Errorf("archive %s: not a directory", root)
+	}
+	s := &scanner{ctx: ctx, opt: opt, rootDev: st.Dev}
+	top := &scanDir{}
+	if err := s.list(real, "", top); err != nil {
+		return nil, err
+	}
+	o := orderer{h: sha256.New(), links: map[[2]uint64]uint64{}}
+	o.add(scanned{name: ".", path: real, st: st})
+	o.walk(top)
+	return &Tree{Entries: o.entries, MountPoints: o.mounts, MetaDigest: fmt.Sprintf("sha256:%x", o.h.Sum(nil))}, nil
+}
+
+// scanned is one listed entry with its lstat fields.
+type scanned struct {
+	name, path string
+	st         unix.Stat_t
+	sub        *scanDir // the directory's listing, if it was descended into
+	mount      bool     // a directory on another file system, not descended into
+}
+
+// scanDir is one directory's listing, sorted by name.
+type scanDir struct {
+	children []scanned
+}
+
+type scanner struct {
+	ctx     context.Context
+	opt     ScanOptions
+	rootDev uint64
+}
+
+// list lists dir into d and its subdirectories into theirs. The stat
+// calls are relative to the open directory (fstatat), so the kernel does
+// not walk the whole path again for every entry.
+func (s *scanner) list(dir, rel string, d *scanDir) error {
+	if err := s.ctx.Err(); err != nil {
+		return fmt.Errorf("archive %s: %w", dir, err)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("read directory %s: %w", dir, err)
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return fmt.Errorf("read directory %s: %w", dir, err)
+	}
+	slices.Sort(names)
+	fd := int(f.Fd())
+	d.children = make([]scanned, 0, len(names))
+	for _, n := range names {
+		name := n
+		if rel != "" {
+			name = rel + "/" + n
+		}
+		if s.opt.Skip != nil && s.opt.Skip(name) {
+			continue
+		}
+		c := scanned{name: name, path: dir + "/" + n}
+		if err := unix.Fstatat(fd, n, &c.st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("stat %s: %w", c.path, err)
+		}
+		if c.st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			if c.st.Dev != s.rootDev && !s.opt.CrossFilesystems {
+				c.mount = true
+			} else {
+				c.sub = &scanDir{}
+			}
+		}
+		d.children = append(d.children, c)
+	}
+	for i := range d.children {
+		c := &d.children[i]
+		if c.sub == nil {
+			continue
+		}
+		if err := s.list(c.path, c.name, c.sub); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// orderer turns the listing into entries in archive order and digests
+// their metadata.
+type orderer struct {
+	entries []Entry
+	mounts  []string
+	h       hash.Hash
+	buf     []byte
+	links   map[[2]uint64]uint64 // (dev, ino) -> Entry.Link
+}
+
+func (o *orderer) walk(d *scanDir) {
+	for i := range d.children {
+		c := &d.children[i]
+		o.add(*c)
+		if c.mount {
+			o.mounts = append(o.mounts, c.name)
+		}
+		if c.sub != nil {
+			o.walk(c.sub)
+		}
+	}
+}
+
+func (o *orderer) add(c scanned) {
+	st := &c.st
+	e := Entry{
+		Name:    c.name,
+		UID:     int(st.Uid),
+		GID:     int(st.Gid),
+		ModTime: time.Unix(st.Mtim.Sec, 0),
+		Path:    c.path,
+	}
+	perm := fs.FileMode(st.Mode & 0o777)
+	if st.Mode&unix.S_ISUID != 0 {
+		perm |= fs.ModeSetuid
+	}
+	if st.Mode&unix.S_ISGID != 0 {
+		perm |= fs.ModeSetgid
+	}
+	if st.Mode&unix.S_ISVTX != 0 {
+		perm |= fs.ModeSticky
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		e.Size = st.Size
+		if st.Nlink > 1 {
+			k := [2]uint64{st.Dev, st.Ino}
+			if o.links[k] == 0 {
+				o.links[k] = uint64(len(o.links) + 1)
+			}
+			e.Link = o.links[k]
+		}
+	case unix.S_IFDIR:
+		perm |= fs.ModeDir
+	case unix.S_IFLNK:
+		perm |= fs.ModeSymlink
+	case unix.S_IFCHR:
+		perm |= fs.ModeDevice | fs.ModeCharDevice
+		e.Major, e.Minor = unix.Major(st.Rdev), unix.Minor(st.Rdev)
+	case unix.S_IFBLK:
+		perm |= fs.ModeDevice
+		e.Major, e.Minor = unix.Major(st.Rdev), unix.Minor(st.Rdev)
+	case unix.S_IFIFO:
+		perm |= fs.ModeNamedPipe
+	case unix.S_IFSOCK:
+		perm |= fs.ModeSocket
+	default:
+		// Not a type Linux file systems have; newc cannot say it either.
+		perm |= fs.ModeIrregular
+	}
+	e.Mode = perm
+	o.entries = append(o.entries, e)
+
+	b := append(o.buf[:0], c.name...)
+	b = append(b, 0)
+	for _, v := range [...]uint64{
+		uint64(st.Mode), uint64(st.Uid), uint64(st.Gid), uint64(st.Size),
+		uint64(st.Mtim.Sec), uint64(st.Mtim.Nsec), uint64(st.Ctim.Sec), uint64(st.Ctim.Nsec),
+		st.Ino, uint64(st.Nlink), st.Rdev, st.Dev,
+	} {
+		b = binary.LittleEndian.AppendUint64(b, v)
+	}
+	o.buf = b
+	o.h.Write(b)
+}
+
 // WriteTree writes the tree at root as a newc archive to w: its entries in
 // the order described in the package documentation, then opt.Append, then
 // the trailer. Owners, modes, symlink targets and device numbers are kept;
@@ -73,35 +372,50 @@ func WriteTree(ctx context.Context, w io.Writer, root string, opt TreeOptions) (
 // WriteTree does, but not the trailer. TreeStats counts what this call
 // wrote.
 func (w *Writer) AddTree(ctx context.Context, root string, opt TreeOptions) (TreeStats, error) {
+	if w.err != nil {
+		return TreeStats{}, w.err
+	}
+	if w.closed {
+		return TreeStats{}, fmt.Errorf("archive %s: archive closed", root)
+	}
+	t, err := ScanDir(ctx, root, ScanOptions{Skip: opt.Skip, CrossFilesystems: opt.CrossFilesystems})
+	if err != nil {
+		return TreeStats{}, err
+	}
+	stats, err := w.AddEntries(ctx, t.Entries, opt)
+	stats.MountPoints = t.MountPoints
+	return stats, err
+}
+
+// AddEntries writes entries, which must be in archive order (SortEntries),
+// then opt.Append, without the trailer. Of opt it uses SourceDateEpoch,
+// Progress and Append. Entries with the same Link become newc hard links:
+// one inode number, the number of links in the archive, and the data on
+// the last one. Directories get a link count of 2 plus their
+// subdirectories. TreeStats counts what this call wrote.
+func (w *Writer) AddEntries(ctx context.Context, entries []Entry, opt TreeOptions) (TreeStats, error) {
 	start := w.n
 	stats := TreeStats{}
 	if w.err != nil {
 		return stats, w.err
 	}
 	if w.closed {
-		return stats, fmt.Errorf("archive %s: archive closed", root)
+		return stats, errors.New("write archive: archive closed")
 	}
-	real, entries, mounts, err := scanTree(ctx, root, opt)
+	hdrs, err := w.headers(entries)
 	if err != nil {
 		return stats, err
 	}
-	stats.MountPoints = mounts
-	w.link(entries)
-
 	p := progress{fn: opt.Progress}
-	clamp := func(t int64) int64 {
-		if opt.SourceDateEpoch != nil && t > opt.SourceDateEpoch.Unix() {
-			return opt.SourceDateEpoch.Unix()
-		}
-		return t
-	}
 	for i := range entries {
 		if err := ctx.Err(); err != nil {
-			return stats, fmt.Errorf("archive %s: %w", root, err)
+			return stats, fmt.Errorf("write archive: %w", err)
 		}
-		e := &entries[i]
-		e.hdr.mtime = clamp(e.hdr.mtime)
-		if err := w.writeTreeEntry(filepath.Join(real, e.hdr.name), e); err != nil {
+		h := &hdrs[i]
+		if opt.SourceDateEpoch != nil && h.mtime > opt.SourceDateEpoch.Unix() {
+			h.mtime = opt.SourceDateEpoch.Unix()
+		}
+		if err := w.writeListed(&entries[i], h); err != nil {
 			return stats, err
 		}
 		stats.Files++
@@ -121,183 +435,108 @@ func (w *Writer) AddTree(ctx context.Context, root string, opt TreeOptions) (Tre
 	return stats, nil
 }
 
-// treeEntry is one scanned entry of a tree.
-type treeEntry struct {
-	hdr      header
-	dev, ino uint64 // identity on disk, for hard links
-	diskLink uint64 // link count on disk
-	data     bool   // the entry carries the file's data
-	subdirs  uint32
-}
-
-// scanTree lists the tree at root in archive order, and the mount points
-// it did not descend into.
-func scanTree(ctx context.Context, root string, opt TreeOptions) (real string, entries []treeEntry, mounts []string, err error) {
-	real, err = filepath.EvalSymlinks(root)
-	if err != nil {
-		return "", nil, nil, fmt.Errorf("archive %s: %w", root, err)
-	}
-	s := scanner{ctx: ctx, opt: opt}
-	rootEntry, err := s.stat(real, ".")
-	if err != nil {
-		return "", nil, nil, err
-	}
-	if rootEntry.hdr.mode&unix.S_IFMT != unix.S_IFDIR {
-		return "", nil, nil, fmt.Errorf("archive %s: not a directory", root)
-	}
-	s.rootDev = rootEntry.dev
-	s.entries = append(s.entries, rootEntry)
-	if err := s.walk(real, "", 0); err != nil {
-		return "", nil, nil, err
-	}
-	return real, s.entries, s.mounts, nil
-}
-
-type scanner struct {
-	ctx     context.Context
-	opt     TreeOptions
-	rootDev uint64
-	entries []treeEntry
-	mounts  []string
-}
-
-func (s *scanner) walk(dir, rel string, parent int) error {
-	if err := s.ctx.Err(); err != nil {
-		return fmt.Errorf("archive %s: %w", dir, err)
-	}
-	des, err := os.ReadDir(dir) // sorted by name, byte order
-	if err != nil {
-		return fmt.Errorf("read directory %s: %w", dir, err)
-	}
-	for _, de := range des {
-		name := path.Join(rel, de.Name())
-		if s.opt.Skip != nil && s.opt.Skip(name) {
-			continue
-		}
-		diskPath := filepath.Join(dir, de.Name())
-		e, err := s.stat(diskPath, name)
-		if err != nil {
-			return err
-		}
-		s.entries = append(s.entries, e)
-		if e.hdr.mode&unix.S_IFMT != unix.S_IFDIR {
-			continue
-		}
-		s.entries[parent].subdirs++
-		if e.dev != s.rootDev && !s.opt.CrossFilesystems {
-			s.mounts = append(s.mounts, name)
-			continue
-		}
-		if err := s.walk(diskPath, name, len(s.entries)-1); err != nil {
-			return err
+// headers returns the entries' headers with inode numbers and link counts:
+// inodes in archive order, hard links sharing one, with the number of
+// links in the archive and the data on the last one (size 0 on the
+// others). Directories and symlinks are never linked.
+func (w *Writer) headers(entries []Entry) ([]header, error) {
+	hdrs := make([]header, len(entries))
+	subdirs := map[string]uint32{}
+	for _, e := range entries {
+		if e.Mode.IsDir() && e.Name != "." {
+			subdirs[path.Dir(e.Name)]++
 		}
 	}
-	return nil
-}
-
-func (s *scanner) stat(diskPath, name string) (treeEntry, error) {
-	var st unix.Stat_t
-	if err := unix.Lstat(diskPath, &st); err != nil {
-		return treeEntry{}, fmt.Errorf("stat %s: %w", diskPath, err)
-	}
-	e := treeEntry{
-		hdr: header{
-			name:  name,
-			mode:  st.Mode,
-			uid:   int64(st.Uid),
-			gid:   int64(st.Gid),
-			nlink: 1,
-			mtime: st.Mtim.Sec,
-		},
-		dev:      st.Dev,
-		ino:      st.Ino,
-		diskLink: uint64(st.Nlink),
-	}
-	switch st.Mode & unix.S_IFMT {
-	case unix.S_IFREG:
-		e.hdr.size = st.Size
-		e.data = true
-	case unix.S_IFLNK:
-		e.hdr.size = st.Size // the target's length; read when written
-	case unix.S_IFCHR, unix.S_IFBLK:
-		e.hdr.major = unix.Major(st.Rdev)
-		e.hdr.minor = unix.Minor(st.Rdev)
-	case unix.S_IFDIR, unix.S_IFIFO, unix.S_IFSOCK:
-	default:
-		return treeEntry{}, fmt.Errorf("archive %s: unknown file type %#o", diskPath, st.Mode&unix.S_IFMT)
-	}
-	return e, nil
-}
-
-// link assigns inode numbers in archive order and turns entries that share
-// an inode on disk into newc hard links: one inode number, the number of
-// links in the archive, and the data on the last one. Directories and
-// symlinks are never linked (the kernel creates symlinks from each entry's
-// own data).
-func (w *Writer) link(entries []treeEntry) {
-	type key struct{ dev, ino uint64 }
-	groups := map[key][]int{}
+	groups := map[uint64][]int{}
 	for i := range entries {
 		e := &entries[i]
-		t := e.hdr.mode & unix.S_IFMT
-		if t == unix.S_IFDIR {
-			e.hdr.nlink = 2 + e.subdirs
+		mode, err := unixMode(e.Mode)
+		if err != nil {
+			return nil, fmt.Errorf("write entry %q: %w", e.Name, err)
 		}
-		if t == unix.S_IFDIR || t == unix.S_IFLNK || e.diskLink < 2 {
-			e.hdr.ino = w.nextIno()
+		h := header{name: e.Name, mode: mode, uid: int64(e.UID), gid: int64(e.GID), nlink: 1}
+		if !e.ModTime.IsZero() {
+			h.mtime = e.ModTime.Unix()
+		}
+		typ := e.Mode.Type()
+		switch {
+		case typ == 0:
+			h.size = e.Size
+		case typ == fs.ModeDir:
+			h.nlink = 2 + subdirs[e.Name]
+		case typ&fs.ModeDevice != 0:
+			h.major, h.minor = e.Major, e.Minor
+		}
+		hdrs[i] = h
+		if typ != 0 || e.Link == 0 {
+			hdrs[i].ino = w.nextIno()
 			continue
 		}
-		k := key{e.dev, e.ino}
-		g := groups[k]
+		g := groups[e.Link]
 		if len(g) == 0 {
-			e.hdr.ino = w.nextIno()
+			hdrs[i].ino = w.nextIno()
 		} else {
-			e.hdr.ino = entries[g[0]].hdr.ino
+			hdrs[i].ino = hdrs[g[0]].ino
 		}
-		groups[k] = append(g, i)
+		groups[e.Link] = append(g, i)
 	}
 	for _, g := range groups {
 		if len(g) < 2 {
 			continue
 		}
 		for j, i := range g {
-			e := &entries[i]
-			e.hdr.nlink = uint32(len(g))
+			hdrs[i].nlink = uint32(len(g))
 			if j < len(g)-1 {
-				e.data = false
-				e.hdr.size = 0
+				hdrs[i].size = 0
 			}
 		}
 	}
+	return hdrs, nil
 }
 
-// writeTreeEntry writes e, reading what it needs from diskPath.
-func (w *Writer) writeTreeEntry(diskPath string, e *treeEntry) error {
-	switch e.hdr.mode & unix.S_IFMT {
-	case unix.S_IFLNK:
-		target, err := os.Readlink(diskPath)
-		if err != nil {
-			return fmt.Errorf("read symlink %s: %w", diskPath, err)
+// writeListed writes e with header h, reading its data or target.
+func (w *Writer) writeListed(e *Entry, h *header) error {
+	switch e.Mode.Type() {
+	case fs.ModeSymlink:
+		target := e.Linkname
+		if target == "" && e.Path != "" {
+			var err error
+			if target, err = os.Readlink(e.Path); err != nil {
+				return fmt.Errorf("read symlink %s: %w", e.Path, err)
+			}
 		}
-		e.hdr.size = int64(len(target))
 		if target == "" {
-			return fmt.Errorf("read symlink %s: empty target", diskPath)
+			return fmt.Errorf("read symlink %s: empty target", e.Name)
 		}
-		return w.writeEntry(e.hdr, strings.NewReader(target))
-	case unix.S_IFREG:
-		if !e.data || e.hdr.size == 0 {
-			return w.writeEntry(e.hdr, nil)
+		h.size = int64(len(target))
+		return w.writeEntry(*h, strings.NewReader(target))
+	case 0:
+		if h.size == 0 {
+			return w.writeEntry(*h, nil)
 		}
-		f, err := os.OpenFile(diskPath, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+		var r io.ReadCloser
+		var err error
+		if e.Open != nil {
+			r, err = e.Open()
+		} else {
+			r, err = os.OpenFile(e.Path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+		}
 		if err != nil {
-			return fmt.Errorf("open %s: %w", diskPath, err)
+			return fmt.Errorf("open %s: %w", e.describe(), err)
 		}
-		err = w.writeEntry(e.hdr, f)
-		f.Close()
+		err = w.writeEntry(*h, r)
+		r.Close()
 		return err
 	default:
-		return w.writeEntry(e.hdr, nil)
+		return w.writeEntry(*h, nil)
 	}
+}
+
+func (e *Entry) describe() string {
+	if e.Path != "" {
+		return e.Path
+	}
+	return e.Name
 }
 
 // progress throttles calls to a TreeOptions.Progress function.

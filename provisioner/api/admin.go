@@ -185,8 +185,8 @@ func (a *Admin) Handler() http.Handler {
 	mux.HandleFunc("POST /api/v1/apply", a.apply)
 	mux.HandleFunc("GET /api/v1/export", a.export)
 	mux.HandleFunc("GET /api/v1/status", a.status)
-	mux.HandleFunc("GET /api/v1/images", a.listImages)
 	mux.HandleFunc("GET /api/v1/state/backup", a.backup)
+	a.imageRoutes(mux)
 	return mux
 }
 
@@ -834,17 +834,3 @@ func (a *Admin) backup(w http.ResponseWriter, r *http.Request) {
 	}
 	logger(a.Logger).Info("state backup sent", "bytes", n)
 }
-
-func (a *Admin) listImages(w http.ResponseWriter, r *http.Request) {
-	refs, err := a.Images.List()
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	out := make([]Image, 0, len(refs))
-	for _, ref := range refs {
-		out = append(out, Image{Name: ref.Name, Digest: string(ref.Digest), Manifest: ref.Manifest})
-	}
-	writeJSON(w, http.StatusOK, out)
-}
-

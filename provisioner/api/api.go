@@ -51,16 +51,6 @@ const (
 	reportReadTimeout = 10 * time.Second
 )
 
-// Image is one entry of GET /api/v1/images.
-type Image struct {
-	// Name is the image's name.
-	Name string `json:"name"`
-	// Digest is its manifest digest.
-	Digest string `json:"digest"`
-	// Manifest is the manifest itself.
-	Manifest images.Manifest `json:"manifest"`
-}
-
 // Error is the body of every error response.
 type Error struct {
 	// Error says what went wrong.
@@ -301,12 +291,19 @@ func (n *Node) resolve(assigned, content string) (name, digest string) {
 	if err != nil || content == "" {
 		return assigned, ""
 	}
+	want := assigned
+	if r, err := images.ParseReference(assigned); err == nil {
+		want = r.String()
+	}
 	for _, ref := range refs {
 		if string(ref.Manifest.ContentDigest) != content {
 			continue
 		}
-		if name == "" || ref.Name == assigned {
-			name, digest = ref.Name, string(ref.Digest)
+		switch {
+		case ref.Reference() == want:
+			name, digest = assigned, string(ref.Digest) // as the node's entry spells it
+		case name == "":
+			name, digest = ref.Reference(), string(ref.Digest)
 		}
 	}
 	if name == "" {

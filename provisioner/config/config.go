@@ -61,6 +61,9 @@ type Config struct {
 	// networks such as InfiniBand).
 	Subnets []Subnet `yaml:"subnets"`
 
+	// SFTP configures the image push and pull endpoint.
+	SFTP SFTP `yaml:"sftp"`
+
 	// lines maps dotted key paths to the line they were set on, for errors.
 	lines map[string]line
 }
@@ -177,6 +180,28 @@ type Agent struct {
 	// Binary is the ramboot-agent executable served as the nodes' /init;
 	// empty means next to the running executable, then $PATH.
 	Binary string `yaml:"binary"`
+}
+
+// SFTP configures the SFTP endpoint `ramboot image push` and `image pull`
+// talk to.
+type SFTP struct {
+	// Enabled turns the endpoint on.
+	Enabled bool `yaml:"enabled"`
+	// Address is the address to listen on; empty = every address.
+	Address string `yaml:"address"`
+	// Port is the TCP port.
+	Port int `yaml:"port"`
+	// AuthorizedKeys is the authorized_keys file of the keys that may
+	// push and pull; empty = STATE_DIR/authorized_keys.
+	AuthorizedKeys string `yaml:"authorized_keys"`
+}
+
+// SFTPAuthorizedKeys returns SFTP.AuthorizedKeys or its default.
+func (c Config) SFTPAuthorizedKeys() string {
+	if c.SFTP.AuthorizedKeys != "" {
+		return c.SFTP.AuthorizedKeys
+	}
+	return filepath.Join(c.StateDir, "authorized_keys")
 }
 
 // Bounds of dhcp.receive_buffer and tftp.receive_buffer: the kernel's
@@ -579,6 +604,17 @@ func (c Config) Validate() error {
 	}
 	if c.RA.Enabled && c.RA.Interval < Duration(time.Second) {
 		bad("ra.interval", "%s is shorter than 1s", time.Duration(c.RA.Interval))
+	}
+	if c.SFTP.Enabled && (c.SFTP.Port < 0 || c.SFTP.Port > 65535) {
+		bad("sftp.port", "%d is not a TCP port", c.SFTP.Port)
+	}
+	if c.SFTP.Address != "" {
+		if _, err := netip.ParseAddr(c.SFTP.Address); err != nil {
+			bad("sftp.address", "%q is not an IP address", c.SFTP.Address)
+		}
+	}
+	if c.SFTP.AuthorizedKeys != "" && !filepath.IsAbs(c.SFTP.AuthorizedKeys) {
+		bad("sftp.authorized_keys", "%q must be an absolute path", c.SFTP.AuthorizedKeys)
 	}
 	if c.Boot.DefaultImage == "" {
 		bad("boot.default_image", "required")

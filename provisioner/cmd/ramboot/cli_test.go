@@ -178,14 +178,14 @@ func TestImageCommands(t *testing.T) {
 	}
 	out := rb(t, dir, "image", "build", tree, "--name", "test", "-o", "json").ok(t)
 	var res imageResult
-	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Name != "test" || res.Manifest.KernelVersion != "6.1.0-test" {
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Name != "test" || res.Ref != "test:latest" || res.Manifest.KernelVersion != "6.1.0-test" {
 		t.Fatalf("image build -o json: %q %v", out, err)
 	}
 	if _, err := images.ParseDigest(string(res.Digest)); err != nil {
 		t.Fatal(err)
 	}
 	out = rb(t, dir, "image", "list").ok(t)
-	if !strings.Contains(out, "test") || !strings.Contains(out, string(res.Digest)) {
+	if !strings.Contains(out, "test") || !strings.Contains(out, res.Digest.Hex()[:12]) {
 		t.Fatalf("image list: %q", out)
 	}
 	rb(t, dir, "image", "build", tree).fails(t, exitUsage, "name")

@@ -103,6 +103,7 @@ dhcp: {enabled: false}
 tftp: {enabled: false}
 ra: {enabled: false}
 http: {port: 0}
+sftp: {address: 127.0.0.1, port: 0}
 boot: {default_image: default, kernel_args: "console=ttyS0", modules: [virtio_net]}
 subnets:
   - {prefix: 10.1.0.0/24, gateway: 10.1.0.254, dns: [10.1.0.254]}
@@ -129,15 +130,16 @@ func daemon(t testing.TB, dir string, extra string) string {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait(); logf.Close() }()
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); logf.Close(); close(exited) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-done:
+		case <-exited:
 		case <-time.After(15 * time.Second):
 			_ = cmd.Process.Kill()
-			<-done
+			<-exited
 			t.Error("ramboot serve did not stop within 15s of SIGTERM")
 		}
 	})
@@ -147,9 +149,9 @@ func daemon(t testing.TB, dir string, extra string) string {
 			return logPath
 		}
 		select {
-		case err := <-done:
+		case <-exited:
 			b, _ := os.ReadFile(logPath)
-			t.Fatalf("ramboot serve exited: %v\n%s", err, b)
+			t.Fatalf("ramboot serve exited: %v\n%s", waitErr, b)
 		default:
 		}
 		if time.Now().After(deadline) {

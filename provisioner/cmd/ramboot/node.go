@@ -23,8 +23,8 @@ func nodeCmd(g *globals) *cobra.Command {
 // settingsFlags are the flags of the settings a node and a profile share.
 type settingsFlags struct {
 	image, kernelArgs, bootFile, rootMode, rootSize, network string
-	modules                                                   []string
-	tags, values                                              []string
+	modules                                                  []string
+	tags, values                                             []string
 }
 
 func (s *settingsFlags) add(fs *pflag.FlagSet) {

@@ -51,21 +51,32 @@ func TestBoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The UEFI node boots an image built from an OCI image layout.
+	ociDigest, err := l.BuildOCIImage(ctx, "oci")
+	if err != nil {
+		t.Fatal(err)
+	}
+	digests := map[string]string{"default": string(digest), "oci": string(ociDigest)}
 	cases := []struct {
 		mode  lab.Mode
 		node  string
 		mac   string
 		ip    string
+		image string
 		steps []state.Step
 	}{
-		{lab.BIOS, "bios1", "52:54:00:77:00:0a", "10.77.0.10",
+		{lab.BIOS, "bios1", "52:54:00:77:00:0a", "10.77.0.10", "default",
 			[]state.Step{state.StepDHCPOffer, state.StepDHCPAck, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}},
-		{lab.UEFI, "uefi1", "52:54:00:77:00:0b", "10.77.0.11",
+		{lab.UEFI, "uefi1", "52:54:00:77:00:0b", "10.77.0.11", "oci",
 			[]state.Step{state.StepDHCPOffer, state.StepDHCPAck, state.StepTFTP, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady}},
 	}
 	for _, tc := range cases {
 		t.Run(string(tc.mode), func(t *testing.T) {
-			if err := l.AddNode(ctx, tc.node, tc.mac, tc.ip, ""); err != nil {
+			img := tc.image
+			if img == "default" {
+				img = "" // boot.default_image
+			}
+			if err := l.AddNode(ctx, tc.node, tc.mac, tc.ip, img); err != nil {
 				t.Fatal(err)
 			}
 			vm, err := l.Boot(ctx, lab.VMOptions{Mode: tc.mode, MAC: tc.mac})
@@ -85,8 +96,8 @@ func TestBoot(t *testing.T) {
 				t.Fatalf("state %q, want %q; report %+v\nserial:\n%s", n.Status.State, state.StateBooted, n.Status.Report, tail(vm.Serial(), 40))
 			}
 			r := n.Status.Report
-			if r == nil || r.ImageDigest != string(digest) || r.ImageName != "default" {
-				t.Fatalf("node reports image %+v, want default %s", r, digest)
+			if r == nil || r.ImageDigest != digests[tc.image] || r.ImageName != tc.image {
+				t.Fatalf("node reports image %+v, want %s %s", r, tc.image, digests[tc.image])
 			}
 			if !strings.HasPrefix(r.Kernel, "6.") || r.MemTotalBytes < 512<<20 {
 				t.Errorf("implausible report: kernel %q, memory %d", r.Kernel, r.MemTotalBytes)

@@ -11,14 +11,18 @@ package provisioner
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,6 +33,7 @@ import (
 	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/bootserver"
 	"github.com/ramboot/ramboot/provisioner/config"
+	"github.com/ramboot/ramboot/provisioner/overlayrender"
 	"github.com/ramboot/ramboot/provisioner/state"
 	"github.com/ramboot/ramboot/pxe/dhcp"
 )
@@ -124,27 +129,14 @@ func (d *Daemon) log() *slog.Logger {
 // this one at start with an error naming it) and runs in Serve.
 func (d *Daemon) Run(ctx context.Context) error {
 	cfg := d.Config
-	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("invalid configuration: %w", err)
-	}
 	log := d.log()
-	prefix, err := InterfaceAddr(cfg.Interface)
+	// Every problem at once: the configuration's values, the interface,
+	// the agent binary, the TLS files and tokens, the overlay templates.
+	chk, err := Check(cfg, log)
 	if err != nil {
 		return err
 	}
-	headIP := prefix.Addr()
-	bootFiles, err := cfg.BootFileMap()
-	if err != nil {
-		return err
-	}
-	agentPath, err := AgentBinary(cfg.Agent.Binary)
-	if err != nil {
-		return err
-	}
-	agent, err := bootserver.NewAgentArchive(agentPath)
-	if err != nil {
-		return err
-	}
+	prefix, headIP, bootFiles, agent, agentPath := chk.prefix, chk.prefix.Addr(), chk.bootFiles, chk.agent, chk.agentPath
 	heads := &Nodes{}
 	heads.SetDefaults(Defaults(cfg, prefix))
 	db, err := OpenState(cfg.StateDir, state.Options{History: cfg.State.BootHistory, Check: heads.Check}, log)
@@ -197,12 +189,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 		baseURL = "http://" + headIP.String()
 	}
 	heads.baseURL = baseURL
+	ovl := &overlays{db: db, nodes: heads, images: store, log: log.With("svc", "overlay")}
+	ovl.setSetup(newOverlaySetup(cfg, headOf(cfg, headIP, baseURL), slices.Sorted(maps.Keys(db.Profiles())), ovl.log))
 	boot := &bootserver.Server{
-		Nodes: heads, Images: store, Agent: agent, BaseURL: baseURL,
+		Nodes: heads, Images: store, Agent: agent, Overlays: ovl, BaseURL: baseURL,
 		Logger: log, Metrics: bootserver.NewMetrics(reg),
 	}
 	nodeAPI := &api.Node{DB: db, Images: store, Plan: heads.Plan, Logger: log, Metrics: api.NewMetrics(reg)}
-	adminAPI := &api.Admin{DB: db, Images: store, Plan: heads.Plan, Logger: log}
+	adminAPI := &api.Admin{DB: db, Images: store, Plan: heads.Plan, Render: ovl.Render, Logger: log}
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	pubMux := http.NewServeMux()
 	pubMux.Handle("/boot/", boot.Handler())
@@ -246,6 +240,66 @@ func (d *Daemon) Run(ctx context.Context) error {
 	err = serveAll(ctx, svcs)
 	log.Info("ramboot stopped")
 	return err
+}
+
+// checked is what Check found usable.
+type checked struct {
+	prefix    netip.Prefix
+	bootFiles map[uint16]string
+	agentPath string
+	agent     *bootserver.Archive
+}
+
+// Check checks everything `ramboot serve` needs before it opens anything
+// and reports every problem at once: the configuration's values (with
+// file, line and key), the interface and its address, the boot files, the
+// agent binary, and the overlay templates and accounts.
+func Check(cfg config.Config, log *slog.Logger) (checked, error) {
+	var c checked
+	var errs []error
+	if err := cfg.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	var err error
+	if cfg.Interface != "" {
+		if c.prefix, err = InterfaceAddr(cfg.Interface); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	c.bootFiles, _ = cfg.BootFileMap() // Validate reported its problems
+	if c.agentPath, err = AgentBinary(cfg.Agent.Binary); err != nil {
+		errs = append(errs, err)
+	} else if c.agent, err = bootserver.NewAgentArchive(c.agentPath); err != nil {
+		errs = append(errs, err)
+	}
+	if dir := cfg.Overlay.Templates; dir != "" {
+		if ents, err := os.ReadDir(dir); err == nil {
+			var names []string
+			for _, e := range ents {
+				if e.IsDir() {
+					names = append(names, e.Name())
+				}
+			}
+			if err := newOverlaySetup(cfg, overlayrender.Head{}, names, log).Check(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return c, fmt.Errorf("cannot serve:\n%w", err)
+	}
+	return c, nil
+}
+
+// headOf returns the head as overlays show it.
+func headOf(cfg config.Config, ip netip.Addr, baseURL string) overlayrender.Head {
+	name := cfg.Cluster.HeadName
+	if name == "" {
+		if h, err := os.Hostname(); err == nil {
+			name, _, _ = strings.Cut(h, ".")
+		}
+	}
+	return overlayrender.Head{Name: name, Addresses: []netip.Addr{ip}, URL: baseURL}
 }
 
 func healthz(w http.ResponseWriter, _ *http.Request) {

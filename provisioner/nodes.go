@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"net/url"
@@ -156,3 +157,6 @@ func (h *Nodes) Reservation(_ context.Context, mac net.HardwareAddr) (dhcp.Reser
 		ScriptURL: h.baseURL + "/boot/ipxe?mac=" + url.QueryEscape(mac.String()),
 	}, nil
 }
+
+// discard returns a logger that drops everything.
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -85,11 +85,15 @@ func writeError(w http.ResponseWriter, err error) {
 		code = http.StatusForbidden
 	case errors.As(err, new(*http.MaxBytesError)):
 		code = http.StatusRequestEntityTooLarge
-	case errors.As(err, new(badRequest)):
+	case errors.As(err, new(badRequest)), errors.Is(err, ErrInvalid):
 		code = http.StatusBadRequest
 	}
 	writeJSON(w, code, Error{Error: err.Error()})
 }
+
+// ErrInvalid, wrapped by an error a handler's helper returns, makes it a
+// 400: the request's fault (a template that fails for the node).
+var ErrInvalid = errors.New("invalid")
 
 type badRequest struct{ error }
 

@@ -28,6 +28,7 @@ package bootserver
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -84,6 +85,13 @@ type Nodes interface {
 	Post(node string, step state.Step, detail string)
 }
 
+// Overlays renders a node's overlay archive (compressed newc, possibly
+// several concatenated: the kernel unpacks them in order) for one boot,
+// with token as its report token.
+type Overlays interface {
+	Overlay(ctx context.Context, node, token string) ([]byte, error)
+}
+
 // Server serves the /boot/ routes. Its exported fields must be set before
 // Handler is called and not changed after.
 type Server struct {
@@ -93,6 +101,9 @@ type Server struct {
 	Images *images.Store
 	// Agent is the agent archive; required.
 	Agent *Archive
+	// Overlays renders the nodes' overlays; nil serves the minimal one
+	// (the agent's configuration and the host name, OverlayFiles).
+	Overlays Overlays
 	// BaseURL is the head's HTTP base URL as nodes reach it, e.g.
 	// "http://10.77.0.1"; required.
 	BaseURL string
@@ -487,16 +498,29 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 			c.Interface.DNS = append(c.Interface.DNS, a.String())
 		}
 	}
-	files, err := OverlayFiles(c)
-	if err != nil {
-		s.fail(w, route, http.StatusInternalServerError, err, "node", name)
-		return
+	var data []byte
+	if s.Overlays != nil {
+		if data, err = s.Overlays.Overlay(r.Context(), name, token); err != nil {
+			// A template that fails for this node: its timeline says
+			// why; other nodes are not affected.
+			s.record(name, state.StepOverlay, "overlay not rendered: "+err.Error())
+			s.fail(w, route, http.StatusInternalServerError, err, "node", name)
+			return
+		}
+	} else {
+		files, err := OverlayFiles(c)
+		if err != nil {
+			s.fail(w, route, http.StatusInternalServerError, err, "node", name)
+			return
+		}
+		a, err := compressArchive(files, time.Now())
+		if err != nil {
+			s.fail(w, route, http.StatusInternalServerError, err, "node", name)
+			return
+		}
+		data = a.data
 	}
-	a, err := compressArchive(files, time.Now())
-	if err != nil {
-		s.fail(w, route, http.StatusInternalServerError, err, "node", name)
-		return
-	}
+	a := &Archive{data: data}
 	defer s.transfer(r)()
 	start := time.Now()
 	w.Header().Set("Cache-Control", "no-store")

@@ -10,6 +10,7 @@
 package config
 
 import (
+	"net"
 	_ "embed"
 	"errors"
 	"fmt"
@@ -56,6 +57,12 @@ type Config struct {
 	Agent Agent `yaml:"agent"`
 	// State configures the state database.
 	State State `yaml:"state"`
+	// Cluster names the cluster, for overlays and templates.
+	Cluster Cluster `yaml:"cluster"`
+	// Overlay configures the nodes' overlays.
+	Overlay Overlay `yaml:"overlay"`
+	// API configures the admin API's TCP listener.
+	API API `yaml:"api"`
 	// Subnets are subnets besides the provisioning interface's own that
 	// nodes may have addresses on (relayed subnets, other interfaces'
 	// networks such as InfiniBand).
@@ -71,6 +78,65 @@ type Config struct {
 type line struct {
 	file string
 	n    int
+}
+
+// Cluster names the cluster for overlays and templates.
+type Cluster struct {
+	// Name is the cluster's name (.Cluster.Name).
+	Name string `yaml:"name"`
+	// Domain is its DNS domain: /etc/hosts and known_hosts list
+	// "n001.DOMAIN", network configurations search it.
+	Domain string `yaml:"domain"`
+	// HeadName is the head's name in /etc/hosts; empty = the head's host
+	// name.
+	HeadName string `yaml:"head_name"`
+	// Values are site values for templates (.Values).
+	Values map[string]string `yaml:"values"`
+}
+
+// Overlay configures the nodes' overlays.
+type Overlay struct {
+	// Templates is the directory of template trees: Templates/PROFILE/ is
+	// profile PROFILE's.
+	Templates string `yaml:"templates"`
+	// HostKeys keeps SSH host keys per node (STATE_DIR/ssh-host-keys).
+	HostKeys bool `yaml:"host_keys"`
+	// KnownHosts puts every node's keys in /etc/ssh/ssh_known_hosts.
+	KnownHosts bool `yaml:"known_hosts"`
+	// AuthorizedKeys is root's authorized_keys on every node; empty or a
+	// missing file means none.
+	AuthorizedKeys string `yaml:"authorized_keys"`
+	// Accounts selects the head's users and groups merged into every
+	// node's passwd, group, shadow and gshadow.
+	Accounts Accounts `yaml:"accounts"`
+}
+
+// Accounts selects head accounts by name or id range.
+type Accounts struct {
+	// Users and Groups are names.
+	Users  []string `yaml:"users"`
+	Groups []string `yaml:"groups"`
+	// UIDs and GIDs are ranges, "1000-59999".
+	UIDs []string `yaml:"uids"`
+	GIDs []string `yaml:"gids"`
+}
+
+// Selected reports whether any account is selected.
+func (a Accounts) Selected() bool {
+	return len(a.Users)+len(a.Groups)+len(a.UIDs)+len(a.GIDs) > 0
+}
+
+// API configures the admin API over TCP.
+type API struct {
+	// Listen is the TCP address ("0.0.0.0:8443"); empty = the unix socket
+	// only.
+	Listen string `yaml:"listen"`
+	// TLSCert and TLSKey are the server's certificate and key (PEM).
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+	// Tokens is a file of bearer tokens, one per line: "admin TOKEN" or
+	// "read TOKEN".
+	Tokens string `yaml:"tokens"`
 }
 
 // Subnet is a subnet node addresses may lie on, with what addresses on
@@ -258,6 +324,12 @@ func Parse(name string, b []byte) (Config, error) {
 	}
 	return c, nil
 }
+
+var (
+	domainRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$`)
+	valueKeyRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$`)
+	idRangeRE  = regexp.MustCompile(`^[0-9]{1,10}(-[0-9]{1,10})?$`)
+)
 
 var yamlLine = regexp.MustCompile(`^(yaml: )?line (\d+): `)
 
@@ -618,6 +690,38 @@ func (c Config) Validate() error {
 	}
 	if c.Boot.DefaultImage == "" {
 		bad("boot.default_image", "required")
+	}
+	if c.Cluster.Domain != "" && !domainRE.MatchString(c.Cluster.Domain) {
+		bad("cluster.domain", "%q is not a DNS domain", c.Cluster.Domain)
+	}
+	for k := range c.Cluster.Values {
+		if !valueKeyRE.MatchString(k) {
+			bad("cluster.values."+k, "keys are letters, digits, '_', '-' and '.'")
+		}
+	}
+	if c.Overlay.Templates != "" && !filepath.IsAbs(c.Overlay.Templates) {
+		bad("overlay.templates", "%q must be an absolute path", c.Overlay.Templates)
+	}
+	for i, r := range c.Overlay.Accounts.UIDs {
+		if !idRangeRE.MatchString(r) {
+			bad(fmt.Sprintf("overlay.accounts.uids[%d]", i), "%q is not an id range like 1000-59999", r)
+		}
+	}
+	for i, r := range c.Overlay.Accounts.GIDs {
+		if !idRangeRE.MatchString(r) {
+			bad(fmt.Sprintf("overlay.accounts.gids[%d]", i), "%q is not an id range like 1000-59999", r)
+		}
+	}
+	if c.API.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.API.Listen); err != nil {
+			bad("api.listen", "%q is not HOST:PORT", c.API.Listen)
+		}
+		if c.API.TLSCert == "" || c.API.TLSKey == "" {
+			bad("api.tls_cert", "api.listen needs api.tls_cert and api.tls_key: the admin API never goes over plain TCP")
+		}
+		if c.API.Tokens == "" {
+			bad("api.tokens", "api.listen needs a tokens file")
+		}
 	}
 	for i, sn := range c.Subnets {
 		key := fmt.Sprintf("subnets[%d]", i)

@@ -624,6 +624,14 @@ func (d *DB) Inventory() *inventory.Inventory {
 	return d.inv.Copy()
 }
 
+// InventoryRev returns the store revision of the last inventory change:
+// it changes with every node or profile written, and with nothing else.
+func (d *DB) InventoryRev() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.invRev
+}
+
 // Profiles returns every profile by name: a map that is never changed
 // (a change to the profiles publishes a new one), so reading it costs
 // nothing on a per-packet path.

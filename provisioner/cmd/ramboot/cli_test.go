@@ -281,3 +281,41 @@ func TestNodeShowBoot(t *testing.T) {
 		t.Fatalf("node timeline: %q", out)
 	}
 }
+
+// TestOverlayRender: `overlay render` shows a node's overlay from its
+// profiles' templates without booting it; a template that fails for one
+// node is an error naming the profile, file and line, and the other nodes
+// render as before.
+func TestOverlayRender(t *testing.T) {
+	dir := t.TempDir()
+	tmpl := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(tmpl, "compute", "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tmpl, "compute", "etc", "motd.tmpl"), []byte("{{.FQDN}} rack {{.Tags.rack}} of {{.Cluster.Name}}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	daemon(t, dir, "overlay: {templates: "+tmpl+", authorized_keys: \"\"}\ncluster: {name: hpc1, domain: cluster.local}\n")
+	rb(t, dir, "profile", "add", "compute").ok(t)
+	rb(t, dir, "node", "add", "n1", "--mac", "52:54:00:77:00:01", "--ip", "10.1.0.11", "--profile", "compute", "--tag", "rack=4").ok(t)
+	rb(t, dir, "node", "add", "n2", "--mac", "52:54:00:77:00:02", "--ip", "10.1.0.12", "--profile", "compute").ok(t)
+	out := rb(t, dir, "overlay", "render", "n1").ok(t)
+	for _, want := range []string{"etc/motd", "profile compute: etc/motd.tmpl", "etc/hosts", "etc/ramboot/node.json", "etc/ssh/ssh_host_ed25519_key", "etc/systemd/network/"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("overlay render lacks %q:\n%s", want, out)
+		}
+	}
+	if out := rb(t, dir, "overlay", "render", "n1", "etc/motd").ok(t); out != "n1.cluster.local rack 4 of hpc1\n" {
+		t.Errorf("etc/motd = %q", out)
+	}
+	if out := rb(t, dir, "overlay", "render", "n1", "/etc/hosts").ok(t); !strings.Contains(out, "10.1.0.12\tn2.cluster.local n2") {
+		t.Errorf("etc/hosts:\n%s", out)
+	}
+	rb(t, dir, "overlay", "render", "n2").fails(t, exitInvalid, "render overlay of n2: profile compute: etc/motd.tmpl:1:", `map has no entry for key "rack"`)
+	rb(t, dir, "overlay", "render", "n1", "etc/nothing").fails(t, exitNotFound, "no file etc/nothing")
+	// The host key is kept across renders (and boots).
+	k1 := rb(t, dir, "overlay", "render", "n1", "etc/ssh/ssh_host_ed25519_key.pub").ok(t)
+	if k2 := rb(t, dir, "overlay", "render", "n1", "etc/ssh/ssh_host_ed25519_key.pub").ok(t); k1 != k2 || !strings.HasPrefix(k1, "ssh-ed25519 ") {
+		t.Errorf("host key changed between renders: %q %q", k1, k2)
+	}
+}

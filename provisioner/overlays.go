@@ -461,4 +461,3 @@ func (o *overlays) Render(node, path string) (api.OverlayResult, error) {
 
 // errRender marks a render that failed (a template), a 400 for the API.
 var errRender = api.ErrInvalid
-

@@ -10,10 +10,10 @@
 package config
 
 import (
-	"net"
 	_ "embed"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"

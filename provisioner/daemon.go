@@ -72,6 +72,8 @@ type Head struct {
 	TFTP netip.AddrPort
 	// SFTP is the address of the image push endpoint; empty when off.
 	SFTP string
+	// API is the address of the admin API on TCP; empty when off.
+	API string
 }
 
 // InterfaceAddr returns the first IPv4 address of iface with its prefix.
@@ -176,6 +178,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 		sftpSvc = newSFTPService(cfg, store, log.With("svc", "sftp"), reg)
 		svcs = append(svcs, sftpSvc)
 	}
+	var apiSvc *apiService
+	if cfg.API.Listen != "" {
+		apiSvc = newAPIService(log.With("svc", "api"))
+		if err := apiSvc.load(cfg); err != nil {
+			return err
+		}
+		svcs = append(svcs, apiSvc)
+	}
 	if cfg.RA.Enabled {
 		svcs = append(svcs, newRAService(cfg, log.With("svc", "ra"), reg))
 	}
@@ -209,6 +219,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	privMux.Handle("GET /metrics", metrics)
 	privMux.HandleFunc("GET /healthz", healthz)
 	admin.Handle(privMux)
+	if apiSvc != nil {
+		apiSvc.handler = privMux
+	}
 
 	busy := func(n state.Node) bool {
 		for _, ifc := range n.Interfaces {
@@ -232,8 +245,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if sftpSvc != nil {
 		head.SFTP = sftpSvc.ln.Addr().String()
 	}
+	if apiSvc != nil {
+		head.API = apiSvc.ln.Addr().String()
+	}
 	log.Info("ramboot serving", "iface", cfg.Interface, "ip", headIP, "http", baseURL, "socket", sock,
-		"state_dir", cfg.StateDir, "sftp", head.SFTP, "agent", agentPath, "dhcp", cfg.DHCP.Enabled, "tftp", head.TFTP, "ra", cfg.RA.Enabled)
+		"state_dir", cfg.StateDir, "sftp", head.SFTP, "api", head.API, "agent", agentPath, "dhcp", cfg.DHCP.Enabled, "tftp", head.TFTP, "ra", cfg.RA.Enabled)
 	if d.Ready != nil {
 		d.Ready(head)
 	}
@@ -271,6 +287,11 @@ func Check(cfg config.Config, log *slog.Logger) (checked, error) {
 		errs = append(errs, err)
 	} else if c.agent, err = bootserver.NewAgentArchive(c.agentPath); err != nil {
 		errs = append(errs, err)
+	}
+	if cfg.API.Listen != "" && cfg.API.TLSCert != "" && cfg.API.Tokens != "" {
+		if err := newAPIService(log).load(cfg); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if dir := cfg.Overlay.Templates; dir != "" {
 		if ents, err := os.ReadDir(dir); err == nil {

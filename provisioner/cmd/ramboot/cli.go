@@ -32,6 +32,7 @@ const (
 	exitNotFound    = 4 // no such node, profile, boot or image
 	exitConflict    = 5 // a name, MAC or address already taken
 	exitUnreachable = 6 // no daemon answers (not running, or not root)
+	exitDenied      = 7 // the TCP API refused the token (missing, wrong, or read-only)
 )
 
 // usageError marks a command-line mistake.
@@ -54,6 +55,8 @@ func exitCode(err error) int {
 		return exitNotFound
 	case errors.Is(err, apiclient.ErrConflict):
 		return exitConflict
+	case errors.Is(err, apiclient.ErrUnauthorized):
+		return exitDenied
 	}
 	return exitFailure
 }

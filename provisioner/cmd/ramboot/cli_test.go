@@ -1,13 +1,23 @@
 package main
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"math/big"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/provisioner"
@@ -318,4 +328,68 @@ func TestOverlayRender(t *testing.T) {
 	if k2 := rb(t, dir, "overlay", "render", "n1", "etc/ssh/ssh_host_ed25519_key.pub").ok(t); k1 != k2 || !strings.HasPrefix(k1, "ssh-ed25519 ") {
 		t.Errorf("host key changed between renders: %q %q", k1, k2)
 	}
+}
+
+// selfSigned writes a certificate for 127.0.0.1 and its key, and returns
+// their paths.
+func selfSigned(t *testing.T) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ramboot head"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	return certFile, keyFile
+}
+
+// TestTCPAPI: the admin API over TCP with TLS and bearer tokens: an admin
+// token changes the inventory, a read-only token reads it and is refused
+// changes (exit 7), no token or a wrong one is refused.
+func TestTCPAPI(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := selfSigned(t)
+	tokens := filepath.Join(t.TempDir(), "tokens")
+	os.WriteFile(tokens, []byte("# role token\nadmin admin-0123456789abcdef\nread  read-0123456789abcdef\n"), 0o600)
+	logPath := daemon(t, dir, fmt.Sprintf("api: {listen: \"127.0.0.1:0\", tls_cert: %s, tls_key: %s, tokens: %s}\n", cert, key, tokens))
+	b, _ := os.ReadFile(logPath)
+	m := regexp.MustCompile(`api=(127\.0\.0\.1:\d+)`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("no api address in the log:\n%s", b)
+	}
+	url := "https://" + string(m[1])
+	tok := func(s string) string {
+		p := filepath.Join(t.TempDir(), "t")
+		os.WriteFile(p, []byte(s+"\n"), 0o600)
+		return p
+	}
+	other := t.TempDir() // no socket there: every call goes over TCP
+	remote := func(token string, args ...string) result {
+		return rb(t, other, append(args, "--api", url, "--token-file", tok(token), "--ca-file", cert)...)
+	}
+	remote("admin-0123456789abcdef", "node", "add", "n1", "--mac", "52:54:00:77:00:01", "--ip", "10.1.0.11").ok(t)
+	if out := remote("read-0123456789abcdef", "node", "list").ok(t); !strings.Contains(out, "n1") {
+		t.Fatalf("read token: node list %q", out)
+	}
+	remote("read-0123456789abcdef", "node", "rm", "n1").fails(t, exitDenied, "read-only token cannot DELETE")
+	remote("wrong-0123456789abcdef", "node", "list").fails(t, exitDenied, "bearer token")
+	if out := rb(t, other, "node", "list", "--api", url, "--ca-file", cert).err; !strings.Contains(out, "bearer token") {
+		t.Errorf("no token: %q", out)
+	}
+	// Without the CA the certificate is not trusted.
+	rb(t, other, "node", "list", "--api", url, "--token-file", tok("admin-0123456789abcdef")).fails(t, exitUnreachable, "certificate")
+	rb(t, dir, "node", "show", "n1").ok(t)
 }

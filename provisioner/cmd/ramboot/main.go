@@ -9,7 +9,8 @@
 //	ramboot node show n001
 //
 // Exit statuses: 0 success, 1 failure, 2 usage, 3 invalid input refused,
-// 4 not found, 5 conflict, 6 no daemon reachable (docs/cli.md).
+// 4 not found, 5 conflict, 6 no daemon reachable, 7 token refused
+// (docs/cli.md).
 package main
 
 import (

@@ -180,7 +180,9 @@ func TestDaemonOnLoopback(t *testing.T) {
 	resp.Body.Close()
 	for _, want := range []string{`ramboot_nodes{state="new"} 1`, `ramboot_nodes{state="stalled"} 0`, "ramboot_tftp_transfers_total", "go_goroutines",
 		`ramboot_state_backups_total{result="ok"} 1`, "ramboot_state_write_failures_total 0", "ramboot_http_connections_open",
-		`ramboot_http_timeouts_total{kind="idle"}`, `ramboot_node_reports_total{result="applied"} 0`, "ramboot_boots_stalled_total 0"} {
+		`ramboot_http_timeouts_total{kind="idle"}`, `ramboot_node_reports_total{result="applied"} 0`, "ramboot_boots_stalled_total 0",
+		`ramboot_node_info{image="",node="n1",state="new"} 1`, `ramboot_boot_duration_seconds_count{result="ready"} 0`,
+		"ramboot_state_writer_batches_total"} {
 		if !bytes.Contains(metrics, []byte(want)) {
 			t.Errorf("/metrics lacks %s", want)
 		}

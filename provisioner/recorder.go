@@ -64,25 +64,43 @@ func (r *recorder) tftp(e tftp.Event) {
 	r.db.Post(n.Name, state.Event{Time: e.Time.Add(e.Dur), Step: state.StepTFTP, Detail: detail}, false)
 }
 
-// nodesCollector exports ramboot_nodes{state}: how many inventory nodes are
-// in each boot state, read from the state database at scrape time.
+// nodesCollector exports, at scrape time from memory, ramboot_nodes{state}
+// (how many inventory nodes are in each boot state) and one series per
+// node an admin can alert on: ramboot_node_info{node,state,image} 1 and
+// ramboot_node_last_event_timestamp_seconds{node}.
 type nodesCollector struct {
-	db   *state.DB
-	desc *prometheus.Desc
+	db               *state.DB
+	desc, info, last *prometheus.Desc
 }
 
 func newNodesCollector(db *state.DB) *nodesCollector {
-	return &nodesCollector{db: db, desc: prometheus.NewDesc("ramboot_nodes", "Inventory nodes by boot state.", []string{"state"}, nil)}
+	return &nodesCollector{db: db,
+		desc: prometheus.NewDesc("ramboot_nodes", "Inventory nodes by boot state.", []string{"state"}, nil),
+		info: prometheus.NewDesc("ramboot_node_info", "One series per node, always 1: its boot state and the image it is pinned to (e.g. alert on state=\"stalled\").", []string{"node", "state", "image"}, nil),
+		last: prometheus.NewDesc("ramboot_node_last_event_timestamp_seconds", "When the head last saw a step of the node's current boot.", []string{"node"}, nil),
+	}
 }
 
 // Describe implements prometheus.Collector.
-func (c *nodesCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *nodesCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.desc
+	ch <- c.info
+	ch <- c.last
+}
 
 // Collect implements prometheus.Collector.
 func (c *nodesCollector) Collect(ch chan<- prometheus.Metric) {
 	counts := map[state.State]int{}
 	for _, n := range c.db.List() {
 		counts[n.Status.State]++
+		img := n.Image
+		if p := n.Status.Pin; p != nil {
+			img = p.Ref + "@" + p.Digest
+		}
+		ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, n.Name, string(n.Status.State), img)
+		if tl := n.Status.Timeline; len(tl) > 0 {
+			ch <- prometheus.MustNewConstMetric(c.last, prometheus.GaugeValue, float64(tl[len(tl)-1].Time.UnixNano())/1e9, n.Name)
+		}
 	}
 	for _, s := range state.States() {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[s]), string(s))

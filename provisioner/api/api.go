@@ -131,7 +131,8 @@ type Node struct {
 
 // Metrics are the node API's Prometheus metrics.
 type Metrics struct {
-	reports *prometheus.CounterVec
+	reports  *prometheus.CounterVec
+	duration *prometheus.HistogramVec
 }
 
 // Report results, the values of the result label.
@@ -155,7 +156,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{ReportApplied, ReportRepeated, ReportConflict, ReportBadToken, ReportWrongAddress, ReportInvalid, ReportError} {
 		m.reports.WithLabelValues(r)
 	}
-	reg.MustRegister(m.reports)
+	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "ramboot_boot_duration_seconds",
+		Help:    "Boots by how long they took, from their first step (DHCP or script) to the agent's report, by result (ready, failed).",
+		Buckets: []float64{5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200},
+	}, []string{"result"})
+	m.duration.WithLabelValues(string(overlay.StateReady))
+	m.duration.WithLabelValues(string(overlay.StateFailed))
+	reg.MustRegister(m.reports, m.duration)
 	return m
 }
 
@@ -163,6 +171,18 @@ func (n *Node) count(result string) {
 	if n.Metrics != nil {
 		n.Metrics.reports.WithLabelValues(result).Inc()
 	}
+}
+
+// observe records the duration of node name's boot that just reported.
+func (n *Node) observe(name string, result overlay.State) {
+	if n.Metrics == nil {
+		return
+	}
+	ns, err := n.DB.Get(name)
+	if err != nil || ns.Status.Report == nil || ns.Status.Started.IsZero() {
+		return
+	}
+	n.Metrics.duration.WithLabelValues(string(result)).Observe(ns.Status.Report.Received.Sub(ns.Status.Started).Seconds())
 }
 
 // Handler returns the node routes:
@@ -279,9 +299,11 @@ func (n *Node) report(w http.ResponseWriter, r *http.Request) {
 		l.Info("repeated report accepted, not applied again", "node", name, "ip", from.Addr())
 	case rep.State == overlay.StateReady:
 		n.count(ReportApplied)
+		n.observe(name, rep.State)
 		l.Info("node booted", "node", name, "ip", from.Addr(), "image", imgName, "digest", imgDigest, "kernel", rep.Kernel, "uptime", rep.UptimeSeconds)
 	default:
 		n.count(ReportApplied)
+		n.observe(name, rep.State)
 		l.Warn("node boot failed", "node", name, "ip", from.Addr(), "err", rep.Error)
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,6 +57,29 @@ type Daemon struct {
 	Registry *prometheus.Registry
 	// Ready, if set, is called once every listener is open.
 	Ready func(Head)
+	// Level, if set, is the logger's level, changed by a reload.
+	Level *slog.LevelVar
+
+	mu     sync.Mutex
+	reload func(config.Config) ([]string, error)
+}
+
+// Reload applies a new configuration to the running daemon without
+// dropping boots in flight: the boot defaults and subnets (every plan
+// resolved from then on), the overlays' templates, accounts, authorized
+// keys and cluster names, the admin API's tokens and certificate, and the
+// log level. Keys that need a restart (interface, state directory, ports,
+// services on or off, the DHCP, TFTP and HTTP servers' settings) keep their
+// running values; Reload returns their names. An invalid configuration
+// (every problem at once) changes nothing.
+func (d *Daemon) Reload(cfg config.Config) (needRestart []string, err error) {
+	d.mu.Lock()
+	fn := d.reload
+	d.mu.Unlock()
+	if fn == nil {
+		return nil, errors.New("reload: the daemon is not serving")
+	}
+	return fn(cfg)
 }
 
 // Head describes where a running daemon serves.
@@ -237,6 +261,51 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return watchStalls(ctx, db, time.Duration(cfg.Boot.StallTimeout), busy, log, stateMetrics)
 		}},
 	)
+
+	running := cfg
+	var reloadMu sync.Mutex
+	d.mu.Lock()
+	d.reload = func(nc config.Config) ([]string, error) {
+		reloadMu.Lock()
+		defer reloadMu.Unlock()
+		nc.Interface, nc.StateDir = cfg.Interface, cfg.StateDir // flags, or restart-only
+		if err := nc.Validate(); err != nil {
+			return nil, fmt.Errorf("reload refused, the running configuration stays:\n%w", err)
+		}
+		setup := newOverlaySetup(nc, headOf(nc, headIP, baseURL), slices.Sorted(maps.Keys(db.Profiles())), ovl.log)
+		if err := setup.Check(); err != nil {
+			return nil, fmt.Errorf("reload refused, the running configuration stays:\n%w", err)
+		}
+		var next *apiService
+		if apiSvc != nil {
+			next = newAPIService(apiSvc.log)
+			if err := next.load(nc); err != nil {
+				return nil, fmt.Errorf("reload refused, the running configuration stays:\n%w", err)
+			}
+		}
+		heads.SetDefaults(Defaults(nc, prefix))
+		ovl.setSetup(setup)
+		if next != nil {
+			apiSvc.tokens.Store(next.tokens.Load())
+			apiSvc.cert.Store(next.cert.Load())
+		}
+		if d.Level != nil {
+			var l slog.Level
+			if l.UnmarshalText([]byte(strings.ToUpper(nc.LogLevel))) == nil {
+				d.Level.Set(l)
+			}
+		}
+		restart := config.RestartKeys(running, nc)
+		running = nc
+		log.Info("configuration reloaded", "restart_needed", strings.Join(restart, " "))
+		return restart, nil
+	}
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.reload = nil
+		d.mu.Unlock()
+	}()
 
 	head := Head{IP: headIP, Subnet: prefix, BaseURL: baseURL, Socket: sock}
 	if tftpSvc != nil {

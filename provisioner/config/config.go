@@ -749,3 +749,42 @@ func (c Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// reloadable lists the keys a running daemon applies on reload (SIGHUP);
+// every other key needs a restart.
+var reloadable = []string{"log_level", "boot", "subnets", "cluster", "overlay", "api.tls_cert", "api.tls_key", "api.tokens", "dhcp.router", "dhcp.dns"}
+
+// RestartKeys returns the top-level sections and keys that differ between
+// old and next and that a running daemon does not apply on reload.
+func RestartKeys(old, next Config) []string {
+	var out []string
+	ov, nv := reflect.ValueOf(old), reflect.ValueOf(next)
+	t := ov.Type()
+	for i := range t.NumField() {
+		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		f := t.Field(i)
+		if f.Type.Kind() == reflect.Struct && !reflect.PointerTo(f.Type).Implements(unmarshaler) {
+			for j := range f.Type.NumField() {
+				sub, _, _ := strings.Cut(f.Type.Field(j).Tag.Get("yaml"), ",")
+				key := tag + "." + sub
+				if slices.Contains(reloadable, tag) || slices.Contains(reloadable, key) {
+					continue
+				}
+				if !reflect.DeepEqual(ov.Field(i).Field(j).Interface(), nv.Field(i).Field(j).Interface()) {
+					out = append(out, key)
+				}
+			}
+			continue
+		}
+		if slices.Contains(reloadable, tag) {
+			continue
+		}
+		if !reflect.DeepEqual(ov.Field(i).Interface(), nv.Field(i).Interface()) {
+			out = append(out, tag)
+		}
+	}
+	return out
+}

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -365,7 +366,7 @@ func TestTCPAPI(t *testing.T) {
 	tokens := filepath.Join(t.TempDir(), "tokens")
 	os.WriteFile(tokens, []byte("# role token\nadmin admin-0123456789abcdef\nread  read-0123456789abcdef\n"), 0o600)
 	logPath := daemon(t, dir, fmt.Sprintf("api: {listen: \"127.0.0.1:0\", tls_cert: %s, tls_key: %s, tokens: %s}\n", cert, key, tokens))
-	b, _ := os.ReadFile(logPath)
+	b, _ := os.ReadFile(logPath.log)
 	m := regexp.MustCompile(`api=(127\.0\.0\.1:\d+)`).FindSubmatch(b)
 	if m == nil {
 		t.Fatalf("no api address in the log:\n%s", b)
@@ -392,4 +393,48 @@ func TestTCPAPI(t *testing.T) {
 	// Without the CA the certificate is not trusted.
 	rb(t, other, "node", "list", "--api", url, "--token-file", tok("admin-0123456789abcdef")).fails(t, exitUnreachable, "certificate")
 	rb(t, dir, "node", "show", "n1").ok(t)
+}
+
+// TestReload: SIGHUP applies a changed configuration without a restart
+// (the boot defaults every plan uses), refuses an invalid one whole, and
+// names the keys that need a restart.
+func TestReload(t *testing.T) {
+	dir := t.TempDir()
+	d := daemon(t, dir, "")
+	rb(t, dir, "node", "add", "n1", "--mac", "52:54:00:77:00:01", "--ip", "10.1.0.11").ok(t)
+	conf, _ := os.ReadFile(d.config)
+	edit := func(from, to string) {
+		t.Helper()
+		if err := os.WriteFile(d.config, []byte(strings.Replace(string(conf), from, to, 1)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Kill(d.pid, syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitLog := func(want string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if b, _ := os.ReadFile(d.log); strings.Contains(string(b), want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				b, _ := os.ReadFile(d.log)
+				t.Fatalf("log lacks %q:\n%s", want, b)
+			}
+		}
+	}
+	edit(`kernel_args: "console=ttyS0"`, `kernel_args: "console=ttyS1 quiet"`)
+	waitLog("configuration reloaded")
+	if out := rb(t, dir, "node", "show", "n1").ok(t); !strings.Contains(out, "console=ttyS1 quiet") {
+		t.Fatalf("after reload:\n%s", out)
+	}
+	edit("ra: {enabled: false}", "ra: {enabled: false, bogus: 1}")
+	waitLog("configuration not reloaded")
+	waitLog("ra.bogus: unknown key")
+	if out := rb(t, dir, "node", "show", "n1").ok(t); !strings.Contains(out, "console=ttyS1 quiet") {
+		t.Fatalf("a refused reload changed the running configuration:\n%s", out)
+	}
+	edit("http: {port: 0}", "http: {port: 0, max_conns: 100}")
+	waitLog("restart_needed=http.max_conns")
 }

@@ -110,10 +110,16 @@ subnets:
   - {prefix: 10.2.0.0/16, mtu: 2044}
 `
 
+// served is a running `ramboot serve`.
+type served struct {
+	log, config string
+	pid         int
+}
+
 // daemon starts `ramboot serve` on state directory dir (made if absent)
 // with extra configuration, waits until it answers, and stops it (by
-// pid) when the test ends. It returns the daemon's log file.
-func daemon(t testing.TB, dir string, extra string) string {
+// pid) when the test ends.
+func daemon(t testing.TB, dir string, extra string) *served {
 	t.Helper()
 	cfg := filepath.Join(t.TempDir(), "ramboot.yaml")
 	conf := testConfig + "agent: {binary: " + filepath.Join(filepath.Dir(binary), "ramboot-agent") + "}\n" + extra
@@ -146,7 +152,7 @@ func daemon(t testing.TB, dir string, extra string) string {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if r := rb(t, dir, "status"); r.code == 0 {
-			return logPath
+			return &served{log: logPath, config: cfg, pid: cmd.Process.Pid}
 		}
 		select {
 		case <-exited:

@@ -257,6 +257,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	svcs = append(svcs,
 		loopService{"backups", bak.run},
+		loopService{"overlay prepare", func(ctx context.Context) error { return ovl.prepareLoop(ctx, time.Second) }},
 		loopService{"stall watch", func(ctx context.Context) error {
 			return watchStalls(ctx, db, time.Duration(cfg.Boot.StallTimeout), busy, log, stateMetrics)
 		}},

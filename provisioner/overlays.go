@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -461,3 +462,28 @@ func (o *overlays) Render(node, path string) (api.OverlayResult, error) {
 
 // errRender marks a render that failed (a template), a 400 for the API.
 var errRender = api.ErrInvalid
+
+// prepareLoop prepares the snapshot soon after every inventory change or
+// reload, so that the first boot after adding a rack does not wait for
+// its nodes' host keys to be made: checked every interval.
+func (o *overlays) prepareLoop(ctx context.Context, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		s := o.setup.Load()
+		if sn := o.snap.Load(); sn != nil && sn.gen == s.gen && sn.invRev == o.db.InventoryRev() {
+			continue
+		}
+		start := time.Now()
+		if sn, _, err := o.snapshot(ctx); err != nil {
+			o.log.Warn("prepare overlays", "err", err)
+		} else {
+			o.log.Debug("overlays prepared", "nodes", len(sn.digest), "dur", time.Since(start))
+		}
+	}
+}

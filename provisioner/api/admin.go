@@ -215,7 +215,7 @@ func (a *Admin) listNodes(w http.ResponseWriter, r *http.Request) {
 	}
 	var list []state.NodeStatus
 	if names == nil {
-		list = a.DB.List()
+		list = a.DB.Summaries()
 	} else {
 		var missing []string
 		for _, n := range names {
@@ -232,11 +232,23 @@ func (a *Admin) listNodes(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if r.URL.Query().Get("view") == "rows" {
+		rows := make([]NodeRow, len(list))
+		for i, n := range list {
+			rows[i] = RowOut(n)
+		}
+		writeCompact(w, http.StatusOK, rows)
+		return
+	}
+	full := r.URL.Query().Get("timeline") == "full"
 	out := make([]NodeStatus, len(list))
 	for i, n := range list {
+		if !full && len(n.Status.Timeline) > 1 {
+			n.Status.Timeline = n.Status.Timeline[len(n.Status.Timeline)-1:]
+		}
 		out[i] = StatusOut(n)
 	}
-	writeJSON(w, http.StatusOK, out)
+	writeCompact(w, http.StatusOK, out)
 }
 
 func (a *Admin) getNode(w http.ResponseWriter, r *http.Request) {
@@ -669,7 +681,7 @@ func (a *Admin) deleteProfile(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Admin) status(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, Summarize(a.DB.List()))
+	writeJSON(w, http.StatusOK, Summarize(a.DB.Summaries()))
 }
 
 // Summarize counts nodes by state and lists the ones not booted.

@@ -11,6 +11,7 @@
 package api
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -70,6 +71,16 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v) // the client went away; nothing to do
+}
+
+// writeCompact writes v as JSON without indentation: for answers that
+// list thousands of objects.
+func writeCompact(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	bw := bufio.NewWriterSize(w, 64<<10)
+	_ = json.NewEncoder(bw).Encode(v) // the client went away; nothing to do
+	_ = bw.Flush()
 }
 
 func writeError(w http.ResponseWriter, err error) {

@@ -131,3 +131,20 @@ func PlanOut(p plan.Plan) *Plan {
 // Printable replaces control characters (terminal escapes included) and
 // invalid UTF-8 in s, so that text a node sent is safe to print.
 func Printable(s string) string { return state.Printable(s) }
+
+// RowOut returns a node's line of a listing.
+func RowOut(n state.NodeStatus) NodeRow {
+	r := NodeRow{Name: n.Name, Profiles: n.Profiles, Image: n.Image, State: string(n.Status.State), Boots: n.Status.Boots}
+	if len(n.Interfaces) > 0 {
+		i := n.Interfaces[0]
+		r.IP, r.MAC, r.ClientID = addrString(i.IP), i.MAC, i.ClientID
+	}
+	if p := n.Status.Pin; p != nil {
+		r.Image = p.Ref + "@" + p.Digest
+	}
+	if tl := n.Status.Timeline; len(tl) > 0 {
+		e := tl[len(tl)-1]
+		r.Last = &Event{Time: e.Time, Step: string(e.Step), Detail: e.Detail}
+	}
+	return r
+}

@@ -211,3 +211,25 @@ type NodeStatus struct {
 	// PlanError says why it has no plan.
 	PlanError string `json:"planError,omitempty"`
 }
+
+// NodeRow is one line of a node listing (GET /api/v1/nodes?view=rows):
+// what `ramboot node list` prints, a tenth of a NodeStatus's size.
+type NodeRow struct {
+	// Name is the node's name.
+	Name string `json:"name"`
+	// IP and MAC are its first interface's; ClientID when it has no MAC.
+	IP       string `json:"ip,omitempty"`
+	MAC      string `json:"mac,omitempty"`
+	ClientID string `json:"clientId,omitempty"`
+	// Profiles are its profiles.
+	Profiles []string `json:"profiles,omitempty"`
+	// Image is the reference it is pinned to ("ref@digest"), or its own
+	// image setting before its first boot.
+	Image string `json:"image,omitempty"`
+	// State is its current boot's state.
+	State string `json:"state"`
+	// Boots counts its boots.
+	Boots int `json:"boots"`
+	// Last is its current boot's last event, if any.
+	Last *Event `json:"last,omitempty"`
+}

@@ -195,6 +195,20 @@ func (c *Client) ListNodes(ctx context.Context, names string) ([]api.NodeStatus,
 	return ns, err
 }
 
+// ListRows returns the listing lines of the nodes a host list names
+// (every node for ""): what a table needs, a tenth of ListNodes's size.
+func (c *Client) ListRows(ctx context.Context, names string) ([]api.NodeRow, error) {
+	var rows []api.NodeRow
+	q := namesQuery(names)
+	if q == "" {
+		q = "?view=rows"
+	} else {
+		q += "&view=rows"
+	}
+	err := c.do(ctx, http.MethodGet, "/api/v1/nodes"+q, nil, &rows)
+	return rows, err
+}
+
 // GetNode returns one node with its status, boot timeline and plan.
 func (c *Client) GetNode(ctx context.Context, name string) (api.NodeStatus, error) {
 	var n api.NodeStatus

@@ -352,8 +352,11 @@ func (inv *Inventory) ValidateChange(subnets []Subnet, changed map[string]bool) 
 			if ifc.Name != "" {
 				iw = fmt.Sprintf("%s interface %s", what, ifc.Name)
 			}
-			if ifc.MAC == "" && ifc.ClientID == "" {
-				errs = append(errs, fmt.Errorf("%s: needs a MAC or a client id", iw))
+			switch {
+			case i == 0 && ifc.MAC == "" && ifc.ClientID == "":
+				errs = append(errs, fmt.Errorf("%s: needs a MAC or a client id (DHCP answers the provisioning interface by them)", iw))
+			case ifc.MAC == "" && ifc.ClientID == "" && ifc.Name == "":
+				errs = append(errs, fmt.Errorf("%s: needs a name, a MAC or a client id (to be found on the node)", iw))
 			}
 			if ifc.MAC != "" {
 				if m, err := NormalizeMAC(ifc.MAC); err != nil {
@@ -402,8 +405,15 @@ func (inv *Inventory) ValidateChange(subnets []Subnet, changed map[string]bool) 
 		}
 		n.Settings.check(what, &errs)
 	}
+	if len(errs) > maxErrors {
+		errs = append(errs[:maxErrors], fmt.Errorf("... and %d more problems", len(errs)-maxErrors))
+	}
 	return errors.Join(errs...)
 }
+
+// maxErrors bounds the problems Validate lists: a bulk change that is
+// wrong for 10,000 nodes says so in a screenful.
+const maxErrors = 50
 
 var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$`)
 

@@ -726,6 +726,38 @@ func (d *DB) List() []NodeStatus {
 	return out
 }
 
+// Summaries returns every node, sorted by name, with only the last event
+// of its current boot's timeline: what a listing of thousands of nodes
+// shows, without copying every timeline.
+func (d *DB) Summaries() []NodeStatus {
+	d.mu.Lock()
+	out := make([]NodeStatus, 0, len(d.nodes))
+	for _, r := range d.nodes {
+		if r.Node.Name == "" {
+			continue
+		}
+		st := r.Status
+		if n := len(st.Timeline); n > 0 {
+			st.Timeline = []Event{st.Timeline[n-1]}
+		}
+		st.History = slices.Clone(st.History)
+		if st.Report != nil {
+			rep := *st.Report
+			st.Report = &rep
+		}
+		if st.Pin != nil {
+			p := *st.Pin
+			st.Pin = &p
+		}
+		out = append(out, NodeStatus{Node: r.Node, Status: st})
+	}
+	d.mu.Unlock()
+	// Published records are never changed: their Node's slices and maps
+	// can be shared by the copies, which callers must not change.
+	slices.SortFunc(out, func(a, b NodeStatus) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
 // Boots returns every boot node name keeps, newest (the current one)
 // first.
 func (d *DB) Boots(name string) ([]Boot, error) {

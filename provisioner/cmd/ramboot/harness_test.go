@@ -107,6 +107,7 @@ sftp: {address: 127.0.0.1, port: 0}
 boot: {default_image: default, kernel_args: "console=ttyS0", modules: [virtio_net]}
 subnets:
   - {prefix: 10.1.0.0/24, gateway: 10.1.0.254, dns: [10.1.0.254]}
+  - {prefix: 10.1.0.0/16}
   - {prefix: 10.2.0.0/16, mtu: 2044}
 `
 

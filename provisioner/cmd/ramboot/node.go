@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"slices"
@@ -207,6 +208,13 @@ func nodeListCmd(g *globals) *cobra.Command {
 			if len(args) == 1 {
 				names = args[0]
 			}
+			if g.output == "table" {
+				rows, err := g.client().ListRows(cmd.Context(), names)
+				if err != nil {
+					return err
+				}
+				return printRows(g.stdout, rows)
+			}
 			ns, err := g.client().ListNodes(cmd.Context(), names)
 			if err != nil {
 				return err
@@ -276,29 +284,48 @@ func orDash(s string) string {
 }
 
 func printNodes(w io.Writer, ns []api.NodeStatus) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	rows := make([]api.NodeRow, len(ns))
+	for i, n := range ns {
+		r := api.NodeRow{Name: n.Name, Profiles: n.Profiles, Image: n.Image, State: n.Status.State, Boots: n.Status.Boots}
+		if len(n.Interfaces) > 0 {
+			r.IP, r.MAC, r.ClientID = n.Interfaces[0].IP, n.Interfaces[0].MAC, n.Interfaces[0].ClientID
+		}
+		if p := n.Status.Pin; p != nil {
+			r.Image = p.Ref + "@" + p.Digest
+		}
+		if t := n.Status.Timeline; len(t) > 0 {
+			r.Last = &t[len(t)-1]
+		}
+		rows[i] = r
+	}
+	return printRows(w, rows)
+}
+
+// printRows prints the node table.
+func printRows(w io.Writer, rows []api.NodeRow) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	tw := tabwriter.NewWriter(bw, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tIP\tMAC\tPROFILES\tIMAGE\tSTATE\tBOOTS\tLAST STEP")
 	now := time.Now()
-	for _, n := range ns {
+	for _, n := range rows {
 		last := "-"
-		if t := n.Status.Timeline; len(t) > 0 {
-			e := t[len(t)-1]
+		if e := n.Last; e != nil {
 			last = fmt.Sprintf("%s (%s ago)", e.Step, now.Sub(e.Time).Round(time.Second))
 		}
-		var mac, ip string
-		if len(n.Interfaces) > 0 {
-			mac, ip = orDash(n.Interfaces[0].MAC), orDash(n.Interfaces[0].IP)
-			if n.Interfaces[0].MAC == "" && n.Interfaces[0].ClientID != "" {
-				mac = "(client id)"
-			}
+		mac := orDash(n.MAC)
+		if n.MAC == "" && n.ClientID != "" {
+			mac = "(client id)"
 		}
 		img := n.Image
-		if p := n.Status.Pin; p != nil {
-			img = p.Ref + "@" + shortDigest(p.Digest)
+		if ref, d, ok := strings.Cut(img, "@"); ok {
+			img = ref + "@" + shortDigest(d)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", n.Name, ip, mac, orDash(strings.Join(n.Profiles, ",")), orDash(img), n.Status.State, n.Status.Boots, last)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", n.Name, orDash(n.IP), mac, orDash(strings.Join(n.Profiles, ",")), orDash(img), n.State, n.Boots, last)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return bw.Flush()
 }
 
 func shortDigest(d string) string {

@@ -5,6 +5,7 @@ package lab_test
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -22,8 +23,9 @@ func (w testLog) Write(p []byte) (int, error) {
 }
 
 // serveLab starts a lab with `ramboot serve` running, closed when the
-// test ends.
-func serveLab(ctx context.Context, t *testing.T) *lab.Lab {
+// test ends; setup, if given, prepares files in the lab and returns extra
+// flags for `ramboot serve`.
+func serveLab(ctx context.Context, t *testing.T, setup ...func(*lab.Lab) []string) *lab.Lab {
 	t.Helper()
 	l, err := lab.New(ctx, lab.Options{Log: testLog{t}, Keep: os.Getenv("RAMBOOT_LAB_KEEP") != ""})
 	if err != nil {
@@ -34,19 +36,63 @@ func serveLab(ctx context.Context, t *testing.T) *lab.Lab {
 			t.Errorf("close lab: %v", err)
 		}
 	})
-	if err := l.Serve(ctx); err != nil {
+	var extra []string
+	for _, f := range setup {
+		extra = append(extra, f(l)...)
+	}
+	if err := l.Serve(ctx, extra...); err != nil {
 		t.Fatal(err)
 	}
 	return l
 }
 
+// labCheck is the lab profile's template: a script the agent execs after
+// the boot (ramboot.exec from the profile's kernel arguments) that prints
+// what the node's overlay gave it: the template's own values (a node tag,
+// a profile tag, a cluster value) from the node's own archive, and whether
+// /etc/hosts, from the shared archive served before it, lists the node.
+const labCheck = `#!/bin/sh
+grep -q "{{.Node.Name}}.lab.example" /etc/hosts && h=ok || h=missing
+echo "LAB-OVERLAY node={{.Node.Name}} rack={{.Tags.rack}} site={{.Tags.site}} cluster={{.Values.lab}} hosts=$h"
+while :; do sleep 3600; done
+`
+
+// profileSetup writes the lab profile's template tree and a configuration
+// that takes the nodes' modules from their profile only.
+func profileSetup(t *testing.T) func(*lab.Lab) []string {
+	return func(l *lab.Lab) []string {
+		dir := filepath.Join(l.WorkDir(), "overlays", "lab", "usr", "local", "bin")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "lab-check.tmpl"), []byte(labCheck), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cfg := filepath.Join(l.WorkDir(), "ramboot.yaml")
+		conf := "boot: {modules: []}\n" +
+			"overlay: {templates: " + filepath.Join(l.WorkDir(), "overlays") + ", authorized_keys: \"\"}\n" +
+			"cluster: {name: lab, domain: lab.example, values: {lab: yes}}\n"
+		if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return []string{"--config", cfg}
+	}
+}
+
 // TestBoot network-boots QEMU from `ramboot serve` in a namespace of its
 // own, once per firmware, and waits for the agent's report to turn the
-// node booted, running the image the test built.
+// node booted, running the image the test built. The nodes are in a
+// profile: their kernel arguments and modules come from it (the
+// configuration gives none), and their overlay from its template, whose
+// output the node prints on its console.
 func TestBoot(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
-	l := serveLab(ctx, t)
+	l := serveLab(ctx, t, profileSetup(t))
+	if _, err := l.CLI(ctx, "profile", "add", "lab", "--tag", "site=lab1", "--modules", "virtio_pci,virtio_net",
+		"--kernel-args", "console=tty0 console=ttyS0,115200 panic=30 ramboot.exec=/usr/local/bin/lab-check ramboot.lab=profile"); err != nil {
+		t.Fatal(err)
+	}
 	digest, err := l.BuildImage(ctx, "default")
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +122,7 @@ func TestBoot(t *testing.T) {
 			if img == "default" {
 				img = "" // boot.default_image
 			}
-			if err := l.AddNode(ctx, tc.node, tc.mac, tc.ip, img); err != nil {
+			if err := l.AddNode(ctx, tc.node, tc.mac, tc.ip, img, "--profile", "lab", "--tag", "rack="+string(tc.mode)); err != nil {
 				t.Fatal(err)
 			}
 			vm, err := l.Boot(ctx, lab.VMOptions{Mode: tc.mode, MAC: tc.mac})
@@ -113,6 +159,15 @@ func TestBoot(t *testing.T) {
 			}
 			if err := vm.WaitSerial(ctx, "ramboot-agent: "+tc.node+" ready", 30*time.Second); err != nil {
 				t.Errorf("console: %v", err)
+			}
+			// The profile's kernel arguments, and the template's output on
+			// the node: both archives of the overlay were unpacked.
+			if !strings.Contains(string(vm.Serial()), "ramboot.lab=profile") {
+				t.Errorf("the kernel command line lacks the profile's arguments")
+			}
+			want := "LAB-OVERLAY node=" + tc.node + " rack=" + string(tc.mode) + " site=lab1 cluster=yes hosts=ok"
+			if err := vm.WaitSerial(ctx, want, time.Minute); err != nil {
+				t.Errorf("console: %v\n%s", err, tail(vm.Serial(), 20))
 			}
 		})
 	}

@@ -366,9 +366,9 @@ func (l *Lab) CLI(ctx context.Context, args ...string) ([]byte, error) {
 	return out.Bytes(), nil
 }
 
-// AddNode adds a node through the CLI.
-func (l *Lab) AddNode(ctx context.Context, name, mac, ip, image string) error {
-	args := []string{"node", "add", name, "--mac", mac, "--ip", ip}
+// AddNode adds a node through the CLI, with extra flags of `node add`.
+func (l *Lab) AddNode(ctx context.Context, name, mac, ip, image string, extra ...string) error {
+	args := append([]string{"node", "add", name, "--mac", mac, "--ip", ip}, extra...)
 	if image != "" {
 		args = append(args, "--image", image)
 	}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -185,6 +186,16 @@ func TestDaemonOnLoopback(t *testing.T) {
 		"ramboot_state_writer_batches_total"} {
 		if !bytes.Contains(metrics, []byte(want)) {
 			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	// Every metric the daemon exports is documented.
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "metrics.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`(?m)^# TYPE (ramboot_\w+) `).FindAllSubmatch(metrics, -1) {
+		if !bytes.Contains(doc, append(append([]byte("`"), m[1]...), '`')) {
+			t.Errorf("metric %s is not in docs/metrics.md", m[1])
 		}
 	}
 	// The rolling backup was written at start and verifies.

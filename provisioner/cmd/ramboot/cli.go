@@ -173,13 +173,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	pf.StringVar(&g.apiURL, "api", os.Getenv("RAMBOOT_API"), "admin API over TCP (https://head:8443) instead of the state directory's socket; $RAMBOOT_API")
 	pf.StringVar(&g.token, "token-file", os.Getenv("RAMBOOT_TOKEN_FILE"), "file holding the bearer token for --api; $RAMBOOT_TOKEN_FILE")
 	pf.StringVar(&g.caFile, "ca-file", os.Getenv("RAMBOOT_CA_FILE"), "CA certificate to verify --api's server with; $RAMBOOT_CA_FILE (default: the system's)")
-	root.AddCommand(serveCmd(g), nodeCmd(g), profileCmd(g), applyCmd(g), exportCmd(g), statusCmd(g), overlayCmd(g),
-		imageCmd(g), stateCmd(g), versionCmd(g))
+	root.AddCommand(commands(g)...)
 	cmd, err := root.ExecuteContextC(ctx)
 	if err != nil && cmd != nil && isArgsError(err) {
 		return usageError{err}
 	}
 	return err
+}
+
+// commands returns the CLI's commands.
+func commands(g *globals) []*cobra.Command {
+	return []*cobra.Command{serveCmd(g), nodeCmd(g), profileCmd(g), applyCmd(g), exportCmd(g), statusCmd(g), overlayCmd(g),
+		imageCmd(g), stateCmd(g), versionCmd(g)}
 }
 
 // isArgsError tells cobra's argument-count errors, which it returns as

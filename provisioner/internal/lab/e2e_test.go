@@ -50,10 +50,12 @@ func serveLab(ctx context.Context, t *testing.T, setup ...func(*lab.Lab) []strin
 // the boot (ramboot.exec from the profile's kernel arguments) that prints
 // what the node's overlay gave it: the template's own values (a node tag,
 // a profile tag, a cluster value) from the node's own archive, and whether
-// /etc/hosts, from the shared archive served before it, lists the node.
+// /etc/ssh/ssh_known_hosts, from the shared archive served before it,
+// lists the node under its domain name. (Not /etc/hosts: the agent writes
+// its own at boot.)
 const labCheck = `#!/bin/sh
-grep -q "{{.Node.Name}}.lab.example" /etc/hosts && h=ok || h=missing
-echo "LAB-OVERLAY node={{.Node.Name}} rack={{.Tags.rack}} site={{.Tags.site}} cluster={{.Values.lab}} hosts=$h"
+grep -q "{{.Node.Name}}.lab.example" /etc/ssh/ssh_known_hosts && h=ok || h=missing
+echo "LAB-OVERLAY node={{.Node.Name}} rack={{.Tags.rack}} site={{.Tags.site}} cluster={{.Values.lab}} known_hosts=$h"
 while :; do sleep 3600; done
 `
 
@@ -165,7 +167,7 @@ func TestBoot(t *testing.T) {
 			if !strings.Contains(string(vm.Serial()), "ramboot.lab=profile") {
 				t.Errorf("the kernel command line lacks the profile's arguments")
 			}
-			want := "LAB-OVERLAY node=" + tc.node + " rack=" + string(tc.mode) + " site=lab1 cluster=yes hosts=ok"
+			want := "LAB-OVERLAY node=" + tc.node + " rack=" + string(tc.mode) + " site=lab1 cluster=yes known_hosts=ok"
 			if err := vm.WaitSerial(ctx, want, time.Minute); err != nil {
 				t.Errorf("console: %v\n%s", err, tail(vm.Serial(), 20))
 			}

@@ -229,7 +229,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Nodes: heads, Images: store, Agent: agent, Overlays: ovl, BaseURL: baseURL,
 		Logger: log, Metrics: bootserver.NewMetrics(reg),
 	}
-	nodeAPI := &api.Node{DB: db, Images: store, Plan: heads.Plan, Logger: log, Metrics: api.NewMetrics(reg)}
+	nodeAPI := &api.Node{
+		DB: db, Images: store, Plan: heads.Plan, Overlays: boot,
+		Interval: time.Duration(cfg.Agent.HeartbeatInterval), DownAfter: time.Duration(cfg.Agent.DownAfter),
+		RequirePrivilegedPort: cfg.Agent.RequirePrivilegedPort, Logger: log, Metrics: api.NewMetrics(reg),
+	}
 	adminAPI := &api.Admin{DB: db, Images: store, Plan: heads.Plan, Render: ovl.Render, Logger: log}
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	pubMux := http.NewServeMux()
@@ -247,6 +251,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		apiSvc.handler = privMux
 	}
 
+	started := time.Now()
 	busy := func(n state.Node) bool {
 		for _, ifc := range n.Interfaces {
 			if ifc.IP.IsValid() && boot.Busy(ifc.IP) {
@@ -257,6 +262,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	svcs = append(svcs,
 		loopService{"backups", bak.run},
+		loopService{"heartbeat watch", func(ctx context.Context) error {
+			return watchHeartbeats(ctx, db, time.Duration(cfg.Agent.DownAfter), started, log.With("svc", "heartbeat"))
+		}},
 		loopService{"overlay prepare", func(ctx context.Context) error { return ovl.prepareLoop(ctx, time.Second) }},
 		loopService{"stall watch", func(ctx context.Context) error {
 			return watchStalls(ctx, db, time.Duration(cfg.Boot.StallTimeout), busy, log, stateMetrics)

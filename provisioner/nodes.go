@@ -47,9 +47,11 @@ func (h *Nodes) Defaults() *plan.Defaults { return h.defaults.Load() }
 // prefix, dhcp.router, dhcp.dns). It is the one place they are read.
 func Defaults(cfg config.Config, prefix netip.Prefix) *plan.Defaults {
 	d := &plan.Defaults{
-		Image:      cfg.Boot.DefaultImage,
-		KernelArgs: cfg.Boot.KernelArgs,
-		Modules:    cfg.Boot.Modules,
+		Image:        cfg.Boot.DefaultImage,
+		KernelArgs:   cfg.Boot.KernelArgs,
+		Modules:      cfg.Boot.Modules,
+		Root:         inventory.Root{Mode: cfg.Boot.Root.Mode, Size: cfg.Boot.Root.Size},
+		ConsoleShell: cfg.Boot.ConsoleShell,
 	}
 	own := plan.Subnet{Prefix: prefix, From: "subnet " + prefix.Masked().String() + " (the provisioning interface; dhcp.router, dhcp.dns)"}
 	if cfg.DHCP.Router != "" {

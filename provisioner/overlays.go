@@ -22,6 +22,7 @@ import (
 
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/images/newc"
+	"github.com/ramboot/ramboot/images/overlay"
 	"github.com/ramboot/ramboot/provisioner/accounts"
 	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/config"
@@ -353,7 +354,8 @@ func (o *overlays) prepare(ctx context.Context, s *overlaySetup, rev int64) (*ov
 
 // renderNode returns a plan as the renderer takes it.
 func renderNode(p plan.Plan) overlayrender.Node {
-	n := overlayrender.Node{Name: p.Node, Profiles: p.Profiles, Tags: p.Tags, Modules: p.Modules, Network: overlayrender.NetworkStack(p.Network)}
+	n := overlayrender.Node{Name: p.Node, Profiles: p.Profiles, Tags: p.Tags, Modules: p.Modules, Network: overlayrender.NetworkStack(p.Network),
+		Root: overlay.Root{Mode: overlay.RootMode(p.Root.Mode), Size: p.Root.Size}, ConsoleShell: p.ConsoleShell}
 	if p.Hostname != p.Node {
 		n.Hostname = p.Hostname
 	}
@@ -433,6 +435,20 @@ func (o *overlays) Overlay(ctx context.Context, node, token string) ([]byte, err
 	}
 	out := make([]byte, 0, len(sn.shared)+len(ownZ))
 	return append(append(out, sn.shared...), ownZ...), nil
+}
+
+// RuntimeOverlay implements bootserver.Overlays and api.OverlaySource:
+// the node's overlay as the head renders it now, for its agent daemon to
+// apply to the running node: the configuration without a token, and every
+// other file.
+func (o *overlays) RuntimeOverlay(node string) (overlay.RuntimeOverlay, error) {
+	ov, _, err := o.render(context.Background(), node, "(runtime)")
+	if err != nil {
+		return overlay.RuntimeOverlay{}, err
+	}
+	c := ov.Config
+	c.Token = ""
+	return overlay.RuntimeOverlay{Generation: c.OverlayGeneration, Config: c, Files: ov.RuntimeFiles()}, nil
 }
 
 // Render implements api.Admin.Render: the overlay the node's next boot

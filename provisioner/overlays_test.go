@@ -222,7 +222,7 @@ func TestOverlayBoot(t *testing.T) {
 			t.Fatalf("the overlay's token was not made n1's: %+v", n.Status.Timeline)
 		}
 	}
-	if _, err := db.SetReport("n1", nc.Token, netip.MustParseAddr("127.0.0.21"), state.Report{State: "ready"}); err != nil {
+	if _, err := db.Register("n1", nc.Token, netip.MustParseAddr("127.0.0.21"), state.Report{State: "ready"}, state.Agent{}); err != nil {
 		t.Fatalf("report with the overlay's token: %v", err)
 	}
 

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 
@@ -94,8 +95,18 @@ func BootOut(b state.Boot) Boot {
 	if r := b.Report; r != nil {
 		out.Report = &Report{Received: r.Received, State: r.State, Error: r.Error, ImageName: r.ImageName, ImageDigest: r.ImageDigest,
 			ContentDigest: r.ContentDigest, Kernel: r.Kernel, MemTotalBytes: r.MemTotalBytes, UptimeSeconds: r.UptimeSeconds}
+		viaJSON(r.Registration, &out.Report.Registration)
 	}
 	return out
+}
+
+// viaJSON copies src into dst, a wire type with the same JSON fields: for
+// the agent's records, which mirror the state's field by field.
+func viaJSON(src, dst any) {
+	b, err := json.Marshal(src)
+	if err == nil {
+		_ = json.Unmarshal(b, dst)
+	}
 }
 
 // StatusOut returns the wire form of a node with its status.
@@ -103,6 +114,10 @@ func StatusOut(n state.NodeStatus) NodeStatus {
 	out := NodeStatus{NodeSpec: NodeOut(&n.Node), Status: Status{Boot: BootOut(n.Status.Boot), Boots: n.Status.Boots, History: n.Status.History}}
 	if p := n.Status.Pin; p != nil {
 		out.Status.Pin = &Pin{Ref: p.Ref, Digest: p.Digest, Boot: p.Boot}
+	}
+	if n.Agent != nil {
+		out.Agent = new(AgentStatus)
+		viaJSON(n.Agent, out.Agent)
 	}
 	return out
 }

@@ -115,6 +115,8 @@ type Report struct {
 	MemTotalBytes int64 `json:"memTotalBytes"`
 	// UptimeSeconds is its uptime at the report.
 	UptimeSeconds float64 `json:"uptimeSeconds"`
+	// The agent daemon's registration adds what follows.
+	Registration
 }
 
 // Boot is one boot of a node.
@@ -206,6 +208,9 @@ type NodeStatus struct {
 	NodeSpec
 	// Status is its boot status.
 	Status Status `json:"status"`
+	// Agent is its agent daemon's last registration or heartbeat since the
+	// head started, if any.
+	Agent *AgentStatus `json:"agent,omitempty"`
 	// Plan is its effective plan (GET /api/v1/nodes/{name} only).
 	Plan *Plan `json:"plan,omitempty"`
 	// PlanError says why it has no plan.
@@ -232,4 +237,100 @@ type NodeRow struct {
 	Boots int `json:"boots"`
 	// Last is its current boot's last event, if any.
 	Last *Event `json:"last,omitempty"`
+}
+
+// Registration is what the agent daemon's registration adds to a Report.
+type Registration struct {
+	// Warnings are problems that failed no boot step.
+	Warnings []string `json:"warnings,omitempty"`
+	// Steps are the agent's boot steps with the node's uptime at each end.
+	Steps []AgentStep `json:"steps,omitempty"`
+	// CPUs is the number of CPUs online.
+	CPUs int `json:"cpus,omitempty"`
+	// RootMode is the root's mode; RootSizeBytes its cap and RootUsedBytes
+	// the RAM it takes.
+	RootMode      string `json:"rootMode,omitempty"`
+	RootSizeBytes int64  `json:"rootSizeBytes,omitempty"`
+	RootUsedBytes int64  `json:"rootUsedBytes,omitempty"`
+	// KernelStart is the wall-clock time the node's uptime counts from.
+	KernelStart time.Time `json:"kernelStart,omitzero"`
+	// InitSeconds, HandoverSeconds and ReadySeconds are the node's uptime
+	// when the agent started as /init, handed over, and the node was ready.
+	InitSeconds     float64 `json:"initSeconds,omitempty"`
+	HandoverSeconds float64 `json:"handoverSeconds,omitempty"`
+	ReadySeconds    float64 `json:"readySeconds,omitempty"`
+	// Init is PID 1 after the hand-over.
+	Init string `json:"init,omitempty"`
+	// AgentVersion is the agent's version.
+	AgentVersion string `json:"agentVersion,omitempty"`
+}
+
+// AgentStep is one of the agent's boot steps on the node.
+type AgentStep struct {
+	// Name is the step's name.
+	Name string `json:"name"`
+	// UptimeSeconds is the node's uptime when it finished.
+	UptimeSeconds float64 `json:"uptimeSeconds"`
+}
+
+// AgentStatus is the agent daemon's last registration or heartbeat, which
+// the head keeps in memory only.
+type AgentStatus struct {
+	// LastSeen is when the head accepted it.
+	LastSeen time.Time `json:"lastSeen"`
+	// Remote is the address (ip:port) it came from.
+	Remote string `json:"remote"`
+	// PrivilegedPort is true when that port is below 1024.
+	PrivilegedPort bool `json:"privilegedPort"`
+	// Heartbeats counts the heartbeats since the head started.
+	Heartbeats int64 `json:"heartbeats"`
+	// UptimeSeconds is the node's uptime.
+	UptimeSeconds float64 `json:"uptimeSeconds"`
+	// Load1 is the one-minute load average.
+	Load1 float64 `json:"load1"`
+	// MemAvailableBytes is the available RAM.
+	MemAvailableBytes int64 `json:"memAvailableBytes"`
+	// RootUsedBytes and RootSizeBytes are the root's RAM and its cap.
+	RootUsedBytes int64 `json:"rootUsedBytes"`
+	RootSizeBytes int64 `json:"rootSizeBytes"`
+	// SystemState is the node's init system's state.
+	SystemState string `json:"systemState,omitempty"`
+	// ReadySeconds is the node's uptime when it became ready.
+	ReadySeconds float64 `json:"readySeconds,omitempty"`
+	// OverlayGeneration is the overlay the node has applied.
+	OverlayGeneration string `json:"overlayGeneration,omitempty"`
+	// AgentRSSBytes is the agent daemon's resident memory.
+	AgentRSSBytes int64 `json:"agentRSSBytes,omitempty"`
+	// Workload is the node's jobs and containers.
+	Workload *Workload `json:"workload,omitempty"`
+}
+
+// Workload is a node's jobs and containers, as its last heartbeat listed
+// them.
+type Workload struct {
+	Jobs              []WorkloadJob       `json:"jobs"`
+	Containers        []WorkloadContainer `json:"containers"`
+	OmittedJobs       int                 `json:"omittedJobs,omitempty"`
+	OmittedContainers int                 `json:"omittedContainers,omitempty"`
+}
+
+// WorkloadJob is one scheduler job on a node.
+type WorkloadJob struct {
+	ID          string    `json:"id"`
+	User        string    `json:"user"`
+	UID         int       `json:"uid"`
+	MemoryBytes int64     `json:"memoryBytes,omitempty"`
+	Registered  time.Time `json:"registered,omitzero"`
+}
+
+// WorkloadContainer is one container on a node.
+type WorkloadContainer struct {
+	ID       string    `json:"id"`
+	Name     string    `json:"name"`
+	Image    string    `json:"image"`
+	Job      string    `json:"job,omitempty"`
+	UID      int       `json:"uid"`
+	State    string    `json:"state"`
+	ExitCode int       `json:"exitCode"`
+	Started  time.Time `json:"started,omitzero"`
 }

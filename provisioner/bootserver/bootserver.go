@@ -70,6 +70,8 @@ type Nodes interface {
 	// ByIP returns the plan of the node an address is reserved for; an
 	// error wrapping state.ErrNotFound when there is none.
 	ByIP(ip netip.Addr) (plan.Plan, error)
+	// Plan returns the plan of the node called name.
+	Plan(name string) (plan.Plan, error)
 	// StartScript records the script step with detail, pins the image
 	// digest the script names, and mints the boot nonce the script carries
 	// (revoking the previous boot's token).
@@ -85,11 +87,13 @@ type Nodes interface {
 	Post(node string, step state.Step, detail string)
 }
 
-// Overlays renders a node's overlay archive (compressed newc, possibly
-// several concatenated: the kernel unpacks them in order) for one boot,
-// with token as its report token.
+// Overlays renders nodes' overlays: a node's overlay archive (compressed
+// newc, possibly several concatenated: the kernel unpacks them in order)
+// for one boot, with token as its report token; and its runtime overlay,
+// what the agent daemon applies to a running node.
 type Overlays interface {
 	Overlay(ctx context.Context, node, token string) ([]byte, error)
+	RuntimeOverlay(node string) (overlay.RuntimeOverlay, error)
 }
 
 // Server serves the /boot/ routes. Its exported fields must be set before
@@ -480,24 +484,6 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	token := state.NewToken()
-	c := overlay.Config{
-		Node:     name,
-		Hostname: hostnameIfNotName(n),
-		HeadURL:  strings.TrimRight(s.BaseURL, "/"),
-		Token:    token,
-		Modules:  n.Modules,
-		Image:    overlay.ImageRef{Name: imgName, Digest: string(d), ContentDigest: string(m.ContentDigest)},
-	}
-	if len(n.Interfaces) > 0 {
-		ifc := n.Interfaces[0]
-		c.Interface = overlay.Interface{MAC: ifc.MAC, Address: ifc.Address.String()}
-		if ifc.Gateway.IsValid() {
-			c.Interface.Gateway = ifc.Gateway.String()
-		}
-		for _, a := range ifc.DNS {
-			c.Interface.DNS = append(c.Interface.DNS, a.String())
-		}
-	}
 	var data []byte
 	if s.Overlays != nil {
 		if data, err = s.Overlays.Overlay(r.Context(), name, token); err != nil {
@@ -508,6 +494,12 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	} else {
+		c, err := s.NodeConfig(n, imgName, m, d)
+		if err != nil {
+			s.fail(w, route, http.StatusInternalServerError, err, "node", name)
+			return
+		}
+		c.Token = token
 		files, err := OverlayFiles(c)
 		if err != nil {
 			s.fail(w, route, http.StatusInternalServerError, err, "node", name)

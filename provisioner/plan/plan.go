@@ -50,8 +50,11 @@ type Defaults struct {
 	// Network is the network stack overlays are written for; "" means
 	// networkd.
 	Network string
-	// Root is the root file system setting.
+	// Root is the root file system setting (boot.root).
 	Root inventory.Root
+	// ConsoleShell gives a root shell on the console of a node whose
+	// agent stays PID 1 (boot.console_shell).
+	ConsoleShell bool
 	// Subnets are every subnet nodes may have addresses on, the
 	// provisioning interface's own first.
 	Subnets []Subnet
@@ -115,6 +118,9 @@ type Plan struct {
 	Root inventory.Root
 	// Network is the network stack of its image.
 	Network string
+	// ConsoleShell gives a root shell on its console when its agent stays
+	// PID 1.
+	ConsoleShell bool
 	// Tags are its tags (profiles', then its own).
 	Tags map[string]string
 	// Values are its template values (profiles', then its own).
@@ -141,24 +147,28 @@ func (p *Plan) Interface(mac string) (Interface, bool) {
 // one it was resolved from. An address outside every subnet is an error.
 func (d *Defaults) Resolve(inv *inventory.Inventory, n *inventory.Node, pin Pin) (Plan, error) {
 	p := Plan{
-		Node:       n.Name,
-		Hostname:   n.Name,
-		Profiles:   inv.Chain(n),
-		Image:      d.Image,
-		KernelArgs: d.KernelArgs,
-		Modules:    d.Modules,
-		Root:       d.Root,
-		Network:    d.Network,
+		Node:         n.Name,
+		Hostname:     n.Name,
+		Profiles:     inv.Chain(n),
+		Image:        d.Image,
+		KernelArgs:   d.KernelArgs,
+		Modules:      d.Modules,
+		Root:         d.Root,
+		Network:      d.Network,
+		ConsoleShell: d.ConsoleShell,
 		Sources: map[string]string{
 			"image": "config boot.default_image", "kernel_args": "config boot.kernel_args",
-			"modules": "config boot.modules", "network": "default", "root.mode": "default", "root.size": "default",
+			"modules": "config boot.modules", "network": "default", "root.mode": "config boot.root.mode", "root.size": "config boot.root.size",
 		},
 	}
 	if p.Network == "" {
 		p.Network = "networkd"
 	}
 	if p.Root.Mode == "" {
-		p.Root.Mode = "tmpfs"
+		p.Root.Mode, p.Sources["root.mode"] = "tmpfs", "default"
+	}
+	if p.Root.Size == "" {
+		p.Sources["root.size"] = "default (the agent's)"
 	}
 	if n.Hostname != "" {
 		p.Hostname, p.Sources["hostname"] = n.Hostname, "node"

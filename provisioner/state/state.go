@@ -101,6 +101,9 @@ type NodeStatus struct {
 	Node
 	// Status is the node's boot status.
 	Status Status `json:"status"`
+	// Agent is the agent daemon's last registration or heartbeat since
+	// the head started, if any: memory only (heartbeat.go).
+	Agent *Agent `json:"agent,omitempty"`
 }
 
 // record is a node as memory holds it: its inventory entry and its
@@ -138,9 +141,15 @@ func (s statusRecord) clone() statusRecord {
 	return c
 }
 
-func (r *record) view() NodeStatus {
+// view returns what readers see of r: a deep copy, with the node's live
+// agent view. d.mu must be held.
+func (d *DB) view(r *record) NodeStatus {
 	c := r.statusRecord.clone()
-	return NodeStatus{Node: *r.Node.Clone(), Status: c.Status}
+	ns := NodeStatus{Node: *r.Node.Clone(), Status: c.Status}
+	if a := d.live[r.Node.Name]; a != nil {
+		ns.Agent = a.clone()
+	}
+	return ns
 }
 
 // clone returns a deep copy of r.
@@ -204,6 +213,10 @@ type DB struct {
 	byIP     map[netip.Addr]string
 	fails    int // writes that did not commit
 	check    func(*inventory.Inventory, map[string]bool) error
+	// live is each node's agent daemon's last registration or
+	// heartbeat: memory only, never written (heartbeat.go). Published
+	// values are never changed.
+	live map[string]*Agent
 }
 
 // Open opens the database at path with default options; see OpenWith.
@@ -231,7 +244,7 @@ func OpenWith(path string, o Options) (*DB, error) {
 	if _, err := Verify(path); err != nil {
 		return nil, err
 	}
-	d := &DB{path: path, history: o.History, now: o.Now, check: o.Check, inv: inventory.New(),
+	d := &DB{path: path, history: o.History, now: o.Now, check: o.Check, inv: inventory.New(), live: map[string]*Agent{},
 		nodes: map[string]*record{}, byMAC: map[string]string{}, byID: map[string]string{}, byIP: map[netip.Addr]string{}}
 	d.applied.L = &d.mu
 	var kvs []store.KV
@@ -329,7 +342,11 @@ func (d *DB) apply(e store.Event) error {
 		if e.Deleted {
 			delete(d.nodes, name)
 			delete(d.inv.Nodes, name)
+			delete(d.live, name)
 			return nil
+		}
+		if old == nil || old.Node.Name == "" {
+			delete(d.live, name) // a new node: no agent of an earlier one
 		}
 		var n Node
 		if err := json.Unmarshal(e.Value, &n); err != nil || n.Name != name {
@@ -442,10 +459,15 @@ func (d *DB) CommitFailures() int {
 // write and without an error.
 var errNoChange = errors.New("no change")
 
-// archive is what an update does to the node's earlier boots.
+// archive is what an update does besides the node's record: to its
+// earlier boots, and to its live agent view.
 type archive struct {
 	put  *Boot // a boot that just ended, to keep
 	drop []int // boots that fell out of the history
+	// live, when set, is run with d.mu held once the record is published,
+	// or when fn returned errNoChange: memory-only changes that must not
+	// show unless the write they go with committed.
+	live func()
 }
 
 // maxRetries bounds the retries of a transaction that met a conflict.
@@ -675,7 +697,7 @@ func (d *DB) Get(name string) (NodeStatus, error) {
 	if !ok || r.Node.Name == "" {
 		return NodeStatus{}, fmt.Errorf("node %s: %w", name, ErrNotFound)
 	}
-	return r.view(), nil
+	return d.view(r), nil
 }
 
 // ByMAC returns the node with that MAC.
@@ -686,7 +708,7 @@ func (d *DB) ByMAC(mac net.HardwareAddr) (NodeStatus, error) {
 	if !ok {
 		return NodeStatus{}, fmt.Errorf("mac %s: %w", mac, ErrNotFound)
 	}
-	return d.nodes[name].view(), nil
+	return d.view(d.nodes[name]), nil
 }
 
 // ByClientID returns the node with that DHCP client identifier (hex
@@ -698,7 +720,7 @@ func (d *DB) ByClientID(id string) (NodeStatus, error) {
 	if !ok {
 		return NodeStatus{}, fmt.Errorf("client id %s: %w", id, ErrNotFound)
 	}
-	return d.nodes[name].view(), nil
+	return d.view(d.nodes[name]), nil
 }
 
 // ByIP returns the node with that address.
@@ -709,7 +731,7 @@ func (d *DB) ByIP(ip netip.Addr) (NodeStatus, error) {
 	if !ok {
 		return NodeStatus{}, fmt.Errorf("ip %s: %w", ip, ErrNotFound)
 	}
-	return d.nodes[name].view(), nil
+	return d.view(d.nodes[name]), nil
 }
 
 // List returns every node, sorted by name.
@@ -719,7 +741,7 @@ func (d *DB) List() []NodeStatus {
 	out := make([]NodeStatus, 0, len(d.nodes))
 	for _, r := range d.nodes {
 		if r.Node.Name != "" {
-			out = append(out, r.view())
+			out = append(out, d.view(r))
 		}
 	}
 	slices.SortFunc(out, func(a, b NodeStatus) int { return strings.Compare(a.Name, b.Name) })

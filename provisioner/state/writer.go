@@ -162,6 +162,7 @@ type work struct {
 // records.
 func (d *DB) writeBatch(jobs []job) {
 	results := make([]error, len(jobs))
+	var lives []func() // memory-only changes, once their writes committed
 	var err error
 	for range maxRetries {
 		var cmps []store.Cmp
@@ -169,6 +170,8 @@ func (d *DB) writeBatch(jobs []job) {
 		nodes := map[string]*work{}
 		var order []string
 		d.mu.Lock()
+		lives = lives[:0]
+		var noChangeLives []func()
 		for i, j := range jobs {
 			results[i] = nil
 			if j.name == "" {
@@ -190,8 +193,13 @@ func (d *DB) writeBatch(jobs []job) {
 			if ferr := j.fn(nr, &a); ferr != nil {
 				if !errors.Is(ferr, errNoChange) {
 					results[i] = ferr
+				} else if a.live != nil {
+					noChangeLives = append(noChangeLives, a.live)
 				}
 				continue
+			}
+			if a.live != nil {
+				lives = append(lives, a.live)
 			}
 			wk.rec, wk.dirt = nr, true
 			if a.put != nil {
@@ -205,6 +213,11 @@ func (d *DB) writeBatch(jobs []job) {
 			for _, id := range a.drop {
 				wk.ops = append(wk.ops, store.Delete(bootKey(j.name, id)))
 			}
+		}
+		// Memory-only changes that go with no write apply now (a
+		// heartbeat: no disk write per heartbeat).
+		for _, f := range noChangeLives {
+			f()
 		}
 		d.mu.Unlock()
 		n := 0
@@ -244,6 +257,13 @@ func (d *DB) writeBatch(jobs []job) {
 			d.w.mu.Unlock()
 		}
 		break
+	}
+	if err == nil && len(lives) > 0 {
+		d.mu.Lock()
+		for _, f := range lives {
+			f()
+		}
+		d.mu.Unlock()
 	}
 	lost := 0
 	for i, j := range jobs {

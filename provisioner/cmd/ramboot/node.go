@@ -398,6 +398,7 @@ func printNode(w io.Writer, n api.NodeStatus) error {
 		}
 		fmt.Fprintf(tw, "Earlier boots:\t%s (ramboot node show %s --boot K)\n", strings.Join(ids, ", "), n.Name)
 	}
+	printAgent(tw, n)
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -428,6 +429,7 @@ func printReport(tw io.Writer, r *api.Report) {
 	if r.Error != "" {
 		fmt.Fprintf(tw, "Error:\t%s\n", printable(r.Error))
 	}
+	printRegistration(tw, r)
 }
 
 // printBoot prints one boot of node name.

@@ -4,6 +4,7 @@ package lab_test
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -46,33 +47,23 @@ func serveLab(ctx context.Context, t *testing.T, setup ...func(*lab.Lab) []strin
 	return l
 }
 
-// labCheck is the lab profile's template: a script the agent execs after
-// the boot (ramboot.exec from the profile's kernel arguments) that prints
-// what the node's overlay gave it: the template's own values (a node tag,
-// a profile tag, a cluster value) from the node's own archive, and whether
-// /etc/ssh/ssh_known_hosts, from the shared archive served before it,
-// lists the node under its domain name. (Not /etc/hosts: the agent writes
-// its own at boot.)
-const labCheck = `#!/bin/sh
-grep -q "{{.Node.Name}}.lab.example" /etc/ssh/ssh_known_hosts && h=ok || h=missing
-echo "LAB-OVERLAY node={{.Node.Name}} rack={{.Tags.rack}} site={{.Tags.site}} cluster={{.Values.lab}} known_hosts=$h"
-while :; do sleep 3600; done
-`
+// labTemplate is the lab profile's template: a file whose content comes
+// from a node tag, a profile tag and a cluster value.
+const labTemplate = "node={{.Node.Name}} rack={{.Tags.rack}} site={{.Tags.site}} cluster={{.Values.lab}}\n"
 
 // profileSetup writes the lab profile's template tree and a configuration
-// that takes the nodes' modules from their profile only.
+// naming it.
 func profileSetup(t *testing.T) func(*lab.Lab) []string {
 	return func(l *lab.Lab) []string {
-		dir := filepath.Join(l.WorkDir(), "overlays", "lab", "usr", "local", "bin")
+		dir := filepath.Join(l.WorkDir(), "overlays", "lab", "etc")
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, "lab-check.tmpl"), []byte(labCheck), 0o755); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, "lab-check.tmpl"), []byte(labTemplate), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		cfg := filepath.Join(l.WorkDir(), "ramboot.yaml")
-		conf := "boot: {modules: []}\n" +
-			"overlay: {templates: " + filepath.Join(l.WorkDir(), "overlays") + ", authorized_keys: \"\"}\n" +
+		conf := "overlay: {templates: " + filepath.Join(l.WorkDir(), "overlays") + ", authorized_keys: \"\"}\n" +
 			"cluster: {name: lab, domain: lab.example, values: {lab: yes}}\n"
 		if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 			t.Fatal(err)
@@ -81,18 +72,36 @@ func profileSetup(t *testing.T) func(*lab.Lab) []string {
 	}
 }
 
+// renderedGeneration returns the overlay generation the head renders for
+// node now, from `ramboot overlay render NODE etc/ramboot/node.json`.
+func renderedGeneration(ctx context.Context, t *testing.T, l *lab.Lab, node string) string {
+	t.Helper()
+	out, err := l.CLI(ctx, "overlay", "render", node, "etc/ramboot/node.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		Generation string `json:"overlayGeneration"`
+	}
+	if err := json.Unmarshal(out, &c); err != nil || c.Generation == "" {
+		t.Fatalf("node.json of %s: %v\n%s", node, err, out)
+	}
+	return c.Generation
+}
+
 // TestBoot network-boots QEMU from `ramboot serve` in a namespace of its
-// own, once per firmware, and waits for the agent's report to turn the
-// node booted, running the image the test built. The nodes are in a
-// profile: their kernel arguments and modules come from it (the
-// configuration gives none), and their overlay from its template, whose
-// output the node prints on its console.
+// own, once per firmware, and waits for the agent daemon's registration to
+// turn the node booted, running the image the test built. The busybox
+// image has no init: the agent stays PID 1 and runs the daemon itself, and
+// the virtio NIC's drivers come from modalias (boot.modules is empty). The
+// nodes are in a profile: their kernel arguments come from it, and their
+// overlay from its template tree.
 func TestBoot(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	l := serveLab(ctx, t, profileSetup(t))
-	if _, err := l.CLI(ctx, "profile", "add", "lab", "--tag", "site=lab1", "--modules", "virtio_pci,virtio_net",
-		"--kernel-args", "console=tty0 console=ttyS0,115200 panic=30 ramboot.exec=/usr/local/bin/lab-check ramboot.lab=profile"); err != nil {
+	if _, err := l.CLI(ctx, "profile", "add", "lab", "--tag", "site=lab1",
+		"--kernel-args", "console=tty0 console=ttyS0,115200 panic=30 ramboot.lab=profile"); err != nil {
 		t.Fatal(err)
 	}
 	digest, err := l.BuildImage(ctx, "default")
@@ -127,6 +136,10 @@ func TestBoot(t *testing.T) {
 			if err := l.AddNode(ctx, tc.node, tc.mac, tc.ip, img, "--profile", "lab", "--tag", "rack="+string(tc.mode)); err != nil {
 				t.Fatal(err)
 			}
+			if out, err := l.CLI(ctx, "overlay", "render", tc.node, "etc/lab-check"); err != nil ||
+				string(out) != "node="+tc.node+" rack="+string(tc.mode)+" site=lab1 cluster=yes\n" {
+				t.Fatalf("the profile's template for %s: %q %v", tc.node, out, err)
+			}
 			vm, err := l.Boot(ctx, lab.VMOptions{Mode: tc.mode, MAC: tc.mac})
 			if err != nil {
 				t.Fatal(err)
@@ -137,6 +150,17 @@ func TestBoot(t *testing.T) {
 				t.Fatalf("%v\nlast serial output:\n%s", err, tail(vm.Serial(), 40))
 			}
 			t.Logf("%s booted %.1fs after QEMU started", tc.node, time.Since(vm.Started()).Seconds())
+			if p, err := lab.BootPhases(vm.Started(), n); err != nil {
+				t.Errorf("boot phases: %v", err)
+			} else {
+				t.Logf("%s ready: %s", tc.node, p)
+			}
+			if r := n.Status.Report; r == nil || r.Init != "ramboot-agent" || r.RootMode != "tmpfs" {
+				t.Errorf("registration %+v: want the agent staying PID 1 on a tmpfs root (the image has no init)", r)
+			}
+			if !strings.Contains(string(vm.Serial()), "virtio_net(device)") {
+				t.Errorf("virtio_net not loaded by modalias (boot.modules is empty):\n%s", tail(vm.Serial(), 40))
+			}
 			for _, e := range n.Status.Timeline {
 				t.Logf("  %6.2fs  %-12s %s", e.Time.Sub(n.Status.Timeline[0].Time).Seconds(), e.Step, e.Detail)
 			}
@@ -159,17 +183,20 @@ func TestBoot(t *testing.T) {
 					t.Errorf("timeline lacks step %q: %v", s, seen)
 				}
 			}
-			if err := vm.WaitSerial(ctx, "ramboot-agent: "+tc.node+" ready", 30*time.Second); err != nil {
-				t.Errorf("console: %v", err)
-			}
-			// The profile's kernel arguments, and the template's output on
-			// the node: both archives of the overlay were unpacked.
+			// The script came from the profile's kernel arguments; the node
+			// booted on the overlay the head rendered from the profile's
+			// template (its node.json, in the second archive of the
+			// overlay initrd, carries the generation of every file).
 			if !strings.Contains(string(vm.Serial()), "ramboot.lab=profile") {
 				t.Errorf("the kernel command line lacks the profile's arguments")
 			}
-			want := "LAB-OVERLAY node=" + tc.node + " rack=" + string(tc.mode) + " site=lab1 cluster=yes known_hosts=ok"
-			if err := vm.WaitSerial(ctx, want, time.Minute); err != nil {
-				t.Errorf("console: %v\n%s", err, tail(vm.Serial(), 20))
+			if n.Agent == nil {
+				t.Errorf("no registration of the agent daemon kept")
+			} else if got, want := n.Agent.OverlayGeneration, renderedGeneration(ctx, t, l, tc.node); got != want {
+				t.Errorf("the node registered overlay generation %q, the head renders %q", got, want)
+			}
+			if err := vm.WaitSerial(ctx, "ramboot-agent: "+tc.node+" ready", 30*time.Second); err != nil {
+				t.Errorf("console: %v", err)
 			}
 		})
 	}

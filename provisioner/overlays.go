@@ -344,7 +344,7 @@ func (o *overlays) prepare(ctx context.Context, s *overlaySetup, rev int64) (*ov
 		return nil, err
 	}
 	sn.snap = snap
-	shared, err := archive(snap.Shared())
+	shared, err := entries(snap.Shared())
 	if err != nil {
 		return nil, err
 	}
@@ -379,12 +379,29 @@ var encoder = func() *zstd.Encoder {
 	return e
 }()
 
-// archive returns zstd(newc(files)).
+// archive returns zstd(newc(files)): a whole archive, with its trailer.
 func archive(files []overlayrender.File) ([]byte, error) {
 	o := overlayrender.Overlay{Files: files}
 	var raw bytes.Buffer
 	if err := newc.WriteFiles(&raw, o.NewcFiles()); err != nil {
 		return nil, err
+	}
+	return encoder.EncodeAll(raw.Bytes(), nil), nil
+}
+
+// entries returns zstd of files' newc entries without the trailer: the
+// first part of an archive that archive() of the rest completes. The
+// two zstd frames decompress to one newc archive, which the kernel (one
+// frame at a time, each ending on an entry's boundary) and any cpio
+// reader unpack as one.
+func entries(files []overlayrender.File) ([]byte, error) {
+	o := overlayrender.Overlay{Files: files}
+	var raw bytes.Buffer
+	w := newc.NewWriter(&raw)
+	for _, f := range o.NewcFiles() {
+		if err := w.WriteFile(f); err != nil {
+			return nil, err
+		}
 	}
 	return encoder.EncodeAll(raw.Bytes(), nil), nil
 }
@@ -418,8 +435,8 @@ func (o *overlays) render(ctx context.Context, node, token string) (*overlayrend
 }
 
 // Overlay implements bootserver.Overlays: the node's overlay archive for
-// one boot, its shared part (compressed once per snapshot) followed by
-// its own part.
+// one boot: the shared entries (compressed once per snapshot) then its own
+// entries and the trailer, two zstd frames of one newc archive.
 func (o *overlays) Overlay(ctx context.Context, node, token string) ([]byte, error) {
 	ov, sn, err := o.render(ctx, node, token)
 	if err != nil {

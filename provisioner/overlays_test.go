@@ -104,9 +104,9 @@ func unpackAll(t *testing.T, b []byte) (map[string][]byte, int) {
 }
 
 // TestOverlayBoot: the boot server serves each node's overlay rendered
-// from its profiles' templates: the shared part (hosts, known_hosts)
-// compressed once, then the node's own part, which the kernel unpacks in
-// order; the token in node.json becomes the node's. A template that fails
+// from its profiles' templates: the shared entries (hosts, known_hosts)
+// compressed once, then the node's own entries, in two zstd frames of one
+// newc archive; the token in node.json becomes the node's. A template that fails
 // for one node fails only its overlay, with the reason in its timeline.
 func TestOverlayBoot(t *testing.T) {
 	dir := t.TempDir()
@@ -194,9 +194,12 @@ func TestOverlayBoot(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("overlay of n1: %d %s", code, body)
 	}
+	if frames := bytes.Count(body, []byte{0x28, 0xb5, 0x2f, 0xfd}); frames < 2 {
+		t.Errorf("overlay is %d zstd frames, want 2 (the shared entries compressed once, then the node's own)", frames)
+	}
 	files, archives := unpackAll(t, body)
-	if archives != 2 {
-		t.Errorf("overlay is %d archives, want 2 (shared, then the node's own)", archives)
+	if archives != 1 {
+		t.Errorf("overlay is %d newc archives, want 1 (any cpio reader takes it whole)", archives)
 	}
 	if got := string(files["etc/motd"]); got != "n1 rack 7\n" {
 		t.Errorf("etc/motd = %q", got)

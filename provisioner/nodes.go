@@ -121,6 +121,9 @@ func (h *Nodes) StartScript(node, detail, ref, digest string) (string, error) {
 // CheckNonce implements bootserver.Nodes.
 func (h *Nodes) CheckNonce(node, nonce string) error { return h.db.CheckNonce(node, nonce) }
 
+// ExpectToken implements bootserver.Nodes.
+func (h *Nodes) ExpectToken(node, token string) func() { return h.db.ExpectToken(node, token) }
+
 // ConsumeNonce implements bootserver.Nodes.
 func (h *Nodes) ConsumeNonce(node, nonce, token, detail string) error {
 	return h.db.ConsumeNonce(node, nonce, token, state.Event{Step: state.StepOverlay, Detail: detail})

@@ -25,6 +25,7 @@ import (
 	"github.com/ramboot/ramboot/images/overlay"
 	"github.com/ramboot/ramboot/provisioner/accounts"
 	"github.com/ramboot/ramboot/provisioner/api"
+	"github.com/ramboot/ramboot/provisioner/bootserver"
 	"github.com/ramboot/ramboot/provisioner/config"
 	"github.com/ramboot/ramboot/provisioner/hostkeys"
 	"github.com/ramboot/ramboot/provisioner/hostlist"
@@ -236,8 +237,9 @@ func (o *overlays) current() *overlaySetup {
 
 // imageOf returns a node's image as the renderer takes it: the digest of
 // its plan (its pin, or what its reference resolves to now), and what the
-// image holds (accounts, directory modes), scanned once per image.
-func (o *overlays) imageOf(p plan.Plan, resolved map[string]images.Digest) overlayrender.Image {
+// image holds (accounts, directory modes), scanned once per image; and
+// its manifest, nil when the image cannot be read.
+func (o *overlays) imageOf(p plan.Plan, resolved map[string]images.Digest) (overlayrender.Image, *images.Manifest) {
 	img := overlayrender.Image{Name: p.Image, Digest: p.Digest}
 	if img.Digest == "" {
 		d, ok := resolved[p.Image]
@@ -251,11 +253,11 @@ func (o *overlays) imageOf(p plan.Plan, resolved map[string]images.Digest) overl
 	}
 	d, err := images.ParseDigest(img.Digest)
 	if err != nil {
-		return img
+		return img, nil
 	}
 	m, err := o.images.ReadManifest(d)
 	if err != nil {
-		return img
+		return img, nil
 	}
 	img.ContentDigest = string(m.ContentDigest)
 	v, _ := o.scans.LoadOrStore(img.Digest, &imageScan{})
@@ -266,7 +268,7 @@ func (o *overlays) imageOf(p plan.Plan, resolved map[string]images.Digest) overl
 	} else {
 		o.log.Warn("cannot read the image's accounts and directories; overlays use defaults", "image", p.Image, "err", sc.err)
 	}
-	return img
+	return img, &m
 }
 
 // scan reads an image's root archive for its accounts and directories.
@@ -335,7 +337,12 @@ func (o *overlays) prepare(ctx context.Context, s *overlaySetup, rev int64) (*ov
 			continue // a node without a plan has no overlay either
 		}
 		rn := renderNode(p)
-		rn.Image = o.imageOf(p, resolved)
+		var m *images.Manifest
+		rn.Image, m = o.imageOf(p, resolved)
+		if m != nil {
+			// The compressed mode falls back to tmpfs as the script does.
+			rn.Root, _ = bootserver.RootFor(p, *m)
+		}
 		sn.digest[n.Name] = rn.Image.Digest
 		c.Nodes = append(c.Nodes, rn)
 	}

@@ -125,7 +125,9 @@ func TestOverlayBoot(t *testing.T) {
 	st := &images.Store{Dir: filepath.Join(dir, ImagesDir)}
 	digest := testImage(t, st)
 	_, err = db.ChangeInventory(false, func(inv *inventory.Inventory) error {
-		inv.Profiles["compute"] = &inventory.Profile{Name: "compute"}
+		// The compressed root mode, on an image that has no compressed
+		// root: n1 boots tmpfs, and its overlay says so.
+		inv.Profiles["compute"] = &inventory.Profile{Name: "compute", Settings: inventory.Settings{Root: inventory.Root{Mode: "compressed", Size: "256m"}}}
 		for i, rack := range []string{"7", ""} {
 			n := &inventory.Node{Name: []string{"n1", "n2"}[i], Profiles: []string{"compute"},
 				Interfaces: []inventory.Interface{{MAC: []string{"52:54:00:00:00:01", "52:54:00:00:00:02"}[i], IP: netip.MustParseAddr([]string{"127.0.0.21", "127.0.0.22"}[i])}}}
@@ -176,6 +178,7 @@ func TestOverlayBoot(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, b
 	}
+	rootInitrd := ""
 	overlayURL := func(c *http.Client, mac string) string {
 		t.Helper()
 		code, script := fetch(c, base+"/boot/ipxe?mac="+mac)
@@ -185,6 +188,9 @@ func TestOverlayBoot(t *testing.T) {
 		m := regexp.MustCompile(`initrd (http://\S+/overlay\.cpio\.zst)`).FindSubmatch(script)
 		if m == nil {
 			t.Fatalf("no overlay in script:\n%s", script)
+		}
+		if r := regexp.MustCompile(`initrd http://\S+/(rootfs\.[a-z.]+)`).FindSubmatch(script); r != nil {
+			rootInitrd = string(r[1])
 		}
 		return string(m[1])
 	}
@@ -210,6 +216,9 @@ func TestOverlayBoot(t *testing.T) {
 	var nc overlay.Config
 	if err := json.Unmarshal(files[overlay.ConfigPath], &nc); err != nil || nc.Node != "n1" || nc.Image.Digest != string(digest) || nc.Interface.Address != "127.0.0.21/8" {
 		t.Fatalf("node.json: %+v %v", nc, err)
+	}
+	if nc.Root != (overlay.Root{Mode: overlay.RootTmpfs, Size: "256m"}) || rootInitrd != bootserver.RootfsName {
+		t.Errorf("compressed mode on an image without a compressed root: node.json root %+v, root initrd %s; want tmpfs, 256m, %s", nc.Root, rootInitrd, bootserver.RootfsName)
 	}
 	if _, ok := files["etc/ssh/ssh_host_ed25519_key"]; !ok {
 		t.Error("no host key in the overlay")
@@ -241,5 +250,43 @@ func TestOverlayBoot(t *testing.T) {
 	}
 	if err := db.CheckNonce("n2", "x"); err == nil {
 		t.Error("nonce check passed")
+	}
+
+	// An image with a compressed root: n1, moved to it, gets the
+	// compressed root as its root initrd and a node.json that says
+	// compressed.
+	m, _, err := st.Resolve("default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sq, err := st.Put(context.Background(), bytes.NewReader([]byte("squashfs")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sq.MediaType = images.MediaTypeCompressedRoot
+	m.SchemaVersion, m.Tag, m.Files, m.CompressedRoot = images.SchemaVersion, "latest", 1, &sq
+	if _, err := st.Commit("small", m); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ChangeInventory(false, func(inv *inventory.Inventory) error {
+		n := inv.Nodes["n1"].Clone()
+		n.Image = "small"
+		inv.Nodes["n1"] = n
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.ClearPins([]string{"n1"}); err != nil {
+		t.Fatal(err)
+	}
+	code, body = fetch(n1, overlayURL(n1, "52:54:00:00:00:01"))
+	if code != 200 {
+		t.Fatalf("overlay of n1 on small: %d %s", code, body)
+	}
+	files, _ = unpackAll(t, body)
+	nc = overlay.Config{}
+	if err := json.Unmarshal(files[overlay.ConfigPath], &nc); err != nil || nc.Image.Name != "small" ||
+		nc.Root != (overlay.Root{Mode: overlay.RootCompressed, Size: "256m"}) || rootInitrd != bootserver.CompressedRootName {
+		t.Errorf("compressed mode on an image with a compressed root: node.json %+v (%v), root initrd %s", nc, err, rootInitrd)
 	}
 }

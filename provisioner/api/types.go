@@ -35,9 +35,10 @@ type Settings struct {
 
 // Root is the RAM root's settings.
 type Root struct {
-	// Mode is tmpfs.
+	// Mode is tmpfs (the image unpacked) or compressed (the image's
+	// squashfs kept in RAM under a writable upper).
 	Mode string `json:"mode,omitempty" yaml:"mode,omitempty"`
-	// Size caps it: bytes with a suffix (16G) or a percentage of RAM (50%).
+	// Size caps it (in the compressed mode, its upper): bytes with a suffix (16G) or a percentage of RAM (50%).
 	Size string `json:"size,omitempty" yaml:"size,omitempty"`
 }
 
@@ -247,11 +248,15 @@ type Registration struct {
 	Steps []AgentStep `json:"steps,omitempty"`
 	// CPUs is the number of CPUs online.
 	CPUs int `json:"cpus,omitempty"`
-	// RootMode is the root's mode; RootSizeBytes its cap and RootUsedBytes
-	// the RAM it takes.
+	// RootMode is the root's mode (tmpfs, compressed, or rootfs when it
+	// could not move); RootSizeBytes its cap and RootUsedBytes the RAM its
+	// files take (in the compressed mode, the writable upper's).
 	RootMode      string `json:"rootMode,omitempty"`
 	RootSizeBytes int64  `json:"rootSizeBytes,omitempty"`
 	RootUsedBytes int64  `json:"rootUsedBytes,omitempty"`
+	// RootLowerBytes is the RAM of the compressed image under a
+	// compressed root (0 in the tmpfs mode).
+	RootLowerBytes int64 `json:"rootLowerBytes,omitempty"`
 	// KernelStart is the wall-clock time the node's uptime counts from.
 	KernelStart time.Time `json:"kernelStart,omitzero"`
 	// InitSeconds, HandoverSeconds and ReadySeconds are the node's uptime
@@ -290,9 +295,12 @@ type AgentStatus struct {
 	Load1 float64 `json:"load1"`
 	// MemAvailableBytes is the available RAM.
 	MemAvailableBytes int64 `json:"memAvailableBytes"`
-	// RootUsedBytes and RootSizeBytes are the root's RAM and its cap.
-	RootUsedBytes int64 `json:"rootUsedBytes"`
-	RootSizeBytes int64 `json:"rootSizeBytes"`
+	// RootUsedBytes and RootSizeBytes are the root's RAM and its cap (in
+	// the compressed mode, the writable upper's), RootLowerBytes the
+	// compressed image's under a compressed root.
+	RootUsedBytes  int64 `json:"rootUsedBytes"`
+	RootSizeBytes  int64 `json:"rootSizeBytes"`
+	RootLowerBytes int64 `json:"rootLowerBytes,omitempty"`
 	// SystemState is the node's init system's state.
 	SystemState string `json:"systemState,omitempty"`
 	// ReadySeconds is the node's uptime when it became ready.

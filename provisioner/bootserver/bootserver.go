@@ -8,6 +8,7 @@
 //	/boot/ipxe?mac=MAC                          the node's iPXE script
 //	/boot/image/{manifest-hex}/vmlinuz          the image's kernel
 //	/boot/image/{manifest-hex}/rootfs.cpio.zst  the image's root file system
+//	/boot/image/{manifest-hex}/rootfs.squashfs.cpio  its compressed root (the compressed root mode)
 //	/boot/agent.cpio.zst                        ramboot-agent as /init
 //	/boot/node/{name}/{nonce}/overlay.cpio.zst  the node's overlay
 //
@@ -57,10 +58,13 @@ import (
 // Names of the files in every node's script; the kernel's EFI stub finds
 // the initrds by these names.
 const (
-	KernelName  = "vmlinuz"
-	RootfsName  = "rootfs.cpio.zst"
-	AgentName   = "agent.cpio.zst"
-	OverlayName = "overlay.cpio.zst"
+	KernelName = "vmlinuz"
+	RootfsName = "rootfs.cpio.zst"
+	// CompressedRootName is the image's compressed root, sent instead of
+	// RootfsName to nodes in the compressed root mode.
+	CompressedRootName = "rootfs.squashfs.cpio"
+	AgentName          = "agent.cpio.zst"
+	OverlayName        = "overlay.cpio.zst"
 )
 
 // Nodes is what the boot server needs from the head: each node's boot
@@ -79,6 +83,10 @@ type Nodes interface {
 	// CheckNonce reports whether nonce is the node's unspent boot nonce
 	// (an error wrapping state.ErrBadToken when not).
 	CheckNonce(node, nonce string) error
+	// ExpectToken says an overlay carrying token is being sent to the
+	// node: until release, the node's requests with it wait for
+	// ConsumeNonce instead of failing (state.DB.ExpectToken).
+	ExpectToken(node, token string) (release func())
 	// ConsumeNonce spends the nonce and makes token the node's report
 	// token for this boot, recording the overlay step with detail.
 	ConsumeNonce(node, nonce, token, detail string) error
@@ -294,6 +302,20 @@ func (s *Server) count(route string, code int, n int64) {
 	}
 }
 
+// RootFor returns the root settings of a node with plan p booting image
+// m: the plan's. A node in the compressed mode whose image has no
+// compressed root boots in the tmpfs mode, and note says why: a node that
+// boots with more RAM taken beats one that does not boot. The script's
+// root initrd and the overlay's configuration both follow it.
+func RootFor(p plan.Plan, m images.Manifest) (root overlay.Root, note string) {
+	root = overlay.Root{Mode: overlay.RootMode(p.Root.Mode), Size: p.Root.Size}
+	if root.ModeOrDefault() == overlay.RootCompressed && m.CompressedRoot == nil {
+		root.Mode = overlay.RootTmpfs
+		note = "compressed root mode, but the image has no compressed root: tmpfs"
+	}
+	return root, note
+}
+
 // imageFor returns the node's image: the digest its plan is pinned to,
 // else what its reference resolves to now (the script then pins it).
 func (s *Server) imageFor(p plan.Plan) (string, images.Manifest, images.Digest, error) {
@@ -331,10 +353,14 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, route, http.StatusForbidden, fmt.Errorf("script for %s is served only to its node's reserved address", mac), "mac", mac, "ip", ip)
 		return
 	}
-	name, _, d, err := s.imageFor(n)
+	name, m, d, err := s.imageFor(n)
 	if err != nil {
 		s.fail(w, route, http.StatusNotFound, err, "node", n.Node)
 		return
+	}
+	root, note := RootFor(n, m)
+	if note != "" {
+		s.log().Warn(note, "node", n.Node, "image", name)
 	}
 	base := strings.TrimRight(s.BaseURL, "/")
 	img := base + "/boot/image/" + d.Hex() + "/"
@@ -351,13 +377,21 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Node)
 		return
 	}
-	nonce, err := s.Nodes.StartScript(n.Node, fmt.Sprintf("image %s %s", name, shortDigest(string(d))), name, string(d))
+	detail := fmt.Sprintf("image %s %s, root %s", name, shortDigest(string(d)), root.ModeOrDefault())
+	if note != "" {
+		detail += " (" + note + ")"
+	}
+	nonce, err := s.Nodes.StartScript(n.Node, detail, name, string(d))
 	if err != nil {
 		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Node)
 		return
 	}
+	rootfs := RootfsName
+	if root.ModeOrDefault() == overlay.RootCompressed {
+		rootfs = CompressedRootName
+	}
 	sc.Initrds = []ipxe.File{
-		{URL: img + RootfsName},
+		{URL: img + rootfs},
 		{URL: base + "/boot/" + AgentName},
 		{URL: base + "/boot/node/" + n.Node + "/" + nonce + "/" + OverlayName},
 	}
@@ -393,6 +427,8 @@ func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
 		route, step = "kernel", state.StepKernel
 	case RootfsName:
 		route, step = "rootfs", state.StepImage
+	case CompressedRootName:
+		route, step = "compressed-root", state.StepImage
 	default:
 		s.fail(w, "image", http.StatusNotFound, fmt.Errorf("no file %q in an image", file))
 		return
@@ -408,8 +444,15 @@ func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	art := m.Kernel
-	if step == state.StepImage {
+	switch route {
+	case "rootfs":
 		art = m.Rootfs
+	case "compressed-root":
+		if m.CompressedRoot == nil {
+			s.fail(w, route, http.StatusNotFound, fmt.Errorf("image %s has no compressed root (built with --no-compressed-root)", m.Name))
+			return
+		}
+		art = *m.CompressedRoot
 	}
 	f, err := s.Images.OpenBlob(art.Digest)
 	if err != nil {
@@ -514,6 +557,9 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 	}
 	a := &Archive{data: data}
 	defer s.transfer(r)()
+	// The node may use the token the moment it has the last byte, before
+	// ConsumeNonce below committed it: its requests wait until then.
+	defer s.Nodes.ExpectToken(name, token)()
 	start := time.Now()
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Type", "application/octet-stream")

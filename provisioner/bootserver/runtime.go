@@ -13,13 +13,14 @@ import (
 // server has no Overlays) for plan p booting image imgName (manifest m,
 // digest d), without a token, with its OverlayGeneration set.
 func (s *Server) NodeConfig(p plan.Plan, imgName string, m images.Manifest, d images.Digest) (overlay.Config, error) {
+	root, _ := RootFor(p, m)
 	c := overlay.Config{
 		Node:         p.Node,
 		Hostname:     hostnameIfNotName(p),
 		HeadURL:      strings.TrimRight(s.BaseURL, "/"),
 		Modules:      p.Modules,
 		Image:        overlay.ImageRef{Name: imgName, Digest: string(d), ContentDigest: string(m.ContentDigest)},
-		Root:         overlay.Root{Mode: overlay.RootMode(p.Root.Mode), Size: p.Root.Size},
+		Root:         root,
 		ConsoleShell: p.ConsoleShell,
 	}
 	if len(p.Interfaces) > 0 {

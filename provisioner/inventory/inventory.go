@@ -24,6 +24,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/ramboot/ramboot/images/overlay"
 )
 
 // ErrDuplicate is wrapped by the errors of Validate that report a name,
@@ -57,9 +59,11 @@ type Settings struct {
 
 // Root is the node's root file system settings.
 type Root struct {
-	// Mode is "tmpfs" (the image unpacked into a size-capped tmpfs).
+	// Mode is "tmpfs" (the image unpacked into a size-capped tmpfs) or
+	// "compressed" (the image's squashfs kept in RAM under an overlay
+	// whose writable tmpfs upper is size-capped).
 	Mode string `json:"mode,omitempty" yaml:"mode,omitempty"`
-	// Size caps the root's tmpfs: bytes with a suffix (16G) or a
+	// Size caps the root's tmpfs (the upper's, in the compressed mode): bytes with a suffix (16G) or a
 	// percentage of RAM (50%).
 	Size string `json:"size,omitempty" yaml:"size,omitempty"`
 }
@@ -102,18 +106,27 @@ type Node struct {
 	// Created is when it was added.
 	Created time.Time `json:"created,omitzero" yaml:"-"`
 
-	// Legacy fields of the first layout (one interface), read only.
-	MAC string     `json:"mac,omitempty" yaml:"-"`
-	IP  netip.Addr `json:"ip,omitzero" yaml:"-"`
+	// Legacy fields of the first layout (one interface, a root mode of
+	// its own), read only.
+	MAC      string     `json:"mac,omitempty" yaml:"-"`
+	IP       netip.Addr `json:"ip,omitzero" yaml:"-"`
+	RootMode string     `json:"rootMode,omitempty" yaml:"-"`
 }
 
-// Upgrade moves the first layout's MAC and IP into Interfaces.
+// Upgrade moves the first layout's MAC and IP into Interfaces and its
+// root mode into Settings.
 func (n *Node) Upgrade() {
 	if n.MAC != "" || n.IP.IsValid() {
 		if len(n.Interfaces) == 0 {
 			n.Interfaces = []Interface{{MAC: n.MAC, IP: n.IP}}
 		}
 		n.MAC, n.IP = "", netip.Addr{}
+	}
+	if n.RootMode != "" {
+		if n.Root.Mode == "" {
+			n.Root.Mode = n.RootMode
+		}
+		n.RootMode = ""
 	}
 }
 
@@ -234,8 +247,14 @@ func NormalizeClientID(s string) (string, error) {
 // Network stacks a node's overlay can configure.
 var networkStacks = []string{"networkd", "networkmanager", "ifupdown", "none"}
 
-// Root modes.
-var rootModes = []string{"tmpfs"}
+// rootModes are the root modes a node may set (images/overlay's).
+var rootModes = func() []string {
+	var ms []string
+	for _, m := range overlay.RootModes {
+		ms = append(ms, string(m))
+	}
+	return ms
+}()
 
 var sizeRE = regexp.MustCompile(`^([0-9]+[kKmMgGtT]?|[0-9]{1,3}%)$`)
 

@@ -1,6 +1,7 @@
 package inventory_test
 
 import (
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"strings"
@@ -112,5 +113,33 @@ func TestChain(t *testing.T) {
 	got := strings.Join(inv.Chain(&inventory.Node{Profiles: []string{"gpu", "site", "net"}}), " ")
 	if want := "base net compute gpu site"; got != want {
 		t.Fatalf("chain %q, want %q", got, want)
+	}
+}
+
+// TestUpgrade: a node stored by the first layout (one MAC and IP, a root
+// mode of its own at the top level) reads as the same node in this one,
+// and the compressed mode is a valid setting.
+func TestUpgrade(t *testing.T) {
+	var n inventory.Node
+	if err := json.Unmarshal([]byte(`{"name":"c1","mac":"52:54:00:00:00:11","ip":"10.0.0.21","image":"debian12","rootMode":"compressed","created":"2026-11-01T00:00:00Z"}`), &n); err != nil {
+		t.Fatal(err)
+	}
+	n.Upgrade()
+	if len(n.Interfaces) != 1 || n.Interfaces[0] != ifc("52:54:00:00:00:11", "10.0.0.21") || n.Image != "debian12" ||
+		n.Root != (inventory.Root{Mode: "compressed"}) || n.MAC != "" || n.IP.IsValid() || n.RootMode != "" {
+		t.Fatalf("upgraded: %+v", n)
+	}
+	b, err := json.Marshal(n)
+	if err != nil || strings.Contains(string(b), `"rootMode"`) || !strings.Contains(string(b), `"root":{"mode":"compressed"}`) {
+		t.Errorf("written back: %s %v", b, err)
+	}
+	inv := valid()
+	inv.Nodes["c1"] = &n
+	if err := inv.Validate(subnets); err != nil {
+		t.Errorf("a node in the compressed mode: %v", err)
+	}
+	n.Root.Mode = "squashfs"
+	if err := inv.Validate(subnets); err == nil || !strings.Contains(err.Error(), `node c1: root mode "squashfs": want one of tmpfs, compressed`) {
+		t.Errorf("an unknown root mode: %v", err)
 	}
 }

@@ -2,8 +2,10 @@ package state
 
 import (
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 )
 
 // The boot secrets:
@@ -127,18 +129,68 @@ func (r *record) authenticate(token string, from netip.Addr) error {
 // Authenticate checks a request of node name's agent (see the node API):
 // from the node's reserved address, with its current token, minted in its
 // current boot. It returns the node, or an error wrapping ErrNotFound,
-// ErrWrongAddress, ErrBadToken or ErrConflict.
+// ErrWrongAddress, ErrBadToken or ErrConflict. A token whose overlay is
+// still being committed (ExpectToken) waits for the outcome, at most
+// tokenWait.
 func (d *DB) Authenticate(name, token string, from netip.Addr) (NodeStatus, error) {
+	for waited := false; ; waited = true {
+		d.mu.Lock()
+		r, ok := d.nodes[name]
+		if !ok || r.Node.Name == "" {
+			d.mu.Unlock()
+			return NodeStatus{}, fmt.Errorf("node %s: %w", name, ErrNotFound)
+		}
+		err := r.authenticate(token, from)
+		if err == nil {
+			v := d.view(r)
+			d.mu.Unlock()
+			return v, nil
+		}
+		p := d.pending[name]
+		d.mu.Unlock()
+		if waited || !errors.Is(err, ErrBadToken) || p == nil || !equalSecret(hashHex(token), p.hash) {
+			return NodeStatus{}, fmt.Errorf("request of node %s: %w", name, err)
+		}
+		t := time.NewTimer(tokenWait)
+		select {
+		case <-p.done:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// tokenWait bounds how long a request waits for its token's commit.
+const tokenWait = 10 * time.Second
+
+// pendingToken is a token on its way to its node in an overlay: it
+// becomes the node's once the overlay was sent whole (ConsumeNonce).
+type pendingToken struct {
+	hash string
+	done chan struct{}
+}
+
+// ExpectToken tells the database that an overlay carrying token is being
+// sent to node name. Until release is called (after ConsumeNonce, or when
+// the overlay was not sent whole), a request of the node with that token
+// waits for the outcome instead of failing: a node may use its token as
+// soon as it has the overlay's last byte, before the head committed it.
+func (d *DB) ExpectToken(name, token string) (release func()) {
+	p := &pendingToken{hash: hashHex(token), done: make(chan struct{})}
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	r, ok := d.nodes[name]
-	if !ok || r.Node.Name == "" {
-		return NodeStatus{}, fmt.Errorf("node %s: %w", name, ErrNotFound)
+	if d.pending == nil {
+		d.pending = map[string]*pendingToken{}
 	}
-	if err := r.authenticate(token, from); err != nil {
-		return NodeStatus{}, fmt.Errorf("request of node %s: %w", name, err)
+	d.pending[name] = p
+	d.mu.Unlock()
+	return func() {
+		d.mu.Lock()
+		if d.pending[name] == p {
+			delete(d.pending, name)
+		}
+		d.mu.Unlock()
+		close(p.done)
 	}
-	return d.view(r), nil
 }
 
 // hasIP reports whether ip is reserved for one of n's interfaces.

@@ -217,6 +217,8 @@ type DB struct {
 	// heartbeat: memory only, never written (heartbeat.go). Published
 	// values are never changed.
 	live map[string]*Agent
+	// pending are the tokens of overlays being sent (ExpectToken).
+	pending map[string]*pendingToken
 }
 
 // Open opens the database at path with default options; see OpenWith.

@@ -366,6 +366,65 @@ func TestNonceSingleUse(t *testing.T) {
 	}
 }
 
+// TestTokenInFlight: a node that uses its token the moment it has its
+// overlay, before the head committed the token, is not refused: the
+// request waits for the commit. A token whose overlay was not sent whole
+// is refused once that is known, and one of no overlay at once.
+func TestTokenInFlight(t *testing.T) {
+	db := open(t, filepath.Join(t.TempDir(), "s.db"))
+	if err := db.AddNode(node("n1", "52:54:00:aa:00:01", "10.0.0.11")); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Record("n1", ev(StepDHCPOffer), true); err != nil {
+		t.Fatal(err)
+	}
+	nonce, err := db.NewBootNonce("n1", ev(StepScript))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := NewToken()
+	release := db.ExpectToken("n1", tok)
+	if _, err := db.Authenticate("n1", NewToken(), addr("10.0.0.11")); !errors.Is(err, ErrBadToken) {
+		t.Fatalf("another token while one is in flight: %v", err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		_, err := db.Authenticate("n1", tok, addr("10.0.0.11"))
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		t.Fatalf("the token in flight was answered before its commit: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if err := db.ConsumeNonce("n1", nonce, tok, ev(StepOverlay)); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if err := <-got; err != nil {
+		t.Fatalf("the token in flight, once committed: %v", err)
+	}
+
+	// An overlay cut short: its token never becomes the node's.
+	nonce, err = db.NewBootNonce("n1", ev(StepScript))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := NewToken()
+	release = db.ExpectToken("n1", cut)
+	go func() {
+		_, err := db.Authenticate("n1", cut, addr("10.0.0.11"))
+		got <- err
+	}()
+	release()
+	if err := <-got; !errors.Is(err, ErrBadToken) {
+		t.Fatalf("the token of an overlay cut short: %v", err)
+	}
+	if err := db.CheckNonce("n1", nonce); err != nil {
+		t.Fatalf("the nonce of an overlay cut short is spent: %v", err)
+	}
+}
+
 func TestMarkStalled(t *testing.T) {
 	c := newClock()
 	db, err := OpenWith(filepath.Join(t.TempDir(), "s.db"), Options{Now: c.now})

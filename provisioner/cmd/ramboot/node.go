@@ -33,7 +33,7 @@ func (s *settingsFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&s.kernelArgs, "kernel-args", "", "kernel arguments, replacing the inherited ones")
 	fs.StringSliceVar(&s.modules, "modules", nil, "kernel modules the agent loads before the network, replacing the inherited ones (comma-separated)")
 	fs.StringVar(&s.bootFile, "boot-file", "", "iPXE binary firmware gets instead of its architecture's (snponly.efi, ipxe.efi)")
-	fs.StringVar(&s.rootMode, "root-mode", "", "RAM root mode: tmpfs")
+	fs.StringVar(&s.rootMode, "root-mode", "", "RAM root mode: tmpfs (the image unpacked) or compressed (the image kept compressed in RAM)")
 	fs.StringVar(&s.rootSize, "root-size", "", "RAM root size cap: bytes with a suffix (16G) or a percentage of RAM (50%)")
 	fs.StringVar(&s.network, "network", "", "the image's network stack: networkd, networkmanager, ifupdown, none")
 	fs.StringArrayVar(&s.tags, "tag", nil, "tag KEY=VALUE (repeatable)")
@@ -379,7 +379,8 @@ func printNode(w io.Writer, n api.NodeStatus) error {
 		if p.BootFile != "" {
 			fmt.Fprintf(tw, "Boot file:\t%s%s\n", p.BootFile, src("boot_file"))
 		}
-		fmt.Fprintf(tw, "Root:\t%s %s%s\n", p.Root.Mode, orDash(p.Root.Size), src("root.size"))
+		fmt.Fprintf(tw, "Root mode:\t%s%s\n", p.Root.Mode, src("root.mode"))
+		fmt.Fprintf(tw, "Root cap:\t%s%s\n", orDash(p.Root.Size), src("root.size"))
 		fmt.Fprintf(tw, "Network:\t%s%s\n", p.Network, src("network"))
 		for _, k := range sortedKeys(p.Tags) {
 			fmt.Fprintf(tw, "Tag %s:\t%s%s\n", k, p.Tags[k], src("tags."+k))

@@ -114,6 +114,16 @@ func TestNodeCommands(t *testing.T) {
 		t.Fatalf("after set:\n%s", out)
 	}
 
+	// The root mode: a node's own, or its profile's, with its source.
+	rb(t, dir, "profile", "set", "base", "--root-mode", "compressed").ok(t)
+	rb(t, dir, "node", "set", "n003", "--root-mode", "tmpfs", "--root-size", "8G").ok(t)
+	rb(t, dir, "node", "set", "n003", "--root-mode", "squashfs").fails(t, exitInvalid, `node n003: root mode "squashfs": want one of tmpfs, compressed`)
+	for name, want := range map[string]string{"n004": "Root mode: compressed (profile base)", "n003": "Root mode: tmpfs (node) Root cap: 8G (node)"} {
+		if out := strings.Join(strings.Fields(rb(t, dir, "node", "show", name).ok(t)), " "); !strings.Contains(out, want) {
+			t.Errorf("node show %s lacks %q:\n%s", name, want, out)
+		}
+	}
+
 	rb(t, dir, "profile", "rm", "compute").fails(t, exitInvalid, "unknown profile \"compute\"")
 	rb(t, dir, "node", "rm", "n[001-010]").ok(t)
 	rb(t, dir, "node", "show", "n005").fails(t, exitNotFound, "n005")

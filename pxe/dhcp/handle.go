@@ -62,6 +62,8 @@ func (s *Server) Handle(ctx context.Context, req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4
 		Time:    time.Now(),
 	}
 	ev.Arch, ev.HasArch = clientArch(req)
+	vc := req.ClassIdentifier()
+	ev.NetBoot = ev.IPXE || ev.HasArch || strings.HasPrefix(vc, "PXEClient") || strings.HasPrefix(vc, "HTTPClient")
 
 	serverIP, err := s.serverIP()
 	if err != nil {
@@ -230,11 +232,14 @@ func newReply(req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
 
 // bootFile picks the boot file name for the client: the script URL for iPXE,
 // else the reservation's NBP, else the NBP for its architecture. ok is false
-// when a network-boot client's architecture has no NBP; other clients then
-// get no boot file at all.
-func (s *Server) bootFile(req *dhcpv4.DHCPv4, res Reservation, ev Event) (file string, ok bool) {
+// when a network-boot client's architecture has no NBP. A client that is no
+// network boot (a node's OS) gets no boot file at all.
+func (s *Server) bootFile(_ *dhcpv4.DHCPv4, res Reservation, ev Event) (file string, ok bool) {
 	if ev.IPXE {
 		return res.ScriptURL, true
+	}
+	if !ev.NetBoot {
+		return "", true
 	}
 	if res.BootFile != "" {
 		return res.BootFile, true
@@ -246,9 +251,7 @@ func (s *Server) bootFile(req *dhcpv4.DHCPv4, res Reservation, ev Event) (file s
 	if f, found := files[ev.Arch]; found {
 		return f, true
 	}
-	vc := req.ClassIdentifier()
-	netboot := ev.HasArch || strings.HasPrefix(vc, "PXEClient") || strings.HasPrefix(vc, "HTTPClient")
-	return "", !netboot
+	return "", false
 }
 
 // fit trims optional options from reply until it fits size bytes, and fails

@@ -354,14 +354,19 @@ func TestHandle(t *testing.T) {
 			},
 		},
 		{
-			name: "plain client gets address and NBP by arch",
+			// A node's own OS (systemd-networkd, dhclient) renewing its
+			// address: no option 60/93, not iPXE. It gets its address and
+			// no boot file, and the event says it is no network boot.
+			name: "plain client (a node's OS) gets its address and no boot file",
 			req:  pkt(macNode1, dhcpv4.MessageTypeDiscover),
 			want: dhcpv4.MessageTypeOffer,
 			check: func(t *testing.T, reply *dhcpv4.DHCPv4, ev Event) {
 				checkLease(t, reply, "10.77.0.11")
-				checkFirmwareBoot(t, reply, "undionly.kpxe")
-				if ev.HasArch || ev.Arch != pxe.ArchBIOS {
-					t.Errorf("event arch = %v/%v, want absent/bios", ev.Arch, ev.HasArch)
+				if reply.BootFileName != "" || reply.Options.Has(dhcpv4.OptionBootfileName) || reply.Options.Has(dhcpv4.OptionTFTPServerName) {
+					t.Errorf("boot file sent to a plain client: %q", reply.BootFileName)
+				}
+				if ev.HasArch || ev.Arch != pxe.ArchBIOS || ev.NetBoot {
+					t.Errorf("event arch = %v/%v netboot %v, want absent/bios, no network boot", ev.Arch, ev.HasArch, ev.NetBoot)
 				}
 			},
 		},

@@ -90,6 +90,11 @@ type Event struct {
 	Arch pxe.Arch
 	// HasArch reports that the request carried option 93.
 	HasArch bool
+	// NetBoot reports a network-boot client: firmware PXE or HTTP boot
+	// (option 93, or vendor class PXEClient or HTTPClient) or iPXE. A
+	// client that is none of these (a node's own OS renewing its address)
+	// gets its address and no boot file.
+	NetBoot bool
 	// IP is the address offered or acknowledged; for a release or decline,
 	// the address the client gave up.
 	IP netip.Addr

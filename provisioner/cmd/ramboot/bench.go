@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 
 	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/apiclient"
+	"github.com/ramboot/ramboot/provisioner/hostlist"
 	"github.com/ramboot/ramboot/provisioner/storm"
 )
 
@@ -238,51 +238,78 @@ func writePlot(path string, rep *storm.Report, note string) error {
 	return f.Close()
 }
 
-// apiInventory creates the storm's nodes through the admin API.
+// apiInventory creates the storm's nodes through the admin API: one
+// request with a host list and address ranges, one transaction.
 type apiInventory struct {
 	c *apiclient.Client
 }
 
-// addWorkers is how many nodes are added at once: the daemon commits each
-// in its own transaction.
-const addWorkers = 8
-
-// Add adds the nodes, one request each; when one fails it removes those
-// it added.
+// Add adds the nodes in one request, their MACs and addresses as ranges,
+// and checks that the head gave each the MAC and address the storm
+// expects; on a mismatch it removes them again.
 func (a *apiInventory) Add(ctx context.Context, nodes []storm.NodeSpec) error {
-	err := a.each(ctx, len(nodes), func(ctx context.Context, i int) error {
-		n := nodes[i]
-		_, err := a.c.AddNode(ctx, api.AddNodeRequest{Name: n.Name, MAC: n.MAC.String(), IP: n.IP.String(), Image: n.Image})
-		if err != nil {
-			return fmt.Errorf("add node %s: %w", n.Name, err)
-		}
-		return nil
-	})
+	names := make([]string, len(nodes))
+	for i, n := range nodes {
+		names[i] = n.Name
+	}
+	list, err := hostlist.Compress(names)
 	if err != nil {
-		names := make([]string, len(nodes))
-		for i, n := range nodes {
-			names[i] = n.Name
+		return err
+	}
+	req := api.AddNodesRequest{Names: list, MAC: nodes[0].MAC.String() + "+", IP: nodes[0].IP.String() + "+"}
+	req.Image = nodes[0].Image
+	added, err := a.c.AddNodes(ctx, req)
+	if err != nil {
+		return fmt.Errorf("add nodes %s: %w", list, err)
+	}
+	want := map[string]storm.NodeSpec{}
+	for _, n := range nodes {
+		want[n.Name] = n
+	}
+	for _, n := range added {
+		w, ok := want[n.Name]
+		if ok && len(n.Interfaces) > 0 && n.Interfaces[0].IP == w.IP.String() && strings.EqualFold(n.Interfaces[0].MAC, w.MAC.String()) {
+			delete(want, n.Name)
 		}
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+	}
+	if len(want) > 0 {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
 		_ = a.Remove(rctx, names)
+		return fmt.Errorf("add nodes %s: the head gave %d of them another MAC or address than the storm's", list, len(want))
 	}
-	return err
+	return nil
 }
 
-// Remove deletes the nodes, ignoring those that do not exist.
+// Remove deletes those of the nodes that exist, in one request.
 func (a *apiInventory) Remove(ctx context.Context, names []string) error {
-	return a.each(ctx, len(names), func(ctx context.Context, i int) error {
-		if err := a.c.DeleteNode(ctx, names[i]); err != nil && !errors.Is(err, apiclient.ErrNotFound) {
-			return fmt.Errorf("remove node %s: %w", names[i], err)
+	states, err := a.States(ctx, names)
+	if err != nil {
+		return err
+	}
+	var present []string
+	for _, n := range names {
+		if states[n] != "missing" {
+			present = append(present, n)
 		}
+	}
+	if len(present) == 0 {
 		return nil
-	})
+	}
+	list, err := hostlist.Compress(present)
+	if err != nil {
+		return err
+	}
+	if err := a.c.DeleteNodes(ctx, list); err != nil {
+		return fmt.Errorf("remove nodes %s: %w", list, err)
+	}
+	return nil
 }
 
-// States returns the nodes' boot states.
+// States returns the nodes' boot states ("missing" for a node the head
+// does not have).
 func (a *apiInventory) States(ctx context.Context, names []string) (map[string]string, error) {
-	all, err := a.c.ListNodes(ctx)
+	rows, err := a.c.ListRows(ctx, "")
 	if err != nil {
 		return nil, err
 	}
@@ -290,10 +317,10 @@ func (a *apiInventory) States(ctx context.Context, names []string) (map[string]s
 	for _, n := range names {
 		want[n] = true
 	}
-	out := map[string]string{}
-	for _, n := range all {
-		if want[n.Name] {
-			out[n.Name] = string(n.Status.State)
+	out := make(map[string]string, len(names))
+	for _, r := range rows {
+		if want[r.Name] {
+			out[r.Name] = r.State
 		}
 	}
 	for _, n := range names {
@@ -302,44 +329,6 @@ func (a *apiInventory) States(ctx context.Context, names []string) (map[string]s
 		}
 	}
 	return out, nil
-}
-
-// each runs f for 0..n-1 on addWorkers goroutines and returns the first
-// error; it stops handing out work after one.
-func (a *apiInventory) each(ctx context.Context, n int, f func(context.Context, int) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		mu    sync.Mutex
-		next  int
-		first error
-		wg    sync.WaitGroup
-	)
-	for range min(addWorkers, n) {
-		wg.Go(func() {
-			for {
-				mu.Lock()
-				i := next
-				next++
-				stop := first != nil || i >= n
-				mu.Unlock()
-				if stop {
-					return
-				}
-				if err := f(ctx, i); err != nil {
-					mu.Lock()
-					if first == nil {
-						first = err
-						cancel()
-					}
-					mu.Unlock()
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	return first
 }
 
 func benchDownloadCmd(g *globals) *cobra.Command {

@@ -132,7 +132,7 @@ func ExampleSnapshot_Render_builtin() {
 	//     "digest": "sha256:0000000000000000000000000000000000000000000000000000000000000001",
 	//     "contentDigest": ""
 	//   },
-	//   "overlayGeneration": "1373dd567c3285cb"
+	//   "overlayGeneration": "5a0a1514a4da591d"
 	// }
 }
 

@@ -58,7 +58,7 @@ func BenchmarkDiscoverBurst(b *testing.B) {
 				bursts++
 				// Wait until every DISCOVER was either handled or dropped.
 				deadline := time.Now().Add(10 * time.Second)
-				for gather(b, reg, `ramboot_dhcp_requests_total{type="discover"}`)+float64(s.Metrics.drops.Total()) < float64(sent) {
+				for gather(b, reg, `ramboot_dhcp_requests_total{port="67",type="discover"}`)+float64(s.Metrics.drops.Total()) < float64(sent) {
 					if time.Now().After(deadline) {
 						b.Fatal("server did not drain its queue within 10 s")
 					}

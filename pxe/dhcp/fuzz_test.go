@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -68,26 +69,49 @@ func FuzzServe(f *testing.F) {
 	s.Metrics = NewMetrics(nil)
 	var last Event
 	s.Observer = func(ev Event) { last = ev }
-	peer := &net.UDPAddr{IP: net.IPv4(10, 77, 0, 200), Port: 68}
+	peer := netip.MustParseAddrPort("10.77.0.200:68")
+	link := []netip.Prefix{netip.MustParsePrefix("10.77.0.1/24")}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		req := s.decode(b, peer)
 		if req == nil {
 			return
 		}
-		last = Event{}
-		out, dst := s.respond(t.Context(), req, peer)
-		if out == nil {
-			if last.Reply != "" {
-				t.Fatalf("event says %q was sent but there is no reply", last.Reply)
+		// Every request is tried on both ports, in every mode.
+		for _, mode := range []Mode{ModeReservation, ModeProxy, ModeOff} {
+			for _, port := range []int{dhcpv4.ServerPort, PXEPort} {
+				s.Mode = mode
+				fuzzOne(t, s, &last, Request{Msg: req, Port: port, Peer: peer, LinkAddrs: link})
 			}
-			return
 		}
-		if last.Reply == "" || last.Ignored != "" {
-			t.Fatalf("reply sent but event = %+v", last)
+	})
+}
+
+// fuzzOne checks one request's reply for FuzzServe.
+func fuzzOne(t *testing.T, s *Server, last *Event, r Request) {
+	req := r.Msg
+	*last = Event{}
+	reply, _ := s.respond(t.Context(), r)
+	if reply == nil {
+		if last.Reply != "" {
+			t.Fatalf("event says %q was sent but there is no reply", last.Reply)
 		}
-		if dst == nil || (dst.Port != dhcpv4.ServerPort && dst.Port != dhcpv4.ClientPort && dst.Port != s.relayPort) {
-			t.Fatalf("reply to %v", dst)
-		}
+		return
+	}
+	if last.Reply == "" || last.Ignored != "" {
+		t.Fatalf("reply sent but event = %+v", *last)
+	}
+	if s.Mode == ModeOff && r.Port != PXEPort {
+		t.Fatalf("mode off answered on port 67: %+v", *last)
+	}
+	if last.Proxy && !isZero(reply.YourIPAddr) {
+		t.Fatalf("proxy reply hands out %s", reply.YourIPAddr)
+	}
+	dst, _ := s.replyAddr(r, reply)
+	if !dst.IsValid() || (dst.Port() != dhcpv4.ServerPort && dst.Port() != dhcpv4.ClientPort && int(dst.Port()) != s.relayPort && dst != r.Peer) {
+		t.Fatalf("reply to %v", dst)
+	}
+	out := reply.ToBytes()
+	{
 		reply, err := dhcpv4.FromBytes(out)
 		if err != nil {
 			t.Fatalf("reply does not decode: %v", err)
@@ -105,5 +129,5 @@ func FuzzServe(f *testing.F) {
 		if mt := reply.MessageType(); mt != dhcpv4.MessageTypeOffer && mt != dhcpv4.MessageTypeAck && mt != dhcpv4.MessageTypeNak {
 			t.Fatalf("reply type %s", mt)
 		}
-	})
+	}
 }

@@ -256,7 +256,7 @@ func (s *Server) Handle(ctx context.Context, r Request) (*dhcpv4.DHCPv4, Event, 
 	br.Override = res.BootFile
 
 	if port == PXEPort || mode == ModeProxy {
-		boot := s.table().Choose(br)
+		boot := s.choose(br)
 		if boot.Ignore != "" {
 			return ignore(ev, boot.reason, boot.Ignore)
 		}
@@ -289,12 +289,22 @@ func (s *Server) Handle(ctx context.Context, r Request) (*dhcpv4.DHCPv4, Event, 
 			return s.nak(req, server, fmt.Sprintf("address %s is not reserved for this client", requested)), ev, nil
 		}
 	}
-	boot := s.table().Choose(br)
+	boot := s.choose(br)
 	if boot.Ignore != "" {
 		return ignore(ev, boot.reason, boot.Ignore)
 	}
 	res.IP = resIP
 	return s.leaseReply(req, server, res, s.leaseTime(), boot, ev)
+}
+
+// choose is BootTable.Choose on the server's table, with HTTP-boot clients
+// ignored when no HTTP boot URL is configured.
+func (s *Server) choose(br BootRequest) Boot {
+	b := s.table().Choose(br)
+	if b.Ignore == "" && b.Stage == StageHTTPBoot && s.HTTPBootURL == "" {
+		return b.ignore(reasonNoHTTPBoot, "UEFI HTTP boot client, but no HTTP boot URL is configured")
+	}
+	return b
 }
 
 // unknown handles a client the inventory does not know: recorded for
@@ -321,7 +331,7 @@ func (s *Server) unknown(req *dhcpv4.DHCPv4, br BootRequest, o origin, c Client,
 	if sub.Discovery.IsZero() {
 		return ignore(ev, reasonUnknownMAC, "unknown MAC (recorded for discovery; no discovery range on its subnet)")
 	}
-	boot := s.table().Choose(br)
+	boot := s.choose(br)
 	if boot.Ignore != "" {
 		return ignore(ev, boot.reason, boot.Ignore)
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,13 +26,15 @@ import (
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
 
 var (
-	serverIP  = netip.MustParseAddr("10.77.0.1")
-	macNode1  = mustMAC("52:54:00:00:00:01")
-	macNode2  = mustMAC("52:54:00:00:00:02") // has a per-node BootFile
-	macBroken = mustMAC("52:54:00:00:00:0e") // inventory fails
-	macBad    = mustMAC("52:54:00:00:00:0b") // invalid reservation
-	macLong   = mustMAC("52:54:00:00:00:0c") // very long script URL
-	macNobody = mustMAC("52:54:00:00:00:77") // unknown
+	serverIP   = netip.MustParseAddr("10.77.0.1")
+	macNode1   = mustMAC("52:54:00:00:00:01")
+	macNode2   = mustMAC("52:54:00:00:00:02") // has a per-node BootFile
+	macBroken  = mustMAC("52:54:00:00:00:0e") // inventory fails
+	macBad     = mustMAC("52:54:00:00:00:0b") // invalid reservation
+	macLong    = mustMAC("52:54:00:00:00:0c") // very long script URL
+	macNobody  = mustMAC("52:54:00:00:00:77") // unknown
+	macRelayed = mustMAC("52:54:00:00:00:88") // reserved 10.88.0.21, behind a relay
+	macSecond  = mustMAC("52:54:00:00:00:99") // reserved 10.99.0.21, the head's second subnet
 	// ibGUID is the port GUID of an InfiniBand client known by option 61.
 	ibGUID    = mustMAC("00:02:c9:03:00:a1:b2:c3")
 	xid       = dhcpv4.TransactionID{0xde, 0xad, 0xbe, 0xef}
@@ -57,12 +60,30 @@ func node1() Reservation {
 	}
 }
 
-// testInventory knows node1, node2, a broken lookup and a bad reservation.
-// It counts its calls.
-type testInventory struct{ calls atomic.Int32 }
+// testInventory knows node1, node2, a node on a relayed subnet, one on a
+// second local subnet, an InfiniBand interface, a broken lookup and a bad
+// reservation. It counts its calls and keeps the last Client asked about.
+type testInventory struct {
+	calls atomic.Int32
+	// extra, when set, adds 52:54:00:dd:00:XX (XX its value) with node1's
+	// reservation: a machine adopted while the server runs.
+	extra atomic.Pointer[byte]
+	mu    sync.Mutex
+	last  Client
+}
+
+// lastClient returns the Client of the last lookup.
+func (inv *testInventory) lastClient() Client {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	return inv.last
+}
 
 func (inv *testInventory) Lookup(_ context.Context, c Client) (Reservation, error) {
 	inv.calls.Add(1)
+	inv.mu.Lock()
+	inv.last = c
+	inv.mu.Unlock()
 	if guid, ok := c.GUID(); ok && len(c.MAC) == 0 && guid.String() == ibGUID.String() {
 		r := node1()
 		r.IP = netip.MustParseAddr("10.77.0.13")
@@ -71,6 +92,9 @@ func (inv *testInventory) Lookup(_ context.Context, c Client) (Reservation, erro
 		return r, nil
 	}
 	mac := c.MAC
+	if x := inv.extra.Load(); x != nil && mac.String() == macN(*x).String() {
+		return node1(), nil
+	}
 	switch mac.String() {
 	case macNode1.String():
 		return node1(), nil
@@ -85,6 +109,16 @@ func (inv *testInventory) Lookup(_ context.Context, c Client) (Reservation, erro
 		r := node1()
 		r.ScriptURL = "http://10.77.0.1/boot/ipxe?mac=52:54:00:00:00:0c&x=" + strings.Repeat("a", 200)
 		return r, nil
+	case macRelayed.String():
+		return Reservation{
+			IP: netip.MustParseAddr("10.88.0.21"), PrefixLen: 24, Router: netip.MustParseAddr("10.88.0.1"),
+			Hostname: "r01n21", ScriptURL: "http:///boot/ipxe?mac=" + mac.String(),
+		}, nil
+	case macSecond.String():
+		return Reservation{
+			IP: netip.MustParseAddr("10.99.0.21"), PrefixLen: 24,
+			Hostname: "m01n21", ScriptURL: "http:///boot/ipxe?mac=" + mac.String(),
+		}, nil
 	case macBroken.String():
 		return Reservation{}, errBroken
 	case macBad.String():
@@ -172,30 +206,33 @@ func join(mods ...[]dhcpv4.Modifier) []dhcpv4.Modifier {
 	return all
 }
 
+// handleCase is one request to Handle and what must come of it.
+type handleCase struct {
+	name   string
+	req    *dhcpv4.DHCPv4
+	server func(*Server) // adjusts the default test server
+	// want: reply message type, or MessageTypeNone for no reply.
+	want dhcpv4.MessageType
+	// reason is the ignored_total label when want is None.
+	reason ignoreReason
+	// port, link and peer place the request (default: port 67, no
+	// interface addresses, no sender).
+	port int
+	link []netip.Prefix
+	peer netip.AddrPort
+	// serverID is the expected server identifier; default 10.77.0.1.
+	serverID string
+	// ignored is a substring of Event.Ignored.
+	ignored string
+	// golden names a file under testdata/ holding the full reply.
+	golden string
+	// dest is where the reply goes, if checked.
+	dest  string
+	check func(t *testing.T, reply *dhcpv4.DHCPv4, ev Event)
+}
+
 func TestHandle(t *testing.T) {
-	tests := []struct {
-		name   string
-		req    *dhcpv4.DHCPv4
-		server func(*Server) // adjusts the default test server
-		// want: reply message type, or MessageTypeNone for no reply.
-		want dhcpv4.MessageType
-		// reason is the ignored_total label when want is None.
-		reason ignoreReason
-		// port, link and peer place the request (default: port 67, no
-		// interface addresses, no sender).
-		port int
-		link []netip.Prefix
-		peer netip.AddrPort
-		// serverID is the expected server identifier; default 10.77.0.1.
-		serverID string
-		// ignored is a substring of Event.Ignored.
-		ignored string
-		// golden names a file under testdata/ holding the full reply.
-		golden string
-		// dest is where the reply goes, if checked.
-		dest  string
-		check func(t *testing.T, reply *dhcpv4.DHCPv4, ev Event)
-	}{
+	tests := []handleCase{
 		{
 			name:   "BIOS iPXE ROM",
 			req:    pkt(macNode1, dhcpv4.MessageTypeDiscover, ipxeROM()...),
@@ -501,62 +538,66 @@ func TestHandle(t *testing.T) {
 		},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s, _ := newTestServer()
-			if tt.server != nil {
-				tt.server(s)
-			}
-			before := time.Now()
-			r := Request{Msg: tt.req, Port: tt.port, LinkAddrs: tt.link, Peer: tt.peer}
-			reply, ev, err := s.Handle(t.Context(), r)
-			if err != nil {
-				t.Fatalf("Handle: %v", err)
-			}
-			if ev.Time.Before(before) || !bytes.Equal(ev.MAC, tt.req.ClientHWAddr) {
-				t.Errorf("event MAC %s time %v, want %s and now", ev.MAC, ev.Time, tt.req.ClientHWAddr)
-			}
-			if tt.want == dhcpv4.MessageTypeNone {
-				if reply != nil {
-					t.Fatalf("got reply, want none:\n%s", reply.Summary())
-				}
-				if ev.reason != tt.reason || !strings.Contains(ev.Ignored, tt.ignored) {
-					t.Errorf("ignored = %q (reason %q), want %q (reason %q)", ev.Ignored, ev.reason, tt.ignored, tt.reason)
-				}
-				if ev.Reply != "" {
-					t.Errorf("event reply = %q, want empty", ev.Reply)
-				}
-				if tt.check != nil {
-					tt.check(t, reply, ev)
-				}
-				return
-			}
-			if reply == nil {
-				t.Fatalf("no reply, want %s; event %+v", tt.want, ev)
-			}
-			if got := reply.MessageType(); got != tt.want {
-				t.Fatalf("reply type = %s, want %s", got, tt.want)
-			}
-			if ev.Ignored != "" || ev.reason != "" {
-				t.Errorf("event says ignored (%q) but a reply was sent", ev.Ignored)
-			}
-			if string(ev.Reply) != strings.ToLower(tt.want.String()) {
-				t.Errorf("event reply = %q, want %q", ev.Reply, strings.ToLower(tt.want.String()))
-			}
-			sid := tt.serverID
-			if sid == "" {
-				sid = "10.77.0.1"
-			}
-			checkCommon(t, tt.req, reply, ev, sid)
-			if got, _ := s.replyAddr(r, reply); tt.dest != "" && got.String() != tt.dest {
-				t.Errorf("reply goes to %s, want %s", got, tt.dest)
-			}
-			if tt.check != nil {
-				tt.check(t, reply, ev)
-			}
-			if tt.golden != "" {
-				checkGolden(t, tt.golden, goldenText(s, r, reply))
-			}
-		})
+		t.Run(tt.name, tt.run)
+	}
+}
+
+// run sends the case's request to a test server's Handle and checks the
+// outcome.
+func (tt handleCase) run(t *testing.T) {
+	s, _ := newTestServer()
+	if tt.server != nil {
+		tt.server(s)
+	}
+	before := time.Now()
+	r := Request{Msg: tt.req, Port: tt.port, LinkAddrs: tt.link, Peer: tt.peer}
+	reply, ev, err := s.Handle(t.Context(), r)
+	if err != nil {
+		t.Fatalf("Handle: %v", err)
+	}
+	if ev.Time.Before(before) || !bytes.Equal(ev.MAC, tt.req.ClientHWAddr) {
+		t.Errorf("event MAC %s time %v, want %s and now", ev.MAC, ev.Time, tt.req.ClientHWAddr)
+	}
+	if tt.want == dhcpv4.MessageTypeNone {
+		if reply != nil {
+			t.Fatalf("got reply, want none:\n%s", reply.Summary())
+		}
+		if ev.reason != tt.reason || !strings.Contains(ev.Ignored, tt.ignored) {
+			t.Errorf("ignored = %q (reason %q), want %q (reason %q)", ev.Ignored, ev.reason, tt.ignored, tt.reason)
+		}
+		if ev.Reply != "" {
+			t.Errorf("event reply = %q, want empty", ev.Reply)
+		}
+		if tt.check != nil {
+			tt.check(t, reply, ev)
+		}
+		return
+	}
+	if reply == nil {
+		t.Fatalf("no reply, want %s; event %+v", tt.want, ev)
+	}
+	if got := reply.MessageType(); got != tt.want {
+		t.Fatalf("reply type = %s, want %s", got, tt.want)
+	}
+	if ev.Ignored != "" || ev.reason != "" {
+		t.Errorf("event says ignored (%q) but a reply was sent", ev.Ignored)
+	}
+	if string(ev.Reply) != strings.ToLower(tt.want.String()) {
+		t.Errorf("event reply = %q, want %q", ev.Reply, strings.ToLower(tt.want.String()))
+	}
+	sid := tt.serverID
+	if sid == "" {
+		sid = "10.77.0.1"
+	}
+	checkCommon(t, tt.req, reply, ev, sid)
+	if got, _ := s.replyAddr(r, reply); tt.dest != "" && got.String() != tt.dest {
+		t.Errorf("reply goes to %s, want %s", got, tt.dest)
+	}
+	if tt.check != nil {
+		tt.check(t, reply, ev)
+	}
+	if tt.golden != "" {
+		checkGolden(t, tt.golden, goldenText(s, r, reply))
 	}
 }
 

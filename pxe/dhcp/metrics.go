@@ -31,6 +31,7 @@ const (
 	reasonUnknownSubnet ignoreReason = "unknown_subnet"   // a relay or interface on no configured subnet
 	reasonWrongSubnet   ignoreReason = "wrong_subnet"     // the reserved address is not on the client's subnet
 	reasonPoolExhausted ignoreReason = "pool_exhausted"   // the discovery range has no free address
+	reasonNoHTTPBoot    ignoreReason = "http_boot_off"    // an HTTP boot client, no HTTP boot URL configured
 )
 
 var (
@@ -40,7 +41,7 @@ var (
 	ignoreReasons = []ignoreReason{
 		reasonNotRequest, reasonNoType, reasonUnsupported, reasonNoHWAddr, reasonOtherServer,
 		reasonUnknownMAC, reasonInventory, reasonUnknownArch, reasonReplyTooLarge, reasonNotPXE,
-		reasonModeOff, reasonUnknownSubnet, reasonWrongSubnet, reasonPoolExhausted,
+		reasonModeOff, reasonUnknownSubnet, reasonWrongSubnet, reasonPoolExhausted, reasonNoHTTPBoot,
 	}
 )
 
@@ -86,7 +87,7 @@ type portLabel struct{ port, typ string }
 //     by reason (unknown_mac, other_server, unknown_arch, inventory_error,
 //     not_bootrequest, no_message_type, unsupported_type, no_hwaddr,
 //     reply_too_large, not_pxe, mode_off, unknown_subnet, wrong_subnet,
-//     pool_exhausted);
+//     pool_exhausted, http_boot_off);
 //   - ramboot_dhcp_reply_seconds: time from a request's decoding to its
 //     reply leaving the socket;
 //   - ramboot_dhcp_malformed_total: packets that did not decode as DHCPv4;

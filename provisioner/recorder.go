@@ -5,8 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/netip"
+		"net/netip"
 	"net/url"
 	"time"
 
@@ -25,9 +24,12 @@ type recorder struct {
 }
 
 // reservation returns the DHCP inventory: every address is a reservation.
-func (r *recorder) reservation(prefixLen int, router netip.Addr, dns []netip.Addr, baseURL string) func(context.Context, net.HardwareAddr) (dhcp.Reservation, error) {
-	return func(_ context.Context, mac net.HardwareAddr) (dhcp.Reservation, error) {
-		n, err := r.db.ByMAC(mac)
+func (r *recorder) reservation(prefixLen int, router netip.Addr, dns []netip.Addr, baseURL string) func(context.Context, dhcp.Client) (dhcp.Reservation, error) {
+	return func(_ context.Context, c dhcp.Client) (dhcp.Reservation, error) {
+		if len(c.MAC) == 0 {
+			return dhcp.Reservation{}, dhcp.ErrUnknown // nodes are known by MAC only, so far
+		}
+		n, err := r.db.ByMAC(c.MAC)
 		if errors.Is(err, state.ErrNotFound) {
 			return dhcp.Reservation{}, dhcp.ErrUnknown
 		}

@@ -47,7 +47,7 @@ func TestSpoofedDiscoverKeepsHistory(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		reply, ev, err := srv.Handle(context.Background(), req)
+		reply, ev, err := srv.Handle(context.Background(), dhcp.Request{Msg: req})
 		if err != nil || reply == nil {
 			t.Fatalf("DISCOVER not answered: %v", err)
 		}

@@ -42,6 +42,19 @@ func fuzzSeeds() map[string][]byte {
 		out[name] = p.ToBytes()
 	}
 	out["truncated"] = out["uefi-discover"][:250]
+	// And what real firmware sent, from the captures.
+	files, _ := filepath.Glob(filepath.Join("testdata", "capture", "*.pcap"))
+	for _, file := range files {
+		pkts, err := readPcap(file)
+		if err != nil {
+			continue
+		}
+		for i, p := range pkts {
+			if p.dst.Port() == dhcpv4.ServerPort || p.dst.Port() == PXEPort {
+				out[fmt.Sprintf("captured-%s-%d", strings.TrimSuffix(filepath.Base(file), ".pcap"), i)] = p.payload
+			}
+		}
+	}
 	return out
 }
 

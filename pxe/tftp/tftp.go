@@ -48,8 +48,6 @@ import (
 	"time"
 
 	pintftp "github.com/pin/tftp/v3"
-	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
 
 	"github.com/ramboot/ramboot/pxe/internal/ratelog"
 	"github.com/ramboot/ramboot/pxe/internal/udpsock"
@@ -67,6 +65,9 @@ const (
 	// Server.MaxBlockSize is zero: a 1500-byte Ethernet MTU minus the IPv4
 	// (20), UDP (8) and TFTP (4) headers, so DATA packets never fragment.
 	DefaultMaxBlockSize = 1468
+	// DefaultMaxBlockSizeIPv6 is the same for IPv6 (a 40-byte header),
+	// used on IPv6 sockets when Server.MaxBlockSize is zero.
+	DefaultMaxBlockSizeIPv6 = 1448
 	// DefaultMaxTransfers is the cap on transfers in flight when
 	// Server.MaxTransfers is zero. A transfer holds two file descriptors
 	// (its socket and the file) and a goroutine; 1000 of them are about
@@ -131,6 +132,14 @@ type Event struct {
 	Err error
 	// Time is when the request arrived.
 	Time time.Time
+	// BlockSize is the block size the transfer used: the negotiated
+	// blksize option, else 512.
+	BlockSize int
+	// Datagrams is the number of packets sent (option acknowledgement and
+	// DATA, retransmissions included); Retransmits is how many of them were
+	// sent again because the client's acknowledgement did not come in
+	// time.
+	Datagrams, Retransmits int
 }
 
 // Server is a read-only TFTP server for a fixed catalogue of files. Set the
@@ -196,43 +205,6 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 	return s.Serve(ctx, conn)
 }
 
-// Listen opens a UDP socket on addr for Serve and asks the kernel to report
-// the destination address and interface of each datagram. Requests that
-// reach a socket before that is on are served with 512-byte blocks, so a
-// caller that makes its own socket should set the same options (pin/tftp
-// sets them only once Serve runs) or use Listen.
-//
-// The socket is bound without SO_REUSEADDR, so a second TFTP server on the
-// same address fails here; its error wraps syscall.EADDRINUSE and names the
-// process that holds the port when it can be found.
-func Listen(ctx context.Context, addr string) (*net.UDPConn, error) {
-	var lc net.ListenConfig
-	pc, err := lc.ListenPacket(ctx, "udp", addr)
-	if errors.Is(err, syscall.EADDRINUSE) {
-		holder := "another process"
-		if ua, rerr := net.ResolveUDPAddr("udp", addr); rerr == nil {
-			if h := udpsock.Holders(ua.Port); h != "" {
-				holder = h
-			}
-		}
-		return nil, fmt.Errorf("listen tftp %s: another TFTP server is already serving this address (%s): %w", addr, holder, err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("listen tftp %s: %w", addr, err)
-	}
-	conn := pc.(*net.UDPConn)
-	if la := conn.LocalAddr().(*net.UDPAddr); la.IP.To4() != nil {
-		err = ipv4.NewPacketConn(conn).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true)
-	} else {
-		err = ipv6.NewPacketConn(conn).SetControlMessage(ipv6.FlagDst|ipv6.FlagInterface, true)
-	}
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("listen tftp %s: %w", addr, err)
-	}
-	return conn, nil
-}
-
 // Serve answers TFTP requests that arrive on conn until ctx ends. Then it
 // stops reading requests, ends the transfers in flight (each at its next
 // block, or after its retransmit timeout if the client is gone), closes conn
@@ -271,7 +243,19 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 	ts := pintftp.NewServer(st.handleRead, st.handleWrite)
 	ts.SetTimeout(st.timeout)
 	ts.SetRetries(st.retries)
-	ts.SetBlockSize(st.maxBlockSize)
+	blockSize := st.maxBlockSize
+	if laddr.IP.To4() == nil {
+		// pin binds each transfer's socket to the address the request
+		// came to, without its zone, which fails for a link-local address:
+		// on IPv6, transfers share the server's socket instead (pin's
+		// single-port mode), which answers from that address with the
+		// client's zone. Blocks are capped for the larger IPv6 header.
+		ts.EnableSinglePort()
+		if s.MaxBlockSize == 0 {
+			blockSize = DefaultMaxBlockSizeIPv6
+		}
+	}
+	ts.SetBlockSize(blockSize)
 	// Retransmit as soon as the timeout expires: Timeout alone sets the pace,
 	// instead of pin's extra random sleep of up to one second per retry.
 	ts.SetBackoff(func(int) time.Duration { return 0 })
@@ -315,6 +299,7 @@ type state struct {
 	metrics       *Metrics
 	stopping      atomic.Bool
 	untrackDrops  func()
+	stats         sync.Map // statKey -> pintftp.TransferStats, from the hook to the handler
 }
 
 // newState checks the configuration and applies the defaults; it reports
@@ -441,8 +426,10 @@ func (st *state) handleRead(filename string, rf io.ReaderFrom) error {
 	}
 
 	rd := &reader{r: bufio.NewReaderSize(f, 64<<10), stopping: &st.stopping}
+	st.expectStats(ev.Remote, filename)
 	n, err := rf.ReadFrom(rd)
 	ev.Bytes, ev.Dur = n, time.Since(ev.Time)
+	st.takeStats(&ev, filename, err == nil)
 	if err == nil {
 		st.finish(ev, resultOK)
 		return nil
@@ -515,9 +502,14 @@ func (st *state) finish(ev Event, res result) {
 		ev.Dur = time.Since(ev.Time)
 	}
 	probe := res == resultError && ev.Bytes == 0 && errors.Is(ev.Err, ErrAborted)
-	st.metrics.finished(res, ev, probe)
+	file := otherFile
+	if st.catalogue[ev.File] {
+		file = ev.File
+	}
+	st.metrics.finished(res, ev, file, probe)
 
-	attrs := []any{"ip", ev.Remote.Addr().String(), "path", ev.File, "bytes", ev.Bytes, "dur", ev.Dur}
+	attrs := []any{"ip", ev.Remote.Addr().String(), "path", ev.File, "bytes", ev.Bytes, "dur", ev.Dur,
+		"blksize", ev.BlockSize, "retransmits", ev.Retransmits}
 	switch {
 	case res == resultOK:
 		st.log.Info("tftp transfer done", attrs...)
@@ -621,12 +613,18 @@ func (a *admission) inFlight(ip netip.Addr) (total, client int) {
 // requests (no remote address in the statistics).
 type hook struct{ st *state }
 
-// OnSuccess implements pintftp.Hook; the handlers report transfers.
-func (hook) OnSuccess(pintftp.TransferStats) {}
+// OnSuccess implements pintftp.Hook: it keeps the transfer's statistics
+// for its handler.
+func (h hook) OnSuccess(stats pintftp.TransferStats) { h.st.putStats(stats) }
 
-// OnFailure implements pintftp.Hook and counts malformed datagrams.
+// OnFailure implements pintftp.Hook: it keeps a transfer's statistics for
+// its handler, and counts malformed datagrams.
 func (h hook) OnFailure(stats pintftp.TransferStats, err error) {
-	if stats.RemoteAddr != nil || h.st.stopping.Load() {
+	if stats.RemoteAddr != nil {
+		h.st.putStats(stats)
+		return
+	}
+	if h.st.stopping.Load() {
 		return
 	}
 	// pin reports here, with no address, both a datagram it could not

@@ -20,6 +20,7 @@ import (
 	pintftp "github.com/pin/tftp/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/ramboot/ramboot/pxe/tftp"
 	"github.com/ramboot/ramboot/pxe/tftp/tftptest"
@@ -714,16 +715,28 @@ func (g gathered) Collect(ch chan<- prometheus.Metric) {
 	if err != nil {
 		panic(err)
 	}
+	// The sum over every series of the name with the label value.
+	var v float64
 	for _, mf := range mfs {
 		if mf.GetName() != g.name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			if g.result != "" && (len(m.GetLabel()) != 1 || m.GetLabel()[0].GetValue() != g.result) {
+			if g.result != "" && !hasLabel(m.GetLabel(), g.result) {
 				continue
 			}
-			v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			ch <- prometheus.MustNewConstMetric(prometheus.NewDesc(g.name, "", nil, nil), prometheus.UntypedValue, v)
+			v += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
 	}
+	ch <- prometheus.MustNewConstMetric(prometheus.NewDesc(g.name, "", nil, nil), prometheus.UntypedValue, v)
+}
+
+// hasLabel reports whether one of the labels has value v.
+func hasLabel(labels []*dto.LabelPair, v string) bool {
+	for _, l := range labels {
+		if l.GetValue() == v {
+			return true
+		}
+	}
+	return false
 }

@@ -1,0 +1,75 @@
+package tftp_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ramboot/ramboot/pxe/tftp"
+)
+
+// TestTransferStats: a raw client that leaves the server's second DATA
+// packet unacknowledged once. The transfer's event reports the block size
+// it negotiated, every packet sent and the one retransmission, and the
+// per-file metrics count them.
+func TestTransferStats(t *testing.T) {
+	h := start(t, func(s *tftp.Server) { s.Timeout = 100 * time.Millisecond })
+	want := h.fsys["ipxe.efi"].Data // 2048 bytes: two full blocks of 1024, then an empty one
+	c := dialRaw(t, h.addr)
+	c.send(t, rrq("ipxe.efi", "octet", "blksize", "1024"))
+	if op, _ := c.recv(t); op != opOACK {
+		t.Fatalf("opcode %d, want OACK", op)
+	}
+	c.send(t, ack(0))
+	var got []byte
+	seen := map[uint16]int{}
+	for block := uint16(1); ; {
+		op, body := c.recv(t)
+		if op != opDATA {
+			t.Fatalf("opcode %d, want DATA", op)
+		}
+		n := uint16(body[0])<<8 | uint16(body[1])
+		seen[n]++
+		if n == 2 && seen[n] == 1 {
+			continue // lose our ACK of block 2 the first time: the server sends it again
+		}
+		if n == block {
+			got = append(got, body[2:]...)
+			block++
+		}
+		c.send(t, ack(n))
+		if len(body)-2 < 1024 {
+			break
+		}
+	}
+	if string(got) != string(want) {
+		t.Fatalf("got %d bytes, want %d", len(got), len(want))
+	}
+	ev := h.event(t)
+	// OACK, DATA 1, DATA 2 twice, DATA 3 (the empty last block).
+	if ev.Err != nil || ev.BlockSize != 1024 || ev.Datagrams != 5 || ev.Retransmits != 1 || ev.Bytes != int64(len(want)) {
+		t.Errorf("event = %+v, want block size 1024, 5 datagrams, 1 retransmit, %d bytes", ev, len(want))
+	}
+	if got := testutil.ToFloat64(gathered{h.reg, "ramboot_tftp_retransmits_total", "ipxe.efi"}); got != 1 {
+		t.Errorf("retransmits_total{file=ipxe.efi} = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(gathered{h.reg, "ramboot_tftp_bytes_total", "ipxe.efi"}); got != float64(len(want)) {
+		t.Errorf("bytes_total{file=ipxe.efi} = %v, want %d", got, len(want))
+	}
+	if got := testutil.ToFloat64(gathered{h.reg, "ramboot_tftp_transfers_total", "ipxe.efi"}); got != 1 {
+		t.Errorf("transfers_total{file=ipxe.efi} = %v, want 1", got)
+	}
+
+	// A refused name is counted under file="other", and leaves no
+	// statistics behind.
+	c2 := dialRaw(t, h.addr)
+	c2.send(t, rrq("../etc/passwd", "octet"))
+	if op, _ := c2.recv(t); op != opERROR {
+		t.Fatalf("opcode %d, want ERROR", op)
+	}
+	h.event(t)
+	if got := testutil.ToFloat64(gathered{h.reg, "ramboot_tftp_transfers_total", "other"}); got != 1 {
+		t.Errorf("transfers_total{file=other} = %v, want 1", got)
+	}
+}

@@ -79,7 +79,7 @@ type BootRequest struct {
 // that arrived on port.
 func ParseBootRequest(m *dhcpv4.DHCPv4, port int) BootRequest {
 	r := BootRequest{
-		Type:        m.MessageType(),
+		Type:        msgType(m),
 		Port:        port,
 		VendorClass: m.ClassIdentifier(),
 		Etherboot:   m.Options.Has(dhcpv4.OptionEtherboot),

@@ -140,6 +140,9 @@ func fuzzOne(t *testing.T, s *Server, last *Event, r Request) {
 		t.Fatalf("reply to %v", dst)
 	}
 	out := reply.ToBytes()
+	if enc := appendMessage(nil, reply); !bytes.Equal(enc, out) || messageSize(reply) != len(out) {
+		t.Fatalf("appendMessage (%d bytes, size %d) differs from ToBytes (%d bytes):\n% x\n% x", len(enc), messageSize(reply), len(out), enc, out)
+	}
 	{
 		reply, err := dhcpv4.FromBytes(out)
 		if err != nil {

@@ -2,6 +2,7 @@ package dhcp
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -169,12 +170,15 @@ func (s *Server) locate(r Request) (origin, ignoreReason, string) {
 func (s *Server) Handle(ctx context.Context, r Request) (*dhcpv4.DHCPv4, Event, error) {
 	req := r.Msg
 	port := r.port()
+	mt := msgType(req)
 	br := ParseBootRequest(req, port)
 	stage := br.Stage()
+	// The event shares the request's slices: a decoded request owns its
+	// memory and is never reused.
 	ev := Event{
-		MAC:         slices.Clone(req.ClientHWAddr),
-		ClientID:    slices.Clone(req.Options.Get(dhcpv4.OptionClientIdentifier)),
-		Request:     requestName(req.MessageType(), req.Options.Has(dhcpv4.OptionDHCPMessageType)),
+		MAC:         req.ClientHWAddr,
+		ClientID:    req.Options.Get(dhcpv4.OptionClientIdentifier),
+		Request:     requestName(mt, req.Options.Has(dhcpv4.OptionDHCPMessageType)),
 		Port:        port,
 		Stage:       stage,
 		IPXE:        stage == StageIPXE,
@@ -206,16 +210,15 @@ func (s *Server) Handle(ctx context.Context, r Request) (*dhcpv4.DHCPv4, Event, 
 	if !o.server.Is4() {
 		return nil, ev, errors.New("handle dhcp request: no server address: set ServerIP or serve on a socket with IP_PKTINFO (Listen)")
 	}
-	serverIP := net.IP(o.server.AsSlice())
+	serverIP := o.server.As4()
 
-	mt := req.MessageType()
 	switch mt {
 	case dhcpv4.MessageTypeDiscover, dhcpv4.MessageTypeInform:
 	case dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeRelease, dhcpv4.MessageTypeDecline:
 		// A server identifier naming another server means the client chose
 		// that server's offer (or is releasing its lease): not ours.
-		if sid := req.ServerIdentifier(); sid != nil && !sid.Equal(serverIP) {
-			return ignore(ev, reasonOtherServer, fmt.Sprintf("not for us (server id %s)", sid))
+		if sid := req.Options.Get(dhcpv4.OptionServerIdentifier); sid != nil && !bytesEqual(sid, serverIP[:]) {
+			return ignore(ev, reasonOtherServer, fmt.Sprintf("not for us (server id %s)", net.IP(sid)))
 		}
 	case dhcpv4.MessageTypeNone:
 		return ignore(ev, reasonNoType, "no DHCP message type (BOOTP)")
@@ -227,7 +230,7 @@ func (s *Server) Handle(ctx context.Context, r Request) (*dhcpv4.DHCPv4, Event, 
 		Subnet: ev.Subnet, Server: o.server, Stage: stage, Arch: br.Arch, HasArch: br.HasArch, VendorClass: br.VendorClass,
 	}
 	if mt == dhcpv4.MessageTypeRelease || mt == dhcpv4.MessageTypeDecline {
-		return s.giveBack(req, client, ev)
+		return s.giveBack(req, mt, client, ev)
 	}
 	if port == PXEPort || mode == ModeProxy {
 		if !stage.NetBoot() {
@@ -260,7 +263,7 @@ func (s *Server) Handle(ctx context.Context, r Request) (*dhcpv4.DHCPv4, Event, 
 		if boot.Ignore != "" {
 			return ignore(ev, boot.reason, boot.Ignore)
 		}
-		return s.proxyReply(req, port, o.server, boot, res.ScriptURL, ev)
+		return s.proxyReply(req, mt, port, o.server, boot, res.ScriptURL, ev)
 	}
 
 	// Reservation mode, port 67: the node's address.
@@ -294,7 +297,7 @@ func (s *Server) Handle(ctx context.Context, r Request) (*dhcpv4.DHCPv4, Event, 
 		return ignore(ev, boot.reason, boot.Ignore)
 	}
 	res.IP = resIP
-	return s.leaseReply(req, server, res, s.leaseTime(), boot, ev)
+	return s.leaseReply(req, mt, server, res, s.leaseTime(), boot, ev)
 }
 
 // choose is BootTable.Choose on the server's table, with HTTP-boot clients
@@ -339,7 +342,7 @@ func (s *Server) unknown(req *dhcpv4.DHCPv4, br BootRequest, o origin, c Client,
 	ev.Subnet, ev.Server, ev.Discovery = sub.Prefix, server, true
 	res := Reservation{PrefixLen: sub.Prefix.Bits(), Router: sub.Router, DNS: sub.DNS, MTU: sub.MTU, ScriptURL: s.DiscoveryScriptURL}
 	key := c.Key()
-	switch req.MessageType() {
+	switch br.Type {
 	case dhcpv4.MessageTypeDiscover:
 		ip, ok := d.offer(key, sub.Prefix, sub.Discovery, server)
 		if !ok {
@@ -363,13 +366,13 @@ func (s *Server) unknown(req *dhcpv4.DHCPv4, br BootRequest, o origin, c Client,
 		}
 		res.IP = requested
 	}
-	return s.leaseReply(req, server, res, d.leaseTime(), boot, ev)
+	return s.leaseReply(req, br.Type, server, res, d.leaseTime(), boot, ev)
 }
 
 // giveBack handles DHCPRELEASE and DHCPDECLINE: nothing is sent back. A
 // discovery address is freed (release) or held back (decline).
-func (s *Server) giveBack(req *dhcpv4.DHCPv4, c Client, ev Event) (*dhcpv4.DHCPv4, Event, error) {
-	if req.MessageType() == dhcpv4.MessageTypeRelease {
+func (s *Server) giveBack(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, c Client, ev Event) (*dhcpv4.DHCPv4, Event, error) {
+	if mt == dhcpv4.MessageTypeRelease {
 		ev.IP = addrFrom(req.ClientIPAddr)
 		if s.Discovery != nil && ev.IP.IsValid() {
 			ev.Discovery = s.Discovery.release(c.Key(), ev.IP)
@@ -385,44 +388,40 @@ func (s *Server) giveBack(req *dhcpv4.DHCPv4, c Client, ev Event) (*dhcpv4.DHCPv
 
 // leaseReply builds the OFFER or ACK that gives the client res.IP (or, for
 // INFORM, only the settings).
-func (s *Server) leaseReply(req *dhcpv4.DHCPv4, server netip.Addr, res Reservation, lease time.Duration, boot Boot, ev Event) (*dhcpv4.DHCPv4, Event, error) {
+func (s *Server) leaseReply(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, server netip.Addr, res Reservation, lease time.Duration, boot Boot, ev Event) (*dhcpv4.DHCPv4, Event, error) {
 	reply := newReply(req, server)
-	mt := req.MessageType()
 	switch mt {
 	case dhcpv4.MessageTypeDiscover:
-		reply.UpdateOption(dhcpv4.OptMessageType(dhcpv4.MessageTypeOffer))
+		reply.messageType(dhcpv4.MessageTypeOffer)
 		ev.Reply = ReplyOffer
 	default: // request, inform
-		reply.UpdateOption(dhcpv4.OptMessageType(dhcpv4.MessageTypeAck))
+		reply.messageType(dhcpv4.MessageTypeAck)
 		reply.ClientIPAddr = req.ClientIPAddr
 		ev.Reply = ReplyAck
 	}
 	if mt != dhcpv4.MessageTypeInform {
 		// RFC 2131 4.3.5: an ACK to INFORM carries neither yiaddr nor a lease.
-		reply.YourIPAddr = net.IP(res.IP.AsSlice())
-		reply.UpdateOption(dhcpv4.OptIPAddressLeaseTime(lease))
+		reply.YourIPAddr = reply.ip(res.IP)
+		reply.setUint32(dhcpv4.OptionIPAddressLeaseTime, uint32(lease/time.Second))
 		ev.IP = res.IP
 	}
-	reply.UpdateOption(dhcpv4.OptSubnetMask(net.CIDRMask(res.PrefixLen, 32)))
+	mask := maskBytes(res.PrefixLen)
+	reply.set(dhcpv4.OptionSubnetMask, mask[:]...)
 	if res.Router.IsValid() {
-		reply.UpdateOption(dhcpv4.OptRouter(net.IP(res.Router.Unmap().AsSlice())))
+		reply.setIP(dhcpv4.OptionRouter, res.Router)
 	}
 	if len(res.DNS) > 0 {
-		dns := make([]net.IP, len(res.DNS))
-		for i, d := range res.DNS {
-			dns[i] = net.IP(d.Unmap().AsSlice())
-		}
-		reply.UpdateOption(dhcpv4.OptDNS(dns...))
+		reply.setIPs(dhcpv4.OptionDomainNameServer, res.DNS)
 	}
 	if res.MTU > 0 {
-		reply.UpdateOption(dhcpv4.Option{Code: dhcpv4.OptionInterfaceMTU, Value: dhcpv4.Uint16(res.MTU)})
+		reply.setUint16(dhcpv4.OptionInterfaceMTU, uint16(res.MTU))
 	}
 	if res.Hostname != "" {
-		reply.UpdateOption(dhcpv4.OptHostName(res.Hostname))
+		reply.setString(dhcpv4.OptionHostName, res.Hostname)
 	}
 	s.setBoot(reply, server, boot, res.ScriptURL, false, &ev)
 	if boot.Script {
-		reply.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionEtherboot, noPXEDHCP))
+		reply.set(dhcpv4.OptionEtherboot, noPXEDHCP...)
 	}
 	return finish(req, reply, ev)
 }
@@ -431,15 +430,15 @@ func (s *Server) leaseReply(req *dhcpv4.DHCPv4, server netip.Addr, res Reservati
 // 67 (proxy mode), or the ACK of a boot server request on port 4011. Both
 // carry option 60 "PXEClient" (or "HTTPClient"), which is what makes PXE
 // firmware and iPXE take them as proxy offers.
-func (s *Server) proxyReply(req *dhcpv4.DHCPv4, port int, server netip.Addr, boot Boot, script string, ev Event) (*dhcpv4.DHCPv4, Event, error) {
+func (s *Server) proxyReply(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, port int, server netip.Addr, boot Boot, script string, ev Event) (*dhcpv4.DHCPv4, Event, error) {
 	reply := newReply(req, server)
 	ev.Proxy = true
 	if port == PXEPort {
-		reply.UpdateOption(dhcpv4.OptMessageType(dhcpv4.MessageTypeAck))
+		reply.messageType(dhcpv4.MessageTypeAck)
 		reply.ClientIPAddr = req.ClientIPAddr
 		ev.Reply = ReplyAck
 	} else {
-		reply.UpdateOption(dhcpv4.OptMessageType(dhcpv4.MessageTypeOffer))
+		reply.messageType(dhcpv4.MessageTypeOffer)
 		ev.Reply = ReplyOffer
 	}
 	s.setBoot(reply, server, boot, script, true, &ev)
@@ -449,21 +448,21 @@ func (s *Server) proxyReply(req *dhcpv4.DHCPv4, port int, server netip.Addr, boo
 // setBoot puts the boot file in reply: siaddr, file and option 67, option
 // 66 for TFTP, option 60 for HTTP boot (and, with proxy, "PXEClient"
 // otherwise).
-func (s *Server) setBoot(reply *dhcpv4.DHCPv4, server netip.Addr, boot Boot, script string, proxy bool, ev *Event) {
-	reply.ServerIPAddr = net.IP(server.AsSlice())
+func (s *Server) setBoot(reply *replyMsg, server netip.Addr, boot Boot, script string, proxy bool, ev *Event) {
+	reply.ServerIPAddr = reply.ip(server)
 	var file string
 	switch {
 	case boot.Script:
 		file = withServer(script, server)
 	case boot.Stage == StageHTTPBoot:
 		file = withServer(s.HTTPBootURL, server) + boot.File
-		reply.UpdateOption(dhcpv4.OptClassIdentifier("HTTPClient"))
+		reply.setString(dhcpv4.OptionClassIdentifier, "HTTPClient")
 	case boot.File != "":
 		file = boot.File
-		reply.UpdateOption(dhcpv4.OptTFTPServerName(server.String()))
+		reply.setString(dhcpv4.OptionTFTPServerName, server.String())
 	}
 	if proxy && boot.Stage != StageHTTPBoot {
-		reply.UpdateOption(dhcpv4.OptClassIdentifier("PXEClient"))
+		reply.setString(dhcpv4.OptionClassIdentifier, "PXEClient")
 	}
 	if file == "" {
 		return
@@ -471,7 +470,7 @@ func (s *Server) setBoot(reply *dhcpv4.DHCPv4, server netip.Addr, boot Boot, scr
 	if len(file) <= fileFieldLen {
 		reply.BootFileName = file
 	}
-	reply.UpdateOption(dhcpv4.OptBootFileName(file))
+	reply.setString(dhcpv4.OptionBootfileName, file)
 	ev.BootFile = file
 }
 
@@ -492,12 +491,12 @@ func withServer(u string, server netip.Addr) string {
 
 // finish trims reply to the client's maximum message size, or ignores the
 // request when it cannot fit.
-func finish(req, reply *dhcpv4.DHCPv4, ev Event) (*dhcpv4.DHCPv4, Event, error) {
-	if err := fit(reply, maxReplySize(req)); err != nil {
+func finish(req *dhcpv4.DHCPv4, reply *replyMsg, ev Event) (*dhcpv4.DHCPv4, Event, error) {
+	if err := fit(reply.DHCPv4, maxReplySize(req)); err != nil {
 		ev.Reply, ev.IP, ev.BootFile, ev.Proxy = "", netip.Addr{}, "", false
 		return ignore(ev, reasonReplyTooLarge, err.Error())
 	}
-	return reply, ev, nil
+	return reply.DHCPv4, ev, nil
 }
 
 // ignore returns Handle's result for a request that gets no reply.
@@ -522,19 +521,19 @@ func (s *Server) nak(req *dhcpv4.DHCPv4, server netip.Addr, msg string) *dhcpv4.
 		// The relay must broadcast the NAK: the client's address is wrong.
 		reply.SetBroadcast()
 	}
-	reply.UpdateOption(dhcpv4.OptMessageType(dhcpv4.MessageTypeNak))
-	reply.UpdateOption(dhcpv4.OptMessage(msg))
-	if fit(reply, maxReplySize(req)) != nil {
+	reply.messageType(dhcpv4.MessageTypeNak)
+	reply.setString(dhcpv4.OptionMessage, msg)
+	if fit(reply.DHCPv4, maxReplySize(req)) != nil {
 		reply.DeleteOption(dhcpv4.OptionMessage)
 	}
-	return reply
+	return reply.DHCPv4
 }
 
 // newReply starts a BOOTREPLY to req from server: xid, htype, chaddr,
 // flags and giaddr copied; option 54 set; options 61 (RFC 6842), 97 (PXE)
 // and 82 (RFC 3046, sent last) echoed.
-func newReply(req *dhcpv4.DHCPv4, server netip.Addr) *dhcpv4.DHCPv4 {
-	reply := &dhcpv4.DHCPv4{
+func newReply(req *dhcpv4.DHCPv4, server netip.Addr) *replyMsg {
+	reply := &replyMsg{arena: make([]byte, 0, 512), DHCPv4: &dhcpv4.DHCPv4{
 		OpCode:        dhcpv4.OpcodeBootReply,
 		HWType:        req.HWType,
 		ClientHWAddr:  slices.Clone(req.ClientHWAddr),
@@ -544,15 +543,19 @@ func newReply(req *dhcpv4.DHCPv4, server netip.Addr) *dhcpv4.DHCPv4 {
 		YourIPAddr:    net.IPv4zero,
 		ServerIPAddr:  net.IPv4zero,
 		GatewayIPAddr: net.IPv4zero,
-		Options:       make(dhcpv4.Options, 16),
-	}
+		Options:       make(dhcpv4.Options),
+	}}
 	if !isZero(req.GatewayIPAddr) {
 		reply.GatewayIPAddr = req.GatewayIPAddr
 	}
-	reply.UpdateOption(dhcpv4.OptServerIdentifier(net.IP(server.AsSlice())))
-	copyOption(reply, req, dhcpv4.OptionClientIdentifier)
-	copyOption(reply, req, dhcpv4.OptionClientMachineIdentifier)
-	copyOption(reply, req, dhcpv4.OptionRelayAgentInformation)
+	reply.setIP(dhcpv4.OptionServerIdentifier, server)
+	// The request's option values are its own (never reused): shared, not
+	// copied.
+	for _, code := range []dhcpv4.OptionCode{dhcpv4.OptionClientIdentifier, dhcpv4.OptionClientMachineIdentifier, dhcpv4.OptionRelayAgentInformation} {
+		if v := req.Options.Get(code); v != nil {
+			reply.Options[code.Code()] = v
+		}
+	}
 	return reply
 }
 
@@ -560,7 +563,7 @@ func newReply(req *dhcpv4.DHCPv4, server netip.Addr) *dhcpv4.DHCPv4 {
 // if it cannot.
 func fit(reply *dhcpv4.DHCPv4, size int) error {
 	for _, code := range trimOrder {
-		if len(reply.ToBytes()) <= size {
+		if messageSize(reply) <= size {
 			return nil
 		}
 		if code == dhcpv4.OptionBootfileName && reply.BootFileName == "" {
@@ -568,7 +571,7 @@ func fit(reply *dhcpv4.DHCPv4, size int) error {
 		}
 		reply.DeleteOption(code)
 	}
-	if n := len(reply.ToBytes()); n > size {
+	if n := messageSize(reply); n > size {
 		return fmt.Errorf("reply too large for client (%d > %d bytes)", n, size)
 	}
 	return nil
@@ -578,8 +581,8 @@ func fit(reply *dhcpv4.DHCPv4, size int) error {
 // client accepts: option 57 if present and legal, else 576 bytes.
 func maxReplySize(req *dhcpv4.DHCPv4) int {
 	size := minMaxMessageSize
-	if v, err := req.MaxMessageSize(); err == nil && int(v) > size {
-		size = int(v)
+	if v := req.Options.Get(dhcpv4.OptionMaximumDHCPMessageSize); len(v) == 2 {
+		size = max(size, int(binary.BigEndian.Uint16(v)))
 	}
 	return size - ipUDPHeaders
 }
@@ -604,12 +607,8 @@ func requestName(mt dhcpv4.MessageType, present bool) RequestType {
 	}
 }
 
-// copyOption echoes option code of req into reply, if present.
-func copyOption(reply, req *dhcpv4.DHCPv4, code dhcpv4.OptionCode) {
-	if v := req.Options.Get(code); v != nil {
-		reply.UpdateOption(dhcpv4.OptGeneric(code, v))
-	}
-}
+// bytesEqual reports whether a and b hold the same bytes.
+func bytesEqual(a, b []byte) bool { return string(a) == string(b) }
 
 // addrFrom converts an IPv4 address from a packet, zero for 0.0.0.0 or nil.
 func addrFrom(ip net.IP) netip.Addr {

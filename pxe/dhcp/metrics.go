@@ -1,6 +1,7 @@
 package dhcp
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -57,8 +58,8 @@ const rivalOther = "other"
 // nothing. Create it with NewMetrics; a Server and a RivalDetector may
 // share one, and so may several Serve calls.
 type Metrics struct {
-	requests    map[portLabel]prometheus.Counter // by port and type
-	replies     map[portLabel]prometheus.Counter
+	requests    [2][]prometheus.Counter // by port index and requestTypes index
+	replies     [2][]prometheus.Counter // by port index and replyTypes index
 	ignored     map[ignoreReason]prometheus.Counter
 	malformed   prometheus.Counter
 	rivalOffers *prometheus.CounterVec
@@ -71,9 +72,6 @@ type Metrics struct {
 	mu     sync.Mutex
 	rivals map[string]bool // server label values in use
 }
-
-// portLabel is a (port, type) label pair.
-type portLabel struct{ port, typ string }
 
 // NewMetrics creates the DHCP server's metrics and registers them with reg
 // (nil registers nothing):
@@ -122,9 +120,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "DHCPv4 requests that got no reply, by reason.",
 	}, []string{"reason"})
 	m := &Metrics{
-		requests: map[portLabel]prometheus.Counter{},
-		replies:  map[portLabel]prometheus.Counter{},
-		ignored:  map[ignoreReason]prometheus.Counter{},
+		ignored: map[ignoreReason]prometheus.Counter{},
 		malformed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ramboot_dhcp_malformed_total",
 			Help: "Packets received on the DHCP ports that did not decode as DHCPv4.",
@@ -139,12 +135,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "DHCP replies to clients that asked for unicast that were broadcast instead (no neighbour entry could be set).",
 		}),
 	}
-	for _, p := range ports {
+	for i, p := range ports {
 		for _, t := range requestTypes {
-			m.requests[portLabel{p, string(t)}] = requests.WithLabelValues(p, string(t))
+			m.requests[i] = append(m.requests[i], requests.WithLabelValues(p, string(t)))
 		}
 		for _, t := range replyTypes {
-			m.replies[portLabel{p, string(t)}] = replies.WithLabelValues(p, string(t))
+			m.replies[i] = append(m.replies[i], replies.WithLabelValues(p, string(t)))
 		}
 	}
 	for _, r := range ignoreReasons {
@@ -194,15 +190,11 @@ func (m *Metrics) observe(ev Event) {
 	if m == nil {
 		return
 	}
-	port := "67"
-	if ev.Port == PXEPort {
-		port = "4011"
+	i := slices.Index(requestTypes, ev.Request)
+	if i < 0 {
+		i = len(requestTypes) - 1 // other
 	}
-	c, ok := m.requests[portLabel{port, string(ev.Request)}]
-	if !ok {
-		c = m.requests[portLabel{port, "other"}]
-	}
-	c.Inc()
+	m.requests[portIndex(ev.Port)][i].Inc()
 	if ev.reason != "" {
 		m.ignored[ev.reason].Inc()
 	}
@@ -213,12 +205,18 @@ func (m *Metrics) replied(ev Event, dur time.Duration) {
 	if m == nil || ev.Reply == "" {
 		return
 	}
-	port := "67"
-	if ev.Port == PXEPort {
-		port = "4011"
+	if i := slices.Index(replyTypes, ev.Reply); i >= 0 {
+		m.replies[portIndex(ev.Port)][i].Inc()
 	}
-	m.replies[portLabel{port, string(ev.Reply)}].Inc()
 	m.replyTime.Observe(dur.Seconds())
+}
+
+// portIndex is the index of a server port in ports.
+func portIndex(port int) int {
+	if port == PXEPort {
+		return 1
+	}
+	return 0
 }
 
 // unicastFallback counts one unicast reply sent as a broadcast.

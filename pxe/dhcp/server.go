@@ -375,16 +375,18 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 // until ctx ends (it returns nil) or conn is closed under it (it returns
 // the error).
 func (s *Server) work(ctx context.Context, pc *packetConn, lk *links, port int) error {
+	out := make([]byte, 0, 1500) // the worker's reply buffer
 	return readLoop(ctx, pc.read, "read dhcp request", s.logger(), func(b []byte, d datagram) bool {
 		if req := s.decode(b, d.peer); req != nil {
-			s.serveOne(ctx, pc, lk, Request{Msg: req, Port: port, Peer: d.peer, Dst: d.dst}, d.ifindex)
+			out = s.serveOne(ctx, pc, lk, Request{Msg: req, Port: port, Peer: d.peer, Dst: d.dst}, d.ifindex, out[:0])
 		}
 		return true
 	})
 }
 
-// serveOne handles one decoded request and sends the reply, if any.
-func (s *Server) serveOne(ctx context.Context, pc *packetConn, lk *links, r Request, ifindex int) {
+// serveOne handles one decoded request and sends the reply, if any,
+// encoded into buf; it returns buf for the next reply.
+func (s *Server) serveOne(ctx context.Context, pc *packetConn, lk *links, r Request, ifindex int, buf []byte) []byte {
 	li := lk.get(ifindex)
 	r.LinkAddrs = li.addrs
 	ctx, cancel := context.WithTimeout(ctx, handleTimeout)
@@ -392,9 +394,9 @@ func (s *Server) serveOne(ctx context.Context, pc *packetConn, lk *links, r Requ
 	start := time.Now()
 	reply, ev := s.respond(ctx, r)
 	if reply == nil {
-		return
+		return buf
 	}
-	b := reply.ToBytes()
+	b := appendMessage(buf, reply)
 	dst, unicastHW := s.replyAddr(r, reply)
 	// Send from the server identifier when it is the interface's own
 	// address, and out of the interface the request came in on when the
@@ -406,22 +408,23 @@ func (s *Server) serveOne(ctx context.Context, pc *packetConn, lk *links, r Requ
 			src = ev.Server
 		}
 	}
-	out := 0
+	oif := 0 // the interface to send out of; 0: the routing table's choice
 	if unicastHW {
 		if err := s.neighbour(pc, li.name, dst.Addr(), reply.ClientHWAddr); err != nil {
 			dst = netip.AddrPortFrom(bcast, dst.Port())
 		}
-		out = ifindex
+		oif = ifindex
 	}
 	if dst.Addr() == bcast {
-		out = ifindex
+		oif = ifindex
 	}
-	err := pc.write(b, dst, src, out)
+	err := pc.write(b, dst, src, oif)
 	if err != nil && ctx.Err() == nil {
 		s.logger().Warn("send dhcp reply", "mac", reply.ClientHWAddr.String(), "ip", dst.String(), "err", err)
-		return
+		return b
 	}
 	s.Metrics.replied(ev, time.Since(start))
+	return b
 }
 
 // neighbour sets the neighbour entry for a unicast reply to a client
@@ -451,7 +454,7 @@ var bcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
 // decode parses one packet; a malformed one is counted, logged at Debug and
 // returned as nil. It is the first half of what Serve does with a packet.
 func (s *Server) decode(b []byte, peer netip.AddrPort) *dhcpv4.DHCPv4 {
-	req, err := dhcpv4.FromBytes(b)
+	req, err := decodeMessage(b)
 	if err != nil {
 		s.Metrics.malformedPacket()
 		s.logger().Debug("drop malformed dhcp packet", "ip", peer.String(), "bytes", len(b), "err", err)
@@ -470,6 +473,10 @@ func (s *Server) respond(ctx context.Context, r Request) (*dhcpv4.DHCPv4, Event)
 		s.Observer(ev)
 	}
 	log := s.logger()
+	warn := err != nil || (reply == nil && ev.Request == RequestDecline)
+	if !warn && !log.Enabled(ctx, slog.LevelDebug) {
+		return reply, ev
+	}
 	who := clientName(Client{MAC: ev.MAC, ClientID: ev.ClientID})
 	switch {
 	case err != nil:
@@ -488,8 +495,9 @@ func (s *Server) respond(ctx context.Context, r Request) (*dhcpv4.DHCPv4, Event)
 
 // readLoop reads datagrams with read and passes each to handle, with where
 // it came from, until ctx ends (it returns nil) or the socket is closed
-// under it (it returns the error, wrapped with what). Other read errors are transient: logged with what,
-// then it backs off a little and carries on. handle's b is reused by the
+// under it (it returns the error, wrapped with what). Other read errors
+// are transient: logged with what, then it backs off a little and carries
+// on. handle's b is reused by the
 // next read; handle returns false to stop, which it does only when ctx has
 // ended.
 func readLoop[T any](ctx context.Context, read func([]byte) (int, T, error), what string, log *slog.Logger, handle func(b []byte, from T) bool) error {
@@ -549,7 +557,7 @@ func (s *Server) replyAddr(r Request, reply *dhcpv4.DHCPv4) (netip.AddrPort, boo
 		}
 		return netip.AddrPortFrom(relay, port), false
 	}
-	if reply.MessageType() == dhcpv4.MessageTypeNak {
+	if msgType(reply) == dhcpv4.MessageTypeNak {
 		return netip.AddrPortFrom(bcast, clientPort), false
 	}
 	if a := addrFrom(req.ClientIPAddr); a.IsValid() {
@@ -628,7 +636,10 @@ func (s *Server) receiveBuffer() int {
 // logger returns Logger or a discarding one.
 func (s *Server) logger() *slog.Logger {
 	if s.Logger == nil {
-		return slog.New(slog.DiscardHandler)
+		return discard
 	}
 	return s.Logger
 }
+
+// discard is the logger of a Server without one.
+var discard = slog.New(slog.DiscardHandler)

@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ramboot/ramboot/images"
+	"github.com/ramboot/ramboot/images/overlay"
 	"github.com/ramboot/ramboot/images/push"
 	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/bootserver"
@@ -212,9 +213,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 		DB: db, Images: store, Agent: agent, BaseURL: baseURL, PrefixLen: prefix.Bits(),
 		Gateway: gateway, DNS: dns, DefaultImage: cfg.Boot.DefaultImage,
 		KernelArgs: cfg.Boot.KernelArgs, Modules: cfg.Boot.Modules,
-		Logger: log, Metrics: bootserver.NewMetrics(reg),
+		Root:         overlay.Root{Mode: overlay.RootMode(cfg.Boot.Root.Mode), Size: cfg.Boot.Root.Size},
+		ConsoleShell: cfg.Boot.ConsoleShell,
+		Logger:       log, Metrics: bootserver.NewMetrics(reg),
 	}
-	nodeAPI := &api.Node{DB: db, Images: store, DefaultImage: cfg.Boot.DefaultImage, Logger: log, Metrics: api.NewMetrics(reg)}
+	nodeAPI := &api.Node{
+		DB: db, Images: store, DefaultImage: cfg.Boot.DefaultImage, Overlays: boot,
+		Interval: time.Duration(cfg.Agent.HeartbeatInterval), DownAfter: time.Duration(cfg.Agent.DownAfter),
+		RequirePrivilegedPort: cfg.Agent.RequirePrivilegedPort, Logger: log, Metrics: api.NewMetrics(reg),
+	}
 	admin := &api.Admin{DB: db, Images: store, Subnet: prefix, DefaultImage: cfg.Boot.DefaultImage, Logger: log}
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 
@@ -229,6 +236,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	priv.HandleFunc("GET /healthz", healthz)
 
 	g, gctx := errgroup.WithContext(ctx)
+	started := time.Now()
+	g.Go(func() error {
+		return watchHeartbeats(gctx, db, time.Duration(cfg.Agent.DownAfter), started, log.With("svc", "heartbeat"))
+	})
 	pubSrv := &httplimit.Server{
 		Handler: pub, ReadHeaderTimeout: time.Duration(cfg.HTTP.ReadHeaderTimeout), IdleTimeout: time.Duration(cfg.HTTP.IdleTimeout),
 		SendTimeout: time.Duration(cfg.HTTP.SendTimeout), MinSendRate: cfg.HTTP.MinSendRate,

@@ -64,7 +64,7 @@ func TestSpoofedDiscoverKeepsHistory(t *testing.T) {
 	if err := db.ConsumeNonce("n1", nonce, tok, state.Event{Step: state.StepOverlay}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.SetReport("n1", tok, netip.MustParseAddr("10.77.0.11"), state.Report{State: "ready", Kernel: "6.1"}); err != nil {
+	if _, err := db.Register("n1", tok, netip.MustParseAddr("10.77.0.11"), state.Report{State: "ready", Kernel: "6.1"}, state.Agent{}); err != nil {
 		t.Fatal(err)
 	}
 	booted, _ := db.Get("n1")

@@ -33,10 +33,6 @@ const ConfigPath = "etc/ramboot/node.json"
 // "sha256:<hex>\n", without the leading slash.
 const ImageIDPath = "etc/ramboot/image-id"
 
-// ReportPath is the head's node API route, relative to Config.HeadURL, that
-// the agent POSTs its Report to; "{node}" is replaced by Config.Node.
-const ReportPath = "/api/v1/nodes/{node}/report"
-
 // Config is everything a node needs to know about itself at boot.
 type Config struct {
 	// Node is the node's inventory name.
@@ -56,6 +52,17 @@ type Config struct {
 	Modules []string `json:"modules,omitempty"`
 	// Image names the image the head assigned to the node.
 	Image ImageRef `json:"image"`
+	// Root says how the agent sets up the node's root file system; the
+	// zero value is the tmpfs mode with DefaultRootSize.
+	Root Root `json:"root,omitzero"`
+	// ConsoleShell makes the agent run a root shell on the console when it
+	// stays PID 1 (the image has no init to hand over to), so that a
+	// broken node can be diagnosed there.
+	ConsoleShell bool `json:"consoleShell,omitempty"`
+	// OverlayGeneration identifies the overlay's content (see
+	// RuntimeOverlay); the agent daemon compares it with the one the head
+	// announces in every heartbeat reply.
+	OverlayGeneration string `json:"overlayGeneration,omitempty"`
 }
 
 // Interface is the static IPv4 configuration of one network interface,
@@ -110,6 +117,9 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("interface.dns[%d]: %w", i, err))
 		}
 	}
+	if err := c.Root.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("root: %w", err))
+	}
 	return errors.Join(errs...)
 }
 
@@ -121,9 +131,10 @@ func (c Config) HostnameOrNode() string {
 	return c.Node
 }
 
-// ReportURL returns the absolute URL the agent posts its report to.
-func (c Config) ReportURL() string {
-	return strings.TrimRight(c.HeadURL, "/") + strings.ReplaceAll(ReportPath, "{node}", c.Node)
+// URL returns the absolute URL of a node API route such as HeartbeatPath,
+// with "{node}" replaced by c.Node.
+func (c Config) URL(route string) string {
+	return strings.TrimRight(c.HeadURL, "/") + strings.ReplaceAll(route, "{node}", c.Node)
 }
 
 // ReadConfig reads and validates the node configuration at ConfigPath in
@@ -162,12 +173,16 @@ const (
 	StateFailed State = "failed"
 )
 
-// Report is the body of the agent's POST to ReportPath.
+// Report is what the agent says about the node's boot: the body of the
+// agent daemon's POST to RegisterPath.
 type Report struct {
 	// State is the node's state.
 	State State `json:"state"`
 	// Error is the failed step and its error, when State is StateFailed.
 	Error string `json:"error,omitempty"`
+	// Warnings are problems that failed no step, e.g. the head's clock
+	// could not be read at boot.
+	Warnings []string `json:"warnings,omitempty"`
 	// ContentDigest is read from ImageIDPath in the node's root: the image
 	// the node actually runs. Empty when the image has no such file.
 	ContentDigest string `json:"contentDigest"`
@@ -180,6 +195,19 @@ type Report struct {
 	// Steps are the agent's boot steps with the uptime (seconds) at which
 	// each finished, in order: e.g. "mounts", "modules", "network".
 	Steps []Step `json:"steps,omitempty"`
+	// CPUs is the number of CPUs the kernel brought online.
+	CPUs int `json:"cpus,omitempty"`
+	// Root is the root file system's mode and the RAM it takes.
+	Root *RootUsage `json:"root,omitempty"`
+	// Boot are the boot's timings as the node measured them.
+	Boot *BootTimes `json:"boot,omitempty"`
+	// Init names PID 1 after the agent's init handed over: "systemd" (or
+	// the image's init's name) or "ramboot-agent" when the agent stayed.
+	Init string `json:"init,omitempty"`
+	// AgentVersion is the agent's version string.
+	AgentVersion string `json:"agentVersion,omitempty"`
+	// OverlayGeneration is the generation of the overlay the node applied.
+	OverlayGeneration string `json:"overlayGeneration,omitempty"`
 }
 
 // Step is one timed boot step on the node.

@@ -1,12 +1,15 @@
 // Package initproc does what PID 1 owes the kernel and its children: it
 // mounts the kernel's file systems, gives itself the console as standard
-// input and output, reaps orphaned children, turns shutdown signals into
-// an orderly power-off or reboot, and can hand PID 1 to another init.
+// input and output, reaps orphaned children without stealing the statuses
+// of the children it started itself, keeps services (the agent daemon, a
+// console shell) running, turns shutdown signals into an orderly power-off
+// or reboot, and can hand PID 1 to another init.
 //
 //	if err := initproc.MountAll("/", initproc.KernelFS()); err != nil { ... }
 //	initproc.OpenConsole("/dev/console")
 //	sup := &initproc.Supervisor{Console: os.Stdout}
 //	go sup.Run(ctx) // reaps, and powers off on SIGUSR2 (busybox poweroff)
+//	go sup.Keep(ctx, initproc.Service{Name: "agent daemon", Path: "/init", Args: []string{"/init", "daemon"}})
 //	...
 //	err := initproc.Exec("/sbin/init") // only returns on failure
 package initproc

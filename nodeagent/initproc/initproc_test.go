@@ -24,6 +24,9 @@ import (
 const helperEnv = "INITPROC_TEST_MOUNT_ROOT"
 
 func TestMain(m *testing.M) {
+	if role := os.Getenv(roleEnv); role != "" {
+		os.Exit(runRole(role))
+	}
 	if root := os.Getenv(helperEnv); root != "" {
 		if err := mountHelper(root); err != nil {
 			fmt.Fprintln(os.Stderr, "helper:", err)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -22,13 +23,14 @@ const DefaultGrace = 5 * time.Second
 // image where the agent stays PID 1; SIGINT is what the kernel sends for
 // Ctrl-Alt-Del once the supervisor has turned off the immediate reboot.
 var shutdowns = map[os.Signal]struct {
-	cmd  int
-	verb string
+	cmd    int
+	verb   string
+	action string
 }{
-	unix.SIGTERM: {unix.LINUX_REBOOT_CMD_RESTART, "rebooting"},
-	unix.SIGINT:  {unix.LINUX_REBOOT_CMD_RESTART, "rebooting"},
-	unix.SIGUSR1: {unix.LINUX_REBOOT_CMD_HALT, "halting"},
-	unix.SIGUSR2: {unix.LINUX_REBOOT_CMD_POWER_OFF, "powering off"},
+	unix.SIGTERM: {unix.LINUX_REBOOT_CMD_RESTART, "rebooting", "reboot"},
+	unix.SIGINT:  {unix.LINUX_REBOOT_CMD_RESTART, "rebooting", "reboot"},
+	unix.SIGUSR1: {unix.LINUX_REBOOT_CMD_HALT, "halting", "halt"},
+	unix.SIGUSR2: {unix.LINUX_REBOOT_CMD_POWER_OFF, "powering off", "poweroff"},
 }
 
 // ignored are signals whose Go default (exit) would kill PID 1 and so
@@ -41,6 +43,13 @@ var ignored = []os.Signal{unix.SIGHUP, unix.SIGQUIT, unix.SIGPIPE, unix.SIGPWR}
 // SIGPIPE and SIGPWR are ignored. A shutdown sends SIGTERM to every other
 // process, waits up to Grace while reaping, sends SIGKILL, syncs and calls
 // reboot(2). The zero value is ready to use.
+//
+// Reaping takes the status of every child of this process, so the process
+// must not wait for its own children any other way (os/exec's Wait would
+// fail with ECHILD): it starts them with [Supervisor.Start], which hands
+// each child's status to its caller. Processes that need os/exec, such as
+// the agent daemon, run as a separate process: their children are theirs,
+// and PID 1 only ever reaps them once they are orphans.
 type Supervisor struct {
 	// Console receives one line per shutdown ("ramboot-agent: SIGUSR2:
 	// powering off"). Nil discards.
@@ -58,6 +67,14 @@ type Supervisor struct {
 	// Reboot performs the final reboot(2) command. Nil means unix.Reboot;
 	// as PID 1 of the initial namespace it does not return.
 	Reboot func(cmd int) error
+	// OnShutdown, if set, is called with the action ("reboot", "halt",
+	// "poweroff") when a shutdown starts, before any process is signalled,
+	// so that the agent daemon can tell the head why it goes.
+	OnShutdown func(action string)
+
+	mu       sync.Mutex // held while forking and while reaping
+	children map[int]chan<- unix.WaitStatus
+	stopping bool // a shutdown started: Keep restarts nothing
 }
 
 // Run reaps children and handles signals until ctx ends, then stops
@@ -107,9 +124,12 @@ func (s *Supervisor) logger() *slog.Logger {
 	return s.Logger
 }
 
-// reap collects every exited child without blocking and reports whether
-// the process has no children left.
+// reap collects every exited child without blocking, hands the status of
+// each child started with Start to its channel, and reports whether the
+// process has no children left.
 func (s *Supervisor) reap() (none bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
@@ -121,7 +141,13 @@ func (s *Supervisor) reap() (none bool) {
 		case err != nil || pid <= 0:
 			return false
 		}
-		s.logger().Debug("child reaped", "pid", pid, "status", ws.ExitStatus(), "signal", ws.Signal())
+		if ch, ok := s.children[pid]; ok {
+			delete(s.children, pid)
+			ch <- ws
+			close(ch)
+			continue
+		}
+		s.logger().Debug("orphan reaped", "pid", pid, "status", ws.ExitStatus(), "signal", ws.Signal())
 	}
 }
 
@@ -133,11 +159,14 @@ func (s *Supervisor) shutdown(sig os.Signal) {
 		console = io.Discard
 	}
 	fmt.Fprintf(console, "ramboot-agent: %s: %s\n", unix.SignalName(sig.(unix.Signal)), what.verb)
+	s.mu.Lock()
+	s.stopping = true
+	s.mu.Unlock()
+	if s.OnShutdown != nil {
+		s.OnShutdown(what.action)
+	}
 	if os.Getpid() == 1 {
-		grace := s.Grace
-		if grace <= 0 {
-			grace = DefaultGrace
-		}
+		grace := orDefault(s.Grace, DefaultGrace)
 		unix.Kill(-1, unix.SIGTERM)
 		deadline := time.Now().Add(grace)
 		for !s.reap() && time.Now().Before(deadline) {

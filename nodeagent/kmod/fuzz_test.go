@@ -39,3 +39,21 @@ func FuzzModinfoFromELF(f *testing.F) {
 		}
 	})
 }
+
+// Seeds: testdata/fuzz/FuzzParseAliases. A parsed index must answer any
+// modalias without panicking, each module once.
+func FuzzParseAliases(f *testing.F) {
+	f.Fuzz(func(t *testing.T, b []byte, modalias string) {
+		a, err := kmod.ParseAliases(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		seen := map[string]bool{}
+		for _, m := range a.Lookup(modalias) {
+			if seen[m] {
+				t.Errorf("Lookup(%q) lists %s twice", modalias, m)
+			}
+			seen[m] = true
+		}
+	})
+}

@@ -66,6 +66,14 @@ func (l *Loader) Load(ctx context.Context, names []string) ([]Module, error) {
 	if err != nil {
 		return nil, err
 	}
+	return l.load(ctx, ix, names, map[string]bool{}, false)
+}
+
+// load loads names from ix; see Load. state records the modules gone
+// through (true: loaded, false: failed), across calls that share it. With
+// forDevices, a module that finds no device to drive (ENODEV, ENXIO) is
+// skipped without an error, as udev and modprobe treat an alias match.
+func (l *Loader) load(ctx context.Context, ix *Index, names []string, state map[string]bool, forDevices bool) ([]Module, error) {
 	insert := l.Insert
 	if insert == nil {
 		insert = Insert
@@ -75,9 +83,8 @@ func (l *Loader) Load(ctx context.Context, names []string) ([]Module, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	var (
-		done  []Module
-		errs  []error
-		state = map[string]bool{} // true: loaded, false: failed
+		done []Module
+		errs []error
 	)
 	for _, name := range names {
 		plan, err := ix.Resolve([]string{name}, l.present)
@@ -99,6 +106,10 @@ func (l *Loader) Load(ctx context.Context, names []string) ([]Module, error) {
 				start := time.Now()
 				if err := insert(m.Path); err != nil {
 					state[m.Name] = false
+					if forDevices && NoDevice(err) {
+						log.Debug("module found no device", "module", m.Name, "err", err)
+						break
+					}
 					errs = append(errs, err)
 					break
 				}
@@ -109,6 +120,13 @@ func (l *Loader) Load(ctx context.Context, names []string) ([]Module, error) {
 		}
 	}
 	return done, errors.Join(errs...)
+}
+
+// NoDevice reports whether a module's init refused to load because there
+// is no device for it to drive (ENODEV, ENXIO): CPU-feature and platform
+// drivers matched by a broad alias do that on hardware they do not fit.
+func NoDevice(err error) bool {
+	return errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENXIO)
 }
 
 // Insert loads the module file at path into the running kernel with

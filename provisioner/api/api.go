@@ -16,17 +16,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net/http"
 	"net/netip"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ramboot/ramboot/images"
-	"github.com/ramboot/ramboot/images/overlay"
 	"github.com/ramboot/ramboot/provisioner/state"
 )
 
@@ -34,19 +31,35 @@ import (
 const (
 	// maxBody bounds every admin request body.
 	maxBody = 1 << 20
-	// MaxReportBody bounds a node's report body (413 beyond).
-	MaxReportBody = 64 << 10
+	// MaxAgentBody bounds every body a node's agent sends (413 beyond).
+	MaxAgentBody = 64 << 10
+	// MaxHeartbeatBody bounds a heartbeat's body: room for the bounded
+	// list of jobs and containers (overlay.MaxWorkloadJobs,
+	// MaxWorkloadContainers) with every text field full.
+	MaxHeartbeatBody = 192 << 10
 	// MaxReportError bounds the error text kept from a failed node's
-	// report; longer text is cut, not refused, so the reason still shows.
+	// registration; longer text is cut, not refused, so the reason still
+	// shows.
 	MaxReportError = 2048
-	// MaxReportKernel bounds the kernel release in a report.
+	// MaxReportKernel bounds the kernel release in a registration.
 	MaxReportKernel = 128
-	// MaxReportSteps bounds the boot steps in a report.
+	// MaxReportSteps bounds the boot steps in a registration.
 	MaxReportSteps = 32
-	// MaxStepName bounds a step's name in a report.
+	// MaxReportWarnings bounds the warnings in a registration.
+	MaxReportWarnings = 16
+	// MaxWarning bounds one warning; longer ones are cut.
+	MaxWarning = 256
+	// MaxStepName bounds a step's name in a registration.
 	MaxStepName = 64
-	// reportReadTimeout bounds how long reading a report's body may take.
-	reportReadTimeout = 10 * time.Second
+	// MaxWord bounds the short words agents send: the init's name, the
+	// agent's version, the root mode, the system state, an overlay
+	// generation, a job id or user.
+	MaxWord = 64
+	// MaxImageRef bounds an image reference a node asks the head to
+	// resolve.
+	MaxImageRef = 256
+	// agentReadTimeout bounds how long reading an agent's body may take.
+	agentReadTimeout = 10 * time.Second
 )
 
 // AddNodeRequest is the body of POST /api/v1/nodes.
@@ -126,7 +139,7 @@ func writeError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, state.ErrNotFound), errors.Is(err, images.ErrNotFound):
 		code = http.StatusNotFound
-	case errors.Is(err, state.ErrExists), errors.Is(err, state.ErrConflict):
+	case errors.Is(err, state.ErrExists), errors.Is(err, state.ErrConflict), errors.Is(err, state.ErrNotRegistered):
 		code = http.StatusConflict
 	case errors.Is(err, state.ErrBadToken):
 		code = http.StatusUnauthorized
@@ -262,31 +275,45 @@ func (a *Admin) backup(w http.ResponseWriter, r *http.Request) {
 	logger(a.Logger).Info("state backup sent", "bytes", n)
 }
 
-// Node serves the routes booted nodes call.
+// Node serves the routes booted nodes' agents call (heartbeat.go,
+// nodeworkload.go): each with the node's current token, only from the
+// node's reserved address (see state.DB.Authenticate), with its body and
+// every field bounded.
 type Node struct {
 	// DB is the inventory; required.
 	DB *state.DB
-	// Images is the image store, to resolve what a node reports it runs;
-	// required.
+	// Images is the image store, to resolve what a node reports it runs
+	// and the images its containers ask for; required.
 	Images *images.Store
 	// DefaultImage is the image of nodes that have none.
 	DefaultImage string
-	// Logger logs reports at Info; nil = discard.
+	// Overlays renders nodes' overlays; required.
+	Overlays OverlaySource
+	// Interval is the heartbeat interval the head asks for; required.
+	Interval time.Duration
+	// DownAfter is how long the head waits without a heartbeat before it
+	// marks a node down; required.
+	DownAfter time.Duration
+	// RequirePrivilegedPort refuses requests from source ports >= 1024.
+	RequirePrivilegedPort bool
+	// Logger logs registrations and shutdowns at Info; nil = discard.
 	Logger *slog.Logger
-	// Metrics, when set, counts reports by result.
+	// Metrics, when set, counts requests and registrations.
 	Metrics *Metrics
 }
 
 // Metrics are the node API's Prometheus metrics.
 type Metrics struct {
-	reports *prometheus.CounterVec
+	reports  *prometheus.CounterVec
+	requests *prometheus.CounterVec
 }
 
-// Report results, the values of the result label.
+// Registration results, the values of ramboot_node_reports_total's
+// result label.
 const (
 	ReportApplied      = "applied"       // recorded: the boot is booted or failed
-	ReportRepeated     = "repeated"      // the same report again: accepted, not applied again
-	ReportConflict     = "conflict"      // a different report for a boot that has one, or a stale boot
+	ReportRepeated     = "repeated"      // a registration again in the same boot: not applied again
+	ReportConflict     = "conflict"      // contradicts the boot's registration, or a stale boot's token
 	ReportBadToken     = "bad_token"     // no, a wrong or a revoked token
 	ReportWrongAddress = "wrong_address" // not from the node's reserved address
 	ReportInvalid      = "invalid"       // a malformed or oversized body or field
@@ -294,16 +321,23 @@ const (
 )
 
 // NewMetrics registers the node API's metrics with reg:
-// ramboot_node_reports_total{result}.
+// ramboot_node_reports_total{result} (registrations) and
+// ramboot_agent_requests_total{route,code}.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{reports: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "ramboot_node_reports_total",
-		Help: "Node reports by result: applied, repeated, conflict, bad_token, wrong_address, invalid, error.",
-	}, []string{"result"})}
+	m := &Metrics{
+		reports: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ramboot_node_reports_total",
+			Help: "Agent registrations (a boot's report) by result: applied, repeated, conflict, bad_token, wrong_address, invalid, error.",
+		}, []string{"result"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ramboot_agent_requests_total",
+			Help: "Requests of node agents by route and status code.",
+		}, []string{"route", "code"}),
+	}
 	for _, r := range []string{ReportApplied, ReportRepeated, ReportConflict, ReportBadToken, ReportWrongAddress, ReportInvalid, ReportError} {
 		m.reports.WithLabelValues(r)
 	}
-	reg.MustRegister(m.reports)
+	reg.MustRegister(m.reports, m.requests)
 	return m
 }
 
@@ -315,135 +349,27 @@ func (n *Node) count(result string) {
 
 // Handler returns the node routes:
 //
-//	POST /api/v1/nodes/{name}/report   the agent's report (overlay.Report),
-//	                                   with "Authorization: Bearer TOKEN"
+//	POST /api/v1/nodes/{node}/register     overlay.Report -> overlay.Schedule
+//	POST /api/v1/nodes/{node}/heartbeat    overlay.Heartbeat -> overlay.Schedule
+//	POST /api/v1/nodes/{node}/shutdown     overlay.Shutdown -> 204
+//	GET  /api/v1/nodes/{node}/overlay      -> overlay.RuntimeOverlay
+//	GET  /api/v1/nodes/{node}/images/{ref} -> overlay.NodeImage
+//	POST /api/v1/nodes/{node}/jobs         overlay.JobEvent -> 204
+//	GET  /api/v1/time                      -> overlay.HeadTime
+//
+// All but the time take "Authorization: Bearer TOKEN".
 func (n *Node) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+overlay.ReportPath, n.report)
+	n.agentRoutes(mux)
+	n.workloadRoutes(mux) // nodeworkload.go
 	return mux
 }
 
-// checkReport checks every field of a report against its bound and
-// returns it made safe to store and print.
-func checkReport(rep overlay.Report) (overlay.Report, error) {
-	var errs []error
-	if rep.State != overlay.StateReady && rep.State != overlay.StateFailed {
-		errs = append(errs, fmt.Errorf("state %q: not ready or failed", state.Clip(string(rep.State), 32)))
-	}
-	rep.Error = state.Clip(state.Printable(rep.Error), MaxReportError)
-	if len(rep.Kernel) > MaxReportKernel {
-		errs = append(errs, fmt.Errorf("kernel: %d bytes, more than %d", len(rep.Kernel), MaxReportKernel))
-	}
-	rep.Kernel = state.Printable(rep.Kernel)
-	if rep.ContentDigest != "" {
-		if _, err := images.ParseDigest(rep.ContentDigest); err != nil {
-			errs = append(errs, fmt.Errorf("contentDigest: %w", err))
-		}
-	}
-	if rep.MemTotalBytes < 0 {
-		errs = append(errs, fmt.Errorf("memTotalBytes: %d is negative", rep.MemTotalBytes))
-	}
-	if rep.UptimeSeconds < 0 || math.IsInf(rep.UptimeSeconds, 0) || math.IsNaN(rep.UptimeSeconds) {
-		errs = append(errs, fmt.Errorf("uptimeSeconds: %v is not a duration", rep.UptimeSeconds))
-	}
-	if len(rep.Steps) > MaxReportSteps {
-		errs = append(errs, fmt.Errorf("steps: %d, more than %d", len(rep.Steps), MaxReportSteps))
-	}
-	for i, st := range rep.Steps {
-		if len(st.Name) == 0 || len(st.Name) > MaxStepName || state.Printable(st.Name) != st.Name {
-			errs = append(errs, fmt.Errorf("steps[%d].name: must be 1-%d printable bytes", i, MaxStepName))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return rep, badRequest{err}
-	}
-	return rep, nil
-}
-
-func (n *Node) report(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("node")
-	l := logger(n.Logger)
-	refuse := func(result string, err error) {
-		n.count(result)
-		l.Debug("report refused", "node", name, "ip", r.RemoteAddr, "result", result, "err", err)
-		writeError(w, err)
-	}
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || token == "" {
-		refuse(ReportBadToken, fmt.Errorf("report from node %s: missing bearer token: %w", name, state.ErrBadToken))
-		return
-	}
-	from, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		refuse(ReportInvalid, fmt.Errorf("report from node %s: remote address %q: %w", name, r.RemoteAddr, err))
-		return
-	}
-	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(reportReadTimeout))
-	r.Body = http.MaxBytesReader(w, r.Body, MaxReportBody)
-	var rep overlay.Report
-	if err := decode(r, &rep); err != nil {
-		refuse(ReportInvalid, fmt.Errorf("report from node %s: %w", name, err))
-		return
-	}
-	if rep, err = checkReport(rep); err != nil {
-		refuse(ReportInvalid, fmt.Errorf("report from node %s: %w", name, err))
-		return
-	}
-	node, err := n.DB.Get(name)
-	if err != nil {
-		refuse(ReportInvalid, err)
-		return
-	}
-	assigned := node.Image
-	if assigned == "" {
-		assigned = n.DefaultImage
-	}
-	imgName, imgDigest := n.resolve(assigned, rep.ContentDigest)
-	applied, err := n.DB.SetReport(name, token, from.Addr(), state.Report{
-		State:         string(rep.State),
-		Error:         rep.Error,
-		ImageName:     imgName,
-		ImageDigest:   imgDigest,
-		ContentDigest: rep.ContentDigest,
-		Kernel:        rep.Kernel,
-		MemTotalBytes: rep.MemTotalBytes,
-		UptimeSeconds: rep.UptimeSeconds,
-	})
-	switch {
-	case errors.Is(err, state.ErrBadToken):
-		refuse(ReportBadToken, err)
-		return
-	case errors.Is(err, state.ErrWrongAddress):
-		refuse(ReportWrongAddress, err)
-		return
-	case errors.Is(err, state.ErrConflict):
-		n.count(ReportConflict)
-		l.Warn("conflicting report refused", "node", name, "ip", from.Addr(), "err", err)
-		writeError(w, err)
-		return
-	case err != nil:
-		n.count(ReportError)
-		l.Error("report not recorded", "node", name, "err", err)
-		writeError(w, err)
-		return
-	case !applied:
-		n.count(ReportRepeated)
-		l.Info("repeated report accepted, not applied again", "node", name, "ip", from.Addr())
-	case rep.State == overlay.StateReady:
-		n.count(ReportApplied)
-		l.Info("node booted", "node", name, "ip", node.IP, "image", imgName, "digest", imgDigest, "kernel", rep.Kernel, "uptime", rep.UptimeSeconds)
-	default:
-		n.count(ReportApplied)
-		l.Warn("node boot failed", "node", name, "ip", node.IP, "err", rep.Error)
-	}
-	w.WriteHeader(http.StatusNoContent)
-}
-
-// resolve maps the content digest a node reports to the image it runs:
-// the node's assigned image when the content matches it, else any image
-// with that content; the digest is empty when no image matches.
-func (n *Node) resolve(assigned, content string) (name, digest string) {
-	refs, err := n.Images.List()
+// resolveImage maps the content digest a node reports to the image it
+// runs: the node's assigned image when the content matches it, else any
+// image with that content; the digest is empty when no image matches.
+func resolveImage(store *images.Store, assigned, content string) (name, digest string) {
+	refs, err := store.List()
 	if err != nil || content == "" {
 		return assigned, ""
 	}

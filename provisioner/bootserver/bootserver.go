@@ -81,6 +81,10 @@ type Server struct {
 	KernelArgs string
 	// Modules are the kernel modules the agent loads.
 	Modules []string
+	// Root is the nodes' root mode and size cap.
+	Root overlay.Root
+	// ConsoleShell gives nodes whose agent stays PID 1 a console shell.
+	ConsoleShell bool
 	// Logger receives per-request detail at Debug; nil = discard.
 	Logger *slog.Logger
 	// Metrics, when set, counts requests by route and status.
@@ -446,23 +450,12 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	token := state.NewToken()
-	c := overlay.Config{
-		Node:    n.Name,
-		HeadURL: strings.TrimRight(s.BaseURL, "/"),
-		Token:   token,
-		Interface: overlay.Interface{
-			MAC:     n.MAC,
-			Address: netip.PrefixFrom(n.IP, s.PrefixLen).String(),
-		},
-		Modules: s.Modules,
-		Image:   overlay.ImageRef{Name: imgName, Digest: string(d), ContentDigest: string(m.ContentDigest)},
+	c, err := s.NodeConfig(n, imgName, m, d)
+	if err != nil {
+		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
+		return
 	}
-	if s.Gateway.IsValid() {
-		c.Interface.Gateway = s.Gateway.String()
-	}
-	for _, a := range s.DNS {
-		c.Interface.DNS = append(c.Interface.DNS, a.String())
-	}
+	c.Token = token
 	files, err := OverlayFiles(c)
 	if err != nil {
 		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)

@@ -88,7 +88,7 @@ func newFixture(t *testing.T) *fixture {
 		DefaultImage: "default", KernelArgs: "console=ttyS0,115200", Modules: []string{"virtio_net"},
 	}
 	mux.Handle("/boot/", boot.Handler())
-	mux.Handle("/api/", (&api.Node{DB: db, Images: f.store, DefaultImage: "default"}).Handler())
+	mux.Handle("/api/", (&api.Node{DB: db, Images: f.store, DefaultImage: "default", Overlays: boot, Interval: time.Second, DownAfter: 4 * time.Second}).Handler())
 	f.srv.Start()
 	t.Cleanup(f.srv.Close)
 	return f
@@ -264,7 +264,7 @@ func TestBootFlow(t *testing.T) {
 
 	report := func(token string, r overlay.Report) int {
 		b, _ := json.Marshal(r)
-		req, _ := http.NewRequest(http.MethodPost, cfg.ReportURL(), bytes.NewReader(b))
+		req, _ := http.NewRequest(http.MethodPost, cfg.URL(overlay.RegisterPath), bytes.NewReader(b))
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := n1.Do(req)
 		if err != nil {
@@ -280,8 +280,8 @@ func TestBootFlow(t *testing.T) {
 		if code := report(cfg.Token, overlay.Report{State: "dancing"}); code != http.StatusBadRequest {
 			t.Fatalf("bad state: %d, want 400", code)
 		}
-		if code := report(cfg.Token, overlay.Report{State: overlay.StateReady, ContentDigest: string(f.content), Kernel: "6.1.0-test", MemTotalBytes: 1 << 30, UptimeSeconds: 9.5}); code != http.StatusNoContent {
-			t.Fatalf("report: %d, want 204", code)
+		if code := report(cfg.Token, overlay.Report{State: overlay.StateReady, ContentDigest: string(f.content), Kernel: "6.1.0-test", MemTotalBytes: 1 << 30, UptimeSeconds: 9.5}); code != http.StatusOK {
+			t.Fatalf("report: %d, want 200", code)
 		}
 		n, err := f.db.Get("n1")
 		if err != nil {
@@ -314,7 +314,7 @@ func TestBootFlow(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if code := report(c.Token, overlay.Report{State: overlay.StateReady, ContentDigest: string(images.DigestOf([]byte("other")))}); code != http.StatusNoContent {
+		if code := report(c.Token, overlay.Report{State: overlay.StateReady, ContentDigest: string(images.DigestOf([]byte("other")))}); code != http.StatusOK {
 			t.Fatalf("report: %d", code)
 		}
 		n, _ := f.db.Get("n1")

@@ -62,6 +62,8 @@ func (f *secretsFixture) token(t *testing.T, c *http.Client, url string, hdr ...
 	return cfg.Token, resp.StatusCode
 }
 
+// report posts body to n1's registration route, the agent daemon's report
+// of the boot, and returns the status code.
 func (f *secretsFixture) report(t *testing.T, c *http.Client, token string, body any) int {
 	t.Helper()
 	b, ok := body.([]byte)
@@ -71,7 +73,7 @@ func (f *secretsFixture) report(t *testing.T, c *http.Client, token string, body
 			t.Fatal(err)
 		}
 	}
-	req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/api/v1/nodes/n1/report", bytes.NewReader(b))
+	req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/api/v1/nodes/n1/register", bytes.NewReader(b))
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := c.Do(req)
 	if err != nil {
@@ -94,7 +96,7 @@ func TestOverlaySingleUse(t *testing.T) {
 	if _, code := f.token(t, f.n1, f.urls[3]); code != http.StatusForbidden {
 		t.Fatalf("second overlay GET with the same nonce: %d, want 403", code)
 	}
-	if code := f.report(t, f.n1, tok, ready); code != http.StatusNoContent {
+	if code := f.report(t, f.n1, tok, ready); code != http.StatusOK {
 		t.Fatalf("report with the first overlay's token after a replayed GET: %d, want 204", code)
 	}
 }
@@ -117,7 +119,7 @@ func TestOverlayOnlyWhole(t *testing.T) {
 			t.Errorf("%s: %d, want 400", h[0], code)
 		}
 	}
-	if tok, code := f.token(t, f.n1, f.urls[3]); code != http.StatusOK || f.report(t, f.n1, tok, ready) != http.StatusNoContent {
+	if tok, code := f.token(t, f.n1, f.urls[3]); code != http.StatusOK || f.report(t, f.n1, tok, ready) != http.StatusOK {
 		t.Fatalf("the refused requests spent the nonce: GET %d", code)
 	}
 }
@@ -141,11 +143,11 @@ func TestReportRules(t *testing.T) {
 	if code := f.report(t, f.n2, tok, ready); code != http.StatusForbidden {
 		t.Fatalf("n1's report with n1's token from n2's address: %d, want 403", code)
 	}
-	if code := f.report(t, f.n1, tok, ready); code != http.StatusNoContent {
+	if code := f.report(t, f.n1, tok, ready); code != http.StatusOK {
 		t.Fatalf("report: %d", code)
 	}
 	before, _ := f.db.Get("n1")
-	if code := f.report(t, f.n1, tok, ready); code != http.StatusNoContent {
+	if code := f.report(t, f.n1, tok, ready); code != http.StatusOK {
 		t.Fatalf("the same report again (a retry): %d, want 204", code)
 	}
 	if code := f.report(t, f.n1, tok, overlay.Report{State: overlay.StateFailed, Error: "later"}); code != http.StatusConflict {
@@ -183,7 +185,7 @@ func TestReportBounds(t *testing.T) {
 	}
 	// A long error is kept, cut to its bound, and made printable.
 	long := overlay.Report{State: overlay.StateFailed, Error: "modules: \x1b[31m" + strings.Repeat("e", 10000)}
-	if code := f.report(t, f.n1, tok, long); code != http.StatusNoContent {
+	if code := f.report(t, f.n1, tok, long); code != http.StatusOK {
 		t.Fatalf("failed report with a long error: %d", code)
 	}
 	n, _ := f.db.Get("n1")

@@ -25,6 +25,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/ramboot/ramboot/images/overlay"
 	"github.com/ramboot/ramboot/pxe"
 )
 
@@ -138,10 +139,25 @@ type Boot struct {
 	DefaultImage string `yaml:"default_image"`
 	// KernelArgs are appended to every node's kernel command line.
 	KernelArgs string `yaml:"kernel_args"`
-	// Modules are loaded by the agent before it configures the network.
+	// Modules are loaded by the agent before it configures the network,
+	// besides those it finds for the devices present (modalias).
 	Modules []string `yaml:"modules"`
+	// Root is the nodes' root file system.
+	Root Root `yaml:"root"`
+	// ConsoleShell gives a root shell on the console of a node whose
+	// agent stays PID 1 (its image has no init to hand over to).
+	ConsoleShell bool `yaml:"console_shell"`
 	// StallTimeout marks a boot stalled after that long without progress.
 	StallTimeout Duration `yaml:"stall_timeout"`
+}
+
+// Root configures the nodes' root file system.
+type Root struct {
+	// Mode is the root mode: tmpfs.
+	Mode string `yaml:"mode"`
+	// Size caps the root's RAM: bytes with k, m, g, t, or a percentage of
+	// the node's RAM.
+	Size string `yaml:"size"`
 }
 
 // State configures the state database.
@@ -159,6 +175,14 @@ type Agent struct {
 	// Binary is the ramboot-agent executable served as the nodes' /init;
 	// empty means next to the running executable, then $PATH.
 	Binary string `yaml:"binary"`
+	// HeartbeatInterval is how often the agent daemons heartbeat.
+	HeartbeatInterval Duration `yaml:"heartbeat_interval"`
+	// DownAfter is how long the head waits without a heartbeat before it
+	// marks a node down.
+	DownAfter Duration `yaml:"down_after"`
+	// RequirePrivilegedPort refuses agent requests that do not come from a
+	// port below 1024 (only root on the node can bind one).
+	RequirePrivilegedPort bool `yaml:"require_privileged_port"`
 }
 
 // SFTP configures the SFTP endpoint `ramboot image push` and `image pull`
@@ -599,6 +623,18 @@ func (c Config) Validate() error {
 		if m == "" || strings.ContainsAny(m, "/ ") {
 			bad(fmt.Sprintf("boot.modules[%d]", i), "%q is not a module name", m)
 		}
+	}
+	if c.Boot.Root.Mode != string(overlay.RootTmpfs) {
+		bad("boot.root.mode", "%q is not a root mode (tmpfs)", c.Boot.Root.Mode)
+	}
+	if _, err := overlay.SizeBytes(c.Boot.Root.Size, 1<<30); err != nil {
+		bad("boot.root.size", "%v", err)
+	}
+	if c.Agent.HeartbeatInterval < Duration(time.Second) {
+		bad("agent.heartbeat_interval", "%s is shorter than 1s", time.Duration(c.Agent.HeartbeatInterval))
+	}
+	if c.Agent.DownAfter < 2*c.Agent.HeartbeatInterval {
+		bad("agent.down_after", "%s is shorter than two heartbeat intervals (%s)", time.Duration(c.Agent.DownAfter), time.Duration(2*c.Agent.HeartbeatInterval))
 	}
 	return errors.Join(errs...)
 }

@@ -116,6 +116,9 @@ http:
   max_conns_per_client: 0
 boot:
   modules: ["a b"]
+  root:
+    mode: squashfs
+    size: lots
 tftp:
   files:
     - undionly.kpxe
@@ -124,6 +127,9 @@ tftp:
 state:
   boot_history: 0
   backup_interval: 1s
+agent:
+  heartbeat_interval: 10s
+  down_after: 15s
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -136,7 +142,9 @@ state:
 		"site.yaml:2: state_dir", "site.yaml:3: log_level", "site.yaml:5: dhcp.lease_time", "site.yaml:6: dhcp.router",
 		"site.yaml:7: dhcp.dns[1]", "site.yaml:9: dhcp.boot_files.sparc", "site.yaml:10: dhcp.boot_files.7", "site.yaml:12: http.port",
 		"site.yaml:13: http.send_timeout", "site.yaml:14: http.max_conns_per_client", "site.yaml:16: boot.modules[0]",
-		"site.yaml:20: tftp.files[1]", "site.yaml:21: tftp.files[2]", "site.yaml:23: state.boot_history", "site.yaml:24: state.backup_interval",
+		`site.yaml:18: boot.root.mode: "squashfs" is not a root mode`, `site.yaml:19: boot.root.size: "lots" is not a size`,
+		"site.yaml:23: tftp.files[1]", "site.yaml:24: tftp.files[2]", "site.yaml:26: state.boot_history", "site.yaml:27: state.backup_interval",
+		"site.yaml:30: agent.down_after: 15s is shorter than two heartbeat intervals (20s)",
 	} {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("error lacks %q:\n%v", w, err)

@@ -44,7 +44,8 @@ type Event struct {
 	Detail string `json:"detail,omitempty"`
 }
 
-// Report is what the head recorded from the agent's report.
+// Report is what the head recorded from the agent daemon's first
+// registration in a boot.
 type Report struct {
 	// Received is when the head accepted it.
 	Received time.Time `json:"received"`
@@ -65,12 +66,8 @@ type Report struct {
 	MemTotalBytes int64 `json:"memTotalBytes"`
 	// UptimeSeconds is the node's uptime at the report.
 	UptimeSeconds float64 `json:"uptimeSeconds"`
-}
-
-// sameAs reports whether r and o say the same thing, whenever received.
-func (r Report) sameAs(o Report) bool {
-	r.Received, o.Received = time.Time{}, time.Time{}
-	return r == o
+	// The agent daemon's registration adds what follows (heartbeat.go).
+	Registration
 }
 
 // newBoot returns boot id, started by e.
@@ -87,7 +84,7 @@ func (b *Boot) add(e Event) {
 	} else {
 		b.Timeline = append(b.Timeline, e)
 	}
-	b.State = next(b.State, e.Step)
+	b.State = next(b, e.Step)
 }
 
 // reached reports whether the boot saw step.
@@ -108,6 +105,7 @@ func (b Boot) clone() Boot {
 	b.Timeline = slices.Clone(b.Timeline)
 	if b.Report != nil {
 		r := *b.Report
+		r.Steps, r.Warnings = slices.Clone(r.Steps), slices.Clone(r.Warnings)
 		b.Report = &r
 	}
 	return b

@@ -93,7 +93,7 @@ func TestFullDisk(t *testing.T) {
 	before2, _ := db.Get("n2")
 
 	tokX := NewToken()
-	if _, err := db.SetReport("n1", tok1, addr("10.0.0.11"), Report{State: "ready", Kernel: "6.1"}); !errors.Is(err, syscall.ENOSPC) {
+	if _, err := db.Register("n1", tok1, addr("10.0.0.11"), Report{State: "ready", Kernel: "6.1"}, Agent{}); !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("report on a full disk: %v, want ENOSPC", err)
 	}
 	if err := db.ConsumeNonce("n2", nonce2, tokX, ev(StepOverlay)); err == nil {
@@ -116,7 +116,7 @@ func TestFullDisk(t *testing.T) {
 	if err := db.CheckNonce("n2", nonce2); err != nil {
 		t.Fatalf("n2's nonce spent by a failed write: %v", err)
 	}
-	if _, err := db.SetReport("n2", tokX, addr("10.0.0.12"), Report{State: "ready"}); !errors.Is(err, ErrBadToken) {
+	if _, err := db.Register("n2", tokX, addr("10.0.0.12"), Report{State: "ready"}, Agent{}); !errors.Is(err, ErrBadToken) {
 		t.Fatalf("token of a failed overlay write accepted: %v", err)
 	}
 
@@ -144,7 +144,7 @@ func TestFullDisk(t *testing.T) {
 	if err := db.CheckNonce("n2", nonce2); err != nil {
 		t.Fatalf("n2's nonce after reopen: %v", err)
 	}
-	if ok, err := db.SetReport("n1", tok1, addr("10.0.0.11"), Report{State: "ready"}); err != nil || !ok {
+	if ok, err := db.Register("n1", tok1, addr("10.0.0.11"), Report{State: "ready"}, Agent{}); err != nil || !ok {
 		t.Fatalf("n1's token after reopen: %v", err)
 	}
 }
@@ -159,7 +159,7 @@ func TestFailedWriteChangesNothing(t *testing.T) {
 	tok := boot(t, db, "n1")
 	before, _ := db.Get("n1")
 	db.db.Close()
-	if _, err := db.SetReport("n1", tok, addr("10.0.0.11"), Report{State: "ready"}); err == nil {
+	if _, err := db.Register("n1", tok, addr("10.0.0.11"), Report{State: "ready"}, Agent{}); err == nil {
 		t.Fatal("write to a closed database succeeded")
 	}
 	if _, err := db.NewBootNonce("n1", ev(StepScript)); err == nil {

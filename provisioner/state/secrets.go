@@ -4,7 +4,6 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"net/netip"
-	"time"
 )
 
 // The boot secrets:
@@ -15,10 +14,13 @@ import (
 //     token in that overlay the node's token for this boot; the nonce is
 //     then spent. A new boot (a DHCP offer to firmware) voids an unspent
 //     nonce.
-//   - A report needs the current token, from the node's reserved address,
-//     for the boot the token was minted in. A report repeated word for word
-//     (the agent retrying after a lost answer) is accepted and not applied
-//     again; a different second report for the same boot is a conflict.
+//   - Every request of the node's agent (registration, heartbeat,
+//     shutdown, runtime overlay, images, jobs) needs the current token,
+//     from the node's reserved address, for the boot the token was minted
+//     in (Authenticate). A second registration in the same boot (the agent
+//     daemon restarted, or retried after a lost answer) is accepted and
+//     keeps the first one's report; one that contradicts it (failed after
+//     ready) is a conflict.
 
 // NewToken returns a new random report token (256 bits, hex).
 func NewToken() string { return randomHex(32) }
@@ -92,44 +94,37 @@ func (d *DB) ConsumeNonce(name, nonce, token string, e Event) error {
 	return nil
 }
 
-// SetReport records the agent's report for the node's current boot: the
-// boot is booted (or failed) from then on. The report must come from the
-// node's reserved address (from) with the current token, minted in this
-// boot. It returns false with no error for a report identical to the one
-// already recorded for this boot (a retry), which is not applied again.
-func (d *DB) SetReport(name, token string, from netip.Addr, rep Report) (applied bool, err error) {
-	if rep.Received.IsZero() {
-		rep.Received = d.now()
+// authenticate checks a node's request against r: it must come from the
+// node's reserved address (from), with the node's current token, minted in
+// the node's current boot. It returns an error wrapping ErrWrongAddress,
+// ErrBadToken (a wrong, or a revoked token) or ErrConflict (a token of a
+// boot that is no longer current). d.mu must be held.
+func (r *record) authenticate(token string, from netip.Addr) error {
+	if from.Unmap() != r.Node.IP {
+		return fmt.Errorf("from %s, reserved %s: %w", from, r.Node.IP, ErrWrongAddress)
 	}
-	applied = true
-	err = d.update(name, func(r *record, _ *archive) error {
-		if from.Unmap() != r.Node.IP {
-			return fmt.Errorf("from %s, reserved %s: %w", from, r.Node.IP, ErrWrongAddress)
-		}
-		if !equalSecret(hashHex(token), r.TokenHash) {
-			return ErrBadToken
-		}
-		st := &r.Status
-		if r.TokenBoot != st.ID {
-			return fmt.Errorf("the token is of boot %d, and boot %d started since: %w", r.TokenBoot, st.ID, ErrConflict)
-		}
-		if st.Report != nil {
-			if st.Report.sameAs(rep) {
-				applied = false
-				return errNoChange
-			}
-			return fmt.Errorf("boot %d already reported %s at %s: %w", st.ID, st.Report.State, st.Report.Received.Format(time.RFC3339), ErrConflict)
-		}
-		st.Report = &rep
-		e := Event{Time: rep.Received, Step: StepReady, Detail: fmt.Sprintf("kernel %s, uptime %.1fs", rep.Kernel, rep.UptimeSeconds)}
-		if rep.State != "ready" {
-			e.Step, e.Detail = StepFailed, rep.Error
-		}
-		st.add(e)
-		return nil
-	})
-	if err != nil {
-		return false, fmt.Errorf("report from node %s: %w", name, err)
+	if !equalSecret(hashHex(token), r.TokenHash) {
+		return ErrBadToken
 	}
-	return applied, nil
+	if r.TokenBoot != r.Status.ID {
+		return fmt.Errorf("the token is of boot %d, and boot %d started since: %w", r.TokenBoot, r.Status.ID, ErrConflict)
+	}
+	return nil
+}
+
+// Authenticate checks a request of node name's agent (see the node API):
+// from the node's reserved address, with its current token, minted in its
+// current boot. It returns the node, or an error wrapping ErrNotFound,
+// ErrWrongAddress, ErrBadToken or ErrConflict.
+func (d *DB) Authenticate(name, token string, from netip.Addr) (NodeStatus, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	r, ok := d.nodes[name]
+	if !ok {
+		return NodeStatus{}, fmt.Errorf("node %s: %w", name, ErrNotFound)
+	}
+	if err := r.authenticate(token, from); err != nil {
+		return NodeStatus{}, fmt.Errorf("request of node %s: %w", name, err)
+	}
+	return d.view(r), nil
 }

@@ -89,6 +89,9 @@ type NodeStatus struct {
 	Node
 	// Status is the node's boot status.
 	Status Status `json:"status"`
+	// Agent is the agent daemon's last registration or heartbeat since
+	// the head started, if any: memory only (heartbeat.go).
+	Agent *Agent `json:"agent,omitempty"`
 }
 
 // record is what is stored per node: what reads return, plus the secrets
@@ -114,9 +117,15 @@ func (r *record) clone() *record {
 	return &c
 }
 
-func (r *record) view() NodeStatus {
+// view returns what readers see of r: a deep copy, with the node's live
+// agent view. d.mu must be held.
+func (d *DB) view(r *record) NodeStatus {
 	c := r.clone()
-	return NodeStatus{Node: c.Node, Status: c.Status}
+	ns := NodeStatus{Node: c.Node, Status: c.Status}
+	if a := d.live[r.Node.Name]; a != nil {
+		ns.Agent = a.clone()
+	}
+	return ns
 }
 
 var (
@@ -149,6 +158,10 @@ type DB struct {
 	byMAC map[string]string  // MAC -> name
 	byIP  map[netip.Addr]string
 	fails int // writes that did not commit
+	// live is each node's agent daemon's last registration or
+	// heartbeat: memory only, never written (heartbeat.go). Published
+	// values are never changed.
+	live map[string]*Agent
 }
 
 // Open opens the database at path with default options; see OpenWith.
@@ -176,7 +189,7 @@ func OpenWith(path string, o Options) (*DB, error) {
 	if _, err := Verify(path); err != nil {
 		return nil, err
 	}
-	d := &DB{path: path, history: o.History, now: o.Now, nodes: map[string]*record{}, byMAC: map[string]string{}, byIP: map[netip.Addr]string{}}
+	d := &DB{path: path, history: o.History, now: o.Now, nodes: map[string]*record{}, byMAC: map[string]string{}, byIP: map[netip.Addr]string{}, live: map[string]*Agent{}}
 	err := contained(func() error {
 		bdb, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, InitialMmapSize: o.mmapSize})
 		if err != nil {
@@ -282,10 +295,15 @@ func (d *DB) index(r *record) {
 // write and without an error.
 var errNoChange = errors.New("no change")
 
-// archive is what an update does to the node's earlier boots.
+// archive is what an update does besides the node's record: to its
+// earlier boots, and to its live agent view.
 type archive struct {
 	put  *Boot // a boot that just ended, to keep
 	drop []int // boots that fell out of the history
+	// live, when set, is run with d.mu held once the record is published,
+	// or when fn returned errNoChange: memory-only changes that must not
+	// show unless the write they go with committed.
+	live func()
 }
 
 // update is the one place a node's record changes: fn works on a deep copy,
@@ -303,6 +321,9 @@ func (d *DB) update(name string, fn func(r *record, a *archive) error) error {
 	var a archive
 	if err := fn(nr, &a); err != nil {
 		if errors.Is(err, errNoChange) {
+			if a.live != nil {
+				a.live()
+			}
 			return nil
 		}
 		return err
@@ -333,6 +354,9 @@ func (d *DB) update(name string, fn func(r *record, a *archive) error) error {
 		return fmt.Errorf("write node %s: %w", name, err)
 	}
 	d.nodes[name] = nr
+	if a.live != nil {
+		a.live()
+	}
 	return nil
 }
 
@@ -399,6 +423,7 @@ func (d *DB) AddNode(n Node) error {
 		return fmt.Errorf("add node %s: %w", n.Name, err)
 	}
 	d.index(r)
+	delete(d.live, n.Name)
 	return nil
 }
 
@@ -434,6 +459,7 @@ func (d *DB) DeleteNode(name string) error {
 	delete(d.nodes, name)
 	delete(d.byMAC, r.Node.MAC)
 	delete(d.byIP, r.Node.IP)
+	delete(d.live, name)
 	return nil
 }
 
@@ -445,7 +471,7 @@ func (d *DB) Get(name string) (NodeStatus, error) {
 	if !ok {
 		return NodeStatus{}, fmt.Errorf("node %s: %w", name, ErrNotFound)
 	}
-	return r.view(), nil
+	return d.view(r), nil
 }
 
 // ByMAC returns the node with that MAC.
@@ -456,7 +482,7 @@ func (d *DB) ByMAC(mac net.HardwareAddr) (NodeStatus, error) {
 	if !ok {
 		return NodeStatus{}, fmt.Errorf("mac %s: %w", mac, ErrNotFound)
 	}
-	return d.nodes[name].view(), nil
+	return d.view(d.nodes[name]), nil
 }
 
 // ByIP returns the node with that address.
@@ -467,7 +493,7 @@ func (d *DB) ByIP(ip netip.Addr) (NodeStatus, error) {
 	if !ok {
 		return NodeStatus{}, fmt.Errorf("ip %s: %w", ip, ErrNotFound)
 	}
-	return d.nodes[name].view(), nil
+	return d.view(d.nodes[name]), nil
 }
 
 // List returns every node, sorted by name.
@@ -476,7 +502,7 @@ func (d *DB) List() []NodeStatus {
 	defer d.mu.Unlock()
 	out := make([]NodeStatus, 0, len(d.nodes))
 	for _, r := range d.nodes {
-		out = append(out, r.view())
+		out = append(out, d.view(r))
 	}
 	slices.SortFunc(out, func(a, b NodeStatus) int { return strings.Compare(a.Name, b.Name) })
 	return out

@@ -119,13 +119,13 @@ func TestBootFlow(t *testing.T) {
 	if want := []Step{StepDHCPOffer, StepDHCPAck, StepDHCPOffer, StepDHCPAck, StepScript, StepOverlay}; !slices.Equal(steps(n.Status.Boot), want) {
 		t.Fatalf("timeline %v, want %v", steps(n.Status.Boot), want)
 	}
-	if _, err := db.SetReport("n1", "not-the-token", addr("10.0.0.11"), Report{State: "ready"}); !errors.Is(err, ErrBadToken) {
+	if _, err := db.Register("n1", "not-the-token", addr("10.0.0.11"), Report{State: "ready"}, Agent{}); !errors.Is(err, ErrBadToken) {
 		t.Fatalf("bad token accepted: %v", err)
 	}
 	// Reopen: the token hash and timeline are durable.
 	db.Close()
 	db = open(t, path)
-	if ok, err := db.SetReport("n1", tok, addr("10.0.0.11"), Report{State: "ready", Kernel: "6.1", ImageDigest: "sha256:ab"}); err != nil || !ok {
+	if ok, err := db.Register("n1", tok, addr("10.0.0.11"), Report{State: "ready", Kernel: "6.1", ImageDigest: "sha256:ab"}, Agent{}); err != nil || !ok {
 		t.Fatalf("report after reopen: %v %v", ok, err)
 	}
 	n, _ = db.Get("n1")
@@ -212,7 +212,7 @@ func TestHistory(t *testing.T) {
 	}
 	for i := 1; i <= 5; i++ {
 		tok := boot(t, db, "n1")
-		if _, err := db.SetReport("n1", tok, addr("10.0.0.11"), Report{State: "ready", Kernel: "k" + string(rune('0'+i))}); err != nil {
+		if _, err := db.Register("n1", tok, addr("10.0.0.11"), Report{State: "ready", Kernel: "k" + string(rune('0'+i))}, Agent{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -257,7 +257,7 @@ func TestSpoofedDiscoverKeepsHistory(t *testing.T) {
 		t.Fatal(err)
 	}
 	tok := boot(t, db, "n1")
-	if _, err := db.SetReport("n1", tok, addr("10.0.0.11"), Report{State: "ready", Kernel: "6.1"}); err != nil {
+	if _, err := db.Register("n1", tok, addr("10.0.0.11"), Report{State: "ready", Kernel: "6.1"}, Agent{}); err != nil {
 		t.Fatal(err)
 	}
 	before, _ := db.Get("n1")
@@ -277,7 +277,7 @@ func TestSpoofedDiscoverKeepsHistory(t *testing.T) {
 	}
 	// The running node's token is of boot 1: not revoked, but it cannot
 	// report boot 2 booted.
-	if _, err := db.SetReport("n1", tok, addr("10.0.0.11"), Report{State: "ready", Kernel: "6.1"}); !errors.Is(err, ErrConflict) {
+	if _, err := db.Register("n1", tok, addr("10.0.0.11"), Report{State: "ready", Kernel: "6.1"}, Agent{}); !errors.Is(err, ErrConflict) {
 		t.Fatalf("report with boot 1's token for boot 2: %v, want ErrConflict", err)
 	}
 }
@@ -292,17 +292,17 @@ func TestReportRules(t *testing.T) {
 	}
 	tok := boot(t, db, "n1")
 	rep := Report{State: "ready", Kernel: "6.1", UptimeSeconds: 4}
-	if _, err := db.SetReport("n1", tok, addr("10.0.0.12"), rep); !errors.Is(err, ErrWrongAddress) {
+	if _, err := db.Register("n1", tok, addr("10.0.0.12"), rep, Agent{}); !errors.Is(err, ErrWrongAddress) {
 		t.Fatalf("report from another address: %v", err)
 	}
-	if ok, err := db.SetReport("n1", tok, addr("::ffff:10.0.0.11"), rep); err != nil || !ok {
+	if ok, err := db.Register("n1", tok, addr("::ffff:10.0.0.11"), rep, Agent{}); err != nil || !ok {
 		t.Fatalf("report: %v %v", ok, err)
 	}
 	n1, _ := db.Get("n1")
-	if ok, err := db.SetReport("n1", tok, addr("10.0.0.11"), rep); err != nil || ok {
+	if ok, err := db.Register("n1", tok, addr("10.0.0.11"), rep, Agent{}); err != nil || ok {
 		t.Fatalf("repeated report: applied %v, %v; want accepted, not applied", ok, err)
 	}
-	if _, err := db.SetReport("n1", tok, addr("10.0.0.11"), Report{State: "failed", Error: "later"}); !errors.Is(err, ErrConflict) {
+	if _, err := db.Register("n1", tok, addr("10.0.0.11"), Report{State: "failed", Error: "later"}, Agent{}); !errors.Is(err, ErrConflict) {
 		t.Fatalf("a second, different report: %v, want ErrConflict", err)
 	}
 	// Late events are recorded but do not move a booted boot back.
@@ -317,7 +317,7 @@ func TestReportRules(t *testing.T) {
 	if _, err := db.NewBootNonce("n1", ev(StepScript)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.SetReport("n1", tok, addr("10.0.0.11"), rep); !errors.Is(err, ErrBadToken) {
+	if _, err := db.Register("n1", tok, addr("10.0.0.11"), rep, Agent{}); !errors.Is(err, ErrBadToken) {
 		t.Fatalf("token after a new script: %v, want ErrBadToken", err)
 	}
 }
@@ -346,10 +346,10 @@ func TestNonceSingleUse(t *testing.T) {
 	if err := db.ConsumeNonce("n1", nonce, second, ev(StepOverlay)); !errors.Is(err, ErrBadToken) {
 		t.Fatalf("nonce consumed twice: %v", err)
 	}
-	if _, err := db.SetReport("n1", second, addr("10.0.0.11"), Report{State: "ready"}); !errors.Is(err, ErrBadToken) {
+	if _, err := db.Register("n1", second, addr("10.0.0.11"), Report{State: "ready"}, Agent{}); !errors.Is(err, ErrBadToken) {
 		t.Fatalf("the second overlay's token works: %v", err)
 	}
-	if _, err := db.SetReport("n1", first, addr("10.0.0.11"), Report{State: "ready"}); err != nil {
+	if _, err := db.Register("n1", first, addr("10.0.0.11"), Report{State: "ready"}, Agent{}); err != nil {
 		t.Fatalf("the first overlay's token: %v", err)
 	}
 	nonce, _ = db.NewBootNonce("n1", ev(StepScript))
@@ -409,25 +409,48 @@ func TestMarkStalled(t *testing.T) {
 }
 
 func TestMachine(t *testing.T) {
+	ready, failed := &Report{State: "ready"}, &Report{State: "failed"}
 	cases := []struct {
 		from State
+		rep  *Report
 		step Step
 		want State
 	}{
-		{StateBooting, StepKernel, StateBooting},
-		{StateBooting, StepReady, StateBooted},
-		{StateBooting, StepFailed, StateFailed},
-		{StateBooting, StepStalled, StateStalled},
-		{StateStalled, StepImage, StateBooting},
-		{StateStalled, StepReady, StateBooted},
-		{StateBooted, StepFailed, StateBooted},
-		{StateBooted, StepStalled, StateBooted},
-		{StateFailed, StepReady, StateFailed},
-		{StateNew, StepReady, StateNew},
+		{StateBooting, nil, StepKernel, StateBooting},
+		{StateBooting, nil, StepReady, StateBooted},
+		{StateBooting, nil, StepFailed, StateFailed},
+		{StateBooting, nil, StepStalled, StateStalled},
+		{StateStalled, nil, StepImage, StateBooting},
+		{StateStalled, nil, StepReady, StateBooted},
+		{StateBooted, ready, StepFailed, StateBooted},
+		{StateBooted, ready, StepStalled, StateBooted},
+		{StateFailed, failed, StepReady, StateFailed},
+		{StateNew, nil, StepReady, StateNew},
+		// After the registration: down, off and back.
+		{StateBooted, ready, StepDown, StateDown},
+		{StateFailed, failed, StepDown, StateDown},
+		{StateBooted, ready, StepShutdown, StateOff},
+		{StateDown, ready, StepShutdown, StateOff},
+		{StateDown, ready, StepUp, StateBooted},
+		{StateDown, failed, StepUp, StateFailed},
+		{StateOff, ready, StepUp, StateBooted},
+		{StateOff, failed, StepUp, StateFailed},
+		{StateOff, ready, StepDown, StateOff},
+		{StateDown, ready, StepKernel, StateDown},
+		{StateBooting, nil, StepDown, StateBooting},
+		{StateBooting, nil, StepShutdown, StateBooting},
+		{StateBooting, nil, StepUp, StateBooting},
+		{StateStalled, nil, StepDown, StateStalled},
+		{StateBooted, ready, StepJobProlog, StateBooted},
+		{StateDown, ready, StepJobEpilog, StateDown},
 	}
 	for _, tc := range cases {
-		if got := next(tc.from, tc.step); got != tc.want {
+		b := &Boot{State: tc.from, Report: tc.rep}
+		if got := next(b, tc.step); got != tc.want {
 			t.Errorf("%s + %s = %s, want %s", tc.from, tc.step, got, tc.want)
+		}
+		if got := next(b, tc.step); got != tc.from && !tc.from.CanMove(got) {
+			t.Errorf("%s + %s = %s: not a move of the table", tc.from, tc.step, got)
 		}
 	}
 }

@@ -6,38 +6,55 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"runtime"
 	"runtime/debug"
-
-	"github.com/ramboot/ramboot/nodeagent"
-	"github.com/ramboot/ramboot/nodeagent/initproc"
-	"github.com/ramboot/ramboot/nodeagent/internal/procfs"
+	"strings"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
 var version = "devel"
 
-const usage = `ramboot-agent: the ramboot node agent.
+// command is one subcommand.
+type command struct {
+	// name is the word after ramboot-agent.
+	name string
+	// args is the synopsis of its arguments.
+	args string
+	// summary is its line of help.
+	summary string
+	// run runs it with the arguments after its name.
+	run func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+}
 
-Booted as the kernel's /init (PID 1), whatever its arguments, it boots the
-node: mounts /proc /sys /dev /run, reads etc/ramboot/node.json, sets the host
-name, loads kernel modules, configures the provisioning interface, reports
-to the head, then stays PID 1 (reaping children; SIGTERM/SIGINT reboot,
-SIGUSR1 halts, SIGUSR2 powers off) or execs the program that
-ramboot.exec=PATH on the kernel command line names.
+// commands is the dispatch table: a subcommand is one entry here and a
+// function in a file of its own.
+var commands = []command{
+	{"init", "[--root DIR] [--release R] [--dry-run]", "run the boot sequence: only as PID 1, or with --dry-run", initCmd},
+	{"daemon", "[--root DIR] [--socket PATH]", "run the agent daemon: register with the head, heartbeat, serve the local API", daemonCmd},
+	{"status", "[-o table|json] [--socket PATH]", "print the node's view from the daemon (root only)", statusCmd},
+	{"version", "", "print version information", versionCmd},
+}
+
+func usage() string {
+	var b strings.Builder
+	b.WriteString(`ramboot-agent: the ramboot node agent.
+
+Booted as the kernel's /init (PID 1), whatever its arguments, it prepares
+the node (see docs/agent.md) and hands PID 1 to the image's /sbin/init,
+with the daemon installed as a systemd service, or stays PID 1 and runs the
+daemon itself.
 
 Usage:
-  ramboot-agent init [--root DIR] [--release R] [--dry-run]
-        run the boot sequence; without --dry-run only as PID 1
-  ramboot-agent version
-        print version information
-  ramboot-agent help
-        print this help
-
-See docs/agent.md.
-`
+`)
+	for _, c := range commands {
+		fmt.Fprintf(&b, "  ramboot-agent %s %s\n        %s\n", c.name, c.args, c.summary)
+	}
+	b.WriteString("  ramboot-agent help\n        print this help\n")
+	b.WriteString(workloadUsage)
+	b.WriteString("\nSee docs/agent.md.\n")
+	return b.String()
+}
 
 // run is the agent's main: as PID 1 it boots the node and never returns;
 // otherwise it runs the subcommand in args[1:].
@@ -48,40 +65,48 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runInit(ctx, initOptions{root: "/"}, stdout, stderr)
 	}
 	if len(args) < 2 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, usage())
 		return errors.New("no command: see 'ramboot-agent help'")
 	}
-	switch args[1] {
+	name := args[1]
+	switch name {
 	case "help", "-h", "-help", "--help":
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, usage())
 		return nil
-	case "version", "--version":
-		fmt.Fprintln(stdout, versionString())
-		return nil
-	case "init":
-		var o initOptions
-		fs := flag.NewFlagSet("init", flag.ContinueOnError)
-		fs.SetOutput(stderr)
-		fs.StringVar(&o.root, "root", "/", "the node's root `directory`")
-		fs.StringVar(&o.release, "release", "", "kernel `release` whose modules to use (default: uname -r)")
-		fs.BoolVar(&o.dryRun, "dry-run", false, "print what would be done, change nothing")
-		if err := fs.Parse(args[2:]); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil
-			}
-			return err
-		}
-		if fs.NArg() > 0 {
-			return fmt.Errorf("init: unexpected argument %q", fs.Arg(0))
-		}
-		if !o.dryRun {
-			return errors.New("init: not PID 1: boot the binary as the kernel's /init, or use --dry-run")
-		}
-		return runInit(ctx, o, stdout, stderr)
-	default:
-		fmt.Fprint(stderr, usage)
-		return fmt.Errorf("unknown command %q", args[1])
+	case "--version":
+		name = "version"
 	}
+	for _, c := range commands {
+		if c.name == name {
+			return c.run(ctx, args[2:], stdout, stderr)
+		}
+	}
+	if handled, err := runWorkload(ctx, args, stdout, stderr); handled { // workload.go
+		return err
+	}
+	fmt.Fprint(stderr, usage())
+	return fmt.Errorf("unknown command %q", args[1])
+}
+
+// parseFlags parses a subcommand's flags; it returns done when they asked
+// for help (already printed).
+func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) (done bool, err error) {
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return true, nil
+		}
+		return false, err
+	}
+	if fs.NArg() > 0 {
+		return false, fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
+	}
+	return false, nil
+}
+
+func versionCmd(_ context.Context, _ []string, stdout, _ io.Writer) error {
+	fmt.Fprintln(stdout, versionString())
+	return nil
 }
 
 func versionString() string {
@@ -94,50 +119,4 @@ func versionString() string {
 		}
 	}
 	return s + " " + runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH
-}
-
-// initOptions are the init subcommand's flags.
-type initOptions struct {
-	root    string
-	release string
-	dryRun  bool
-}
-
-// runInit boots the node. For real (PID 1) it never returns: after the
-// boot it execs ramboot.exec or stays PID 1, reaping children until a
-// signal powers the node off.
-func runInit(ctx context.Context, o initOptions, stdout, stderr io.Writer) error {
-	log := slog.New(slog.NewTextHandler(stderr, nil))
-	var supervised chan error
-	if !o.dryRun {
-		// First of all: handle signals (Go's default for SIGTERM, SIGHUP,
-		// ... is to exit, and PID 1 exiting panics the kernel) and reap.
-		sup := &initproc.Supervisor{Console: stdout, Logger: log}
-		supervised = make(chan error, 1)
-		go func() { supervised <- sup.Run(context.Background()) }()
-	}
-	a := &nodeagent.Agent{Root: o.root, Release: o.release, Console: stdout, Logger: log, DryRun: o.dryRun}
-	_, bootErr := a.Boot(ctx) // Boot printed each failure
-
-	var exe string
-	if cl, err := procfs.ReadCmdline(os.DirFS(o.root)); err == nil {
-		exe, _ = cl.Get("ramboot.exec")
-	} else {
-		log.Warn("read kernel command line", "err", err)
-	}
-	if o.dryRun {
-		if exe != "" {
-			fmt.Fprintf(stdout, "ramboot-agent: would exec %s\n", exe)
-		} else {
-			fmt.Fprintln(stdout, "ramboot-agent: would stay PID 1")
-		}
-		return bootErr
-	}
-	if exe != "" {
-		fmt.Fprintf(stdout, "ramboot-agent: exec %s\n", exe)
-		err := initproc.Exec(exe)
-		fmt.Fprintf(stdout, "ramboot-agent: exec failed: %v\n", err)
-	}
-	fmt.Fprintln(stdout, "ramboot-agent: staying PID 1")
-	return <-supervised // Run's context never ends: this blocks for good
 }

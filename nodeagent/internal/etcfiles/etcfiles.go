@@ -93,15 +93,18 @@ func Write(root string, f Files) error {
 		}{"resolv.conf", f.Resolv()})
 	}
 	for _, file := range files {
-		if err := writeFile(filepath.Join(etc, file.name), file.data); err != nil {
+		if err := WriteFile(filepath.Join(etc, file.name), file.data, 0o644); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// writeFile replaces path with data, mode 0644.
-func writeFile(path string, data []byte) error {
+// WriteFile replaces path with data and mode perm atomically: it writes a
+// temporary file beside path and renames it over path, so a reader sees
+// the old content or the new, never a part. A symbolic link at path is
+// replaced, not followed.
+func WriteFile(path string, data []byte, perm os.FileMode) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
@@ -111,7 +114,7 @@ func writeFile(path string, data []byte) error {
 		tmp.Close()
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := tmp.Chmod(0o644); err != nil {
+	if err := tmp.Chmod(perm); err != nil {
 		tmp.Close()
 		return fmt.Errorf("write %s: %w", path, err)
 	}

@@ -1,13 +1,14 @@
 // Package procfs parses the few files under /proc that the node agent
-// reports or obeys: /proc/meminfo (MemTotal), /proc/uptime and
-// /proc/cmdline. Readers take an fs.FS rooted at the node's root, so tests
-// can hand them a directory or an fstest.MapFS:
+// reports or obeys: /proc/meminfo, /proc/uptime, /proc/loadavg,
+// /proc/cmdline and /proc/self/mountinfo. Readers take an fs.FS rooted at
+// the node's root, so tests can hand them a directory or an fstest.MapFS:
 //
 //	root := os.DirFS("/")
 //	mem, err := procfs.ReadMemTotal(root)   // bytes
 //	up, err := procfs.ReadUptime(root)      // seconds
 //	cl, err := procfs.ReadCmdline(root)
 //	path, ok := cl.Get("ramboot.exec")
+//	mounts, err := procfs.ReadMountinfo(root)
 package procfs
 
 import (
@@ -25,6 +26,7 @@ const (
 	MeminfoPath = "proc/meminfo"
 	UptimePath  = "proc/uptime"
 	CmdlinePath = "proc/cmdline"
+	LoadavgPath = "proc/loadavg"
 )
 
 // ReadMemTotal returns MemTotal from MeminfoPath in root, in bytes.
@@ -38,23 +40,36 @@ func ReadMemTotal(root fs.FS) (int64, error) {
 
 // ParseMemTotal returns the MemTotal line of /proc/meminfo content in
 // bytes ("MemTotal:  1014020 kB").
-func ParseMemTotal(b []byte) (int64, error) {
+func ParseMemTotal(b []byte) (int64, error) { return ParseMeminfo(b, "MemTotal") }
+
+// ParseMeminfo returns the named field of /proc/meminfo content in bytes
+// ("MemAvailable:  880000 kB").
+func ParseMeminfo(b []byte, field string) (int64, error) {
 	for line := range bytes.Lines(b) {
-		rest, ok := bytes.CutPrefix(line, []byte("MemTotal:"))
+		rest, ok := bytes.CutPrefix(line, []byte(field+":"))
 		if !ok {
 			continue
 		}
 		f := strings.Fields(string(rest))
 		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("parse meminfo line %q: want \"MemTotal: N kB\"", bytes.TrimSpace(line))
+			return 0, fmt.Errorf("parse meminfo line %q: want \"%s: N kB\"", bytes.TrimSpace(line), field)
 		}
 		kb, err := strconv.ParseInt(f[0], 10, 64)
 		if err != nil || kb < 0 || kb > math.MaxInt64/1024 {
-			return 0, fmt.Errorf("parse meminfo MemTotal %q: out of range or not a number", f[0])
+			return 0, fmt.Errorf("parse meminfo %s %q: out of range or not a number", field, f[0])
 		}
 		return kb * 1024, nil
 	}
-	return 0, errors.New("parse meminfo: no MemTotal line")
+	return 0, fmt.Errorf("parse meminfo: no %s line", field)
+}
+
+// ReadMeminfo returns the named field of MeminfoPath in root, in bytes.
+func ReadMeminfo(root fs.FS, field string) (int64, error) {
+	b, err := fs.ReadFile(root, MeminfoPath)
+	if err != nil {
+		return 0, fmt.Errorf("read meminfo: %w", err)
+	}
+	return ParseMeminfo(b, field)
 }
 
 // ReadUptime returns the system uptime from UptimePath in root, in
@@ -79,6 +94,33 @@ func ParseUptime(b []byte) (float64, error) {
 		return 0, fmt.Errorf("parse uptime %q: not a number of seconds", f[0])
 	}
 	return s, nil
+}
+
+// ReadSelfRSS returns the calling process's resident memory (VmRSS of
+// proc/self/status in root), in bytes.
+func ReadSelfRSS(root fs.FS) (int64, error) {
+	b, err := fs.ReadFile(root, "proc/self/status")
+	if err != nil {
+		return 0, fmt.Errorf("read status: %w", err)
+	}
+	return ParseMeminfo(b, "VmRSS")
+}
+
+// ReadLoad1 returns the one-minute load average from LoadavgPath in root.
+func ReadLoad1(root fs.FS) (float64, error) {
+	b, err := fs.ReadFile(root, LoadavgPath)
+	if err != nil {
+		return 0, fmt.Errorf("read loadavg: %w", err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0, errors.New("parse loadavg: empty")
+	}
+	l, err := strconv.ParseFloat(f[0], 64)
+	if err != nil || l < 0 || math.IsInf(l, 0) || math.IsNaN(l) {
+		return 0, fmt.Errorf("parse loadavg %q: not a load", f[0])
+	}
+	return l, nil
 }
 
 // Param is one kernel command-line parameter.

@@ -58,6 +58,19 @@ func Module(t testing.TB, dir, name string, depends ...string) string {
 	return path
 }
 
+// Aliased builds dir/<name>.ko like Module, with no dependencies and an
+// "alias=" string for each of aliases, as MODULE_DEVICE_TABLE produces.
+func Aliased(t testing.TB, dir, name string, aliases ...string) string {
+	t.Helper()
+	path := filepath.Join(dir, name+".ko")
+	info := []string{"license=GPL", "depends=", "name=" + strings.ReplaceAll(name, "-", "_")}
+	for _, a := range aliases {
+		info = append(info, "alias="+a)
+	}
+	Build(t, path, append(info, "vermagic=6.1.0-kmodtest SMP preempt mod_unload modversions")...)
+	return path
+}
+
 // cString quotes s as a C string literal.
 func cString(s string) string {
 	var b strings.Builder

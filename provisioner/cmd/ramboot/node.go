@@ -149,6 +149,7 @@ func printNode(w io.Writer, n state.NodeStatus) error {
 		}
 		fmt.Fprintf(tw, "Earlier boots:\t%s (ramboot node show %s --boot K)\n", strings.Join(ids, ", "), n.Name)
 	}
+	printAgent(tw, n)
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -170,6 +171,7 @@ func printReport(tw io.Writer, r *state.Report) {
 	if r.Error != "" {
 		fmt.Fprintf(tw, "Error:\t%s\n", state.Printable(r.Error))
 	}
+	printRegistration(tw, r)
 }
 
 // printBoot prints one boot of node name.

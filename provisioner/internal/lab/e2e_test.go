@@ -41,8 +41,10 @@ func serveLab(ctx context.Context, t *testing.T) *lab.Lab {
 }
 
 // TestBoot network-boots QEMU from `ramboot serve` in a namespace of its
-// own, once per firmware, and waits for the agent's report to turn the
-// node booted, running the image the test built.
+// own, once per firmware, and waits for the agent daemon's registration to
+// turn the node booted, running the image the test built. The busybox
+// image has no init: the agent stays PID 1 and runs the daemon itself, and
+// the virtio NIC's drivers come from modalias (boot.modules is empty).
 func TestBoot(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
@@ -89,6 +91,17 @@ func TestBoot(t *testing.T) {
 				t.Fatalf("%v\nlast serial output:\n%s", err, tail(vm.Serial(), 40))
 			}
 			t.Logf("%s booted %.1fs after QEMU started", tc.node, time.Since(vm.Started()).Seconds())
+			if p, err := lab.BootPhases(vm.Started(), n); err != nil {
+				t.Errorf("boot phases: %v", err)
+			} else {
+				t.Logf("%s ready: %s", tc.node, p)
+			}
+			if r := n.Status.Report; r == nil || r.Init != "ramboot-agent" || r.RootMode != "tmpfs" {
+				t.Errorf("registration %+v: want the agent staying PID 1 on a tmpfs root (the image has no init)", r)
+			}
+			if !strings.Contains(string(vm.Serial()), "virtio_net(device)") {
+				t.Errorf("virtio_net not loaded by modalias (boot.modules is empty):\n%s", tail(vm.Serial(), 40))
+			}
 			for _, e := range n.Status.Timeline {
 				t.Logf("  %6.2fs  %-12s %s", e.Time.Sub(n.Status.Timeline[0].Time).Seconds(), e.Step, e.Detail)
 			}

@@ -332,6 +332,16 @@ func (l *Lab) Serve(ctx context.Context, extra ...string) error {
 	}
 }
 
+// WriteConfig writes a `ramboot serve` configuration file into the work
+// directory and returns its path, for Serve(ctx, "--config", path).
+func (l *Lab) WriteConfig(name, yaml string) (string, error) {
+	p := filepath.Join(l.work, name)
+	if err := os.WriteFile(p, []byte(yaml), 0o644); err != nil {
+		return "", fmt.Errorf("write config: %w", err)
+	}
+	return p, nil
+}
+
 // KillServe kills `ramboot serve` with SIGKILL, as a crash or an admin's
 // kill -9 would, and waits until it is gone. Serve starts it again.
 func (l *Lab) KillServe() error {

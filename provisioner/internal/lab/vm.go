@@ -37,6 +37,10 @@ type VMOptions struct {
 	MAC string
 	// MemMiB is the VM's RAM; default 1024.
 	MemMiB int
+	// NIC is the QEMU network device: "virtio-net-pci" (default) or
+	// "e1000". In UEFI mode an e1000 boots through its iPXE option ROM
+	// (OVMF has no e1000 driver), a virtio NIC through OVMF's own PXE.
+	NIC string
 	// LinkMbit, when set, shapes the head-to-VM direction of the VM's link
 	// to that rate (a token bucket on its tap), like a slow provisioning
 	// network; default unlimited.
@@ -47,9 +51,14 @@ type VMOptions struct {
 type VM struct {
 	// SerialLog is the file the VM's serial console is written to.
 	SerialLog string
-	proc      *proc
-	started   time.Time
+	// QMP is the unix socket of QEMU's machine protocol (see QMP).
+	QMP     string
+	proc    *proc
+	started time.Time
 }
+
+// Pid returns QEMU's process id.
+func (v *VM) Pid() int { return v.proc.cmd.Process.Pid }
 
 // Exited reports whether QEMU has exited.
 func (v *VM) Exited() bool { return v.proc.exited() }
@@ -69,6 +78,9 @@ func (l *Lab) Boot(ctx context.Context, opt VMOptions) (*VM, error) {
 	if opt.MemMiB == 0 {
 		opt.MemMiB = 1024
 	}
+	if opt.NIC == "" {
+		opt.NIC = "virtio-net-pci"
+	}
 	id := len(l.procs)
 	tap := fmt.Sprintf("rbtap%d", id)
 	for _, args := range [][]string{
@@ -86,7 +98,9 @@ func (l *Lab) Boot(ctx context.Context, opt VMOptions) (*VM, error) {
 		}
 	}
 	serial := filepath.Join(l.work, fmt.Sprintf("serial-%s-%d.log", opt.Mode, id))
+	qmp := filepath.Join(l.work, fmt.Sprintf("qmp-%d.sock", id))
 	q := []string{
+		"-qmp", "unix:" + qmp + ",server=on,wait=off",
 		"-name", "ramboot-lab-" + string(opt.Mode), "-accel", "tcg", "-m", fmt.Sprint(opt.MemMiB), "-smp", "1",
 		"-display", "none", "-vga", "none", "-monitor", "none", "-no-reboot", "-nodefaults",
 		"-chardev", "file,id=ser0,path=" + serial, "-serial", "chardev:ser0",
@@ -100,16 +114,20 @@ func (l *Lab) Boot(ctx context.Context, opt VMOptions) (*VM, error) {
 			return nil, err
 		}
 		q = append(q, "-machine", "pc", "-boot", "n", "-fw_cfg", "name=etc/sercon-port,file="+sercon,
-			"-device", "virtio-net-pci,netdev=net0,mac="+opt.MAC+",bootindex=1")
+			"-device", opt.NIC+",netdev=net0,mac="+opt.MAC+",bootindex=1")
 	case UEFI:
 		vars := filepath.Join(l.work, fmt.Sprintf("ovmf-vars-%d.fd", id))
 		if _, err := run(ctx, "cp", OVMFVars, vars); err != nil {
 			return nil, err
 		}
+		nic := opt.NIC + ",netdev=net0,mac=" + opt.MAC + ",bootindex=1"
+		if opt.NIC == "virtio-net-pci" {
+			nic += ",romfile=" // OVMF's own PXE client, then snponly.efi over TFTP
+		}
 		q = append(q, "-machine", "q35",
 			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
 			"-drive", "if=pflash,format=raw,unit=1,file="+vars,
-			"-device", "virtio-net-pci,netdev=net0,mac="+opt.MAC+",bootindex=1,romfile=")
+			"-device", nic)
 	default:
 		return nil, fmt.Errorf("unknown VM mode %q", opt.Mode)
 	}
@@ -117,8 +135,8 @@ func (l *Lab) Boot(ctx context.Context, opt VMOptions) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	vm := &VM{SerialLog: serial, proc: p, started: time.Now()}
-	l.logf("QEMU %s booting MAC %s on %s (pid %d), serial %s", opt.Mode, opt.MAC, tap, p.cmd.Process.Pid, serial)
+	vm := &VM{SerialLog: serial, QMP: qmp, proc: p, started: time.Now()}
+	l.logf("QEMU %s (%s, %d MiB) booting MAC %s on %s (pid %d), serial %s", opt.Mode, opt.NIC, opt.MemMiB, opt.MAC, tap, p.cmd.Process.Pid, serial)
 	return vm, nil
 }
 

@@ -1,0 +1,61 @@
+package ociruntime
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"testing"
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (cgroups, namespaces)")
+	}
+}
+
+// TestProbe runs the real runtimes installed here: at least one must work,
+// and a runtime that is not installed is reported as such.
+func TestProbe(t *testing.T) {
+	requireRoot(t)
+	var have []string
+	for _, n := range DefaultCandidates {
+		if _, err := exec.LookPath(n); err == nil {
+			have = append(have, n)
+		}
+	}
+	if len(have) == 0 {
+		t.Skip("no OCI runtime installed (make deps installs runc and crun)")
+	}
+	dir := t.TempDir()
+	rt, rep, err := Probe(context.Background(), ProbeOptions{
+		Candidates: append([]string{"no-such-runtime"}, DefaultCandidates...),
+		Dir:        dir, Root: dir + "/state",
+	})
+	t.Logf("probe: %s", rep.Summary())
+	if err != nil {
+		t.Fatalf("Probe: %v", err)
+	}
+	if rep.Candidates[0].Works || rep.Candidates[0].Reason != "not installed" {
+		t.Errorf("missing runtime reported %+v", rep.Candidates[0])
+	}
+	if rt.Name != rep.Chosen || rt.Version == "" {
+		t.Errorf("chosen %q, runtime %+v", rep.Chosen, rt)
+	}
+	// On cgroup v1 hybrid hosts crun 1.8 refuses every container: the
+	// probe must not pick it there (by trying it, not by its name).
+	if rep.Cgroups == CgroupHybrid && rt.Name == "crun" {
+		t.Errorf("crun chosen on a hybrid cgroup host: %s", rep.Summary())
+	}
+	ids, err := rt.List(context.Background())
+	if err != nil || len(ids) != 0 {
+		t.Errorf("trial container left behind: %v %v", ids, err)
+	}
+}
+
+func TestProbeNone(t *testing.T) {
+	_, rep, err := Probe(context.Background(), ProbeOptions{Candidates: []string{"no-such-runtime"}, Dir: t.TempDir()})
+	if err == nil || len(rep.Candidates) != 1 || rep.Chosen != "" {
+		t.Fatalf("Probe = %v, %+v; want ErrNoRuntime", err, rep)
+	}
+}

@@ -1,0 +1,252 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ramboot/ramboot/images"
+)
+
+// Debian is what the lab's Debian image is made of: debootstrap's minbase
+// variant of Suite plus Packages, from the mirror apt uses.
+var (
+	DebianSuite    = "bookworm"
+	DebianPackages = []string{"systemd", "systemd-sysv", "udev", "dbus", "linux-image-amd64"}
+)
+
+// debianPrep names the preparation below; change it when prepareDebian
+// changes, so that cached trees are rebuilt.
+const debianPrep = "prep-1: apt caches and lists removed, initrd.img removed, machine-id emptied, systemd-networkd enabled"
+
+// debianMirror returns $RAMBOOT_LAB_DEBIAN_MIRROR, or the first Debian
+// archive URI apt is configured with, or deb.debian.org.
+func debianMirror() string {
+	if m := os.Getenv("RAMBOOT_LAB_DEBIAN_MIRROR"); m != "" {
+		return strings.TrimRight(m, "/")
+	}
+	for _, f := range []string{"/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for line := range strings.Lines(string(b)) {
+			fl := strings.Fields(line)
+			var uri string
+			switch {
+			case len(fl) >= 2 && fl[0] == "URIs:":
+				uri = fl[1]
+			case len(fl) >= 3 && fl[0] == "deb" && !strings.HasPrefix(fl[1], "["):
+				uri = fl[1]
+			}
+			if uri != "" && !strings.Contains(uri, "security") {
+				return strings.TrimRight(uri, "/")
+			}
+		}
+	}
+	return "http://deb.debian.org/debian"
+}
+
+// releaseDate returns the Date: field of the suite's InRelease file on the
+// mirror: it changes whenever the suite's packages do.
+func releaseDate(ctx context.Context, mirror, suite string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	url := mirror + "/dists/" + suite + "/InRelease"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("fetch %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("fetch %s: %s", url, resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if d, ok := strings.CutPrefix(sc.Text(), "Date: "); ok {
+			return strings.TrimSpace(d), nil
+		}
+	}
+	return "", fmt.Errorf("%s has no Date: field", url)
+}
+
+// DebianTree returns a Debian root tree made by debootstrap, prepared as a
+// diskless image (prepareDebian). Trees are cached in the lab cache under
+// a key of everything that decides their content: the mirror, the suite,
+// the variant, the packages, the suite's Release date on the mirror and
+// the preparation. A new point release or a changed package list makes a
+// new tree, so a cache hit holds what a fresh debootstrap would make.
+func (l *Lab) DebianTree(ctx context.Context) (string, error) {
+	for _, tool := range []string{"debootstrap", "chroot"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return "", fmt.Errorf("find %s (run `make deps`): %w", tool, err)
+		}
+	}
+	mirror := debianMirror()
+	date, err := releaseDate(ctx, mirror, DebianSuite)
+	if err != nil {
+		return "", err
+	}
+	pkgs := append([]string(nil), DebianPackages...)
+	sort.Strings(pkgs)
+	inputs := []string{"mirror " + mirror, "suite " + DebianSuite, "variant minbase", "include " + strings.Join(pkgs, ","), "release " + date, debianPrep}
+	sum := sha256.Sum256([]byte(strings.Join(inputs, "\n")))
+	key := hex.EncodeToString(sum[:8])
+	base := filepath.Join(l.opt.CacheDir, "debian")
+	dir := filepath.Join(base, key)
+	if err := os.MkdirAll(base, 0o755); err != nil {
+		return "", fmt.Errorf("create %s: %w", base, err)
+	}
+	// One builder at a time: other labs on this machine share the cache.
+	lock, err := os.OpenFile(filepath.Join(base, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return "", err
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return "", fmt.Errorf("lock %s: %w", base, err)
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+	if _, err := os.Stat(filepath.Join(dir, ".complete")); err == nil {
+		l.logf("Debian tree from the cache: %s (%s)", dir, date)
+		return filepath.Join(dir, "root"), nil
+	}
+
+	tmp := dir + ".tmp"
+	if err := removeTree(tmp); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return "", err
+	}
+	logFile := filepath.Join(l.work, "debootstrap.log")
+	l.logf("debootstrap --variant=minbase --include=%s %s from %s (about 2 minutes; log %s)", strings.Join(pkgs, ","), DebianSuite, mirror, logFile)
+	start := time.Now()
+	f, err := os.Create(logFile)
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.CommandContext(ctx, "debootstrap", "--variant=minbase", "--include="+strings.Join(pkgs, ","), DebianSuite, filepath.Join(tmp, "root"), mirror)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+	err = cmd.Run()
+	f.Close()
+	if err != nil {
+		b, _ := os.ReadFile(logFile)
+		removeTree(tmp)
+		return "", fmt.Errorf("debootstrap: %w\n%s", err, tail(b, 20))
+	}
+	if err := prepareDebian(ctx, filepath.Join(tmp, "root")); err != nil {
+		removeTree(tmp)
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, ".complete"), []byte(strings.Join(inputs, "\n")+"\n"), 0o644); err != nil {
+		return "", err
+	}
+	// Keep one tree: the others are for other releases or package lists.
+	old, _ := filepath.Glob(filepath.Join(base, "*"))
+	for _, o := range old {
+		if o != tmp && filepath.Base(o) != ".lock" {
+			removeTree(o)
+		}
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return "", fmt.Errorf("commit the Debian tree: %w", err)
+	}
+	l.logf("Debian tree ready in %s: %s", time.Since(start).Round(time.Second), dir)
+	return filepath.Join(dir, "root"), nil
+}
+
+// prepareDebian makes a debootstrap tree a diskless image, as an admin
+// would: no package caches or lists, no initramfs of its own (ramboot
+// boots the kernel without one), an empty machine-id (systemd makes one
+// per boot, so nodes differ), and systemd-networkd enabled (it takes the
+// interface over with the configuration the agent writes).
+func prepareDebian(ctx context.Context, root string) error {
+	for _, pattern := range []string{"var/cache/apt/archives/*.deb", "var/cache/apt/*.bin", "var/lib/apt/lists/*_*", "boot/initrd.img-*"} {
+		matches, _ := filepath.Glob(filepath.Join(root, pattern))
+		for _, m := range matches {
+			if err := os.Remove(m); err != nil {
+				return fmt.Errorf("prepare Debian tree: %w", err)
+			}
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc/machine-id"), nil, 0o444); err != nil {
+		return fmt.Errorf("prepare Debian tree: %w", err)
+	}
+	if out, err := exec.CommandContext(ctx, "chroot", root, "systemctl", "enable", "systemd-networkd").CombinedOutput(); err != nil {
+		return fmt.Errorf("prepare Debian tree: systemctl enable systemd-networkd: %w\n%s", err, out)
+	}
+	return nil
+}
+
+// removeTree unmounts whatever is still mounted under dir (a debootstrap
+// that died leaves /proc and /sys mounted in its target) and removes it.
+func removeTree(dir string) error {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err == nil {
+		var points []string
+		for line := range strings.Lines(string(b)) {
+			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+				points = append(points, f[4])
+			}
+		}
+		sort.Sort(sort.Reverse(sort.StringSlice(points)))
+		for _, p := range points {
+			if err := syscall.Unmount(p, syscall.MNT_DETACH); err != nil {
+				return fmt.Errorf("unmount %s: %w", p, err)
+			}
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	return nil
+}
+
+// BuildImageFrom builds an image from the tree at dir with `ramboot image
+// build` into the daemon's store and returns its manifest digest and
+// manifest.
+func (l *Lab) BuildImageFrom(ctx context.Context, name, dir string) (images.Digest, images.Manifest, error) {
+	l.logf("building image %s from %s", name, dir)
+	start := time.Now()
+	out, err := l.CLI(ctx, "image", "build", dir, "--name", name, "-o", "json")
+	if err != nil {
+		return "", images.Manifest{}, err
+	}
+	var res struct {
+		Digest   images.Digest   `json:"digest"`
+		Manifest images.Manifest `json:"manifest"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil || res.Digest == "" {
+		return "", images.Manifest{}, fmt.Errorf("decode image build output %q: %v", out, err)
+	}
+	l.logf("image %s built in %s: %d MiB unpacked, %d MiB compressed", name, time.Since(start).Round(time.Second),
+		res.Manifest.RootfsUncompressedSize>>20, res.Manifest.Rootfs.Size>>20)
+	return res.Digest, res.Manifest, nil
+}
+
+// tail returns the last n lines of b.
+func tail(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,221 @@
+//go:build e2e
+
+package lab_test
+
+import (
+	"context"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ramboot/ramboot/provisioner/internal/lab"
+	"github.com/ramboot/ramboot/provisioner/state"
+)
+
+// debianHead is the test head's configuration: a short heartbeat and down
+// timeout, so the fault test is quick; no listed modules, so the NIC's
+// driver comes from modalias alone.
+const debianHead = `agent:
+  heartbeat_interval: 2s
+  down_after: 12s
+boot:
+  modules: []
+  root: {mode: tmpfs, size: 75%}
+`
+
+// TestDebian boots a real distribution diskless: a Debian 12 image made by
+// debootstrap (minbase, systemd, udev, the kernel and all its modules) and
+// `ramboot image build`, on a UEFI VM with an e1000 NIC whose driver the
+// agent finds by modalias. The node reaches systemd's multi-user target
+// with the agent daemon running under systemd and heartbeating. Then the
+// faults: the head is killed (SIGKILL) and restarted with a name server
+// added, and the node's heartbeats resume and its overlay is refreshed,
+// without a reboot; the VM is paused and the head marks
+// the node down, and up again when it resumes; an ACPI power-off makes the
+// node report its shutdown.
+func TestDebian(t *testing.T) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	l, err := lab.New(ctx, lab.Options{Log: testLog{t}, Keep: os.Getenv("RAMBOOT_LAB_KEEP") != ""})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("close lab: %v", err)
+		}
+	})
+	cfg, err := l.WriteConfig("debian.yaml", debianHead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Serve(ctx, "--config", cfg); err != nil {
+		t.Fatal(err)
+	}
+	stage := time.Now()
+	tree, err := l.DebianTree(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest, m, err := l.BuildImageFrom(ctx, "debian12", tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("image ready %.1fs after the start (tree and build %.1fs): %d MiB unpacked, %d MiB compressed",
+		time.Since(start).Seconds(), time.Since(stage).Seconds(), m.RootfsUncompressedSize>>20, m.Rootfs.Size>>20)
+
+	const node, mac, ip = "deb1", "52:54:00:77:00:1d", "10.77.0.29"
+	if err := l.AddNode(ctx, node, mac, ip, "debian12"); err != nil {
+		t.Fatal(err)
+	}
+	vm, err := l.Boot(ctx, lab.VMOptions{Mode: lab.UEFI, MAC: mac, NIC: "e1000", MemMiB: 2048})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Stop()
+	fail := func(format string, args ...any) {
+		t.Helper()
+		t.Fatalf(format+"\nlast serial output:\n%s", append(args, tail(vm.Serial(), 60))...)
+	}
+	n, err := l.WaitBooted(ctx, node, vm, 15*time.Minute)
+	if err != nil {
+		fail("%v", err)
+	}
+	if n.Status.State != state.StateBooted {
+		fail("state %q, report %+v", n.Status.State, n.Status.Report)
+	}
+	r := n.Status.Report
+	if r.ImageDigest != string(digest) || r.Init != "systemd" || r.RootMode != "tmpfs" || r.RootUsedBytes < 200<<20 {
+		fail("registration %+v", r)
+	}
+	// The e1000's driver came from its modalias (no boot.modules).
+	if !strings.Contains(string(vm.Serial()), "(device)") || !strings.Contains(string(vm.Serial()), "e1000(device)") {
+		fail("no e1000 loaded by modalias on the console")
+	}
+
+	// systemd reaches multi-user (is-system-running: running) with the
+	// daemon running under it: its heartbeats say so.
+	n = waitNode(t, ctx, l, node, vm, 10*time.Minute, "systemd running", func(n state.NodeStatus) bool {
+		return n.Agent != nil && n.Agent.SystemState == "running" && n.Status.Report.ReadySeconds > 0
+	})
+	phases, err := lab.BootPhases(vm.Started(), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s ready: %s", node, phases)
+	t.Logf("root: %d MiB of RAM for a %d MiB image (cap %d MiB); agent daemon RSS %.1f MiB; %d MiB available of %d MiB",
+		n.Agent.RootUsedBytes>>20, m.RootfsUncompressedSize>>20, n.Agent.RootSizeBytes>>20, float64(n.Agent.AgentRSSBytes)/(1<<20),
+		n.Agent.MemAvailableBytes>>20, n.Status.Report.MemTotalBytes>>20)
+	var seen []state.Step
+	for _, e := range n.Status.Timeline {
+		seen = append(seen, e.Step)
+		t.Logf("  %7.2fs  %-12s %s", e.Time.Sub(n.Status.Timeline[0].Time).Seconds(), e.Step, e.Detail)
+	}
+	for _, s := range []state.Step{state.StepDHCPOffer, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady, state.StepSystem} {
+		if !slices.Contains(seen, s) {
+			t.Errorf("timeline lacks %q: %v", s, seen)
+		}
+	}
+	// The daemon under systemd runs the node's workload service (the
+	// containers and jobs of its local API): its heartbeats carry the
+	// node's jobs and containers, none here, and node show lists them.
+	n = waitNode(t, ctx, l, node, vm, time.Minute, "a heartbeat with the workload", func(n state.NodeStatus) bool {
+		return n.Agent != nil && n.Agent.Workload != nil
+	})
+	if w := n.Agent.Workload; len(w.Jobs) != 0 || len(w.Containers) != 0 {
+		t.Errorf("workload of an idle node: %+v", w)
+	}
+	show, err := l.CLI(ctx, "node", "show", node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(show), "\nJobs:") || !strings.Contains(string(show), "\nContainers:") {
+		t.Errorf("node show lacks the jobs and containers:\n%s", show)
+	}
+	boots, uptime, generation := n.Status.Boots, n.Agent.UptimeSeconds, n.Agent.OverlayGeneration
+	if generation == "" {
+		t.Fatalf("the node reports no overlay generation: %+v", n.Agent)
+	}
+
+	// Fault 1: the head dies (SIGKILL) while the node is up, and comes back,
+	// with a name server added to its configuration: the node's heartbeats
+	// resume, and it applies its new overlay without a reboot.
+	if err := l.KillServe(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // a heartbeat or two fall into the gap
+	cfg2, err := l.WriteConfig("debian-dns.yaml", debianHead+"dhcp:\n  dns: [10.77.0.53]\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	restarted := time.Now()
+	if err := l.Serve(ctx, "--config", cfg2); err != nil {
+		t.Fatal(err)
+	}
+	n = waitNode(t, ctx, l, node, vm, 2*time.Minute, "heartbeats after the head's restart", func(n state.NodeStatus) bool {
+		return n.Agent != nil && n.Agent.LastSeen.After(restarted)
+	})
+	if n.Status.State != state.StateBooted || n.Status.Boots != boots || n.Agent.UptimeSeconds <= uptime {
+		t.Errorf("after the head's restart: state %s, boots %d (was %d), node uptime %.0fs (was %.0fs): want the same boot, still up",
+			n.Status.State, n.Status.Boots, boots, n.Agent.UptimeSeconds, uptime)
+	}
+	t.Logf("heartbeats resumed %.1fs after the head restarted", n.Agent.LastSeen.Sub(restarted).Seconds())
+	n = waitNode(t, ctx, l, node, vm, time.Minute, "the new overlay applied", func(n state.NodeStatus) bool {
+		return n.Agent != nil && n.Agent.OverlayGeneration != generation
+	})
+	t.Logf("overlay generation %s -> %s without a reboot", generation, n.Agent.OverlayGeneration)
+
+	// Fault 2: the node stops (its VM paused): the head marks it down.
+	if err := vm.QMPCommand(ctx, "stop"); err != nil {
+		t.Fatal(err)
+	}
+	paused := time.Now()
+	waitNode(t, ctx, l, node, nil, 2*time.Minute, "state down", func(n state.NodeStatus) bool { return n.Status.State == state.StateDown })
+	t.Logf("marked down %.1fs after the VM was paused (down_after 12s)", time.Since(paused).Seconds())
+	if err := vm.QMPCommand(ctx, "cont"); err != nil {
+		t.Fatal(err)
+	}
+	waitNode(t, ctx, l, node, vm, 2*time.Minute, "state booted again", func(n state.NodeStatus) bool { return n.Status.State == state.StateBooted })
+
+	// A clean power-off (the ACPI power button, as a BMC would press it):
+	// the node says so before it goes.
+	if err := vm.QMPCommand(ctx, "system_powerdown"); err != nil {
+		t.Fatal(err)
+	}
+	n = waitNode(t, ctx, l, node, nil, 3*time.Minute, "state off", func(n state.NodeStatus) bool { return n.Status.State == state.StateOff })
+	if e := n.Status.Timeline[len(n.Status.Timeline)-1]; e.Step != state.StepShutdown || !strings.HasPrefix(e.Detail, "poweroff") {
+		t.Errorf("last event %+v, want a poweroff", e)
+	}
+	t.Logf("TestDebian took %.0fs", time.Since(start).Seconds())
+}
+
+// waitNode polls the node until ok, failing the test at the deadline or
+// when the VM (if given) exits.
+func waitNode(t *testing.T, ctx context.Context, l *lab.Lab, name string, vm *lab.VM, d time.Duration, what string, ok func(state.NodeStatus) bool) state.NodeStatus {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		n, err := l.Node(ctx, name)
+		if err == nil && ok(n) {
+			return n
+		}
+		if vm != nil && vm.Exited() {
+			t.Fatalf("QEMU exited while waiting for %s\nlast serial output:\n%s", what, tail(vm.Serial(), 60))
+		}
+		if time.Now().After(deadline) {
+			out := ""
+			if vm != nil {
+				out = tail(vm.Serial(), 60)
+			}
+			t.Fatalf("no %s after %s (node %+v, agent %+v)\nlast serial output:\n%s", what, d, n.Status.State, n.Agent, out)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

@@ -76,6 +76,117 @@ func (c *packetConn) read(b []byte) (int, datagram, error) {
 	return n, d, err
 }
 
+// batchSize is how many datagrams a worker reads (recvmmsg) and sends
+// (sendmmsg) in one system call when they are queued.
+const batchSize = 16
+
+// batchBufLen is the size of each batch slot: larger datagrams arrive
+// truncated and fail to decode (a DHCP message over 1500 bytes is not one a
+// client sends).
+const batchBufLen = 4096
+
+// batch is one worker's buffers for reading and answering a batch.
+type batch struct {
+	in   []ipv4.Message
+	dgs  []datagram
+	out  []ipv4.Message
+	outN int
+	bufs [][]byte // reply buffers, one per slot
+}
+
+func newBatch(withCM bool) *batch {
+	b := &batch{in: make([]ipv4.Message, batchSize), dgs: make([]datagram, batchSize),
+		out: make([]ipv4.Message, batchSize), bufs: make([][]byte, batchSize)}
+	for i := range b.in {
+		b.in[i].Buffers = [][]byte{make([]byte, batchBufLen)}
+		if withCM {
+			b.in[i].OOB = ipv4.NewControlMessage(ipv4.FlagDst | ipv4.FlagInterface)
+		}
+		b.bufs[i] = make([]byte, 0, 1500)
+	}
+	return b
+}
+
+// readBatch reads at least one datagram, and as many more as are queued
+// (up to batchSize), into b. It returns how many.
+func (c *packetConn) readBatch(b *batch) (int, error) {
+	if c.p4 == nil {
+		n, d, err := c.read(b.in[0].Buffers[0])
+		if err != nil {
+			return 0, err
+		}
+		b.in[0].N, b.dgs[0] = n, d
+		return 1, nil
+	}
+	for i := range b.in {
+		b.in[i].OOB = b.in[i].OOB[:cap(b.in[i].OOB)]
+	}
+	n, err := c.p4.ReadBatch(b.in, 0)
+	if err != nil {
+		return 0, err
+	}
+	for i := range n {
+		m := &b.in[i]
+		d := datagram{}
+		if ua, ok := m.Addr.(*net.UDPAddr); ok {
+			d.peer = unmapPort(ua.AddrPort())
+		}
+		var cm ipv4.ControlMessage
+		if m.NN > 0 && cm.Parse(m.OOB[:m.NN]) == nil {
+			d.ifindex = cm.IfIndex
+			if a, ok := netip.AddrFromSlice(cm.Dst.To4()); ok {
+				d.dst = a
+			}
+		}
+		if m.Flags&unix.MSG_TRUNC != 0 {
+			m.N = 0 // a truncated datagram: too large to be a request
+		}
+		b.dgs[i] = d
+	}
+	return n, nil
+}
+
+// queue adds a reply to the batch's outgoing messages: b (in one of the
+// batch's buffers) to dst from src out of ifindex, as write does.
+func (c *packetConn) queue(bt *batch, b []byte, dst netip.AddrPort, src netip.Addr, ifindex int) {
+	m := &bt.out[bt.outN]
+	bt.outN++
+	m.Buffers = append(m.Buffers[:0], b)
+	m.Addr = net.UDPAddrFromAddrPort(dst)
+	m.OOB = nil
+	if c.p4 != nil && (ifindex != 0 || src.IsValid()) {
+		cm := ipv4.ControlMessage{IfIndex: ifindex}
+		if src.IsValid() {
+			cm.Src = net.IP(src.AsSlice())
+		}
+		m.OOB = cm.Marshal()
+	}
+}
+
+// flush sends the queued replies (sendmmsg) and returns how many of them
+// went out, and the error that stopped the rest.
+func (c *packetConn) flush(bt *batch) (int, error) {
+	out := bt.out[:bt.outN]
+	bt.outN = 0
+	if c.p4 == nil {
+		for i, m := range out {
+			if _, err := c.conn.WriteTo(m.Buffers[0], m.Addr); err != nil {
+				return i, err
+			}
+		}
+		return len(out), nil
+	}
+	sent := 0
+	for sent < len(out) {
+		n, err := c.p4.WriteBatch(out[sent:], 0)
+		if err != nil {
+			return sent, err
+		}
+		sent += n
+	}
+	return sent, nil
+}
+
 // write sends b to dst from src (zero: the kernel's choice) out of the
 // interface ifindex (zero: the routing table's choice).
 func (c *packetConn) write(b []byte, dst netip.AddrPort, src netip.Addr, ifindex int) error {

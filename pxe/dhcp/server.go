@@ -371,32 +371,61 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 	return serr
 }
 
-// work is one worker: it reads a request, handles it and sends the reply,
-// until ctx ends (it returns nil) or conn is closed under it (it returns
-// the error).
+// work is one worker: it reads the requests queued on the socket (at
+// least one, at most batchSize, in one system call), handles them and sends
+// the replies together, until ctx ends (it returns nil) or conn is closed
+// under it (it returns the error).
 func (s *Server) work(ctx context.Context, pc *packetConn, lk *links, port int) error {
-	out := make([]byte, 0, 1500) // the worker's reply buffer
-	return readLoop(ctx, pc.read, "read dhcp request", s.logger(), func(b []byte, d datagram) bool {
-		if req := s.decode(b, d.peer); req != nil {
-			out = s.serveOne(ctx, pc, lk, Request{Msg: req, Port: port, Peer: d.peer, Dst: d.dst}, d.ifindex, out[:0])
+	bt := newBatch(pc.p4 != nil)
+	re := readErrors{what: "read dhcp request", log: s.logger()}
+	var replied []Event
+	var started []time.Time
+	for {
+		n, err := pc.readBatch(bt)
+		if stop, rerr := re.judge(ctx, err); stop {
+			return rerr
+		} else if err != nil {
+			continue
 		}
-		return true
-	})
+		replied, started = replied[:0], started[:0]
+		for i := range n {
+			m, d := &bt.in[i], bt.dgs[i]
+			req := s.decode(m.Buffers[0][:m.N], d.peer)
+			if req == nil {
+				continue
+			}
+			start := time.Now()
+			if ev, ok := s.serveOne(ctx, pc, bt, lk, Request{Msg: req, Port: port, Peer: d.peer, Dst: d.dst}, d.ifindex); ok {
+				replied = append(replied, ev)
+				started = append(started, start)
+			}
+		}
+		if bt.outN == 0 {
+			continue
+		}
+		sent, err := pc.flush(bt)
+		for i, ev := range replied[:sent] {
+			s.Metrics.replied(ev, time.Since(started[i]))
+		}
+		if err != nil && ctx.Err() == nil {
+			s.logger().Warn("send dhcp replies", "err", err, "unsent", len(replied)-sent)
+		}
+	}
 }
 
-// serveOne handles one decoded request and sends the reply, if any,
-// encoded into buf; it returns buf for the next reply.
-func (s *Server) serveOne(ctx context.Context, pc *packetConn, lk *links, r Request, ifindex int, buf []byte) []byte {
+// serveOne handles one decoded request and queues the reply, if any, in
+// the batch; it reports whether it did, with the request's Event.
+func (s *Server) serveOne(ctx context.Context, pc *packetConn, bt *batch, lk *links, r Request, ifindex int) (Event, bool) {
 	li := lk.get(ifindex)
 	r.LinkAddrs = li.addrs
 	ctx, cancel := context.WithTimeout(ctx, handleTimeout)
 	defer cancel()
-	start := time.Now()
 	reply, ev := s.respond(ctx, r)
 	if reply == nil {
-		return buf
+		return ev, false
 	}
-	b := appendMessage(buf, reply)
+	slot := bt.outN
+	bt.bufs[slot] = appendMessage(bt.bufs[slot][:0], reply)
 	dst, unicastHW := s.replyAddr(r, reply)
 	// Send from the server identifier when it is the interface's own
 	// address, and out of the interface the request came in on when the
@@ -418,13 +447,8 @@ func (s *Server) serveOne(ctx context.Context, pc *packetConn, lk *links, r Requ
 	if dst.Addr() == bcast {
 		oif = ifindex
 	}
-	err := pc.write(b, dst, src, oif)
-	if err != nil && ctx.Err() == nil {
-		s.logger().Warn("send dhcp reply", "mac", reply.ClientHWAddr.String(), "ip", dst.String(), "err", err)
-		return b
-	}
-	s.Metrics.replied(ev, time.Since(start))
-	return b
+	pc.queue(bt, bt.bufs[slot], dst, src, oif)
+	return ev, true
 }
 
 // neighbour sets the neighbour entry for a unicast reply to a client
@@ -496,36 +520,55 @@ func (s *Server) respond(ctx context.Context, r Request) (*dhcpv4.DHCPv4, Event)
 // readLoop reads datagrams with read and passes each to handle, with where
 // it came from, until ctx ends (it returns nil) or the socket is closed
 // under it (it returns the error, wrapped with what). Other read errors
-// are transient: logged with what, then it backs off a little and carries
-// on. handle's b is reused by the
-// next read; handle returns false to stop, which it does only when ctx has
-// ended.
+// are transient (see readErrors). handle's b is reused by the next read;
+// handle returns false to stop, which it does only when ctx has ended.
 func readLoop[T any](ctx context.Context, read func([]byte) (int, T, error), what string, log *slog.Logger, handle func(b []byte, from T) bool) error {
 	buf := make([]byte, maxPacket)
-	var backoff time.Duration
+	re := readErrors{what: what, log: log}
 	for {
 		n, peer, err := read(buf)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return fmt.Errorf("%s: %w", what, err)
-			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			log.Warn(what, "err", err, "dur", backoff)
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(backoff):
-			}
+		if stop, rerr := re.judge(ctx, err); stop {
+			return rerr
+		} else if err != nil {
 			continue
 		}
-		backoff = 0
 		if !handle(buf[:n], peer) {
 			return nil
 		}
 	}
+}
+
+// readErrors judges the errors of a socket's reads.
+type readErrors struct {
+	what    string
+	log     *slog.Logger
+	backoff time.Duration
+}
+
+// judge says whether a read's outcome ends the loop (stop), and with what
+// error: nil when ctx has ended, the error (wrapped) when the socket was
+// closed under the loop. Other errors (for example ICMP errors reported on
+// the socket) are transient: judge logs them, backs off a little (5 ms
+// doubling to 1 s) and lets the loop carry on.
+func (r *readErrors) judge(ctx context.Context, err error) (stop bool, _ error) {
+	if ctx.Err() != nil {
+		return true, nil
+	}
+	if err == nil {
+		r.backoff = 0
+		return false, nil
+	}
+	if errors.Is(err, net.ErrClosed) {
+		return true, fmt.Errorf("%s: %w", r.what, err)
+	}
+	r.backoff = min(max(2*r.backoff, 5*time.Millisecond), time.Second)
+	r.log.Warn(r.what, "err", err, "dur", r.backoff)
+	select {
+	case <-ctx.Done():
+		return true, nil
+	case <-time.After(r.backoff):
+	}
+	return false, nil
 }
 
 // replyAddr is where a reply to r goes, and whether it is a unicast to a

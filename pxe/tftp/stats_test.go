@@ -1,7 +1,11 @@
 package tftp_test
 
 import (
+	"errors"
+	"net"
+	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -71,5 +75,43 @@ func TestTransferStats(t *testing.T) {
 	h.event(t)
 	if got := testutil.ToFloat64(gathered{h.reg, "ramboot_tftp_transfers_total", "other"}); got != 1 {
 		t.Errorf("transfers_total{file=other} = %v, want 1", got)
+	}
+}
+
+// TestClientPortClosed: a client that asks for a file and closes its port
+// (the kernel answers the server's DATA with ICMP port unreachable) ends
+// its transfer at once, not after the retransmit timeout, and the event
+// says the client is gone.
+func TestClientPortClosed(t *testing.T) {
+	h := start(t, func(s *tftp.Server) { s.Timeout = 5 * time.Second })
+	c := dialRaw(t, h.addr)
+	c.send(t, rrq("undionly.kpxe", "octet"))
+	c.conn.Close()
+	start := time.Now()
+	ev := h.event(t)
+	var ne net.Error
+	if !errors.As(ev.Err, &ne) || !ne.Timeout() || !strings.Contains(ev.Err.Error(), "port is closed") {
+		t.Errorf("event error = %v, want a timeout saying the client's port is closed", ev.Err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("transfer to a closed port ended after %v, want at once (the timeout is 5 s)", d)
+	}
+}
+
+// TestNetascii: a netascii transfer sends CR LF for LF and CR NUL for CR.
+func TestNetascii(t *testing.T) {
+	h := start(t, func(s *tftp.Server) {
+		s.Root.(fstest.MapFS)["text"] = &fstest.MapFile{Data: []byte("a\nb\rc")}
+		s.Files = append(s.Files, "text")
+	})
+	c := dialRaw(t, h.addr)
+	c.send(t, rrq("text", "netascii"))
+	op, body := c.recv(t)
+	if op != opDATA || string(body[2:]) != "a\r\nb\r\x00c" {
+		t.Fatalf("opcode %d, data %q, want \"a\\r\\nb\\r\\x00c\"", op, body[2:])
+	}
+	c.send(t, ack(1))
+	if ev := h.event(t); ev.Err != nil {
+		t.Error(ev.Err)
 	}
 }

@@ -2,9 +2,11 @@
 //
 // It is the TFTP step of the boot chain: firmware PXE clients fetch the iPXE
 // binary (undionly.kpxe, snponly.efi, ipxe.efi) from it, and nothing else.
-// The protocol itself (RFC 1350, options RFC 2347-2349: blksize, tsize) is
-// github.com/pin/tftp/v3; this package adds the catalogue, the refusals, the
-// per-transfer events for the boot timeline, logs and metrics.
+// It speaks RFC 1350 with options (RFC 2347-2349: blksize, tsize,
+// timeout), read requests only, and adds the catalogue, the refusals, the
+// per-transfer events for the boot timeline, logs and metrics. Each
+// transfer runs on a blocking socket of its own (see transfer.go for why
+// not github.com/pin/tftp, whose client the tests still use as a peer).
 //
 // Usage:
 //
@@ -47,7 +49,7 @@ import (
 	"syscall"
 	"time"
 
-	pintftp "github.com/pin/tftp/v3"
+	"golang.org/x/sys/unix"
 
 	"github.com/ramboot/ramboot/pxe/internal/ratelog"
 	"github.com/ramboot/ramboot/pxe/internal/udpsock"
@@ -208,14 +210,14 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 // Serve answers TFTP requests that arrive on conn until ctx ends. Then it
 // stops reading requests, ends the transfers in flight (each at its next
 // block, or after its retransmit timeout if the client is gone), closes conn
-// and returns nil. It returns an error if the configuration is invalid or the
-// server fails on its own; it closes conn in every case.
+// and returns nil. It returns an error if the configuration is invalid or
+// conn fails for another reason; it closes conn in every case.
 //
-// conn should be a *net.UDPConn, best from Listen: only then can the server
-// see which local address and interface a request came in on, which it needs
-// to answer from that address and to grant block sizes above 512 bytes.
-// Other PacketConns must report *net.UDPAddr addresses; their transfers use
-// 512-byte blocks.
+// conn should be a *net.UDPConn, best from Listen or ListenIPv6: only then
+// can the server see which local address and interface a request came in
+// on, which it needs to answer from that address and to grant block sizes
+// above 512 bytes. Other PacketConns must report *net.UDPAddr addresses;
+// their transfers use 512-byte blocks.
 func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 	defer conn.Close()
 	st, err := s.newState()
@@ -226,7 +228,6 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 	if !ok {
 		return fmt.Errorf("serve tftp on %s: not a UDP socket", conn.LocalAddr())
 	}
-
 	if uc, ok := conn.(syscall.Conn); ok {
 		if st.receiveBuffer > 0 {
 			got, err := udpsock.SetReceiveBuffer(uc, st.receiveBuffer)
@@ -239,49 +240,54 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 		defer untrack()
 		st.untrackDrops = untrack
 	}
-
-	ts := pintftp.NewServer(st.handleRead, st.handleWrite)
-	ts.SetTimeout(st.timeout)
-	ts.SetRetries(st.retries)
-	blockSize := st.maxBlockSize
-	if laddr.IP.To4() == nil {
-		// pin binds each transfer's socket to the address the request
-		// came to, without its zone, which fails for a link-local address:
-		// on IPv6, transfers share the server's socket instead (pin's
-		// single-port mode), which answers from that address with the
-		// client's zone. Blocks are capped for the larger IPv6 header.
-		ts.EnableSinglePort()
-		if s.MaxBlockSize == 0 {
-			blockSize = DefaultMaxBlockSizeIPv6
-		}
+	if laddr.IP.To4() == nil && st.maxBlockSize == DefaultMaxBlockSize && s.MaxBlockSize == 0 {
+		st.maxBlockSize = DefaultMaxBlockSizeIPv6 // for the larger IPv6 header
 	}
-	ts.SetBlockSize(blockSize)
-	// Retransmit as soon as the timeout expires: Timeout alone sets the pace,
-	// instead of pin's extra random sleep of up to one second per retry.
-	ts.SetBackoff(func(int) time.Duration { return 0 })
-	ts.SetHook(hook{st})
+	rq, err := newRequestConn(conn)
+	if err != nil {
+		return fmt.Errorf("serve tftp on %s: %w", laddr, err)
+	}
+	st.ns = rq.namespace()
+	if st.ns >= 0 {
+		defer unix.Close(st.ns)
+	}
 
 	st.log.Info("tftp server listening", "ip", laddr.String())
-	served := make(chan error, 1)
-	go func() { served <- ts.Serve(conn) }()
-	select {
-	case err := <-served:
-		// pin returns before Shutdown only when it cannot use conn.
-		st.untrackDrops()
-		ts.Shutdown()
-		return fmt.Errorf("serve tftp on %s: %w", laddr, err)
-	case <-ctx.Done():
+	stop := context.AfterFunc(ctx, func() {
+		st.stopping.Store(true)
+		st.untrackDrops() // read the socket's drops before it closes
+		conn.Close()
+	})
+	defer stop()
+	var transfers sync.WaitGroup
+	defer transfers.Wait()
+	buf := make([]byte, 65536)
+	var backoff time.Duration
+	for {
+		n, in, err := rq.read(buf)
+		if ctx.Err() != nil {
+			transfers.Wait()
+			st.log.Info("tftp server stopped", "ip", laddr.String())
+			return nil
+		}
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				st.untrackDrops()
+				return fmt.Errorf("serve tftp on %s: %w", laddr, err)
+			}
+			// Transient (an ICMP error reported on the socket): back off a
+			// little and carry on.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			st.warn("tftp read error", "err", err, "dur", backoff)
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			continue
+		}
+		backoff = 0
+		st.request(rq, buf[:n], in, &transfers)
 	}
-	st.stopping.Store(true)
-	st.untrackDrops() // read the socket's drops before it closes
-	// Shutdown closes conn, tells pin's loop to stop and waits for the
-	// transfers in flight. Closing conn again here covers a Shutdown that
-	// raced with Serve storing it.
-	ts.Shutdown()
-	conn.Close()
-	<-served
-	st.log.Info("tftp server stopped", "ip", laddr.String())
-	return nil
 }
 
 // state is what one Serve call shares with its handlers.
@@ -299,7 +305,9 @@ type state struct {
 	metrics       *Metrics
 	stopping      atomic.Bool
 	untrackDrops  func()
-	stats         sync.Map // statKey -> pintftp.TransferStats, from the hook to the handler
+	// ns is the server socket's network namespace, where transfer sockets
+	// are opened; -1 when unknown (the calling thread's is used).
+	ns int
 }
 
 // newState checks the configuration and applies the defaults; it reports
@@ -377,77 +385,110 @@ func (s *Server) newState() (*state, error) {
 	return st, nil
 }
 
-// handleRead serves one read request. pin calls it on the transfer's own
-// goroutine; when it returns an error that pin has not already reported, pin
-// sends it to the client in an ERROR packet.
-func (st *state) handleRead(filename string, rf io.ReaderFrom) error {
-	ev := Event{Time: time.Now(), File: normalise(filename)}
-	if ot, ok := rf.(pintftp.OutgoingTransfer); ok {
-		ev.Remote = addrPort(ot.RemoteAddr())
+// request handles one datagram that came to the server port: a read
+// request starts a transfer on a goroutine of its own; anything else is
+// refused or dropped from here, with the ERROR sent from the server port,
+// so that a refused request holds nothing.
+func (st *state) request(rq *requestConn, b []byte, in datagram, transfers *sync.WaitGroup) {
+	r, err := parseRequest(b)
+	if err != nil {
+		st.metrics.malformed()
+		st.log.Debug("tftp datagram dropped", "ip", in.peer.Addr().String(), "bytes", len(b), "err", err)
+		return
+	}
+	ev := Event{Time: time.Now(), File: normalise(r.filename), Remote: in.peer}
+	refuse := func(code uint16, err error, res result) {
+		rq.reply(errorPacket(code, err.Error()), in)
+		ev.Err = err
+		st.finish(ev, res)
+	}
+	if r.op == opWRQ {
+		refuse(codeAccess, fmt.Errorf("write %q: %w: server is read-only", ev.File, ErrAccessViolation), resultRefused)
+		return
+	}
+	if r.mode != "octet" && r.mode != "netascii" {
+		refuse(codeIllegal, fmt.Errorf("read %q: %w: transfer mode %q", ev.File, ErrAccessViolation, r.mode), resultRefused)
+		return
 	}
 	if err := st.check(ev.File); err != nil {
-		ev.Err = err
-		st.finish(ev, resultRefused)
-		return err
+		code := uint16(codeNotFound)
+		if errors.Is(err, ErrAccessViolation) {
+			code = codeAccess
+		}
+		refuse(code, err, resultRefused)
+		return
 	}
-	// pin has bound this transfer's socket already (it does so before it
-	// calls the handler); refusing here sends the ERROR from it and closes
-	// it at once, so a refused request holds nothing afterwards.
 	release, err := st.admit.acquire(ev.Remote.Addr())
 	if err != nil {
 		err = fmt.Errorf("read %q: %w", ev.File, err)
+		rq.reply(errorPacket(codeUndefined, err.Error()), in)
 		st.overLimit(ev, err)
-		return err
+		return
 	}
-	defer release()
-	st.metrics.started()
-	defer st.metrics.ended()
-
 	f, err := st.root.Open(ev.File)
 	if err != nil {
-		ev.Err = fmt.Errorf("open %s: %w", ev.File, err)
-		st.finish(ev, resultError)
-		return ev.Err
+		release()
+		refuse(codeNotFound, fmt.Errorf("open %s: %w", ev.File, err), resultError)
+		return
 	}
-	defer f.Close()
 	fi, err := f.Stat()
 	if err == nil && !fi.Mode().IsRegular() {
 		err = errors.New("not a regular file")
 	}
 	if err != nil {
-		ev.Err = fmt.Errorf("stat %s: %w", ev.File, err)
-		st.finish(ev, resultError)
-		return ev.Err
+		f.Close()
+		release()
+		refuse(codeNotFound, fmt.Errorf("stat %s: %w", ev.File, err), resultError)
+		return
 	}
-	// fs.File need not be an io.Seeker, so pin cannot find the size itself.
-	// SetSize only answers a tsize option the client sent.
-	if ot, ok := rf.(pintftp.OutgoingTransfer); ok {
-		ot.SetSize(fi.Size())
-	}
-
-	rd := &reader{r: bufio.NewReaderSize(f, 64<<10), stopping: &st.stopping}
-	st.expectStats(ev.Remote, filename)
-	n, err := rf.ReadFrom(rd)
-	ev.Bytes, ev.Dur = n, time.Since(ev.Time)
-	st.takeStats(&ev, filename, err == nil)
-	if err == nil {
-		st.finish(ev, resultOK)
-		return nil
-	}
-	ev.Err = st.transferError(ev.File, rd, err)
-	st.finish(ev, resultError)
-	return ev.Err
+	transfers.Go(func() {
+		defer release()
+		defer f.Close()
+		st.transfer(ev, r, f, fi.Size(), in, rq.limit(in, st.maxBlockSize))
+	})
 }
 
-// handleWrite refuses a write request: the server is read-only.
-func (st *state) handleWrite(filename string, wt io.WriterTo) error {
-	ev := Event{Time: time.Now(), File: normalise(filename)}
-	if it, ok := wt.(pintftp.IncomingTransfer); ok {
-		ev.Remote = addrPort(it.RemoteAddr())
+// transfer sends one file to the client of ev over a socket of its own.
+func (st *state) transfer(ev Event, r request, f io.Reader, size int64, in datagram, limit int) {
+	st.metrics.started()
+	defer st.metrics.ended()
+	n := negotiate(r, limit, size)
+	ev.BlockSize = n.blockSize
+	timeout := st.timeout
+	if n.timeout > 0 {
+		timeout = time.Duration(n.timeout) * time.Second
 	}
-	ev.Err = fmt.Errorf("write %q: %w: server is read-only", ev.File, ErrAccessViolation)
-	st.finish(ev, resultRefused)
-	return ev.Err
+	local := in.dst
+	if local.IsValid() && (local.IsMulticast() || local == netip.AddrFrom4([4]byte{255, 255, 255, 255})) {
+		local = netip.Addr{} // a broadcast request: the kernel picks the source
+	}
+	c, err := dialTransfer(st.ns, local, in.ifindex, ev.Remote, timeout)
+	if err != nil {
+		ev.Err = err
+		st.finish(ev, resultError)
+		return
+	}
+	defer c.close()
+	var src io.Reader = bufio.NewReaderSize(f, 64<<10)
+	if r.mode == "netascii" {
+		src = &netascii{r: src.(*bufio.Reader)}
+	}
+	sd := &sender{c: c, blockSize: n.blockSize, retries: st.retries, stopping: &st.stopping}
+	ev.Bytes, err = sd.run(n.oack, src)
+	ev.Dur = time.Since(ev.Time)
+	ev.Datagrams, ev.Retransmits = sd.datagrams, sd.retransmits
+	if err == nil {
+		st.finish(ev, resultOK)
+		return
+	}
+	var ce clientError
+	switch {
+	case errors.As(err, &ce):
+		ev.Err = fmt.Errorf("send %s: %w: %w", ev.File, ErrAborted, err)
+	default:
+		ev.Err = fmt.Errorf("send %s: %w", ev.File, err)
+	}
+	st.finish(ev, resultError)
 }
 
 // check refuses names that are not clean relative paths or not in the
@@ -469,22 +510,6 @@ func normalise(name string) string {
 		name = name[1:]
 	}
 	return name
-}
-
-// transferError wraps the error pin's ReadFrom returned. pin reports a TFTP
-// ERROR packet from the client as a plain error, a lost client as a
-// net.Error and passes errors of our reader through, so what is neither of
-// the latter two is the client's abort.
-func (st *state) transferError(name string, rd *reader, err error) error {
-	var ne net.Error
-	switch {
-	case rd.err != nil && errors.Is(err, rd.err):
-		return fmt.Errorf("send %s: %w", name, err)
-	case errors.As(err, &ne):
-		return fmt.Errorf("send %s: %w", name, err)
-	default:
-		return fmt.Errorf("send %s: %w: %w", name, ErrAborted, err)
-	}
 }
 
 // result is the value of the result label of ramboot_tftp_transfers_total.
@@ -606,59 +631,4 @@ func (a *admission) inFlight(ip netip.Addr) (total, client int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.total, a.perClient[ip]
-}
-
-// hook receives pin's transfer statistics. Transfers are reported by the
-// handlers; the hook only sees datagrams on the server port that are not
-// requests (no remote address in the statistics).
-type hook struct{ st *state }
-
-// OnSuccess implements pintftp.Hook: it keeps the transfer's statistics
-// for its handler.
-func (h hook) OnSuccess(stats pintftp.TransferStats) { h.st.putStats(stats) }
-
-// OnFailure implements pintftp.Hook: it keeps a transfer's statistics for
-// its handler, and counts malformed datagrams.
-func (h hook) OnFailure(stats pintftp.TransferStats, err error) {
-	if stats.RemoteAddr != nil {
-		h.st.putStats(stats)
-		return
-	}
-	if h.st.stopping.Load() {
-		return
-	}
-	// pin reports here, with no address, both a datagram it could not
-	// parse and a request for which it could not open a transfer socket
-	// (for example when the process is out of file descriptors).
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Op == "listen" {
-		h.st.warn("tftp cannot open a transfer socket", "err", err)
-		return
-	}
-	h.st.metrics.malformed()
-	h.st.log.Debug("tftp datagram dropped", "err", err)
-}
-
-// reader feeds a file to pin and ends the transfer when Serve is stopping.
-type reader struct {
-	r        io.Reader
-	stopping *atomic.Bool
-	err      error // the last error other than io.EOF
-}
-
-func (r *reader) Read(p []byte) (int, error) {
-	if r.stopping.Load() {
-		r.err = errStopping
-		return 0, r.err
-	}
-	n, err := r.r.Read(p)
-	if err != nil && err != io.EOF {
-		r.err = err
-	}
-	return n, err
-}
-
-func addrPort(a net.UDPAddr) netip.AddrPort {
-	ap := a.AddrPort()
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }

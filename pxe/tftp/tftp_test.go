@@ -286,7 +286,10 @@ func TestOptionNegotiation(t *testing.T) {
 		{"blksize capped", []string{"blksize", "65464"}, map[string]string{"blksize": "1468"}, 1468},
 		{"tsize", []string{"tsize", "0"}, map[string]string{"tsize": size}, 512},
 		{"both", []string{"tsize", "0", "blksize", "1024"}, map[string]string{"tsize": size, "blksize": "1024"}, 1024},
-		{"bad blksize ignored", []string{"blksize", "12", "tsize", "0"}, map[string]string{"tsize": size}, 512},
+		{"bad blksize ignored", []string{"blksize", "7", "tsize", "0"}, map[string]string{"tsize": size}, 512},
+		{"small blksize granted (RFC 2348: 8 and up)", []string{"blksize", "12"}, map[string]string{"blksize": "12"}, 12},
+		{"timeout acknowledged", []string{"timeout", "3"}, map[string]string{"timeout": "3"}, 512},
+		{"bad timeout ignored", []string{"timeout", "0", "blksize", "600"}, map[string]string{"blksize": "600"}, 600},
 		{"unknown option ignored", []string{"windowsize", "4", "blksize", "600"}, map[string]string{"blksize": "600"}, 600},
 	}
 	for _, tt := range tests {

@@ -16,6 +16,9 @@ var ExportFileNames = map[string]string{
 	MediaTypeKernel:     "vmlinuz",
 	MediaTypeRootfs:     "rootfs.cpio.zst",
 	MediaTypeRootfsGzip: "rootfs.cpio.gz",
+	// The compressed root stays a cpio archive: it is what a boot loader
+	// loads as an initrd; `cpio -i` unpacks its squashfs image.
+	MediaTypeCompressedRoot: "rootfs.squashfs.cpio",
 }
 
 // ExportManifestName is the file Export writes the manifest to.
@@ -23,6 +26,7 @@ const ExportManifestName = "manifest.json"
 
 // Export writes the image ref resolves to into dir (created if missing):
 // the kernel as vmlinuz, the root file system as rootfs.cpio.zst (or .gz),
+// the compressed root, when the image has one, as rootfs.squashfs.cpio,
 // and the manifest's canonical bytes as manifest.json. Each file is
 // written to a temporary name, checked against its digest while copied,
 // fsynced and renamed, so dir never holds a partial file under those
@@ -35,7 +39,7 @@ func (s *Store) Export(ctx context.Context, ref, dir string) (Manifest, Digest, 
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return Manifest{}, "", fmt.Errorf("export image %s: %w", ref, err)
 	}
-	for _, a := range []Artifact{m.Kernel, m.Rootfs, {Digest: d, MediaType: "manifest"}} {
+	for _, a := range append(m.Artifacts(), Artifact{Digest: d, MediaType: "manifest"}) {
 		name := ExportFileNames[a.MediaType]
 		if a.MediaType == "manifest" {
 			name = ExportManifestName

@@ -71,8 +71,9 @@ func (s *Store) GC(opt GCOptions) (GCResult, error) {
 			return err
 		}
 		keep[d] = true
-		keep[m.Kernel.Digest] = true
-		keep[m.Rootfs.Digest] = true
+		for _, a := range m.Artifacts() {
+			keep[a.Digest] = true
+		}
 		return nil
 	}
 	rs, err := s.references()

@@ -24,6 +24,30 @@ const (
 	// MediaTypeRootfsGzip is the root file system as a newc cpio archive
 	// compressed with gzip, for kernels older than 5.9.
 	MediaTypeRootfsGzip = "application/vnd.ramboot.rootfs.cpio+gzip"
+	// MediaTypeCompressedRoot is the root file system kept compressed on
+	// the node: an uncompressed newc cpio archive holding the tree as a
+	// squashfs image (CompressedRootImage) and the kernel modules needed
+	// to mount it (under CompressedRootModules). Linux unpacks it as an
+	// initramfs like any other; the squashfs file stays compressed there
+	// and is mounted read-only through a loop device.
+	MediaTypeCompressedRoot = "application/vnd.ramboot.rootfs.squashfs+cpio"
+)
+
+// Paths inside a MediaTypeCompressedRoot archive, without the leading
+// slash.
+const (
+	// CompressedRootDir is the directory holding everything the archive
+	// adds to the initramfs.
+	CompressedRootDir = ".ramboot"
+	// CompressedRootImage is the squashfs image of the root tree. Its data
+	// starts at a multiple of 4096 bytes in the archive, so a loop device
+	// can map it straight from the archive (see CompressedRootOffset).
+	CompressedRootImage = ".ramboot/root.squashfs"
+	// CompressedRootModules is a directory laid out like /lib/modules
+	// (<release>/modules.dep and the modules) holding the image's loop,
+	// squashfs and overlay modules and what they depend on; empty when the
+	// image's kernel has them built in.
+	CompressedRootModules = ".ramboot/modules"
 )
 
 // maxManifestSize bounds the manifests Resolve and ParseManifest read.
@@ -68,6 +92,11 @@ type Manifest struct {
 	// Rootfs is the root file-system blob (MediaTypeRootfs, or
 	// MediaTypeRootfsGzip).
 	Rootfs Artifact `json:"rootfs"`
+	// CompressedRoot is the root file system for the compressed root mode
+	// (MediaTypeCompressedRoot), when the build made one. Optional within
+	// schema 2: a manifest without it is a valid schema 2 manifest, and
+	// readers older than the field refuse a manifest that has it.
+	CompressedRoot *Artifact `json:"compressedRoot,omitempty"`
 	// RootfsUncompressedSize is the size of the root file system's cpio
 	// archive before compression: roughly the RAM the unpacked root takes.
 	RootfsUncompressedSize int64 `json:"rootfsUncompressedSize"`
@@ -114,6 +143,12 @@ func (m Manifest) Validate() error {
 	} else {
 		errs = append(errs, m.Rootfs.validate("rootfs", MediaTypeRootfs)...)
 	}
+	if m.CompressedRoot != nil {
+		if m.SchemaVersion == 1 {
+			errs = append(errs, errors.New("schemaVersion 1 has no compressedRoot"))
+		}
+		errs = append(errs, m.CompressedRoot.validate("compressedRoot", MediaTypeCompressedRoot)...)
+	}
 	if m.RootfsUncompressedSize <= 0 {
 		errs = append(errs, fmt.Errorf("rootfsUncompressedSize: %d, want > 0", m.RootfsUncompressedSize))
 	}
@@ -121,6 +156,30 @@ func (m Manifest) Validate() error {
 		errs = append(errs, fmt.Errorf("contentDigest: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// Artifacts returns the image's blobs other than the manifest: the kernel,
+// the root file system, and the compressed root when there is one. Every
+// part of the store and of push and pull that handles an image's blobs
+// asks this one place.
+func (m Manifest) Artifacts() []Artifact {
+	as := []Artifact{m.Kernel, m.Rootfs}
+	if m.CompressedRoot != nil {
+		as = append(as, *m.CompressedRoot)
+	}
+	return as
+}
+
+// ArtifactName returns a short name for one of the image's artifacts, for
+// progress and errors: "kernel", "rootfs" or "compressed-root".
+func ArtifactName(a Artifact) string {
+	switch a.MediaType {
+	case MediaTypeKernel:
+		return "kernel"
+	case MediaTypeCompressedRoot:
+		return "compressed-root"
+	}
+	return "rootfs"
 }
 
 func (a Artifact) validate(field, mediaType string) []error {

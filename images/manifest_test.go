@@ -2,7 +2,9 @@ package images_test
 
 import (
 	"bytes"
+	"errors"
 	"flag"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ramboot/ramboot/images"
+	"github.com/ramboot/ramboot/images/newc"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files in testdata")
@@ -213,6 +216,87 @@ func FuzzParseManifest(f *testing.F) {
 		c2, err := m2.Canonical()
 		if err != nil || !bytes.Equal(c1, c2) {
 			t.Fatalf("canonical encoding not stable: %v\n%s\n%s", err, c1, c2)
+		}
+	})
+}
+
+func TestManifestCompressedRoot(t *testing.T) {
+	m := goldenManifest
+	m.CompressedRoot = &images.Artifact{Digest: images.DigestOf([]byte("c")), Size: 1234, MediaType: images.MediaTypeCompressedRoot}
+	b, err := m.Canonical()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"rootfs":{`) || !strings.Contains(string(b), `,"compressedRoot":{"digest":"`+string(m.CompressedRoot.Digest)+`","size":1234,"mediaType":"application/vnd.ramboot.rootfs.squashfs+cpio"},"rootfsUncompressedSize"`) {
+		t.Errorf("canonical: %s", b)
+	}
+	back, err := images.ParseManifest(b)
+	if err != nil || back.CompressedRoot == nil || *back.CompressedRoot != *m.CompressedRoot {
+		t.Fatalf("ParseManifest = %+v, %v", back.CompressedRoot, err)
+	}
+	if as := back.Artifacts(); len(as) != 3 || as[2] != *m.CompressedRoot {
+		t.Errorf("Artifacts = %+v", as)
+	}
+	if as := goldenManifest.Artifacts(); len(as) != 2 {
+		t.Errorf("Artifacts without a compressed root = %+v", as)
+	}
+	// Without the field the golden manifest is unchanged (schema 2 as before).
+	if b, _ := goldenManifest.Canonical(); strings.Contains(string(b), "compressedRoot") {
+		t.Errorf("a manifest without a compressed root names one: %s", b)
+	}
+
+	bad := m
+	bad.CompressedRoot = &images.Artifact{Digest: m.CompressedRoot.Digest, Size: 0, MediaType: images.MediaTypeRootfs}
+	err = bad.Validate()
+	if err == nil || !strings.Contains(err.Error(), "compressedRoot.size") || !strings.Contains(err.Error(), "compressedRoot.mediaType") {
+		t.Errorf("Validate of a bad compressed root: %v", err)
+	}
+	v1 := m
+	v1.SchemaVersion, v1.Tag, v1.Builder, v1.Files, v1.Excludes = 1, "", "", 0, nil
+	if err := v1.Validate(); err == nil || !strings.Contains(err.Error(), "schemaVersion 1 has no compressedRoot") {
+		t.Errorf("Validate of schema 1 with a compressed root: %v", err)
+	}
+}
+
+func TestCompressedRootOffset(t *testing.T) {
+	var buf bytes.Buffer
+	files := []newc.File{
+		{Name: ".ramboot", Mode: fs.ModeDir | 0o700},
+		{Name: ".ramboot/modules", Mode: fs.ModeDir | 0o755},
+		{Name: images.CompressedRootImage, Mode: 0o400, Data: []byte("hsqs image bytes")},
+	}
+	if err := newc.WriteFiles(&buf, files); err != nil {
+		t.Fatal(err)
+	}
+	b := buf.Bytes()
+	off, n, err := images.CompressedRootOffset(bytes.NewReader(b), int64(len(b)))
+	if err != nil || string(b[off:off+n]) != "hsqs image bytes" {
+		t.Fatalf("CompressedRootOffset = %d, %d, %v", off, n, err)
+	}
+	buf.Reset()
+	if err := newc.WriteFiles(&buf, files[:2]); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := images.CompressedRootOffset(bytes.NewReader(buf.Bytes()), int64(buf.Len())); !errors.Is(err, images.ErrNoCompressedRootImage) {
+		t.Errorf("archive without the image: %v", err)
+	}
+	// Truncated and damaged archives are errors, never a panic.
+	for _, cut := range []int{0, 50, 200, len(b) - 20} {
+		if _, _, err := images.CompressedRootOffset(bytes.NewReader(b[:cut]), int64(cut)); err == nil {
+			t.Errorf("archive cut at %d: no error", cut)
+		}
+	}
+}
+
+func FuzzCompressedRootOffset(f *testing.F) {
+	var buf bytes.Buffer
+	newc.WriteFiles(&buf, []newc.File{{Name: images.CompressedRootImage, Data: []byte("hsqs")}})
+	f.Add(buf.Bytes())
+	f.Add([]byte("070701"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		off, n, err := images.CompressedRootOffset(bytes.NewReader(b), int64(len(b)))
+		if err == nil && (off < 0 || n < 0 || off+n > int64(len(b))) {
+			t.Fatalf("offset %d length %d outside %d bytes", off, n, len(b))
 		}
 	})
 }

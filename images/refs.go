@@ -131,7 +131,7 @@ func (s *Store) Commit(ref string, m Manifest) (Digest, error) {
 		return "", err
 	}
 	defer unlock()
-	for _, a := range []Artifact{m.Kernel, m.Rootfs} {
+	for _, a := range m.Artifacts() {
 		if err := s.checkBlob(a); err != nil {
 			return "", fmt.Errorf("commit image %s: %w", r, err)
 		}

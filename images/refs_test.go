@@ -394,3 +394,71 @@ func FuzzParseReference(f *testing.F) {
 		}
 	})
 }
+
+// withCompressedRoot adds a compressed root blob to m.
+func withCompressedRoot(t *testing.T, s *images.Store, m images.Manifest, content string) images.Manifest {
+	t.Helper()
+	a := put(t, s, content, images.MediaTypeCompressedRoot)
+	m.CompressedRoot = &a
+	return m
+}
+
+// TestStoreCompressedRoot: the compressed root is a blob like the others:
+// Commit checks it is there, GC keeps it while the image is named and
+// removes it after, Export writes it.
+func TestStoreCompressedRoot(t *testing.T) {
+	s := newStore(t)
+	m := withCompressedRoot(t, s, testManifest(t, s, "small", "rootfs small"), "squashfs of small")
+	d, err := s.Commit("small:v1", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := s.Resolve("small:v1")
+	if err != nil || got.CompressedRoot == nil || *got.CompressedRoot != *m.CompressedRoot {
+		t.Fatalf("Resolve = %+v, %v", got.CompressedRoot, err)
+	}
+
+	// A manifest naming a compressed root the store lacks is refused.
+	missing := testManifest(t, s, "missing", "rootfs missing")
+	missing.CompressedRoot = &images.Artifact{Digest: images.DigestOf([]byte("not stored")), Size: 10, MediaType: images.MediaTypeCompressedRoot}
+	if _, err := s.Commit("missing", missing); !errors.Is(err, images.ErrNotFound) {
+		t.Errorf("Commit with a missing compressed root = %v, want ErrNotFound", err)
+	}
+
+	out := filepath.Join(t.TempDir(), "export")
+	if _, _, err := s.Export(context.Background(), "small:v1", out); err != nil {
+		t.Fatal(err)
+	}
+	if names := dirNames(t, out); strings.Join(names, " ") != "manifest.json rootfs.cpio.zst rootfs.squashfs.cpio vmlinuz" {
+		t.Errorf("exported %v", names)
+	}
+	if b, err := os.ReadFile(filepath.Join(out, "rootfs.squashfs.cpio")); err != nil || string(b) != "squashfs of small" {
+		t.Errorf("rootfs.squashfs.cpio = %q, %v", b, err)
+	}
+
+	res, err := s.GC(images.GCOptions{MinAge: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range res.Removed {
+		if b.Digest == m.CompressedRoot.Digest {
+			t.Fatal("GC removed the compressed root of a named image")
+		}
+	}
+	if _, err := s.Remove("small:v1"); err != nil {
+		t.Fatal(err)
+	}
+	res, err = s.GC(images.GCOptions{MinAge: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var removed []images.Digest
+	for _, b := range res.Removed {
+		removed = append(removed, b.Digest)
+	}
+	for _, want := range []images.Digest{d, m.CompressedRoot.Digest, m.Rootfs.Digest} {
+		if !contains(removed, want) {
+			t.Errorf("GC kept %s of a removed image", want)
+		}
+	}
+}

@@ -334,6 +334,10 @@ func (b *boot) setupRoot(ctx context.Context) error {
 	}
 	b.rec.Root = overlay.RootUsage{Mode: "rootfs", SizeBytes: size}
 	if b.DryRun {
+		if mode == overlay.RootCompressed {
+			b.say("would mount the compressed root under an overlay with a tmpfs upper of %s (root.size %s)", mib(size), b.cfg.Root.SizeOrDefault())
+			return nil
+		}
 		b.say("would move the root into a %s of %s (root.size %s)", mode, mib(size), b.cfg.Root.SizeOrDefault())
 		return nil
 	}
@@ -342,7 +346,8 @@ func (b *boot) setupRoot(ctx context.Context) error {
 		rs = RootSetterFunc(rootfs.Setup)
 	}
 	start := time.Now()
-	res, err := rs.SetupRoot(ctx, rootfs.Config{Mode: mode, SizeBytes: size})
+	rel, _ := b.release()
+	res, err := rs.SetupRoot(ctx, rootfs.Config{Mode: mode, SizeBytes: size, Release: rel})
 	if err != nil {
 		return fmt.Errorf("%w; the node runs on the kernel's initramfs, uncapped", err)
 	}
@@ -352,6 +357,12 @@ func (b *boot) setupRoot(ctx context.Context) error {
 		return nil
 	}
 	b.rec.Root.Mode = string(res.Mode)
+	if res.Mode == overlay.RootCompressed {
+		b.rec.Root.LowerBytes = res.ImageBytes
+		b.say("root: compressed, a %s squashfs image under an overlay with a tmpfs upper capped at %s (%d files moved in, %s)",
+			mib(res.ImageBytes), mib(size), res.Files, time.Since(start).Round(10*time.Millisecond))
+		return nil
+	}
 	how := "capped in place"
 	if !res.InPlace {
 		how = "moved off the initramfs"

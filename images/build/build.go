@@ -4,7 +4,9 @@
 // The tree (a directory such as a chroot or debootstrap output, or a
 // container image from any images/source) becomes a newc cpio archive
 // compressed as one zstd (or gzip) frame, the kernel a blob of its own,
-// and both are committed under a reference:
+// and, unless Options.NoCompressedRoot, the same tree as a squashfs image
+// for the compressed root mode (see putCompressedRoot); all are committed
+// under a reference:
 //
 //	st := &images.Store{Dir: "/var/lib/ramboot/images"}
 //	m, d, err := build.Build(ctx, build.Options{
@@ -132,6 +134,14 @@ type Options struct {
 	Insecure bool
 	// NoCache builds even when the cache says the tree is unchanged.
 	NoCache bool
+	// NoCompressedRoot leaves out the compressed root (the tree as a
+	// squashfs image for the compressed root mode, see
+	// images.MediaTypeCompressedRoot), which needs the tar2sqfs program.
+	// Default: build it.
+	NoCompressedRoot bool
+	// SquashfsLevel is the compressed root's zstd level, 1 to 22. Default:
+	// DefaultSquashfsLevel.
+	SquashfsLevel int
 	// Logger logs the committed image at Info, mount points left empty at
 	// Warn. Default: discard.
 	Logger *slog.Logger
@@ -144,8 +154,10 @@ type Phase string
 const (
 	PhaseScan    Phase = "scan"    // listing the source (pulling and flattening a container image)
 	PhaseArchive Phase = "archive" // writing and compressing the archive
-	PhaseCached  Phase = "cached"  // the cache says the tree is unchanged: nothing built
-	PhaseDone    Phase = "done"    // committed
+	// PhaseCompressedRoot is writing the compressed root's squashfs image.
+	PhaseCompressedRoot Phase = "squashfs"
+	PhaseCached         Phase = "cached" // the cache says the tree is unchanged: nothing built
+	PhaseDone           Phase = "done"   // committed
 )
 
 // Progress is where a build is.
@@ -208,9 +220,11 @@ type builder struct {
 	epoch    *time.Time
 	level    int
 	excludes []string
-	start    time.Time
-	zstdCmd  string // the zstd program, when it compresses
-	zstdVer  string // its version
+	// squashfsLevel is the compressed root's zstd level.
+	squashfsLevel int
+	start         time.Time
+	zstdCmd       string // the zstd program, when it compresses
+	zstdVer       string // its version
 }
 
 func newBuilder(opt Options) (*builder, error) {
@@ -253,6 +267,13 @@ func newBuilder(opt Options) (*builder, error) {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("compression %q: want zstd or gzip", opt.Compression))
+	}
+	b.squashfsLevel = opt.SquashfsLevel
+	if b.squashfsLevel == 0 {
+		b.squashfsLevel = DefaultSquashfsLevel
+	}
+	if b.squashfsLevel < 1 || b.squashfsLevel > 22 {
+		errs = append(errs, fmt.Errorf("squashfs zstd level %d: want 1 to 22", opt.SquashfsLevel))
 	}
 	if b.epoch == nil {
 		if s, ok := os.LookupEnv("SOURCE_DATE_EPOCH"); ok {
@@ -344,6 +365,14 @@ func (b *builder) build(ctx context.Context) (images.Manifest, images.Digest, er
 	if err != nil {
 		return images.Manifest{}, "", err
 	}
+	var compressed *images.Artifact
+	if !b.opt.NoCompressedRoot {
+		a, err := b.putCompressedRoot(ctx, tree, content, version)
+		if err != nil {
+			return images.Manifest{}, "", err
+		}
+		compressed = &a
+	}
 	m := images.Manifest{
 		SchemaVersion:          images.SchemaVersion,
 		Name:                   b.ref.Name,
@@ -354,6 +383,7 @@ func (b *builder) build(ctx context.Context) (images.Manifest, images.Digest, er
 		KernelVersion:          version,
 		Kernel:                 kart,
 		Rootfs:                 rootfs,
+		CompressedRoot:         compressed,
 		RootfsUncompressedSize: stats.Bytes,
 		Files:                  int64(stats.Files),
 		Excludes:               b.excludes,

@@ -39,6 +39,9 @@ func (b *builder) cacheKey(t *source.Tree, k kernelFile) (string, error) {
 		epoch = fmt.Sprint(b.epoch.Unix())
 	}
 	fmt.Fprintf(h, "%s %d epoch=%s cross=%t\n%s\n", b.opt.Compression, b.level, epoch, b.opt.CrossFilesystems, strings.Join(b.excludes, "\x00"))
+	if !b.opt.NoCompressedRoot {
+		fmt.Fprintf(h, "compressed root %s %d %d\n", SquashfsCompressor, b.squashfsLevel, SquashfsBlockSize)
+	}
 	return fmt.Sprintf("%x", h.Sum(nil)), nil
 }
 
@@ -54,8 +57,13 @@ func (b *builder) cached(key string) (images.Manifest, images.Digest, bool) {
 		return images.Manifest{}, "", false
 	}
 	m, err := st.ReadManifest(d)
-	if err != nil || !st.HasBlob(m.Kernel) || !st.HasBlob(m.Rootfs) {
+	if err != nil {
 		return images.Manifest{}, "", false
+	}
+	for _, a := range m.Artifacts() {
+		if !st.HasBlob(a) {
+			return images.Manifest{}, "", false
+		}
 	}
 	if m.Name == b.ref.Name && m.Tag == b.ref.Tag {
 		if _, cur, err := st.Resolve(b.ref.String()); err == nil && cur == d {

@@ -160,6 +160,34 @@ func TestBuildOCI(t *testing.T) {
 	if data, _ := os.ReadFile(filepath.Join(out, "bin/ls")); string(data) != "busybox binary" {
 		t.Errorf("bin/ls = %q", data)
 	}
+
+	// The compressed root of a container source: the same files, hard
+	// links, set-id bits and device nodes, read through the kernel.
+	if m.CompressedRoot == nil {
+		t.Fatal("no compressed root")
+	}
+	mountSquashfs(t, st, *m.CompressedRoot, func(dir string) {
+		a, _ := os.Stat(filepath.Join(dir, "bin/sh"))
+		b, _ := os.Stat(filepath.Join(dir, "bin/busybox"))
+		if a == nil || b == nil || !os.SameFile(a, b) {
+			t.Errorf("squashfs: bin/sh and bin/busybox are not one file")
+		}
+		if fi, err := os.Stat(filepath.Join(dir, "bin/su")); err != nil || fi.Mode()&os.ModeSetuid == 0 {
+			t.Errorf("squashfs: bin/su %v, %v: not setuid", fi, err)
+		}
+		if fi, err := os.Lstat(filepath.Join(dir, "dev/loop0")); err != nil || fi.Mode()&os.ModeDevice == 0 || fi.Mode()&os.ModeCharDevice != 0 {
+			t.Errorf("squashfs: dev/loop0 %v, %v: not a block device", fi, err)
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "usr/lib/libc.so")); err != nil || string(b) != "libc" {
+			t.Errorf("squashfs: usr/lib/libc.so %q, %v", b, err)
+		}
+		if _, err := os.Lstat(filepath.Join(dir, "etc/secret")); !os.IsNotExist(err) {
+			t.Errorf("squashfs: whited-out etc/secret: %v", err)
+		}
+		if fi, err := os.Stat(filepath.Join(dir, "home/user")); err != nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("squashfs: home/user %v, %v", fi, err)
+		}
+	})
 }
 
 func TestBuildExcludes(t *testing.T) {

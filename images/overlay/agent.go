@@ -37,7 +37,26 @@ const (
 	// RootTmpfs unpacks the image into a size-capped tmpfs: every file of
 	// the image takes RAM. The default.
 	RootTmpfs RootMode = "tmpfs"
+	// RootCompressed keeps the image compressed in RAM, a read-only
+	// squashfs (the image's compressed root, images.MediaTypeCompressedRoot)
+	// under an overlayfs whose upper layer is a tmpfs capped at Root.Size:
+	// the image costs its compressed size, and what the node writes the
+	// upper's.
+	RootCompressed RootMode = "compressed"
 )
+
+// RootModes are the root modes, in the order documentation lists them.
+var RootModes = []RootMode{RootTmpfs, RootCompressed}
+
+// Valid reports whether m is a root mode.
+func (m RootMode) Valid() bool {
+	for _, v := range RootModes {
+		if m == v {
+			return true
+		}
+	}
+	return false
+}
 
 // DefaultRootSize is the root tmpfs's cap when Root.Size is empty: the
 // kernel's own default for a tmpfs.
@@ -72,8 +91,8 @@ func (r Root) SizeOrDefault() string {
 // Validate reports every problem with r.
 func (r Root) Validate() error {
 	var errs []error
-	if m := r.ModeOrDefault(); m != RootTmpfs {
-		errs = append(errs, fmt.Errorf("mode: %q is not a root mode (tmpfs)", m))
+	if m := r.ModeOrDefault(); !m.Valid() {
+		errs = append(errs, fmt.Errorf("mode: %q is not a root mode (tmpfs, compressed)", m))
 	}
 	if _, err := SizeBytes(r.SizeOrDefault(), 1<<30); err != nil {
 		errs = append(errs, fmt.Errorf("size: %w", err))
@@ -121,11 +140,21 @@ type RootUsage struct {
 	// Mode is the root mode in use, or "rootfs" when the agent could not
 	// move the root off the kernel's initramfs (see the boot's errors).
 	Mode string `json:"mode"`
-	// SizeBytes is the root's cap.
+	// SizeBytes is the root's cap: in the compressed mode, the writable
+	// upper layer's.
 	SizeBytes int64 `json:"sizeBytes"`
-	// UsedBytes is the RAM its files take.
+	// UsedBytes is the RAM its files take: in the compressed mode, what the
+	// node wrote (the upper layer).
 	UsedBytes int64 `json:"usedBytes"`
+	// LowerBytes is, in the compressed mode, the RAM the compressed image
+	// takes (the read-only lower layer's squashfs); 0 in the tmpfs mode.
+	// The root's RAM is UsedBytes + LowerBytes.
+	LowerBytes int64 `json:"lowerBytes,omitempty"`
 }
+
+// TotalBytes is the RAM the root takes: its files, and the compressed
+// image under them in the compressed mode.
+func (u RootUsage) TotalBytes() int64 { return u.UsedBytes + u.LowerBytes }
 
 // BootTimes are a boot's timings as the node measured them: uptimes on
 // the node's CLOCK_BOOTTIME, which starts when the kernel's timekeeping

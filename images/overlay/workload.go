@@ -34,6 +34,16 @@ type NodeImage struct {
 	// RootfsPath is where the node downloads the blob, relative to
 	// Config.HeadURL: the head's boot route, by manifest digest.
 	RootfsPath string `json:"rootfsPath"`
+	// CompressedRoot is the digest of the image's compressed root blob (a
+	// newc cpio holding a squashfs image, see images.CompressedRootOffset),
+	// when the image has one: the node keeps it compressed in RAM and
+	// mounts it as the lower layer instead of unpacking Rootfs.
+	CompressedRoot string `json:"compressedRoot,omitempty"`
+	// CompressedRootSize is that blob's size in bytes.
+	CompressedRootSize int64 `json:"compressedRootSize,omitempty"`
+	// CompressedRootPath is where the node downloads it, relative to
+	// Config.HeadURL.
+	CompressedRootPath string `json:"compressedRootPath,omitempty"`
 }
 
 // JobEvent is what the node says about a scheduler job at its prolog and

@@ -111,10 +111,11 @@ func (c *Client) Push(ctx context.Context, st *images.Store, ref, dst string, pr
 	if err != nil {
 		return res, fmt.Errorf("push %s: %w", ref, err)
 	}
-	for _, b := range []struct {
-		name string
-		a    images.Artifact
-	}{{"kernel", m.Kernel}, {"rootfs", m.Rootfs}} {
+	for _, a := range m.Artifacts() {
+		b := struct {
+			name string
+			a    images.Artifact
+		}{images.ArtifactName(a), a}
 		if fi, err := c.sftp.Stat(BlobPath(b.a.Digest)); err == nil && fi.Size() == b.a.Size {
 			res.Skipped++
 			report(progress, Progress{Blob: b.name, Digest: b.a.Digest, Total: b.a.Size, Skipped: true, Done: true})
@@ -248,10 +249,11 @@ func (c *Client) Pull(ctx context.Context, st *images.Store, ref, dst string, pr
 	if err != nil {
 		return res, fmt.Errorf("pull %s: %w", r, err)
 	}
-	for _, bl := range []struct {
-		name string
-		a    images.Artifact
-	}{{"kernel", m.Kernel}, {"rootfs", m.Rootfs}} {
+	for _, a := range m.Artifacts() {
+		bl := struct {
+			name string
+			a    images.Artifact
+		}{images.ArtifactName(a), a}
 		if st.HasBlob(bl.a) {
 			res.Skipped++
 			report(progress, Progress{Blob: bl.name, Digest: bl.a.Digest, Total: bl.a.Size, Skipped: true, Done: true})

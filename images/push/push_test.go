@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -453,5 +454,63 @@ func TestPushFullDisk(t *testing.T) {
 	}
 	if tmp := tmpFiles(t, head); len(tmp) != 0 {
 		t.Errorf("tmp/ %v", tmp)
+	}
+}
+
+// TestPushPullCompressedRoot: an image's compressed root travels with it,
+// and a second push of the image sends nothing.
+func TestPushPullCompressedRoot(t *testing.T) {
+	local, head := newStore(t), newStore(t)
+	ctx := context.Background()
+	m, _ := addImage(t, local, "small:v1", 1<<20)
+	sq := make([]byte, 3<<20)
+	rand.Read(sq)
+	a, err := local.Put(ctx, bytes.NewReader(sq))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.MediaType = images.MediaTypeCompressedRoot
+	m.CompressedRoot = &a
+	d, err := local.Commit("small:v2", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, pushtest.NewServer(t, head))
+	var names []string
+	res, err := c.Push(ctx, local, "small:v2", "", func(p push.Progress) {
+		if p.Done && !slices.Contains(names, p.Blob) {
+			names = append(names, p.Blob)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Blobs != 3 || res.Digest != d {
+		t.Errorf("push %+v, want 3 blobs", res)
+	}
+	if !slices.Contains(names, "compressed-root") {
+		t.Errorf("progress named %v, not the compressed root", names)
+	}
+	got, _, err := head.Resolve("small:v2")
+	if err != nil || got.CompressedRoot == nil || !head.HasBlob(*got.CompressedRoot) {
+		t.Fatalf("head has %+v, %v", got.CompressedRoot, err)
+	}
+	res, err = c.Push(ctx, local, "small:v2", "", nil)
+	if err != nil || res.Blobs != 0 || res.Skipped != 3 || !res.Unchanged {
+		t.Errorf("second push %+v, %v", res, err)
+	}
+	other := newStore(t)
+	res, err = c.Pull(ctx, other, "small:v2", "", nil)
+	if err != nil || res.Blobs != 3 {
+		t.Fatalf("pull %+v, %v", res, err)
+	}
+	f, err := other.OpenBlob(a.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(f)
+	f.Close()
+	if !bytes.Equal(b, sq) {
+		t.Error("pulled compressed root differs")
 	}
 }

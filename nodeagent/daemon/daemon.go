@@ -260,7 +260,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if b, err := os.ReadFile(filepath.Join(root, ShutdownMarker)); err == nil && len(b) > 0 {
 		action = overlay.ShutdownAction(string(trimSpace(b)))
 	} else if sys != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		// systemctl can take seconds on a loaded node; systemd gives a
+		// stopping service 90 s by default.
+		sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		action = sys.ShutdownAction(sctx)
 		cancel()
 	}

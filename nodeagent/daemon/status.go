@@ -149,6 +149,11 @@ func rootUsage(root, mode string) overlay.RootUsage {
 	}
 	u := overlay.RootUsage{Mode: mode}
 	u.UsedBytes, u.SizeBytes, _ = rootfs.Usage(root)
+	// The compressed root: statfs of the overlay is its upper's; the
+	// compressed image under it is the lower's loop device.
+	if lower, used, size, ok, err := rootfs.Layers(root); ok && err == nil {
+		u.LowerBytes, u.UsedBytes, u.SizeBytes = lower, used, size
+	}
 	return u
 }
 

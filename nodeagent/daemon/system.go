@@ -43,22 +43,33 @@ func (systemd) WaitReady(ctx context.Context) error {
 	return nil
 }
 
-// ShutdownAction finds the shutdown target systemd has a job for.
+// ShutdownAction finds the shutdown target systemd has a job for. The
+// jobs are read first: while systemd works through a poweroff, `systemctl
+// is-system-running` can still answer "running" or be slow to answer on a
+// loaded node, and a stop of this service alone has no target job.
 func (s systemd) ShutdownAction(ctx context.Context) overlay.ShutdownAction {
-	if s.State(ctx) != "stopping" {
-		return overlay.ActionStop
-	}
 	out, _ := exec.CommandContext(ctx, "systemctl", "list-jobs", "--no-legend", "--no-pager").Output()
-	jobs := string(out)
+	if a, ok := actionFromJobs(string(out)); ok {
+		return a
+	}
+	if s.State(ctx) == "stopping" {
+		return overlay.ActionPoweroff // stopping, with the job already gone
+	}
+	return overlay.ActionStop
+}
+
+// actionFromJobs maps the output of `systemctl list-jobs` to the shutdown
+// it is running, if any.
+func actionFromJobs(jobs string) (overlay.ShutdownAction, bool) {
 	switch {
 	case strings.Contains(jobs, "poweroff.target"):
-		return overlay.ActionPoweroff
+		return overlay.ActionPoweroff, true
 	case strings.Contains(jobs, "reboot.target"), strings.Contains(jobs, "kexec.target"):
-		return overlay.ActionReboot
+		return overlay.ActionReboot, true
 	case strings.Contains(jobs, "halt.target"):
-		return overlay.ActionHalt
+		return overlay.ActionHalt, true
 	}
-	return overlay.ActionPoweroff // stopping, with the job already gone
+	return "", false
 }
 
 // sdNotify sends state to the service manager's $NOTIFY_SOCKET, as

@@ -22,10 +22,17 @@
 // the cache would pass MaxBytes the least recently used unused images go
 // first. A restarted agent finds the lowers already unpacked.
 //
-// The lower-layer provider is the seam for a compressed image kept in RAM
-// (squashfs or erofs, the low-RAM root): an implementation of
-// container.Lowerer that mounts such an image read-only replaces this one
-// without touching its callers.
+// # Compressed lowers
+//
+// An image with a compressed root (overlay.NodeImage.CompressedRoot, the
+// squashfs that the node's compressed root mode boots) is not unpacked: its
+// blob is fetched instead of the cpio archive, verified the same way, and
+// the squashfs inside it is mounted read-only at lower/<manifest-hex>
+// through a loop device, where it lies in the cache's tmpfs. The image then
+// takes its compressed size in RAM, once, whatever the number of its
+// containers; the pages its containers read are cache the kernel can
+// reclaim. Images without one are unpacked as above; Cache.Unpack unpacks
+// every image.
 package imagecache
 
 import (
@@ -51,6 +58,7 @@ import (
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/images/overlay"
 	"github.com/ramboot/ramboot/nodeagent/headapi"
+	"github.com/ramboot/ramboot/nodeagent/internal/loopdev"
 )
 
 // ErrNoHead means the cache has no head to ask (no node configuration).
@@ -82,6 +90,10 @@ type Cache struct {
 	// MaxBytes caps the RAM the cache takes (compressed blobs plus
 	// unpacked lowers). Default: a quarter of the node's RAM.
 	MaxBytes int64
+	// Unpack unpacks every image into a tmpfs lower, also those with a
+	// compressed root. Default: an image with a compressed root is
+	// mounted from it and stays compressed (see Compressed lowers).
+	Unpack bool
 	// Logger receives fetches and evictions at Info; nil discards.
 	Logger *slog.Logger
 
@@ -103,6 +115,8 @@ type Stats struct {
 	Refetches atomic.Int64
 	// Unpacks counts lowers unpacked.
 	Unpacks atomic.Int64
+	// Mounts counts compressed lowers mounted.
+	Mounts atomic.Int64
 	// Hits counts Lower calls served by an unpacked lower.
 	Hits atomic.Int64
 	// Evictions counts images evicted to make room.
@@ -115,11 +129,12 @@ func (c *Cache) Stats() *Stats { return &c.stats }
 // entry is one image in the cache.
 type entry struct {
 	img     overlay.NodeImage
-	mu      sync.Mutex // held while fetching or unpacking
-	refs    int        // containers using the lower; under Cache.mu
-	lastUse time.Time  // under Cache.mu
-	ready   bool       // lower unpacked and read-only; under mu
-	lowerB  int64      // bytes the lower's tmpfs holds
+	mu      sync.Mutex  // held while fetching or unpacking
+	refs    int         // containers using the lower; under Cache.mu
+	lastUse time.Time   // under Cache.mu
+	ready   bool        // lower unpacked and read-only; under mu
+	lowerB  int64       // bytes the lower's tmpfs holds
+	mounted atomic.Bool // the lower is the compressed root, mounted
 }
 
 // Image is what the cache holds of one image.
@@ -128,7 +143,10 @@ type Image struct {
 	overlay.NodeImage
 	// Unpacked is true when its lower is ready.
 	Unpacked bool `json:"unpacked"`
-	// LowerBytes is the RAM its unpacked lower takes.
+	// Compressed is true when its lower is its compressed root, mounted.
+	Compressed bool `json:"compressed,omitempty"`
+	// LowerBytes is the RAM its unpacked lower takes (0 for a compressed
+	// lower: its blob is its RAM).
 	LowerBytes int64 `json:"lowerBytes"`
 	// BlobBytes is the RAM its compressed blob takes (0 when not cached).
 	BlobBytes int64 `json:"blobBytes"`
@@ -145,6 +163,20 @@ func (c *Cache) log() *slog.Logger {
 
 func (c *Cache) blobPath(d string) string {
 	return filepath.Join(c.Dir, "blobs", images.Digest(d).Hex())
+}
+
+// compressed reports whether img's lower is its compressed root.
+func (c *Cache) compressed(img overlay.NodeImage) bool {
+	return img.CompressedRoot != "" && !c.Unpack
+}
+
+// blob returns the blob the cache keeps of img: its digest, size and the
+// head's route to it.
+func (c *Cache) blob(img overlay.NodeImage) (digest string, size int64, route string) {
+	if c.compressed(img) {
+		return img.CompressedRoot, img.CompressedRootSize, img.CompressedRootPath
+	}
+	return img.Rootfs, img.RootfsSize, img.RootfsPath
 }
 func (c *Cache) lowerPath(d images.Digest) string {
 	return filepath.Join(c.Dir, "lower", d.Hex())
@@ -204,8 +236,14 @@ func (c *Cache) load() {
 			continue
 		}
 		e := &entry{img: img, lastUse: time.Now()}
-		if _, err := os.Stat(c.lowerPath(d) + ".ok"); err == nil && isTmpfs(c.lowerPath(d)) {
-			e.ready, e.lowerB = true, tmpfsUsed(c.lowerPath(d))
+		if _, err := os.Stat(c.lowerPath(d) + ".ok"); err == nil {
+			switch {
+			case isTmpfs(c.lowerPath(d)):
+				e.ready, e.lowerB = true, tmpfsUsed(c.lowerPath(d))
+			case isSquashfs(c.lowerPath(d)):
+				e.ready = true
+				e.mounted.Store(true)
+			}
 		}
 		c.entries[d] = e
 	}
@@ -252,6 +290,11 @@ func (c *Cache) Resolve(ctx context.Context, ref string) (overlay.NodeImage, err
 	}
 	if _, err := images.ParseDigest(img.Rootfs); err != nil {
 		return overlay.NodeImage{}, fmt.Errorf("resolve image %q: %w", ref, err)
+	}
+	if img.CompressedRoot != "" {
+		if _, err := images.ParseDigest(img.CompressedRoot); err != nil {
+			return overlay.NodeImage{}, fmt.Errorf("resolve image %q: compressed root: %w", ref, err)
+		}
 	}
 	c.mu.Lock()
 	if _, ok := c.entries[d]; !ok {
@@ -324,14 +367,19 @@ func (c *Cache) prepare(ctx context.Context, d images.Digest, e *entry) error {
 	if err := c.writeImage(d, e.img); err != nil {
 		return err
 	}
+	prep, what := c.unpack, "image unpacked"
+	if c.compressed(e.img) {
+		prep, what = c.mountCompressed, "compressed image mounted"
+	}
 	for attempt := 0; ; attempt++ {
 		if err := c.fetch(ctx, e.img); err != nil {
 			return err
 		}
-		err := c.unpack(ctx, d, e)
+		err := prep(ctx, d, e)
 		if errors.Is(err, errCorrupt) && attempt == 0 {
 			c.stats.Refetches.Add(1)
-			c.log().Warn("cached image blob corrupt: fetching it again", "image", e.img.Name, "digest", e.img.Rootfs)
+			bd, _, _ := c.blob(e.img)
+			c.log().Warn("cached image blob corrupt: fetching it again", "image", e.img.Name, "digest", bd)
 			continue
 		}
 		if err != nil {
@@ -339,7 +387,7 @@ func (c *Cache) prepare(ctx context.Context, d images.Digest, e *entry) error {
 		}
 		break
 	}
-	c.log().Info("image unpacked", "image", e.img.Name, "digest", d, "bytes", e.lowerB, "dur", time.Since(start).Round(time.Millisecond))
+	c.log().Info(what, "image", e.img.Name, "digest", d, "bytes", e.lowerB, "dur", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -357,18 +405,19 @@ func (c *Cache) writeImage(d images.Digest, img overlay.NodeImage) error {
 
 // fetch downloads img's blob unless it is cached.
 func (c *Cache) fetch(ctx context.Context, img overlay.NodeImage) error {
-	dst := c.blobPath(img.Rootfs)
-	if fi, err := os.Stat(dst); err == nil && fi.Size() == img.RootfsSize {
+	digest, size, route := c.blob(img)
+	dst := c.blobPath(digest)
+	if fi, err := os.Stat(dst); err == nil && fi.Size() == size {
 		return nil
 	}
 	if c.Head == nil {
 		return fmt.Errorf("fetch image %s: %w", img.Name, ErrNoHead)
 	}
-	if err := c.makeRoom(img.RootfsSize, img.Digest); err != nil {
+	if err := c.makeRoom(size, img.Digest); err != nil {
 		return err
 	}
 	start := time.Now()
-	body, err := c.Head.Download(ctx, img.RootfsPath)
+	body, err := c.Head.Download(ctx, route)
 	if err != nil {
 		return fmt.Errorf("fetch image %s: %w", img.Name, err)
 	}
@@ -379,7 +428,7 @@ func (c *Cache) fetch(ctx context.Context, img overlay.NodeImage) error {
 	}
 	defer os.Remove(f.Name())
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(body, img.RootfsSize+1))
+	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(body, size+1))
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -387,15 +436,15 @@ func (c *Cache) fetch(ctx context.Context, img overlay.NodeImage) error {
 		return fmt.Errorf("fetch image %s: %w", img.Name, err)
 	}
 	got := "sha256:" + hex.EncodeToString(h.Sum(nil))
-	if n != img.RootfsSize || got != img.Rootfs {
-		return fmt.Errorf("fetch image %s: got %d bytes with digest %s, want %d bytes with %s", img.Name, n, got, img.RootfsSize, img.Rootfs)
+	if n != size || got != digest {
+		return fmt.Errorf("fetch image %s: got %d bytes with digest %s, want %d bytes with %s", img.Name, n, got, size, digest)
 	}
 	if err := os.Rename(f.Name(), dst); err != nil {
 		return fmt.Errorf("fetch image %s: %w", img.Name, err)
 	}
 	c.stats.Fetches.Add(1)
 	c.stats.FetchedBytes.Add(n)
-	c.log().Info("image fetched", "image", img.Name, "digest", img.Rootfs, "bytes", n, "dur", time.Since(start).Round(time.Millisecond))
+	c.log().Info("image fetched", "image", img.Name, "digest", digest, "bytes", n, "dur", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -452,6 +501,66 @@ func (c *Cache) unpack(ctx context.Context, d images.Digest, e *entry) (err erro
 	c.stats.Unpacks.Add(1)
 	e.ready, e.lowerB = true, tmpfsUsed(lower)
 	return nil
+}
+
+// mountCompressed mounts d's cached compressed root read-only at its lower
+// path, through a loop device on the squashfs inside the blob, after
+// checking the blob's digest.
+func (c *Cache) mountCompressed(ctx context.Context, d images.Digest, e *entry) (err error) {
+	img := e.img
+	lower := c.lowerPath(d)
+	c.removeLower(d)
+	blob := c.blobPath(img.CompressedRoot)
+	f, err := os.Open(blob)
+	if err != nil {
+		return fmt.Errorf("mount image %s: %w", img.Name, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, ctxReader{ctx, f}); err != nil {
+		return fmt.Errorf("mount image %s: %w", img.Name, err)
+	}
+	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != img.CompressedRoot {
+		os.Remove(blob)
+		return fmt.Errorf("mount image %s: blob has digest %s, want %s: %w", img.Name, got, img.CompressedRoot, errCorrupt)
+	}
+	off, n, err := images.CompressedRootOffset(f, img.CompressedRootSize)
+	if err != nil {
+		return fmt.Errorf("mount image %s: %w", img.Name, err)
+	}
+	if err := os.MkdirAll(lower, 0o755); err != nil {
+		return fmt.Errorf("mount image %s: %w", img.Name, err)
+	}
+	dev, err := loopdev.Attach(loopdev.Options{File: blob, Offset: off, Size: n})
+	if err != nil {
+		return fmt.Errorf("mount image %s: %w", img.Name, err)
+	}
+	if err := unix.Mount(dev.Path, lower, "squashfs", unix.MS_RDONLY|unix.MS_NODEV, ""); err != nil {
+		dev.Detach()
+		return fmt.Errorf("mount image %s: squashfs %s on %s: %w", img.Name, dev.Path, lower, err)
+	}
+	dev.Close() // the mount holds it; it detaches when unmounted
+	if err := os.WriteFile(lower+".ok", nil, 0o600); err != nil {
+		c.removeLower(d)
+		return fmt.Errorf("mount image %s: %w", img.Name, err)
+	}
+	c.stats.Mounts.Add(1)
+	e.ready, e.lowerB = true, 0
+	e.mounted.Store(true)
+	return nil
+}
+
+// ctxReader stops a long read when its context ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
 }
 
 // removeLower unmounts and removes d's lower, if any.
@@ -513,6 +622,9 @@ func (c *Cache) makeRoom(need int64, keep string) error {
 		d := victims[0]
 		c.removeLower(d)
 		os.Remove(c.blobPath(v.img.Rootfs))
+		if v.img.CompressedRoot != "" {
+			os.Remove(c.blobPath(v.img.CompressedRoot))
+		}
 		os.Remove(c.imagePath(d))
 		c.stats.Evictions.Add(1)
 		c.log().Info("image evicted from the cache", "image", v.img.Name, "digest", d)
@@ -528,8 +640,9 @@ func (c *Cache) List() []Image {
 	defer c.mu.Unlock()
 	out := make([]Image, 0, len(c.entries))
 	for _, e := range c.entries {
-		im := Image{NodeImage: e.img, LowerBytes: e.lowerB, Users: e.refs, Unpacked: e.lowerB > 0}
-		if fi, err := os.Stat(c.blobPath(e.img.Rootfs)); err == nil {
+		im := Image{NodeImage: e.img, LowerBytes: e.lowerB, Users: e.refs, Unpacked: e.lowerB > 0 || e.mounted.Load(), Compressed: e.mounted.Load()}
+		bd, _, _ := c.blob(e.img)
+		if fi, err := os.Stat(c.blobPath(bd)); err == nil {
 			im.BlobBytes = fi.Size()
 		}
 		out = append(out, im)
@@ -547,6 +660,7 @@ func (c *Cache) Close() error {
 		if e.refs == 0 {
 			c.removeLower(d)
 			e.ready, e.lowerB = false, 0
+			e.mounted.Store(false)
 		}
 	}
 	return nil
@@ -558,6 +672,11 @@ func inRAM(dir string) bool {
 		return false
 	}
 	return st.Type == unix.TMPFS_MAGIC || st.Type == unix.RAMFS_MAGIC
+}
+
+func isSquashfs(dir string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(dir, &st) == nil && st.Type == unix.SQUASHFS_MAGIC && isMountPoint(dir)
 }
 
 func isTmpfs(dir string) bool {

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -74,7 +75,7 @@ var testHook func(dst string) error
 type mover struct {
 	ctx   context.Context
 	dev   uint64            // the source's file system: other mounts stay
-	skip  string            // a source path left alone (the new root)
+	skip  []string          // source paths left alone (the new root)
 	links map[uint64]string // source inode -> its first destination path
 	buf   []byte
 	n     int
@@ -82,6 +83,11 @@ type mover struct {
 	// the source's is dropped. Moving back after a failure needs it: the
 	// entry the failure interrupted is still in the source.
 	merge bool
+	// replace: an entry that already exists in the destination (the
+	// image's, under the compressed root's overlay) is replaced by the
+	// source's, as a later initrd's file replaces an earlier one's.
+	// Directories merge.
+	replace bool
 }
 
 // move moves every entry of the tree at src that lives on src's file
@@ -94,7 +100,7 @@ func move(ctx context.Context, src, dst, skip string) (int, error) {
 	if err := unix.Lstat(src, &st); err != nil {
 		return 0, fmt.Errorf("move %s: %w", src, err)
 	}
-	m := &mover{ctx: ctx, dev: st.Dev, skip: skip, links: map[uint64]string{}, buf: make([]byte, 1<<20)}
+	m := &mover{ctx: ctx, dev: st.Dev, skip: []string{skip}, links: map[uint64]string{}, buf: make([]byte, 1<<20)}
 	err := m.dir(src, dst)
 	return m.n, err
 }
@@ -120,7 +126,7 @@ func (m *mover) dir(src, dst string) error {
 			return fmt.Errorf("move %s: %w", src, err)
 		}
 		s, d := filepath.Join(src, e.Name()), filepath.Join(dst, e.Name())
-		if s == m.skip {
+		if slices.Contains(m.skip, s) {
 			continue
 		}
 		if err := m.entry(s, d); err != nil {
@@ -144,6 +150,14 @@ func (m *mover) entry(src, dst string) error {
 		}
 	}
 	perm := uint32(st.Mode) & 0o7777
+	if m.replace && st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		var dst0 unix.Stat_t
+		if unix.Lstat(dst, &dst0) == nil {
+			if err := unix.Unlink(dst); err != nil {
+				return fmt.Errorf("move %s: replace %s: %w", src, dst, err)
+			}
+		}
+	}
 	if m.merge && st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		var dst0 unix.Stat_t
 		if unix.Lstat(dst, &dst0) == nil {

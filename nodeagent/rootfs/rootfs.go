@@ -10,15 +10,19 @@
 //	res, err := rootfs.Setup(ctx, rootfs.Config{Mode: overlay.RootTmpfs, SizeBytes: 4 << 30})
 //	// res.Switched: the root is now a tmpfs capped at 4 GiB holding the image
 //
-// Modes: [overlay.RootTmpfs] wants the image in a tmpfs with the cap. When
+// Modes: [overlay.RootCompressed] keeps the image compressed: the squashfs
+// the kernel unpacked from the image's compressed root archive stays in
+// the initramfs and is mounted read-only through a loop device as the lower
+// layer of an overlay, whose upper is a tmpfs with the cap; the
+// initramfs's other files (agent, node overlay) move into it (see
+// buildCompressed). [overlay.RootTmpfs] wants the image in a tmpfs with the cap. When
 // the kernel made rootfs a tmpfs (no root= on its command line, the usual
 // case) that tmpfs is capped where it is (a remount) and a bind mount of
 // it becomes the root: nothing is copied, and the root is a mount
 // pivot_root accepts. When rootfs is a ramfs, a new tmpfs is mounted and
 // every file moved into it, each deleted from rootfs once copied, so the
 // RAM peak is the image plus one file. A mode is one function that builds
-// the new root in a directory (see the modes table); a compressed mode (a
-// read-only image under an overlay) slots in beside it.
+// the new root in a directory (see the modes table).
 //
 // Setup never leaves the node without a root: when the image does not fit
 // under the cap (checked before anything moves) or a file cannot be moved,
@@ -51,8 +55,19 @@ const NewRootDir = ".ramboot.newroot"
 type Config struct {
 	// Mode is the root mode; empty means overlay.RootTmpfs.
 	Mode overlay.RootMode
-	// SizeBytes caps the root's RAM. Required.
+	// SizeBytes caps the root's RAM: in the compressed mode, the writable
+	// upper layer's. Required.
 	SizeBytes int64
+	// Release is the kernel release whose modules the compressed mode
+	// loads from the compressed root archive. Empty means the running
+	// kernel's.
+	Release string
+	// LoadModules, when set, replaces the compressed mode's loading of
+	// RootModules from old's compressed root archive (tests).
+	LoadModules func(ctx context.Context, old string) error
+	// Dev is the directory of the device nodes the compressed mode opens
+	// loop devices in. Empty means old's /dev.
+	Dev string
 }
 
 // Result says what Setup did.
@@ -64,7 +79,8 @@ type Result struct {
 	Was string
 	// Mode is the root mode now in use.
 	Mode overlay.RootMode
-	// ImageBytes is the RAM the image's files took (page-rounded).
+	// ImageBytes is the RAM the image's files took (page-rounded): in the
+	// compressed mode, the compressed image's.
 	ImageBytes int64
 	// Files counts the entries moved.
 	Files int
@@ -80,7 +96,8 @@ type mode func(ctx context.Context, c Config, old, dir string, st *stats) error
 
 // modes are the root modes Setup can build.
 var modes = map[overlay.RootMode]mode{
-	overlay.RootTmpfs: buildTmpfs,
+	overlay.RootTmpfs:      buildTmpfs,
+	overlay.RootCompressed: buildCompressed,
 }
 
 // stats counts what a build moved.

@@ -38,6 +38,8 @@ func TestMain(m *testing.M) {
 			err = buildHelper(os.Getenv("ROOTFS_TEST_DIR"))
 		case "inplace":
 			err = inPlaceHelper(os.Getenv("ROOTFS_TEST_DIR"))
+		case "compressed":
+			err = compressedHelper(os.Getenv("ROOTFS_TEST_DIR"))
 		default:
 			err = fmt.Errorf("unknown helper %q", h)
 		}

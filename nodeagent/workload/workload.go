@@ -267,6 +267,7 @@ func (w *Workload) WriteMetrics(out io.Writer) {
 	counter("ramboot_agent_image_fetched_bytes_total", "Bytes of image blobs downloaded.", st.FetchedBytes.Load())
 	counter("ramboot_agent_image_refetches_total", "Cached image blobs found corrupt and fetched again.", st.Refetches.Load())
 	counter("ramboot_agent_image_unpacks_total", "Image lowers unpacked.", st.Unpacks.Load())
+	counter("ramboot_agent_image_mounts_total", "Compressed image lowers mounted (squashfs, not unpacked).", st.Mounts.Load())
 	counter("ramboot_agent_image_cache_hits_total", "Container starts served by an unpacked lower.", st.Hits.Load())
 	counter("ramboot_agent_image_evictions_total", "Images evicted from the cache to make room.", st.Evictions.Load())
 	gauge("ramboot_agent_image_cache_bytes", "RAM the image cache takes (blobs and lowers).", lower+blob)

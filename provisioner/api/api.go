@@ -72,6 +72,9 @@ type AddNodeRequest struct {
 	IP string `json:"ip"`
 	// Image is the image to boot; empty = the default image.
 	Image string `json:"image,omitempty"`
+	// RootMode is the node's root mode, "tmpfs" or "compressed"; empty =
+	// the configuration's boot.root.mode.
+	RootMode string `json:"rootMode,omitempty"`
 }
 
 // Error is the body of every error response.
@@ -207,7 +210,7 @@ func (a *Admin) addNode(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	n := state.Node{Name: req.Name, MAC: req.MAC, IP: ip, Image: req.Image}
+	n := state.Node{Name: req.Name, MAC: req.MAC, IP: ip, Image: req.Image, RootMode: req.RootMode}
 	if err := a.DB.AddNode(n); err != nil {
 		if !errors.Is(err, state.ErrExists) {
 			err = badRequest{err}
@@ -220,7 +223,7 @@ func (a *Admin) addNode(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	logger(a.Logger).Info("node added", "node", got.Name, "mac", got.MAC, "ip", got.IP, "image", got.Image)
+	logger(a.Logger).Info("node added", "node", got.Name, "mac", got.MAC, "ip", got.IP, "image", got.Image, "root_mode", got.RootMode)
 	writeJSON(w, http.StatusCreated, got)
 }
 

@@ -175,14 +175,14 @@ func (n *Node) register(w http.ResponseWriter, r *http.Request) {
 		sr.Steps = append(sr.Steps, state.AgentStep{Name: s.Name, UptimeSeconds: s.UptimeSeconds})
 	}
 	if rep.Root != nil {
-		sr.RootMode, sr.RootSizeBytes, sr.RootUsedBytes = rep.Root.Mode, rep.Root.SizeBytes, rep.Root.UsedBytes
+		sr.RootMode, sr.RootSizeBytes, sr.RootUsedBytes, sr.RootLowerBytes = rep.Root.Mode, rep.Root.SizeBytes, rep.Root.UsedBytes, rep.Root.LowerBytes
 	}
 	if b := rep.Boot; b != nil {
 		sr.KernelStart, sr.InitSeconds, sr.HandoverSeconds, sr.ReadySeconds = b.KernelStart, b.InitSeconds, b.HandoverSeconds, b.ReadySeconds
 	}
 	live := state.Agent{Remote: c.remote, PrivilegedPort: c.privileged, UptimeSeconds: rep.UptimeSeconds, OverlayGeneration: rep.OverlayGeneration, ReadySeconds: sr.ReadySeconds}
 	if rep.Root != nil {
-		live.RootUsedBytes, live.RootSizeBytes = rep.Root.UsedBytes, rep.Root.SizeBytes
+		live.RootUsedBytes, live.RootSizeBytes, live.RootLowerBytes = rep.Root.UsedBytes, rep.Root.SizeBytes, rep.Root.LowerBytes
 	}
 	applied, err := n.DB.Register(c.node.Name, c.token, c.from, sr, live)
 	switch {
@@ -245,7 +245,7 @@ func checkReport(rep overlay.Report) (overlay.Report, error) {
 	errs = append(errs, checkWord("init", rep.Init), checkWord("agentVersion", rep.AgentVersion), checkWord("overlayGeneration", rep.OverlayGeneration))
 	if ru := rep.Root; ru != nil {
 		errs = append(errs, checkWord("root.mode", ru.Mode))
-		if ru.SizeBytes < 0 || ru.UsedBytes < 0 {
+		if ru.SizeBytes < 0 || ru.UsedBytes < 0 || ru.LowerBytes < 0 {
 			errs = append(errs, fmt.Errorf("root: negative size"))
 		}
 	}
@@ -285,7 +285,7 @@ func checkHeartbeat(hb overlay.Heartbeat) error {
 	if hb.Load1 < 0 || math.IsInf(hb.Load1, 0) || math.IsNaN(hb.Load1) {
 		errs = append(errs, fmt.Errorf("load1: %v is not a load", hb.Load1))
 	}
-	if hb.MemAvailableBytes < 0 || hb.AgentRSSBytes < 0 || hb.Root != nil && (hb.Root.SizeBytes < 0 || hb.Root.UsedBytes < 0) {
+	if hb.MemAvailableBytes < 0 || hb.AgentRSSBytes < 0 || hb.Root != nil && (hb.Root.SizeBytes < 0 || hb.Root.UsedBytes < 0 || hb.Root.LowerBytes < 0) {
 		errs = append(errs, errors.New("a negative size"))
 	}
 	if hb.Root != nil {
@@ -313,7 +313,7 @@ func (n *Node) heartbeat(w http.ResponseWriter, r *http.Request) {
 		OverlayGeneration: hb.OverlayGeneration, AgentRSSBytes: hb.AgentRSSBytes,
 	}
 	if hb.Root != nil {
-		live.RootUsedBytes, live.RootSizeBytes = hb.Root.UsedBytes, hb.Root.SizeBytes
+		live.RootUsedBytes, live.RootSizeBytes, live.RootLowerBytes = hb.Root.UsedBytes, hb.Root.SizeBytes, hb.Root.LowerBytes
 	}
 	live.Workload = workload(hb.Workload)
 	wasDown := c.node.Status.State == state.StateDown

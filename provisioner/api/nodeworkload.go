@@ -61,7 +61,7 @@ func (n *Node) image(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	logger(n.Logger).Debug("container image resolved", "node", c.node.Name, "image", ref, "digest", d)
-	writeJSON(w, http.StatusOK, overlay.NodeImage{
+	img := overlay.NodeImage{
 		Ref:                    ref,
 		Name:                   m.Name,
 		Digest:                 string(d),
@@ -69,7 +69,12 @@ func (n *Node) image(w http.ResponseWriter, r *http.Request) {
 		RootfsSize:             m.Rootfs.Size,
 		RootfsUncompressedSize: m.RootfsUncompressedSize,
 		RootfsPath:             "/boot/image/" + d.Hex() + "/rootfs.cpio.zst",
-	})
+	}
+	if c := m.CompressedRoot; c != nil {
+		img.CompressedRoot, img.CompressedRootSize = string(c.Digest), c.Size
+		img.CompressedRootPath = "/boot/image/" + d.Hex() + "/rootfs.squashfs.cpio"
+	}
+	writeJSON(w, http.StatusOK, img)
 }
 
 func (n *Node) jobEvent(w http.ResponseWriter, r *http.Request) {

@@ -96,6 +96,13 @@ func TestNodeImage(t *testing.T) {
 		Name: "busybox", Digest: string(d), Rootfs: string(m.Rootfs.Digest), RootfsSize: m.Rootfs.Size,
 		RootfsUncompressedSize: m.RootfsUncompressedSize, RootfsPath: "/boot/image/" + d.Hex() + "/rootfs.cpio.zst",
 	}
+	// The image was built with its compressed root: the node is told
+	// where it is, for a compressed container lower.
+	if m.CompressedRoot == nil {
+		t.Fatal("the test image has no compressed root")
+	}
+	want.CompressedRoot, want.CompressedRootSize = string(m.CompressedRoot.Digest), m.CompressedRoot.Size
+	want.CompressedRootPath = "/boot/image/" + d.Hex() + "/rootfs.squashfs.cpio"
 	for _, ref := range []string{"busybox", "busybox:latest", string(d)} {
 		t.Run(ref, func(t *testing.T) {
 			code, b := nodeDo(t, "GET", url+"/api/v1/nodes/n1/images/"+ref, token, "")

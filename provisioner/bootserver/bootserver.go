@@ -8,6 +8,7 @@
 //	/boot/ipxe?mac=MAC                          the node's iPXE script
 //	/boot/image/{manifest-hex}/vmlinuz          the image's kernel
 //	/boot/image/{manifest-hex}/rootfs.cpio.zst  the image's root file system
+//	/boot/image/{manifest-hex}/rootfs.squashfs.cpio  its compressed root (the compressed root mode)
 //	/boot/agent.cpio.zst                        ramboot-agent as /init
 //	/boot/node/{name}/{nonce}/overlay.cpio.zst  the node's overlay
 //
@@ -51,10 +52,13 @@ import (
 // Names of the files in every node's script; the kernel's EFI stub finds
 // the initrds by these names.
 const (
-	KernelName  = "vmlinuz"
-	RootfsName  = "rootfs.cpio.zst"
-	AgentName   = "agent.cpio.zst"
-	OverlayName = "overlay.cpio.zst"
+	KernelName = "vmlinuz"
+	RootfsName = "rootfs.cpio.zst"
+	// CompressedRootName is the image's compressed root, sent instead of
+	// RootfsName to nodes in the compressed root mode.
+	CompressedRootName = "rootfs.squashfs.cpio"
+	AgentName          = "agent.cpio.zst"
+	OverlayName        = "overlay.cpio.zst"
 )
 
 // Server serves the /boot/ routes. Its exported fields must be set before
@@ -81,7 +85,8 @@ type Server struct {
 	KernelArgs string
 	// Modules are the kernel modules the agent loads.
 	Modules []string
-	// Root is the nodes' root mode and size cap.
+	// Root is the nodes' root mode and size cap; a node's own root mode
+	// (state.Node.RootMode) replaces Root.Mode.
 	Root overlay.Root
 	// ConsoleShell gives nodes whose agent stays PID 1 a console shell.
 	ConsoleShell bool
@@ -267,6 +272,23 @@ func (s *Server) count(route string, code int, n int64) {
 	}
 }
 
+// rootFor returns node n's root settings for image m: the configured ones
+// with the node's own mode, if it has one. A node in the compressed mode
+// whose image has no compressed root boots in the tmpfs mode, and note
+// says why: a node that boots with more RAM taken beats one that does not
+// boot.
+func (s *Server) rootFor(n state.NodeStatus, m images.Manifest) (root overlay.Root, note string) {
+	root = s.Root
+	if n.RootMode != "" {
+		root.Mode = overlay.RootMode(n.RootMode)
+	}
+	if root.ModeOrDefault() == overlay.RootCompressed && m.CompressedRoot == nil {
+		root.Mode = overlay.RootTmpfs
+		note = "compressed root mode, but the image has no compressed root: tmpfs"
+	}
+	return root, note
+}
+
 // imageFor resolves the node's image.
 func (s *Server) imageFor(n state.NodeStatus) (string, images.Manifest, images.Digest, error) {
 	name := n.Image
@@ -297,10 +319,14 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, route, http.StatusForbidden, fmt.Errorf("script for %s is served only to its node's reserved address", mac), "mac", mac, "ip", ip)
 		return
 	}
-	name, _, d, err := s.imageFor(n)
+	name, m, d, err := s.imageFor(n)
 	if err != nil {
 		s.fail(w, route, http.StatusNotFound, err, "node", n.Name)
 		return
+	}
+	root, note := s.rootFor(n, m)
+	if note != "" {
+		s.log().Warn(note, "node", n.Name, "image", name)
 	}
 	base := strings.TrimRight(s.BaseURL, "/")
 	img := base + "/boot/image/" + d.Hex() + "/"
@@ -317,13 +343,21 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
 		return
 	}
-	nonce, err := s.DB.NewBootNonce(n.Name, state.Event{Step: state.StepScript, Detail: fmt.Sprintf("image %s %s", name, shortDigest(string(d)))})
+	detail := fmt.Sprintf("image %s %s, root %s", name, shortDigest(string(d)), root.ModeOrDefault())
+	if note != "" {
+		detail += " (" + note + ")"
+	}
+	nonce, err := s.DB.NewBootNonce(n.Name, state.Event{Step: state.StepScript, Detail: detail})
 	if err != nil {
 		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
 		return
 	}
+	rootfs := RootfsName
+	if root.ModeOrDefault() == overlay.RootCompressed {
+		rootfs = CompressedRootName
+	}
 	sc.Initrds = []ipxe.File{
-		{URL: img + RootfsName},
+		{URL: img + rootfs},
 		{URL: base + "/boot/" + AgentName},
 		{URL: base + "/boot/node/" + n.Name + "/" + nonce + "/" + OverlayName},
 	}
@@ -359,6 +393,8 @@ func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
 		route, step = "kernel", state.StepKernel
 	case RootfsName:
 		route, step = "rootfs", state.StepImage
+	case CompressedRootName:
+		route, step = "compressed-root", state.StepImage
 	default:
 		s.fail(w, "image", http.StatusNotFound, fmt.Errorf("no file %q in an image", file))
 		return
@@ -374,8 +410,15 @@ func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	art := m.Kernel
-	if step == state.StepImage {
+	switch route {
+	case "rootfs":
 		art = m.Rootfs
+	case "compressed-root":
+		if m.CompressedRoot == nil {
+			s.fail(w, route, http.StatusNotFound, fmt.Errorf("image %s has no compressed root (built with --no-compressed-root)", m.Name))
+			return
+		}
+		art = *m.CompressedRoot
 	}
 	f, err := s.Images.OpenBlob(art.Digest)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 // booting image imgName (manifest m, digest d), without a token, with its
 // OverlayGeneration set.
 func (s *Server) NodeConfig(n state.NodeStatus, imgName string, m images.Manifest, d images.Digest) (overlay.Config, error) {
+	root, _ := s.rootFor(n, m)
 	c := overlay.Config{
 		Node:    n.Name,
 		HeadURL: strings.TrimRight(s.BaseURL, "/"),
@@ -26,7 +27,7 @@ func (s *Server) NodeConfig(n state.NodeStatus, imgName string, m images.Manifes
 		},
 		Modules:      s.Modules,
 		Image:        overlay.ImageRef{Name: imgName, Digest: string(d), ContentDigest: string(m.ContentDigest)},
-		Root:         s.Root,
+		Root:         root,
 		ConsoleShell: s.ConsoleShell,
 	}
 	if s.Gateway.IsValid() {

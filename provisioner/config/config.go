@@ -153,7 +153,7 @@ type Boot struct {
 
 // Root configures the nodes' root file system.
 type Root struct {
-	// Mode is the root mode: tmpfs.
+	// Mode is the root mode: tmpfs or compressed (docs/agent.md).
 	Mode string `yaml:"mode"`
 	// Size caps the root's RAM: bytes with k, m, g, t, or a percentage of
 	// the node's RAM.
@@ -624,8 +624,8 @@ func (c Config) Validate() error {
 			bad(fmt.Sprintf("boot.modules[%d]", i), "%q is not a module name", m)
 		}
 	}
-	if c.Boot.Root.Mode != string(overlay.RootTmpfs) {
-		bad("boot.root.mode", "%q is not a root mode (tmpfs)", c.Boot.Root.Mode)
+	if !overlay.RootMode(c.Boot.Root.Mode).Valid() {
+		bad("boot.root.mode", "%q is not a root mode (tmpfs, compressed)", c.Boot.Root.Mode)
 	}
 	if _, err := overlay.SizeBytes(c.Boot.Root.Size, 1<<30); err != nil {
 		bad("boot.root.size", "%v", err)

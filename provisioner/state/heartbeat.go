@@ -23,11 +23,15 @@ type Registration struct {
 	Steps []AgentStep `json:"steps,omitempty"`
 	// CPUs is the number of CPUs online.
 	CPUs int `json:"cpus,omitempty"`
-	// RootMode is the root's mode (tmpfs, or rootfs when it could not
-	// move); RootSizeBytes its cap and RootUsedBytes the RAM it takes.
+	// RootMode is the root's mode (tmpfs, compressed, or rootfs when it
+	// could not move); RootSizeBytes its cap and RootUsedBytes the RAM its
+	// files take (in the compressed mode, the writable upper's).
 	RootMode      string `json:"rootMode,omitempty"`
 	RootSizeBytes int64  `json:"rootSizeBytes,omitempty"`
 	RootUsedBytes int64  `json:"rootUsedBytes,omitempty"`
+	// RootLowerBytes is the RAM of the compressed image under a
+	// compressed root (0 in the tmpfs mode).
+	RootLowerBytes int64 `json:"rootLowerBytes,omitempty"`
 	// KernelStart is the wall-clock time the node's uptime counts from.
 	KernelStart time.Time `json:"kernelStart,omitzero"`
 	// InitSeconds, HandoverSeconds and ReadySeconds are the node's uptime
@@ -70,9 +74,12 @@ type Agent struct {
 	Load1 float64 `json:"load1"`
 	// MemAvailableBytes is the node's available RAM.
 	MemAvailableBytes int64 `json:"memAvailableBytes"`
-	// RootUsedBytes and RootSizeBytes are the root's RAM and its cap.
-	RootUsedBytes int64 `json:"rootUsedBytes"`
-	RootSizeBytes int64 `json:"rootSizeBytes"`
+	// RootUsedBytes and RootSizeBytes are the root's RAM and its cap (in
+	// the compressed mode, the writable upper's), RootLowerBytes the
+	// compressed image's under a compressed root.
+	RootUsedBytes  int64 `json:"rootUsedBytes"`
+	RootSizeBytes  int64 `json:"rootSizeBytes"`
+	RootLowerBytes int64 `json:"rootLowerBytes,omitempty"`
 	// SystemState is the node's init system's state ("running").
 	SystemState string `json:"systemState,omitempty"`
 	// ReadySeconds is the node's uptime when it became ready.
@@ -207,6 +214,9 @@ func registrationDetail(rep Report) string {
 	fmt.Fprintf(&b, ", uptime %.1fs", rep.UptimeSeconds)
 	if rep.RootMode != "" {
 		fmt.Fprintf(&b, ", root %s %d MiB of %d MiB", rep.RootMode, rep.RootUsedBytes>>20, rep.RootSizeBytes>>20)
+		if rep.RootLowerBytes > 0 {
+			fmt.Fprintf(&b, " over a %d MiB compressed image", rep.RootLowerBytes>>20)
+		}
 	}
 	return b.String()
 }

@@ -40,6 +40,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/ramboot/ramboot/images/overlay"
 )
 
 // Errors callers branch on.
@@ -68,6 +70,9 @@ type Node struct {
 	IP netip.Addr `json:"ip"`
 	// Image is the image the node boots; empty means the default image.
 	Image string `json:"image,omitempty"`
+	// RootMode is the node's root mode (tmpfs, compressed); empty means
+	// the configuration's boot.root.mode.
+	RootMode string `json:"rootMode,omitempty"`
 	// Created is when the node was added.
 	Created time.Time `json:"created"`
 }
@@ -391,6 +396,9 @@ func (d *DB) AddNode(n Node) error {
 	n.MAC = mac
 	if !n.IP.Is4() {
 		return fmt.Errorf("node %s: ip %q: not an IPv4 address", n.Name, n.IP)
+	}
+	if n.RootMode != "" && !overlay.RootMode(n.RootMode).Valid() {
+		return fmt.Errorf("node %s: root mode %q: not tmpfs or compressed", n.Name, n.RootMode)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -144,4 +144,10 @@ func TestPrintStatus(t *testing.T) {
 	if !strings.Contains(b.String(), "unreachable since 3s ago (4 failures): connection refused") {
 		t.Errorf("status of a node that lost its head:\n%s", b.String())
 	}
+	st.Root = overlay.RootUsage{Mode: "compressed", SizeBytes: 256 << 20, UsedBytes: 15 << 20, LowerBytes: 158 << 20}
+	b.Reset()
+	printStatus(&b, st, now)
+	if want := "Root:         compressed, 173 MiB: 158 MiB compressed image + 15 MiB written of 256 MiB\n"; !strings.Contains(b.String(), want) {
+		t.Errorf("status lacks %q:\n%s", want, b.String())
+	}
 }

@@ -77,7 +77,12 @@ func printStatus(w io.Writer, st daemon.Status, now time.Time) error {
 		ready = fmt.Sprintf("%.1fs", b.Boot.ReadySeconds)
 	}
 	row("Timings", "kernel to init %.1fs, init to handover %.1fs, ready at %s (uptime)", b.Boot.InitSeconds, b.Boot.HandoverSeconds-b.Boot.InitSeconds, ready)
-	row("Root", "%s, %s used of %s", st.Root.Mode, mib(st.Root.UsedBytes), mib(st.Root.SizeBytes))
+	if st.Root.LowerBytes > 0 {
+		row("Root", "%s, %s: %s compressed image + %s written of %s", st.Root.Mode, mib(st.Root.TotalBytes()),
+			mib(st.Root.LowerBytes), mib(st.Root.UsedBytes), mib(st.Root.SizeBytes))
+	} else {
+		row("Root", "%s, %s used of %s", st.Root.Mode, mib(st.Root.UsedBytes), mib(st.Root.SizeBytes))
+	}
 	row("Memory", "%s available of %s", mib(st.MemAvailableBytes), mib(st.MemTotalBytes))
 	row("Modules", "%s", dash(strings.Join(b.Modules, " ")))
 	row("Uptime", "%s", (time.Duration(st.UptimeSeconds) * time.Second).String())

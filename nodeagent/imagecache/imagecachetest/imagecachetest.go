@@ -176,14 +176,15 @@ func (h *Head) ramboot(t testing.TB, args ...string) string {
 }
 
 // BuildImage builds tree into the head's store as name (`ramboot image
-// build`; the kernel is a placeholder: containers do not boot one).
-func (h *Head) BuildImage(t testing.TB, name, tree string) {
+// build`, with any further flags such as --no-compressed-root; the kernel
+// is a placeholder: containers do not boot one).
+func (h *Head) BuildImage(t testing.TB, name, tree string, flags ...string) {
 	t.Helper()
 	kernel := filepath.Join(t.TempDir(), "vmlinuz")
 	if err := os.WriteFile(kernel, []byte("no kernel: a container image"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	h.ramboot(t, "image", "build", tree, "--name", name, "--kernel", kernel)
+	h.ramboot(t, append([]string{"image", "build", tree, "--name", name, "--kernel", kernel}, flags...)...)
 }
 
 // Boot gets the node's token as the node does, from its script and

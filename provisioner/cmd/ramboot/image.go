@@ -138,6 +138,8 @@ goes to stderr (bars on a terminal, -q for none).`,
 	f.StringArrayVar(&opt.Excludes, "exclude", nil, "leave out entries matching this pattern (repeatable; see docs/images.md)")
 	f.BoolVar(&opt.NoDefaultExcludes, "no-default-excludes", false, "keep temporary files, package caches and other kernels' files")
 	f.BoolVar(&opt.NoCache, "no-cache", false, "build even if the source is unchanged since the last build")
+	f.BoolVar(&opt.NoCompressedRoot, "no-compressed-root", false, "skip the squashfs image for the compressed root mode (needs tar2sqfs)")
+	f.IntVar(&opt.SquashfsLevel, "squashfs-level", 0, "zstd level of the compressed root's squashfs, 1-22 (default 9)")
 	f.BoolVar(&opt.CrossFilesystems, "cross-filesystems", false, "include file systems mounted inside a directory source")
 	f.BoolVar(&opt.Insecure, "insecure-registry", false, "allow plain HTTP and unverified TLS for docker:// sources")
 	f.BoolVarP(&quiet, "quiet", "q", false, "no progress output")
@@ -155,6 +157,9 @@ func printManifest(w io.Writer, ref string, d images.Digest, m images.Manifest) 
 	fmt.Fprintf(tw, "Kernel:\t%s\t%s\t%s\n", orDash(m.KernelVersion), m.Kernel.Digest, mib(m.Kernel.Size))
 	fmt.Fprintf(tw, "Root fs:\t%s\t%s\t%s (%s uncompressed, %d files)\n", strings.TrimPrefix(m.Rootfs.MediaType, "application/vnd.ramboot.rootfs."),
 		m.Rootfs.Digest, mib(m.Rootfs.Size), mib(m.RootfsUncompressedSize), m.Files)
+	if c := m.CompressedRoot; c != nil {
+		fmt.Fprintf(tw, "Compressed root:\t%s\t%s\t%s\n", strings.TrimPrefix(c.MediaType, "application/vnd.ramboot.rootfs."), c.Digest, mib(c.Size))
+	}
 	fmt.Fprintf(tw, "Content:\t%s\n", m.ContentDigest)
 	if len(m.Excludes) > 0 {
 		fmt.Fprintf(tw, "Excluded:\t%s\n", strings.Join(m.Excludes, " "))
@@ -430,7 +435,7 @@ the live inventory.`,
 func imageExportCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "export NAME[:TAG]|DIGEST DIR",
-		Short: "Write an image's vmlinuz, rootfs.cpio.zst and manifest.json into DIR",
+		Short: "Write an image's vmlinuz, rootfs.cpio.zst, rootfs.squashfs.cpio and manifest.json into DIR",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m, d, err := g.store().Export(cmd.Context(), args[0], args[1])
@@ -440,9 +445,10 @@ func imageExportCmd(g *globals) *cobra.Command {
 			if g.output == "json" {
 				return g.printJSON(imageResult{Name: m.Name, Tag: m.Tag, Ref: args[0], Digest: d, Manifest: m})
 			}
-			for _, n := range []string{images.ExportFileNames[m.Kernel.MediaType], images.ExportFileNames[m.Rootfs.MediaType], images.ExportManifestName} {
-				fmt.Fprintln(g.stdout, filepath.Join(args[1], n))
+			for _, a := range m.Artifacts() {
+				fmt.Fprintln(g.stdout, filepath.Join(args[1], images.ExportFileNames[a.MediaType]))
 			}
+			fmt.Fprintln(g.stdout, filepath.Join(args[1], images.ExportManifestName))
 			return nil
 		},
 	}

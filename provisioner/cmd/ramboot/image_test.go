@@ -65,7 +65,8 @@ func TestImageLifecycle(t *testing.T) {
 		t.Errorf("list:\n%s %v", out, err)
 	}
 	out, _, err = cliErr(t, dir, "image", "show", "compute")
-	if err != nil || !strings.Contains(out, "Kernel:") || !strings.Contains(out, "6.1.0-test") || !strings.Contains(out, "Excluded:") {
+	if err != nil || !strings.Contains(out, "Kernel:") || !strings.Contains(out, "6.1.0-test") || !strings.Contains(out, "Excluded:") ||
+		!strings.Contains(out, "Compressed root:  squashfs+cpio") {
 		t.Errorf("show:\n%s %v", out, err)
 	}
 	out, _, err = cliErr(t, dir, "image", "show", "compute", "--files")
@@ -84,19 +85,22 @@ func TestImageLifecycle(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(exp, "vmlinuz")); err != nil || string(b) != "kernel" {
 		t.Errorf("exported kernel %q %v", b, err)
 	}
+	if _, err := os.Stat(filepath.Join(exp, "rootfs.squashfs.cpio")); err != nil {
+		t.Errorf("compressed root not exported: %v", err)
+	}
 	if _, _, err := cliErr(t, dir, "image", "rm", "compute:v1", "compute"); err != nil {
 		t.Fatal(err)
 	}
 	out, _, err = cliErr(t, dir, "image", "gc", "--min-age", "0")
-	if err != nil || !strings.Contains(out, "would remove 3 blobs") || !strings.Contains(out, "--yes") {
+	if err != nil || !strings.Contains(out, "would remove 4 blobs") || !strings.Contains(out, "--yes") {
 		t.Errorf("gc dry run:\n%s %v", out, err)
 	}
 	st := &images.Store{Dir: filepath.Join(dir, "images")}
-	if bs, _ := st.Blobs(); len(bs) != 3 {
+	if bs, _ := st.Blobs(); len(bs) != 4 {
 		t.Errorf("dry run removed blobs: %d left", len(bs))
 	}
 	out, _, err = cliErr(t, dir, "image", "gc", "--min-age", "0", "--yes")
-	if err != nil || !strings.Contains(out, "removed 3 blobs") {
+	if err != nil || !strings.Contains(out, "removed 4 blobs") {
 		t.Errorf("gc:\n%s %v", out, err)
 	}
 	if bs, _ := st.Blobs(); len(bs) != 0 {
@@ -131,7 +135,7 @@ func TestImageCommandsThroughDaemon(t *testing.T) {
 	}
 	out, _, err = cliErr(t, dir, "image", "gc", "--min-age", "0", "--yes", "-o", "json")
 	var res api.GCResponse
-	if err != nil || json.Unmarshal([]byte(out), &res) != nil || len(res.Removed) != 0 || res.Kept != 3 {
+	if err != nil || json.Unmarshal([]byte(out), &res) != nil || len(res.Removed) != 0 || res.Kept != 4 { // manifest, kernel, rootfs, compressed root
 		t.Errorf("gc through the daemon: %s %v", out, err)
 	}
 }
@@ -147,7 +151,7 @@ func TestImagePushPullCommands(t *testing.T) {
 	to := "127.0.0.1:" + strconv.Itoa(srv.Port)
 	args := []string{"-i", srv.ClientKeyFile, "--known-hosts", srv.KnownHostsFile}
 	out, stderr, err := cliErr(t, local, append([]string{"image", "push", "compute:v1", "--to", "admin@" + to}, args...)...)
-	if err != nil || !strings.Contains(out, "2 blobs sent") || !strings.Contains(stderr, "push rootfs") {
+	if err != nil || !strings.Contains(out, "3 blobs sent") || !strings.Contains(stderr, "push rootfs") {
 		t.Fatalf("push: %q %q %v", out, stderr, err)
 	}
 	out, _, err = cliErr(t, local, append([]string{"image", "push", "compute:v1", "--to", to, "-o", "json"}, args...)...)

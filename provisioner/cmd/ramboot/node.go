@@ -22,7 +22,7 @@ func nodeCmd(g *globals) *cobra.Command {
 func nodeAddCmd(g *globals) *cobra.Command {
 	var req api.AddNodeRequest
 	c := &cobra.Command{
-		Use:   "add NAME --mac MAC --ip IP [--image NAME]",
+		Use:   "add NAME --mac MAC --ip IP [--image NAME] [--root-mode MODE]",
 		Short: "Add a node: its MAC gets IP by DHCP reservation and boots the image",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -40,6 +40,7 @@ func nodeAddCmd(g *globals) *cobra.Command {
 	c.Flags().StringVar(&req.MAC, "mac", "", "MAC address of the node's provisioning interface (required)")
 	c.Flags().StringVar(&req.IP, "ip", "", "reserved IPv4 address, inside the provisioning subnet (required)")
 	c.Flags().StringVar(&req.Image, "image", "", "image to boot (default: the configured boot.default_image)")
+	c.Flags().StringVar(&req.RootMode, "root-mode", "", "root mode: tmpfs (the image unpacked) or compressed (kept compressed in RAM) (default: the configured boot.root.mode)")
 	_ = c.MarkFlagRequired("mac")
 	_ = c.MarkFlagRequired("ip")
 	return c
@@ -140,6 +141,9 @@ func printNode(w io.Writer, n state.NodeStatus) error {
 		img = "(the default image, boot.default_image)"
 	}
 	fmt.Fprintf(tw, "Image:\t%s\n", img)
+	if n.RootMode != "" {
+		fmt.Fprintf(tw, "Root mode:\t%s\n", n.RootMode)
+	}
 	fmt.Fprintf(tw, "State:\t%s\n", n.Status.State)
 	printReport(tw, n.Status.Report)
 	if len(n.Status.History) > 0 {

@@ -18,7 +18,7 @@ func printRegistration(w io.Writer, r *state.Report) {
 		fmt.Fprintf(w, "CPUs:\t%d\n", r.CPUs)
 	}
 	if r.RootMode != "" {
-		fmt.Fprintf(w, "Root:\t%s, %d MiB of RAM under a cap of %d MiB\n", r.RootMode, r.RootUsedBytes>>20, r.RootSizeBytes>>20)
+		fmt.Fprintf(w, "Root:\t%s\n", rootRAM(r.RootMode, r.RootLowerBytes, r.RootUsedBytes, r.RootSizeBytes))
 	}
 	if r.InitSeconds > 0 {
 		ready := "not yet"
@@ -30,6 +30,16 @@ func printRegistration(w io.Writer, r *state.Report) {
 	for _, wn := range r.Warnings {
 		fmt.Fprintf(w, "Warning:\t%s\n", wn)
 	}
+}
+
+// rootRAM says what the root takes: in the compressed mode, the image
+// (lower), what was written (upper) under its cap, and their total.
+func rootRAM(mode string, lower, used, size int64) string {
+	if lower > 0 {
+		return fmt.Sprintf("%s, %d MiB total: %d MiB compressed image (lower) + %d MiB written (upper, cap %d MiB)",
+			orDash(mode), (lower+used)>>20, lower>>20, used>>20, size>>20)
+	}
+	return fmt.Sprintf("%s, %d MiB of RAM under a cap of %d MiB", orDash(mode), used>>20, size>>20)
 }
 
 // printAgent prints the agent daemon's last heartbeat.
@@ -53,8 +63,13 @@ func printAgent(w io.Writer, n state.NodeStatus) {
 	if a.ReadySeconds > 0 && (n.Status.Report == nil || n.Status.Report.ReadySeconds == 0) {
 		fmt.Fprintf(w, "Ready:\tat %.1fs (node uptime)\n", a.ReadySeconds)
 	}
-	fmt.Fprintf(w, "Uptime:\t%s, load %.2f, %d MiB available, root %d MiB of %d MiB\n",
-		(time.Duration(a.UptimeSeconds) * time.Second).String(), a.Load1, a.MemAvailableBytes>>20, a.RootUsedBytes>>20, a.RootSizeBytes>>20)
+	fmt.Fprintf(w, "Uptime:\t%s, load %.2f, %d MiB available\n",
+		(time.Duration(a.UptimeSeconds) * time.Second).String(), a.Load1, a.MemAvailableBytes>>20)
+	mode := ""
+	if n.Status.Report != nil {
+		mode = n.Status.Report.RootMode
+	}
+	fmt.Fprintf(w, "Root RAM:\t%s\n", rootRAM(mode, a.RootLowerBytes, a.RootUsedBytes, a.RootSizeBytes))
 	if a.OverlayGeneration != "" {
 		fmt.Fprintf(w, "Overlay:\tgeneration %s\n", a.OverlayGeneration)
 	}

@@ -37,9 +37,32 @@ func TestPrintNodeAgent(t *testing.T) {
 	printNode(&b, n)
 	for _, want := range []string{
 		"Agent:       last heard 3s ago from 10.77.0.29:822 (privileged port), 31 heartbeats\n", "System:      running\n",
-		"Uptime:      1m2s, load 0.41, 1190 MiB available, root 596 MiB of 1470 MiB\n", "Overlay:     generation 3f0c52b1e0d4a8c9\n",
+		"Uptime:      1m2s, load 0.41, 1190 MiB available\n", "Root RAM:    tmpfs, 596 MiB of RAM under a cap of 1470 MiB\n", "Overlay:     generation 3f0c52b1e0d4a8c9\n",
 		"Agent RSS:   7.0 MiB\n", "Jobs:        1\n             job 42, user alice (1000)\n",
 		"Containers:  3 (and 2 more)\n             9f3a sim, image rocky9, running, job 42, uid 1000\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("node show lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+// TestPrintNodeCompressedRoot: node show splits a compressed root's RAM
+// into the compressed image (lower) and what the node wrote (upper).
+func TestPrintNodeCompressedRoot(t *testing.T) {
+	n := state.NodeStatus{Node: state.Node{Name: "deb2", RootMode: "compressed"}, Status: state.Status{Boot: state.Boot{ID: 1, State: state.StateBooted, Report: &state.Report{
+		State: "ready", Kernel: "6.1.0", Registration: state.Registration{
+			Init: "systemd", RootMode: "compressed", RootUsedBytes: 12 << 20, RootSizeBytes: 1024 << 20, RootLowerBytes: 158 << 20,
+		}}}}}
+	n.Agent = &state.Agent{LastSeen: time.Now(), RootUsedBytes: 20 << 20, RootSizeBytes: 1024 << 20, RootLowerBytes: 158 << 20}
+	var b bytes.Buffer
+	if err := printNode(&b, n); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"Root mode:  compressed\n",
+		"Root:       compressed, 170 MiB total: 158 MiB compressed image (lower) + 12 MiB written (upper, cap 1024 MiB)\n",
+		"Root RAM:   compressed, 178 MiB total: 158 MiB compressed image (lower) + 20 MiB written (upper, cap 1024 MiB)\n",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("node show lacks %q:\n%s", want, b.String())

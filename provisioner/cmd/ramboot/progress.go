@@ -48,6 +48,7 @@ type buildProgress struct {
 	bar   *mpb.Bar
 	last  time.Time
 	files string
+	phase build.Phase // the phase the bar shows
 }
 
 func newBuildProgress(g *globals, mode progressMode, name string) *buildProgress {
@@ -64,11 +65,19 @@ func (b *buildProgress) update(p build.Progress) {
 		b.line(p)
 	case progressBars:
 		switch p.Phase {
-		case build.PhaseArchive:
+		case build.PhaseArchive, build.PhaseCompressedRoot:
+			if b.bar != nil && b.phase != p.Phase {
+				b.finish()
+			}
 			if b.bar == nil {
+				b.phase = p.Phase
+				label := b.name + " "
+				if p.Phase == build.PhaseCompressedRoot {
+					label = b.name + " squashfs "
+				}
 				b.p = mpb.New(mpb.WithOutput(b.w), mpb.WithWidth(40), mpb.WithRefreshRate(150*time.Millisecond))
 				b.bar = b.p.AddBar(p.TotalBytes,
-					mpb.PrependDecorators(decor.Name(b.name+" ", decor.WCSyncSpaceR), decor.Any(func(decor.Statistics) string { return b.files }, decor.WCSyncSpace)),
+					mpb.PrependDecorators(decor.Name(label, decor.WCSyncSpaceR), decor.Any(func(decor.Statistics) string { return b.files }, decor.WCSyncSpace)),
 					mpb.AppendDecorators(decor.CountersKibiByte("% .1f / % .1f"), decor.Name(" "), decor.AverageSpeed(decor.SizeB1024(0), "% .1f", decor.WCSyncSpace),
 						decor.Name(" ETA "), decor.AverageETA(decor.ET_STYLE_GO)),
 				)
@@ -98,6 +107,12 @@ func (b *buildProgress) line(p build.Progress) {
 		}
 		b.last = now
 		fmt.Fprintf(b.w, "%s: %d/%d files, %s of %s, %s/s\n", b.name, p.Files, p.TotalFiles, mib(p.Bytes), mib(p.TotalBytes), mib(rate(p.Bytes, p.Elapsed)))
+	case build.PhaseCompressedRoot:
+		if now.Sub(b.last) < lineEvery {
+			return
+		}
+		b.last = now
+		fmt.Fprintf(b.w, "%s: squashfs: %d/%d files, %s of %s\n", b.name, p.Files, p.TotalFiles, mib(p.Bytes), mib(p.TotalBytes))
 	case build.PhaseCached:
 		fmt.Fprintf(b.w, "%s: unchanged since the last build (%d files): nothing to do, in %s\n", b.name, p.Files, p.Elapsed.Round(time.Millisecond))
 	case build.PhaseDone:

@@ -242,6 +242,82 @@ func (l *Lab) BuildImageFrom(ctx context.Context, name, dir string) (images.Dige
 	return res.Digest, res.Manifest, nil
 }
 
+// FillUnit is a systemd service that fills the root's writable layer past
+// its cap, prints dd's error on the console, frees the room again and says
+// so (FillFreed): the compressed root's ENOSPC check.
+const FillUnit = `[Unit]
+Description=ramboot e2e: write past the root's cap
+After=local-fs.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'dd if=/dev/zero of=/var/tmp/ramboot-fill bs=1M 2>/dev/console; echo "RAMBOOT-FILL: dd exit $$?" >/dev/console; rm -f /var/tmp/ramboot-fill; echo ` + FillFreed + ` >/dev/console'
+
+[Install]
+WantedBy=multi-user.target
+`
+
+// FillFreed is what FillUnit prints once it removed its file.
+const FillFreed = "RAMBOOT-FILL-FREED"
+
+// WithFillUnit returns a copy of the tree at dir (see CopyTree) with
+// FillUnit installed and enabled.
+func (l *Lab) WithFillUnit(ctx context.Context, dir string) (string, error) {
+	dst, err := l.CopyTree(ctx, dir, "debian-fill")
+	if err != nil {
+		return "", err
+	}
+	return dst, AddUnit(dst, "ramboot-fill.service", FillUnit)
+}
+
+// CopyTree copies the tree at dir to name under the lab's work directory,
+// with hard links: it costs no space, takes a second, and leaves dir (the
+// cached tree) alone as long as only new files are written into the copy.
+// The copy goes with the lab.
+func (l *Lab) CopyTree(ctx context.Context, dir, name string) (string, error) {
+	dst := filepath.Join(l.work, name)
+	if err := os.RemoveAll(dst); err != nil {
+		return "", err
+	}
+	if out, err := exec.CommandContext(ctx, "cp", "-al", dir, dst).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("cp -al %s: %v: %s", dir, err, out)
+	}
+	return dst, nil
+}
+
+// AddUnit installs a systemd service in the tree and enables it for the
+// multi-user target.
+func AddUnit(tree, name, unit string) error {
+	if err := os.WriteFile(filepath.Join(tree, "etc/systemd/system", name), []byte(unit), 0o644); err != nil {
+		return err
+	}
+	wants := filepath.Join(tree, "etc/systemd/system/multi-user.target.wants")
+	if err := os.MkdirAll(wants, 0o755); err != nil {
+		return err
+	}
+	return os.Symlink("../"+name, filepath.Join(wants, name))
+}
+
+// ReadUnit is a systemd service that reads file once the node is up, from
+// a cold page cache, and prints dd's summary on the console after
+// ReadMarker: the read throughput from the root.
+func ReadUnit(file string) string {
+	return `[Unit]
+Description=ramboot bench: read a large file from the root
+After=multi-user.target ramboot-agent.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'sync; echo 3 >/proc/sys/vm/drop_caches; dd if=` + file + ` of=/dev/null bs=1M 2>&1 | tail -n 1 | sed "s/^/` + ReadMarker + ` /" >/dev/console'
+
+[Install]
+WantedBy=multi-user.target
+`
+}
+
+// ReadMarker starts the line ReadUnit prints.
+const ReadMarker = "RAMBOOT-READ:"
+
 // tail returns the last n lines of b.
 func tail(b []byte, n int) string {
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")

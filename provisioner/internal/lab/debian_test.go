@@ -5,6 +5,7 @@ package lab_test
 import (
 	"context"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -16,20 +17,28 @@ import (
 
 // debianHead is the test head's configuration: a short heartbeat and down
 // timeout, so the fault test is quick; no listed modules, so the NIC's
-// driver comes from modalias alone.
+// driver comes from modalias alone; the tmpfs mode by default, and a cap
+// that the node's writes reach quickly (its node is in the compressed
+// mode, where the cap is the writable upper layer's).
 const debianHead = `agent:
   heartbeat_interval: 2s
   down_after: 12s
 boot:
   modules: []
-  root: {mode: tmpfs, size: 75%}
+  root: {mode: tmpfs, size: 256m}
 `
 
 // TestDebian boots a real distribution diskless: a Debian 12 image made by
 // debootstrap (minbase, systemd, udev, the kernel and all its modules) and
 // `ramboot image build`, on a UEFI VM with an e1000 NIC whose driver the
-// agent finds by modalias. The node reaches systemd's multi-user target
-// with the agent daemon running under systemd and heartbeating. Then the
+// agent finds by modalias. The node is in the compressed root mode (its
+// own mode, over the configuration's tmpfs): the image stays a squashfs in
+// RAM under an overlay with a 256 MiB tmpfs upper. A service of the image
+// writes past the cap: dd gets ENOSPC, the node stays up, and the room
+// comes back when the file goes. The node reaches systemd's multi-user target
+// with the agent daemon running under systemd and heartbeating, and
+// reports the root's RAM, lower and upper. The tmpfs mode is booted by the
+// busybox cases of TestBoot. Then the
 // faults: the head is killed (SIGKILL) and restarted with a name server
 // added, and the node's heartbeats resume and its overlay is refreshed,
 // without a reboot; the VM is paused and the head marks
@@ -60,15 +69,22 @@ func TestDebian(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tree, err = l.WithFillUnit(ctx, tree)
+	if err != nil {
+		t.Fatal(err)
+	}
 	digest, m, err := l.BuildImageFrom(ctx, "debian12", tree)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("image ready %.1fs after the start (tree and build %.1fs): %d MiB unpacked, %d MiB compressed",
-		time.Since(start).Seconds(), time.Since(stage).Seconds(), m.RootfsUncompressedSize>>20, m.Rootfs.Size>>20)
+	if m.CompressedRoot == nil {
+		t.Fatalf("the image has no compressed root: %+v", m)
+	}
+	t.Logf("image ready %.1fs after the start (tree and build %.1fs): %d MiB unpacked, %d MiB compressed, compressed root %d MiB",
+		time.Since(start).Seconds(), time.Since(stage).Seconds(), m.RootfsUncompressedSize>>20, m.Rootfs.Size>>20, m.CompressedRoot.Size>>20)
 
 	const node, mac, ip = "deb1", "52:54:00:77:00:1d", "10.77.0.29"
-	if err := l.AddNode(ctx, node, mac, ip, "debian12"); err != nil {
+	if err := l.AddNode(ctx, node, mac, ip, "debian12", "--root-mode", "compressed"); err != nil {
 		t.Fatal(err)
 	}
 	vm, err := l.Boot(ctx, lab.VMOptions{Mode: lab.UEFI, MAC: mac, NIC: "e1000", MemMiB: 2048})
@@ -88,8 +104,21 @@ func TestDebian(t *testing.T) {
 		fail("state %q, report %+v", n.Status.State, n.Status.Report)
 	}
 	r := n.Status.Report
-	if r.ImageDigest != string(digest) || r.Init != "systemd" || r.RootMode != "tmpfs" || r.RootUsedBytes < 200<<20 {
+	// The root: the compressed image (lower) as big as the squashfs, the
+	// upper capped at 256 MiB; the image-id read through the overlay is
+	// the image's.
+	if r.ImageDigest != string(digest) || r.Init != "systemd" || r.RootMode != "compressed" || r.RootSizeBytes != 256<<20 ||
+		r.RootLowerBytes < m.CompressedRoot.Size-(4<<20) || r.RootLowerBytes > m.CompressedRoot.Size {
 		fail("registration %+v", r)
+	}
+	// The image's service wrote past the cap: ENOSPC, and the node stayed
+	// up and freed the room.
+	fill := regexp.MustCompile(`dd: error writing '/var/tmp/ramboot-fill': No space left on device`)
+	if _, err := vm.WaitSerialMatch(ctx, fill, 5*time.Minute); err != nil {
+		fail("no ENOSPC from the fill service: %v", err)
+	}
+	if err := vm.WaitSerial(ctx, lab.FillFreed, 2*time.Minute); err != nil {
+		fail("the fill service did not finish: %v", err)
 	}
 	// The e1000's driver came from its modalias (no boot.modules).
 	if !strings.Contains(string(vm.Serial()), "(device)") || !strings.Contains(string(vm.Serial()), "e1000(device)") {
@@ -106,9 +135,13 @@ func TestDebian(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%s ready: %s", node, phases)
-	t.Logf("root: %d MiB of RAM for a %d MiB image (cap %d MiB); agent daemon RSS %.1f MiB; %d MiB available of %d MiB",
-		n.Agent.RootUsedBytes>>20, m.RootfsUncompressedSize>>20, n.Agent.RootSizeBytes>>20, float64(n.Agent.AgentRSSBytes)/(1<<20),
+	t.Logf("root: %d MiB of RAM (%d MiB compressed image + %d MiB written, cap %d MiB) for a %d MiB image; agent daemon RSS %.1f MiB; %d MiB available of %d MiB",
+		(n.Agent.RootLowerBytes+n.Agent.RootUsedBytes)>>20, n.Agent.RootLowerBytes>>20, n.Agent.RootUsedBytes>>20, n.Agent.RootSizeBytes>>20,
+		m.RootfsUncompressedSize>>20, float64(n.Agent.AgentRSSBytes)/(1<<20),
 		n.Agent.MemAvailableBytes>>20, n.Status.Report.MemTotalBytes>>20)
+	if n.Agent.RootLowerBytes == 0 || n.Agent.RootUsedBytes > 200<<20 {
+		t.Errorf("heartbeat root: lower %d, upper %d of %d: want the image below and the fill's room given back", n.Agent.RootLowerBytes, n.Agent.RootUsedBytes, n.Agent.RootSizeBytes)
+	}
 	var seen []state.Step
 	for _, e := range n.Status.Timeline {
 		seen = append(seen, e.Step)
@@ -134,6 +167,9 @@ func TestDebian(t *testing.T) {
 	}
 	if !strings.Contains(string(show), "\nJobs:") || !strings.Contains(string(show), "\nContainers:") {
 		t.Errorf("node show lacks the jobs and containers:\n%s", show)
+	}
+	if !strings.Contains(string(show), "compressed image (lower)") || !strings.Contains(string(show), "Root mode:") {
+		t.Errorf("node show lacks the compressed root's RAM:\n%s", show)
 	}
 	boots, uptime, generation := n.Status.Boots, n.Agent.UptimeSeconds, n.Agent.OverlayGeneration
 	if generation == "" {

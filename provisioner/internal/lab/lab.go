@@ -390,12 +390,14 @@ func (l *Lab) CLI(ctx context.Context, args ...string) ([]byte, error) {
 	return out.Bytes(), nil
 }
 
-// AddNode adds a node through the CLI.
-func (l *Lab) AddNode(ctx context.Context, name, mac, ip, image string) error {
+// AddNode adds a node through the CLI, with any further flags of `node
+// add` (--root-mode compressed).
+func (l *Lab) AddNode(ctx context.Context, name, mac, ip, image string, flags ...string) error {
 	args := []string{"node", "add", name, "--mac", mac, "--ip", ip}
 	if image != "" {
 		args = append(args, "--image", image)
 	}
+	args = append(args, flags...)
 	_, err := l.CLI(ctx, args...)
 	return err
 }

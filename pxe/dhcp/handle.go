@@ -115,9 +115,16 @@ func (s *Server) locate(r Request) (origin, ignoreReason, string) {
 	}
 	switch {
 	case o.relay.IsValid():
-		sub, ok := subnetFor(s.Subnets, o.relay)
+		// The client's link is giaddr's, unless the relay names it: the
+		// link-selection suboption (82.5, RFC 3527), or option 118 (RFC
+		// 3011), for relays whose own address is on another subnet.
+		link, how := o.relay, "relay"
+		if a, ok := linkSelection(req); ok {
+			link, how = a, "link selection"
+		}
+		sub, ok := subnetFor(s.Subnets, link)
 		if !ok && len(s.Subnets) > 0 {
-			return o, reasonUnknownSubnet, fmt.Sprintf("relay %s is on no configured subnet", o.relay)
+			return o, reasonUnknownSubnet, fmt.Sprintf("%s %s is on no configured subnet", how, link)
 		}
 		if ok {
 			o.subnets = []Subnet{sub}
@@ -158,6 +165,21 @@ func (s *Server) locate(r Request) (origin, ignoreReason, string) {
 		o.server = s.ServerIP.Unmap()
 	}
 	return o, "", ""
+}
+
+// linkSelection returns the address that names the client's subnet in a
+// relayed request: the link-selection suboption of option 82 (RFC 3527),
+// else option 118 (RFC 3011).
+func linkSelection(req *dhcpv4.DHCPv4) (netip.Addr, bool) {
+	if rai := req.RelayAgentInfo(); rai != nil {
+		if v := rai.Get(dhcpv4.LinkSelectionSubOption); len(v) == 4 {
+			return netip.AddrFrom4([4]byte(v)), true
+		}
+	}
+	if v := req.Options.Get(dhcpv4.OptionSubnetSelection); len(v) == 4 {
+		return netip.AddrFrom4([4]byte(v)), true
+	}
+	return netip.Addr{}, false
 }
 
 // Handle decides the reply to one request: pure logic, with no I/O besides

@@ -355,6 +355,46 @@ func TestHandleSubnets(t *testing.T) {
 			ignored: "relay 10.55.0.1 is on no configured subnet",
 		},
 		{
+			name:   "relayed: link selection (82.5) names the subnet, not giaddr",
+			server: subnets,
+			link:   link77,
+			req: pkt(macRelayed, dhcpv4.MessageTypeDiscover, join(firmware(iana.EFI_X86_64), []dhcpv4.Modifier{
+				dhcpv4.WithGatewayIP(net.ParseIP("10.55.0.1")),
+				dhcpv4.WithOption(dhcpv4.OptRelayAgentInfo(
+					dhcpv4.OptGeneric(dhcpv4.AgentCircuitIDSubOption, []byte("eth0/1/7")),
+					dhcpv4.OptGeneric(dhcpv4.LinkSelectionSubOption, []byte{10, 88, 0, 0}))),
+			})...),
+			want: dhcpv4.MessageTypeOffer,
+			dest: "10.55.0.1:67",
+			check: func(t *testing.T, reply *dhcpv4.DHCPv4, ev Event) {
+				if !reply.YourIPAddr.Equal(net.ParseIP("10.88.0.21")) || ev.Subnet != netip.MustParsePrefix("10.88.0.0/24") {
+					t.Errorf("offer of %s on %s", reply.YourIPAddr, ev.Subnet)
+				}
+			},
+		},
+		{
+			name:   "relayed: subnet selection (118) names the subnet",
+			server: subnets,
+			link:   link77,
+			req: pkt(macRelayed, dhcpv4.MessageTypeDiscover, join(firmware(iana.EFI_X86_64), []dhcpv4.Modifier{
+				dhcpv4.WithGatewayIP(net.ParseIP("10.55.0.1")),
+				dhcpv4.WithOption(dhcpv4.OptGeneric(dhcpv4.OptionSubnetSelection, []byte{10, 88, 0, 0})),
+			})...),
+			want: dhcpv4.MessageTypeOffer,
+			dest: "10.55.0.1:67",
+		},
+		{
+			name:   "relayed: a link selection on no configured subnet",
+			server: subnets,
+			link:   link77,
+			req: pkt(macRelayed, dhcpv4.MessageTypeDiscover, join(firmware(iana.EFI_X86_64), []dhcpv4.Modifier{
+				dhcpv4.WithGatewayIP(net.ParseIP("10.88.0.1")),
+				dhcpv4.WithOption(dhcpv4.OptGeneric(dhcpv4.OptionSubnetSelection, []byte{10, 66, 0, 0})),
+			})...),
+			reason:  reasonUnknownSubnet,
+			ignored: "link selection 10.66.0.0 is on no configured subnet",
+		},
+		{
 			name:    "relayed: the node's address is on another subnet",
 			server:  subnets,
 			link:    link77,

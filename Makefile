@@ -7,7 +7,7 @@ GOFLAGS_BUILD := -trimpath
 export CGO_ENABLED := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build test check e2e bench demo fuzz clean
+.PHONY: help deps build test check e2e bench demo fuzz clean install
 
 help: ## list the targets
 	@grep -E '^[a-z0-9]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -51,6 +51,25 @@ bench: ## run the Go benchmarks
 
 demo: deps ## boot one BIOS node end to end and print its boot timeline (root)
 	$(GO) run ./provisioner/internal/lab/demo
+
+# Where `make install` puts things; DESTDIR stages them elsewhere.
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR := $(PREFIX)/bin
+UNITDIR ?= /etc/systemd/system
+
+install: build ## install ramboot, ramboot-agent and the systemd unit (root; PREFIX=/usr/local, DESTDIR)
+	install -D -m 0755 $(BUILD_DIR)/ramboot $(DESTDIR)$(BINDIR)/ramboot
+	install -D -m 0755 $(BUILD_DIR)/ramboot-agent $(DESTDIR)$(BINDIR)/ramboot-agent
+	install -d -m 0755 $(DESTDIR)$(UNITDIR) $(DESTDIR)/etc/ramboot/overlays
+	sed 's|@BINDIR@|$(BINDIR)|g' provisioner/cmd/ramboot/ramboot.service > $(DESTDIR)$(UNITDIR)/ramboot.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/ramboot.service
+	@if [ ! -e $(DESTDIR)/etc/ramboot/ramboot.yaml ]; then install -m 0644 provisioner/cmd/ramboot/ramboot.yaml $(DESTDIR)/etc/ramboot/ramboot.yaml; \
+		echo "wrote /etc/ramboot/ramboot.yaml: set its interface"; else echo "kept the existing /etc/ramboot/ramboot.yaml"; fi
+	install -d -m 0700 $(DESTDIR)/var/lib/ramboot
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/bash-completion/completions
+	$(DESTDIR)$(BINDIR)/ramboot completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/ramboot
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; echo "then: systemctl enable --now ramboot"; fi
 
 clean: ## remove the build directory
 	rm -rf $(BUILD_DIR)

@@ -11,34 +11,32 @@ package provisioner
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/ramboot/ramboot/images"
-	"github.com/ramboot/ramboot/images/overlay"
-	"github.com/ramboot/ramboot/images/push"
 	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/bootserver"
 	"github.com/ramboot/ramboot/provisioner/config"
-	"github.com/ramboot/ramboot/provisioner/internal/httplimit"
+	"github.com/ramboot/ramboot/provisioner/overlayrender"
 	"github.com/ramboot/ramboot/provisioner/state"
-	"github.com/ramboot/ramboot/pxe"
 	"github.com/ramboot/ramboot/pxe/dhcp"
-	"github.com/ramboot/ramboot/pxe/ra"
-	"github.com/ramboot/ramboot/pxe/tftp"
 )
 
 // Files under the state directory.
@@ -59,6 +57,29 @@ type Daemon struct {
 	Registry *prometheus.Registry
 	// Ready, if set, is called once every listener is open.
 	Ready func(Head)
+	// Level, if set, is the logger's level, changed by a reload.
+	Level *slog.LevelVar
+
+	mu     sync.Mutex
+	reload func(config.Config) ([]string, error)
+}
+
+// Reload applies a new configuration to the running daemon without
+// dropping boots in flight: the boot defaults and subnets (every plan
+// resolved from then on), the overlays' templates, accounts, authorized
+// keys and cluster names, the admin API's tokens and certificate, and the
+// log level. Keys that need a restart (interface, state directory, ports,
+// services on or off, the DHCP, TFTP and HTTP servers' settings) keep their
+// running values; Reload returns their names. An invalid configuration
+// (every problem at once) changes nothing.
+func (d *Daemon) Reload(cfg config.Config) (needRestart []string, err error) {
+	d.mu.Lock()
+	fn := d.reload
+	d.mu.Unlock()
+	if fn == nil {
+		return nil, errors.New("reload: the daemon is not serving")
+	}
+	return fn(cfg)
 }
 
 // Head describes where a running daemon serves.
@@ -71,8 +92,12 @@ type Head struct {
 	BaseURL string
 	// Socket is the admin API socket path.
 	Socket string
+	// TFTP is the TFTP server's address; zero when TFTP is off.
+	TFTP netip.AddrPort
 	// SFTP is the address of the image push endpoint; empty when off.
 	SFTP string
+	// API is the address of the admin API on TCP; empty when off.
+	API string
 }
 
 // InterfaceAddr returns the first IPv4 address of iface with its prefix.
@@ -124,35 +149,28 @@ func (d *Daemon) log() *slog.Logger {
 }
 
 // Run serves until ctx ends, then stops every service and returns nil; it
-// returns an error if a service cannot start or fails.
+// returns an error if a service cannot start or fails. It only wires: each
+// service has its own constructor, opens its sockets in Listen (all of
+// them before any serves, so another DHCP or TFTP server on the link stops
+// this one at start with an error naming it) and runs in Serve.
 func (d *Daemon) Run(ctx context.Context) error {
 	cfg := d.Config
-	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("invalid configuration: %w", err)
-	}
 	log := d.log()
-	prefix, err := InterfaceAddr(cfg.Interface)
+	// Every problem at once: the configuration's values, the interface,
+	// the agent binary, the TLS files and tokens, the overlay templates.
+	chk, err := Check(cfg, log)
 	if err != nil {
 		return err
 	}
-	headIP := prefix.Addr()
-	bootFiles, err := cfg.BootFileMap()
-	if err != nil {
-		return err
-	}
-	agentPath, err := AgentBinary(cfg.Agent.Binary)
-	if err != nil {
-		return err
-	}
-	agent, err := bootserver.NewAgentArchive(agentPath)
-	if err != nil {
-		return err
-	}
-	db, err := OpenState(cfg.StateDir, state.Options{History: cfg.State.BootHistory}, log)
+	prefix, headIP, bootFiles, agent, agentPath := chk.prefix, chk.prefix.Addr(), chk.bootFiles, chk.agent, chk.agentPath
+	heads := &Nodes{}
+	heads.SetDefaults(Defaults(cfg, prefix))
+	db, err := OpenState(cfg.StateDir, state.Options{History: cfg.State.BootHistory, Check: heads.Check}, log)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
+	heads.db = db
 	store := &images.Store{Dir: filepath.Join(cfg.StateDir, ImagesDir)}
 
 	reg := d.Registry
@@ -164,235 +182,225 @@ func (d *Daemon) Run(ctx context.Context) error {
 	stateMetrics := newStateMetrics(reg, db)
 	bak := &backups{db: db, path: filepath.Join(cfg.StateDir, BackupFile), interval: time.Duration(cfg.State.BackupInterval), log: log, m: stateMetrics, last: -1}
 	bak.once() // the last good database, before anything changes it
-	var gateway netip.Addr
-	if cfg.DHCP.Router != "" {
-		gateway = netip.MustParseAddr(cfg.DHCP.Router) // validated
-	}
-	var dns []netip.Addr
-	for _, s := range cfg.DHCP.DNS {
-		dns = append(dns, netip.MustParseAddr(s))
-	}
-	baseURL := "http://" + headIP.String()
-	if cfg.HTTP.Port != 80 {
-		baseURL += ":" + strconv.Itoa(cfg.HTTP.Port)
-	}
 	rec := &recorder{db: db, log: log}
 
-	// Listeners first, so a port conflict fails before anything serves:
-	// another DHCP or TFTP server on the link's interface stops this one
-	// here with an error naming it (issue 12: one server per link).
-	socks, err := listenPXE(ctx, cfg, headIP)
-	if err != nil {
-		return err
-	}
-	httpLn, err := net.Listen("tcp4", net.JoinHostPort(headIP.String(), strconv.Itoa(cfg.HTTP.Port)))
-	if err != nil {
-		socks.close()
-		return fmt.Errorf("listen http: %w", err)
-	}
 	sock := filepath.Join(cfg.StateDir, SocketFile)
-	sockLn, err := listenUnix(sock)
-	if err != nil {
-		socks.close()
-		httpLn.Close()
-		return err
+	pub := newHTTPService(cfg, headIP, log.With("svc", "http"), reg)
+	admin := newAdminService(cfg, sock, log.With("svc", "admin"))
+	var svcs []service
+	if cfg.DHCP.Enabled {
+		svcs = append(svcs, newDHCPService(cfg, headIP, bootFiles, dhcp.InventoryFunc(func(ctx context.Context, c dhcp.Client) (dhcp.Reservation, error) {
+			return heads.Reservation(ctx, c.MAC)
+		}), rec.dhcp, log.With("svc", "dhcp"), reg))
 	}
-
-	var sftpLn net.Listener
-	var sftpSrv *push.Server
+	var tftpSvc *tftpService
+	if cfg.TFTP.Enabled {
+		tftpSvc = newTFTPService(cfg, headIP, rec.tftp, log.With("svc", "tftp"), reg)
+		svcs = append(svcs, tftpSvc)
+	}
+	svcs = append(svcs, pub, admin)
+	var sftpSvc *sftpService
 	if cfg.SFTP.Enabled {
-		if sftpSrv, sftpLn, err = d.sftpServer(store, reg); err != nil {
-			socks.close()
-			httpLn.Close()
-			sockLn.Close()
+		sftpSvc = newSFTPService(cfg, store, log.With("svc", "sftp"), reg)
+		svcs = append(svcs, sftpSvc)
+	}
+	var apiSvc *apiService
+	if cfg.API.Listen != "" {
+		apiSvc = newAPIService(log.With("svc", "api"))
+		if err := apiSvc.load(cfg); err != nil {
 			return err
 		}
+		svcs = append(svcs, apiSvc)
+	}
+	if cfg.RA.Enabled {
+		svcs = append(svcs, newRAService(cfg, log.With("svc", "ra"), reg))
+	}
+	if err := listenAll(ctx, svcs); err != nil {
+		return err
 	}
 
+	// The HTTP port is known now (http.port 0 picks a free one).
+	baseURL := "http://" + pub.ln.Addr().String()
+	if port := pub.ln.Addr().(*net.TCPAddr).Port; port == 80 {
+		baseURL = "http://" + headIP.String()
+	}
+	heads.baseURL = baseURL
+	ovl := &overlays{db: db, nodes: heads, images: store, log: log.With("svc", "overlay")}
+	ovl.setSetup(newOverlaySetup(cfg, headOf(cfg, headIP, baseURL), slices.Sorted(maps.Keys(db.Profiles())), ovl.log))
 	boot := &bootserver.Server{
-		DB: db, Images: store, Agent: agent, BaseURL: baseURL, PrefixLen: prefix.Bits(),
-		Gateway: gateway, DNS: dns, DefaultImage: cfg.Boot.DefaultImage,
-		KernelArgs: cfg.Boot.KernelArgs, Modules: cfg.Boot.Modules,
-		Root:         overlay.Root{Mode: overlay.RootMode(cfg.Boot.Root.Mode), Size: cfg.Boot.Root.Size},
-		ConsoleShell: cfg.Boot.ConsoleShell,
-		Logger:       log, Metrics: bootserver.NewMetrics(reg),
+		Nodes: heads, Images: store, Agent: agent, Overlays: ovl, BaseURL: baseURL,
+		Logger: log, Metrics: bootserver.NewMetrics(reg),
 	}
 	nodeAPI := &api.Node{
-		DB: db, Images: store, DefaultImage: cfg.Boot.DefaultImage, Overlays: boot,
+		DB: db, Images: store, Plan: heads.Plan, Overlays: boot,
 		Interval: time.Duration(cfg.Agent.HeartbeatInterval), DownAfter: time.Duration(cfg.Agent.DownAfter),
 		RequirePrivilegedPort: cfg.Agent.RequirePrivilegedPort, Logger: log, Metrics: api.NewMetrics(reg),
 	}
-	admin := &api.Admin{DB: db, Images: store, Subnet: prefix, DefaultImage: cfg.Boot.DefaultImage, Logger: log}
+	adminAPI := &api.Admin{DB: db, Images: store, Plan: heads.Plan, Render: ovl.Render, Logger: log}
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+	pubMux := http.NewServeMux()
+	pubMux.Handle("/boot/", boot.Handler())
+	pubMux.Handle("/api/", nodeAPI.Handler())
+	pubMux.Handle("GET /metrics", metrics)
+	pubMux.HandleFunc("GET /healthz", healthz)
+	pub.Handle(pubMux)
+	privMux := http.NewServeMux()
+	privMux.Handle("/api/", adminAPI.Handler())
+	privMux.Handle("GET /metrics", metrics)
+	privMux.HandleFunc("GET /healthz", healthz)
+	admin.Handle(privMux)
+	if apiSvc != nil {
+		apiSvc.handler = privMux
+	}
 
-	pub := http.NewServeMux()
-	pub.Handle("/boot/", boot.Handler())
-	pub.Handle("/api/", nodeAPI.Handler())
-	pub.Handle("GET /metrics", metrics)
-	pub.HandleFunc("GET /healthz", healthz)
-	priv := http.NewServeMux()
-	priv.Handle("/api/", admin.Handler())
-	priv.Handle("GET /metrics", metrics)
-	priv.HandleFunc("GET /healthz", healthz)
-
-	g, gctx := errgroup.WithContext(ctx)
 	started := time.Now()
-	g.Go(func() error {
-		return watchHeartbeats(gctx, db, time.Duration(cfg.Agent.DownAfter), started, log.With("svc", "heartbeat"))
-	})
-	pubSrv := &httplimit.Server{
-		Handler: pub, ReadHeaderTimeout: time.Duration(cfg.HTTP.ReadHeaderTimeout), IdleTimeout: time.Duration(cfg.HTTP.IdleTimeout),
-		SendTimeout: time.Duration(cfg.HTTP.SendTimeout), MinSendRate: cfg.HTTP.MinSendRate,
-		MaxConnsPerClient: cfg.HTTP.MaxConnsPerClient, MaxConns: cfg.HTTP.MaxConns,
-		Logger: log.With("svc", "http"), Metrics: httplimit.NewMetrics(reg),
+	busy := func(n state.Node) bool {
+		for _, ifc := range n.Interfaces {
+			if ifc.IP.IsValid() && boot.Busy(ifc.IP) {
+				return true
+			}
+		}
+		return false
 	}
-	privSrv := &httplimit.Server{Handler: priv, ReadHeaderTimeout: time.Duration(cfg.HTTP.ReadHeaderTimeout), IdleTimeout: time.Duration(cfg.HTTP.IdleTimeout), Logger: log.With("svc", "admin")}
-	g.Go(func() error { return wrapErr("serve http", pubSrv.Serve(gctx, httpLn)) })
-	g.Go(func() error { return wrapErr("serve admin socket", privSrv.Serve(gctx, sockLn)) })
-	defer os.Remove(sock)
-	g.Go(func() error { return bak.run(gctx) })
-	g.Go(func() error {
-		busy := func(n state.Node) bool { return boot.Busy(n.IP) }
-		return watchStalls(gctx, db, time.Duration(cfg.Boot.StallTimeout), busy, log, stateMetrics)
-	})
+	svcs = append(svcs,
+		loopService{"backups", bak.run},
+		loopService{"heartbeat watch", func(ctx context.Context) error {
+			return watchHeartbeats(ctx, db, time.Duration(cfg.Agent.DownAfter), started, log.With("svc", "heartbeat"))
+		}},
+		loopService{"overlay prepare", func(ctx context.Context) error { return ovl.prepareLoop(ctx, time.Second) }},
+		loopService{"stall watch", func(ctx context.Context) error {
+			return watchStalls(ctx, db, time.Duration(cfg.Boot.StallTimeout), busy, log, stateMetrics)
+		}},
+	)
 
-	if cfg.DHCP.Enabled {
-		arches := map[pxe.Arch]string{}
-		for a, f := range bootFiles {
-			arches[pxe.Arch(a)] = f
+	running := cfg
+	var reloadMu sync.Mutex
+	d.mu.Lock()
+	d.reload = func(nc config.Config) ([]string, error) {
+		reloadMu.Lock()
+		defer reloadMu.Unlock()
+		nc.Interface, nc.StateDir = cfg.Interface, cfg.StateDir // flags, or restart-only
+		if err := nc.Validate(); err != nil {
+			return nil, fmt.Errorf("reload refused, the running configuration stays:\n%w", err)
 		}
-		inventory := dhcp.InventoryFunc(rec.reservation(prefix.Bits(), gateway, dns, baseURL))
-		dhcpMetrics := dhcp.NewMetrics(reg)
-		srv := &dhcp.Server{
-			ServerIP:      headIP,
-			Inventory:     inventory,
-			BootFiles:     arches,
-			LeaseTime:     time.Duration(cfg.DHCP.LeaseTime),
-			ReceiveBuffer: cfg.DHCP.ReceiveBuffer,
-			Observer:      rec.dhcp,
-			Logger:        log.With("svc", "dhcp"),
-			Metrics:       dhcpMetrics,
+		setup := newOverlaySetup(nc, headOf(nc, headIP, baseURL), slices.Sorted(maps.Keys(db.Profiles())), ovl.log)
+		if err := setup.Check(); err != nil {
+			return nil, fmt.Errorf("reload refused, the running configuration stays:\n%w", err)
 		}
-		g.Go(func() error { return srv.Serve(gctx, socks.dhcp) })
-		if socks.rivals != nil {
-			det := &dhcp.RivalDetector{ServerIP: headIP, Inventory: inventory, Logger: log.With("svc", "dhcp"), Metrics: dhcpMetrics}
-			g.Go(func() error { return det.Serve(gctx, socks.rivals) })
+		var next *apiService
+		if apiSvc != nil {
+			next = newAPIService(apiSvc.log)
+			if err := next.load(nc); err != nil {
+				return nil, fmt.Errorf("reload refused, the running configuration stays:\n%w", err)
+			}
 		}
+		heads.SetDefaults(Defaults(nc, prefix))
+		ovl.setSetup(setup)
+		if next != nil {
+			apiSvc.tokens.Store(next.tokens.Load())
+			apiSvc.cert.Store(next.cert.Load())
+		}
+		if d.Level != nil {
+			var l slog.Level
+			if l.UnmarshalText([]byte(strings.ToUpper(nc.LogLevel))) == nil {
+				d.Level.Set(l)
+			}
+		}
+		restart := config.RestartKeys(running, nc)
+		running = nc
+		log.Info("configuration reloaded", "restart_needed", strings.Join(restart, " "))
+		return restart, nil
 	}
-	if cfg.TFTP.Enabled {
-		srv := &tftp.Server{
-			Root:                  os.DirFS(cfg.TFTP.Root),
-			Files:                 cfg.TFTPFiles(),
-			MaxTransfers:          cfg.TFTP.MaxTransfers,
-			MaxTransfersPerClient: cfg.TFTP.MaxTransfersPerClient,
-			ReceiveBuffer:         cfg.TFTP.ReceiveBuffer,
-			Observer:              rec.tftp,
-			Logger:                log.With("svc", "tftp"),
-			Metrics:               tftp.NewMetrics(reg),
-		}
-		g.Go(func() error { return srv.Serve(gctx, socks.tftp) })
-	}
-	if cfg.RA.Enabled {
-		srv := &ra.Server{
-			Interface: cfg.Interface,
-			Interval:  time.Duration(cfg.RA.Interval),
-			Logger:    log.With("svc", "ra"),
-			Metrics:   ra.NewMetrics(reg),
-		}
-		g.Go(func() error { return srv.ListenAndServe(gctx) })
-	}
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.reload = nil
+		d.mu.Unlock()
+	}()
 
 	head := Head{IP: headIP, Subnet: prefix, BaseURL: baseURL, Socket: sock}
-	if sftpSrv != nil {
-		g.Go(func() error { return sftpSrv.Serve(gctx, sftpLn) })
-		head.SFTP = sftpLn.Addr().String()
+	if tftpSvc != nil {
+		head.TFTP = tftpSvc.Addr()
+	}
+	if sftpSvc != nil {
+		head.SFTP = sftpSvc.ln.Addr().String()
+	}
+	if apiSvc != nil {
+		head.API = apiSvc.ln.Addr().String()
 	}
 	log.Info("ramboot serving", "iface", cfg.Interface, "ip", headIP, "http", baseURL, "socket", sock,
-		"state_dir", cfg.StateDir, "sftp", head.SFTP, "agent", agentPath, "dhcp", cfg.DHCP.Enabled, "tftp", cfg.TFTP.Enabled, "ra", cfg.RA.Enabled)
+		"state_dir", cfg.StateDir, "sftp", head.SFTP, "api", head.API, "agent", agentPath, "dhcp", cfg.DHCP.Enabled, "tftp", head.TFTP, "ra", cfg.RA.Enabled)
 	if d.Ready != nil {
 		d.Ready(head)
 	}
-	err = g.Wait()
+	err = serveAll(ctx, svcs)
 	log.Info("ramboot stopped")
 	return err
 }
 
-func wrapErr(what string, err error) error {
-	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	return nil
+// checked is what Check found usable.
+type checked struct {
+	prefix    netip.Prefix
+	bootFiles map[uint16]string
+	agentPath string
+	agent     *bootserver.Archive
 }
 
-// sftpServer opens the image push endpoint: its listener, its host key
-// (generated at first start), and its authorized keys file.
-func (d *Daemon) sftpServer(store *images.Store, reg prometheus.Registerer) (*push.Server, net.Listener, error) {
-	cfg := d.Config
-	key, err := push.LoadOrCreateHostKey(filepath.Join(cfg.StateDir, HostKeyFile))
-	if err != nil {
-		return nil, nil, err
+// Check checks everything `ramboot serve` needs before it opens anything
+// and reports every problem at once: the configuration's values (with
+// file, line and key), the interface and its address, the boot files, the
+// agent binary, and the overlay templates and accounts.
+func Check(cfg config.Config, log *slog.Logger) (checked, error) {
+	var c checked
+	var errs []error
+	if err := cfg.Validate(); err != nil {
+		errs = append(errs, err)
 	}
-	keys := cfg.SFTPAuthorizedKeys()
-	if ks, err := push.ReadAuthorizedKeys(keys); err != nil {
-		return nil, nil, fmt.Errorf("sftp: %w", err)
-	} else if len(ks) == 0 {
-		d.log().Warn("sftp: no authorized keys yet: image push refused until keys are added", "path", keys)
-	}
-	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.SFTP.Address, strconv.Itoa(cfg.SFTP.Port)))
-	if err != nil {
-		return nil, nil, fmt.Errorf("listen sftp: %w", err)
-	}
-	return &push.Server{
-		Store: store, HostKey: key, AuthorizedKeysFile: keys,
-		Logger: d.log().With("svc", "sftp"), Metrics: push.NewMetrics(reg),
-	}, ln, nil
-}
-
-// pxeConns are the sockets of the enabled DHCP and TFTP services, opened
-// before anything serves.
-type pxeConns struct {
-	dhcp, rivals net.PacketConn
-	tftp         *net.UDPConn
-}
-
-// listenPXE opens the DHCP socket on the interface (and the rival
-// detector's), and the TFTP socket on the head's address, as configured. A
-// DHCP or TFTP server already there makes it fail with an error that names
-// it.
-func listenPXE(ctx context.Context, cfg config.Config, headIP netip.Addr) (c pxeConns, err error) {
-	defer func() {
-		if err != nil {
-			c.close()
+	var err error
+	if cfg.Interface != "" {
+		if c.prefix, err = InterfaceAddr(cfg.Interface); err != nil {
+			errs = append(errs, err)
 		}
-	}()
-	if cfg.DHCP.Enabled {
-		if c.dhcp, err = dhcp.Listen(ctx, cfg.Interface); err != nil {
-			return c, err
+	}
+	c.bootFiles, _ = cfg.BootFileMap() // Validate reported its problems
+	if c.agentPath, err = AgentBinary(cfg.Agent.Binary); err != nil {
+		errs = append(errs, err)
+	} else if c.agent, err = bootserver.NewAgentArchive(c.agentPath); err != nil {
+		errs = append(errs, err)
+	}
+	if cfg.API.Listen != "" && cfg.API.TLSCert != "" && cfg.API.Tokens != "" {
+		if err := newAPIService(log).load(cfg); err != nil {
+			errs = append(errs, err)
 		}
-		if cfg.DHCP.DetectRivals {
-			if c.rivals, err = dhcp.ListenRivals(cfg.Interface); err != nil {
-				return c, fmt.Errorf("%w (set dhcp.detect_rivals: false to run without it)", err)
+	}
+	if dir := cfg.Overlay.Templates; dir != "" {
+		if ents, err := os.ReadDir(dir); err == nil {
+			var names []string
+			for _, e := range ents {
+				if e.IsDir() {
+					names = append(names, e.Name())
+				}
+			}
+			if err := newOverlaySetup(cfg, overlayrender.Head{}, names, log).Check(); err != nil {
+				errs = append(errs, err)
 			}
 		}
 	}
-	if cfg.TFTP.Enabled {
-		if c.tftp, err = tftp.Listen(ctx, net.JoinHostPort(headIP.String(), "69")); err != nil {
-			return c, err
-		}
+	if err := errors.Join(errs...); err != nil {
+		return c, fmt.Errorf("cannot serve:\n%w", err)
 	}
 	return c, nil
 }
 
-// close closes the sockets that are open.
-func (c pxeConns) close() {
-	for _, conn := range []net.PacketConn{c.dhcp, c.rivals} {
-		if conn != nil {
-			conn.Close()
+// headOf returns the head as overlays show it.
+func headOf(cfg config.Config, ip netip.Addr, baseURL string) overlayrender.Head {
+	name := cfg.Cluster.HeadName
+	if name == "" {
+		if h, err := os.Hostname(); err == nil {
+			name, _, _ = strings.Cut(h, ".")
 		}
 	}
-	if c.tftp != nil {
-		c.tftp.Close()
-	}
+	return overlayrender.Head{Name: name, Addresses: []netip.Addr{ip}, URL: baseURL}
 }
 
 func healthz(w http.ResponseWriter, _ *http.Request) {

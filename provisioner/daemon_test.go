@@ -11,8 +11,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -114,11 +114,9 @@ func freePort(t *testing.T) int {
 
 // TestDaemonOnLoopback runs the whole daemon on lo (127.0.0.1/8) with the
 // services that need a real link (DHCP broadcasts, RAs) off, and talks to
-// it with real clients: HTTP, TFTP, the admin socket.
+// it with real clients: HTTP, TFTP, the admin socket. TFTP and HTTP bind
+// port 0: no root, no clash with another test on the machine.
 func TestDaemonOnLoopback(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: TFTP listens on port 69")
-	}
 	dir := t.TempDir()
 	tftpRoot := filepath.Join(dir, "ipxe")
 	if err := os.MkdirAll(tftpRoot, 0o755); err != nil {
@@ -132,7 +130,6 @@ func TestDaemonOnLoopback(t *testing.T) {
 	if err := os.WriteFile(agent, []byte("agent"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
 	stateDir := filepath.Join(dir, "state")
 	digest := commitImage(t, filepath.Join(stateDir, provisioner.ImagesDir))
 	cfg, err := config.Parse("test.yaml", []byte(strings.Join([]string{
@@ -140,11 +137,11 @@ func TestDaemonOnLoopback(t *testing.T) {
 		"state_dir: " + stateDir,
 		"dhcp: {enabled: false}",
 		"ra: {enabled: false}",
-		"tftp: {root: " + tftpRoot + "}",
-		"http: {port: " + strconv.Itoa(port) + ", idle_timeout: 1s, send_timeout: 1s}",
+		"tftp: {root: " + tftpRoot + ", port: 0}",
+		"http: {port: 0, idle_timeout: 1s, send_timeout: 1s}",
 		"boot: {stall_timeout: 1s}",
 		"agent: {binary: " + agent + "}",
-		"sftp: {address: 127.0.0.1, port: " + strconv.Itoa(freePort(t)) + "}",
+		"sftp: {address: 127.0.0.1, port: 0}",
 	}, "\n")))
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +159,7 @@ func TestDaemonOnLoopback(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("daemon not ready after 20s")
 	}
-	if head.IP.String() != "127.0.0.1" || head.Subnet.Bits() != 8 {
+	if head.IP.String() != "127.0.0.1" || head.Subnet.Bits() != 8 || head.TFTP.Port() == 0 || head.TFTP.Port() == 69 {
 		t.Errorf("head %+v", head)
 	}
 
@@ -173,7 +170,7 @@ func TestDaemonOnLoopback(t *testing.T) {
 	resp.Body.Close()
 
 	c := apiclient.New(head.Socket)
-	if _, err := c.AddNode(ctx, api.AddNodeRequest{Name: "n1", MAC: "52:54:00:00:00:01", IP: "127.0.0.5"}); err != nil {
+	if _, err := c.AddNodes(ctx, api.AddNodesRequest{Names: "n1", MAC: "52:54:00:00:00:01", IP: "127.0.0.5"}); err != nil {
 		t.Fatal(err)
 	}
 	resp, err = http.Get(head.BaseURL + "/metrics")
@@ -184,9 +181,21 @@ func TestDaemonOnLoopback(t *testing.T) {
 	resp.Body.Close()
 	for _, want := range []string{`ramboot_nodes{state="new"} 1`, `ramboot_nodes{state="stalled"} 0`, "ramboot_tftp_transfers_total", "go_goroutines",
 		`ramboot_state_backups_total{result="ok"} 1`, "ramboot_state_write_failures_total 0", "ramboot_http_connections_open",
-		`ramboot_http_timeouts_total{kind="idle"}`, `ramboot_node_reports_total{result="applied"} 0`, "ramboot_boots_stalled_total 0"} {
+		`ramboot_http_timeouts_total{kind="idle"}`, `ramboot_node_reports_total{result="applied"} 0`, "ramboot_boots_stalled_total 0",
+		`ramboot_node_info{image="",node="n1",state="new"} 1`, `ramboot_boot_duration_seconds_count{result="ready"} 0`,
+		"ramboot_state_writer_batches_total"} {
 		if !bytes.Contains(metrics, []byte(want)) {
 			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	// Every metric the daemon exports is documented.
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "metrics.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`(?m)^# TYPE (ramboot_\w+) `).FindAllSubmatch(metrics, -1) {
+		if !bytes.Contains(doc, append(append([]byte("`"), m[1]...), '`')) {
+			t.Errorf("metric %s is not in docs/metrics.md", m[1])
 		}
 	}
 	// The rolling backup was written at start and verifies.
@@ -253,7 +262,7 @@ func TestDaemonOnLoopback(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n.Status.State == state.StateStalled {
+		if n.Status.State == string(state.StateStalled) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -271,7 +280,7 @@ func TestDaemonOnLoopback(t *testing.T) {
 		t.Error("admin route answered on the public listener")
 	}
 
-	tc, err := tftpclient.NewClient("127.0.0.1:69")
+	tc, err := tftpclient.NewClient(head.TFTP.String())
 	if err != nil {
 		t.Fatal(err)
 	}

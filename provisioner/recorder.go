@@ -1,12 +1,8 @@
 package provisioner
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-		"net/netip"
-	"net/url"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,35 +12,10 @@ import (
 	"github.com/ramboot/ramboot/pxe/tftp"
 )
 
-// recorder turns the protocol servers' events into node timeline steps and
-// answers the DHCP server's inventory questions from the state database.
+// recorder turns the protocol servers' events into node timeline steps.
 type recorder struct {
 	db  *state.DB
 	log *slog.Logger
-}
-
-// reservation returns the DHCP inventory: every address is a reservation.
-func (r *recorder) reservation(prefixLen int, router netip.Addr, dns []netip.Addr, baseURL string) func(context.Context, dhcp.Client) (dhcp.Reservation, error) {
-	return func(_ context.Context, c dhcp.Client) (dhcp.Reservation, error) {
-		if len(c.MAC) == 0 {
-			return dhcp.Reservation{}, dhcp.ErrUnknown // nodes are known by MAC only, so far
-		}
-		n, err := r.db.ByMAC(c.MAC)
-		if errors.Is(err, state.ErrNotFound) {
-			return dhcp.Reservation{}, dhcp.ErrUnknown
-		}
-		if err != nil {
-			return dhcp.Reservation{}, err
-		}
-		return dhcp.Reservation{
-			IP:        n.IP,
-			PrefixLen: prefixLen,
-			Router:    router,
-			DNS:       dns,
-			Hostname:  n.Name,
-			ScriptURL: baseURL + "/boot/ipxe?mac=" + url.QueryEscape(n.MAC),
-		}, nil
-	}
 }
 
 // dhcp records a DHCP event in the timeline of the node it is about.
@@ -59,6 +30,9 @@ func (r *recorder) dhcp(e dhcp.Event) {
 	}
 	var ev state.Event
 	switch {
+	case !e.NetBoot && (e.Reply == "offer" || e.Reply == "ack"):
+		// The node's own OS (no PXE options): its address, no boot.
+		ev = state.Event{Step: state.StepLease, Detail: fmt.Sprintf("os: %s %s", e.Reply, e.IP)}
 	case e.Reply == "offer":
 		ev = state.Event{Step: state.StepDHCPOffer, Detail: fmt.Sprintf("%s: %s, boot %s", who, e.IP, e.BootFile)}
 	case e.Reply == "ack":
@@ -74,9 +48,7 @@ func (r *recorder) dhcp(e dhcp.Event) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
-	if err := r.db.Record(n.Name, ev, !e.IPXE); err != nil {
-		r.log.Warn("record dhcp step", "node", n.Name, "err", err)
-	}
+	r.db.Post(n.Name, ev, e.NetBoot && !e.IPXE) // a reply never waits for the disk
 }
 
 // tftp records a TFTP transfer in the timeline of the node that made it.
@@ -89,30 +61,46 @@ func (r *recorder) tftp(e tftp.Event) {
 	if e.Err != nil {
 		detail = fmt.Sprintf("%s: %v", e.File, e.Err)
 	}
-	if err := r.db.Record(n.Name, state.Event{Time: e.Time.Add(e.Dur), Step: state.StepTFTP, Detail: detail}, false); err != nil {
-		r.log.Warn("record tftp step", "node", n.Name, "err", err)
-	}
+	r.db.Post(n.Name, state.Event{Time: e.Time.Add(e.Dur), Step: state.StepTFTP, Detail: detail}, false)
 }
 
-// nodesCollector exports ramboot_nodes{state}: how many inventory nodes are
-// in each boot state, read from the state database at scrape time.
+// nodesCollector exports, at scrape time from memory, ramboot_nodes{state}
+// (how many inventory nodes are in each boot state) and one series per
+// node an admin can alert on: ramboot_node_info{node,state,image} 1 and
+// ramboot_node_last_event_timestamp_seconds{node}.
 type nodesCollector struct {
-	db   *state.DB
-	desc *prometheus.Desc
+	db               *state.DB
+	desc, info, last *prometheus.Desc
 }
 
 func newNodesCollector(db *state.DB) *nodesCollector {
-	return &nodesCollector{db: db, desc: prometheus.NewDesc("ramboot_nodes", "Inventory nodes by boot state.", []string{"state"}, nil)}
+	return &nodesCollector{db: db,
+		desc: prometheus.NewDesc("ramboot_nodes", "Inventory nodes by boot state.", []string{"state"}, nil),
+		info: prometheus.NewDesc("ramboot_node_info", "One series per node, always 1: its boot state and the image it is pinned to (e.g. alert on state=\"stalled\").", []string{"node", "state", "image"}, nil),
+		last: prometheus.NewDesc("ramboot_node_last_event_timestamp_seconds", "When the head last saw a step of the node's current boot.", []string{"node"}, nil),
+	}
 }
 
 // Describe implements prometheus.Collector.
-func (c *nodesCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *nodesCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.desc
+	ch <- c.info
+	ch <- c.last
+}
 
 // Collect implements prometheus.Collector.
 func (c *nodesCollector) Collect(ch chan<- prometheus.Metric) {
 	counts := map[state.State]int{}
 	for _, n := range c.db.List() {
 		counts[n.Status.State]++
+		img := n.Image
+		if p := n.Status.Pin; p != nil {
+			img = p.Ref + "@" + p.Digest
+		}
+		ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, n.Name, string(n.Status.State), img)
+		if tl := n.Status.Timeline; len(tl) > 0 {
+			ch <- prometheus.MustNewConstMetric(c.last, prometheus.GaugeValue, float64(tl[len(tl)-1].Time.UnixNano())/1e9, n.Name)
+		}
 	}
 	for _, s := range state.States() {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[s]), string(s))

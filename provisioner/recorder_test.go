@@ -11,6 +11,8 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/iana"
 
+	"github.com/ramboot/ramboot/provisioner/inventory"
+	"github.com/ramboot/ramboot/provisioner/plan"
 	"github.com/ramboot/ramboot/provisioner/state"
 	"github.com/ramboot/ramboot/pxe"
 	"github.com/ramboot/ramboot/pxe/dhcp"
@@ -29,13 +31,16 @@ func TestSpoofedDiscoverKeepsHistory(t *testing.T) {
 	}
 	defer db.Close()
 	const mac = "52:54:00:00:00:01"
-	if err := db.AddNode(state.Node{Name: "n1", MAC: mac, IP: netip.MustParseAddr("10.77.0.11")}); err != nil {
+	if err := db.AddNode(state.Node{Name: "n1", Interfaces: []inventory.Interface{{MAC: mac, IP: netip.MustParseAddr("10.77.0.11")}}}); err != nil {
 		t.Fatal(err)
 	}
 	rec := &recorder{db: db}
+	heads := NewNodes(db, &plan.Defaults{Image: "default", Subnets: []plan.Subnet{{Prefix: netip.MustParsePrefix("10.77.0.1/24")}}}, "http://10.77.0.1")
 	srv := &dhcp.Server{
-		ServerIP:  netip.MustParseAddr("10.77.0.1"),
-		Inventory: dhcp.InventoryFunc(rec.reservation(24, netip.Addr{}, nil, "http://10.77.0.1")),
+		ServerIP: netip.MustParseAddr("10.77.0.1"),
+		Inventory: dhcp.InventoryFunc(func(ctx context.Context, c dhcp.Client) (dhcp.Reservation, error) {
+			return heads.Reservation(ctx, c.MAC)
+		}),
 		BootFiles: map[pxe.Arch]string{pxe.Arch(7): "snponly.efi"},
 	}
 	hw, _ := net.ParseMAC(mac)
@@ -52,6 +57,7 @@ func TestSpoofedDiscoverKeepsHistory(t *testing.T) {
 			t.Fatalf("DISCOVER not answered: %v", err)
 		}
 		rec.dhcp(ev)
+		db.Flush() // the recorder posts: the reply did not wait for the write
 	}
 
 	// Boot 1 runs to booted.
@@ -81,5 +87,55 @@ func TestSpoofedDiscoverKeepsHistory(t *testing.T) {
 	}
 	if b1.State != state.StateBooted || b1.Report == nil || len(b1.Timeline) != len(booted.Status.Timeline) {
 		t.Fatalf("boot 1 after a spoofed DISCOVER: %+v; was %+v", b1, booted.Status.Boot)
+	}
+}
+
+// TestOSDHCPStartsNoBoot: a booted node's own OS renewing its address (a
+// DISCOVER without PXE options, as systemd-networkd sends) gets its
+// address and no boot file, and starts no boot record: the node stays
+// booted.
+func TestOSDHCPStartsNoBoot(t *testing.T) {
+	db, err := state.Open(filepath.Join(t.TempDir(), DBFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	const mac = "52:54:00:00:00:02"
+	if err := db.AddNode(state.Node{Name: "n2", Interfaces: []inventory.Interface{{MAC: mac, IP: netip.MustParseAddr("10.77.0.12")}}}); err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{db: db}
+	heads := NewNodes(db, &plan.Defaults{Image: "default", Subnets: []plan.Subnet{{Prefix: netip.MustParsePrefix("10.77.0.1/24")}}}, "http://10.77.0.1")
+	srv := &dhcp.Server{ServerIP: netip.MustParseAddr("10.77.0.1"), Inventory: dhcp.InventoryFunc(func(ctx context.Context, c dhcp.Client) (dhcp.Reservation, error) {
+		return heads.Reservation(ctx, c.MAC)
+	})}
+	hw, _ := net.ParseMAC(mac)
+	send := func(t *testing.T, req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
+		t.Helper()
+		reply, ev, err := srv.Handle(context.Background(), dhcp.Request{Msg: req})
+		if err != nil || reply == nil {
+			t.Fatalf("not answered: %v", err)
+		}
+		rec.dhcp(ev)
+		db.Flush()
+		return reply
+	}
+	fw, _ := dhcpv4.NewDiscovery(hw, dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001")), dhcpv4.WithOption(dhcpv4.OptClientArch(iana.INTEL_X86PC)))
+	send(t, fw)
+	nonce, _ := db.NewBootNonce("n2", state.Event{Step: state.StepScript})
+	tok := state.NewToken()
+	if err := db.ConsumeNonce("n2", nonce, tok, state.Event{Step: state.StepOverlay}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Register("n2", tok, netip.MustParseAddr("10.77.0.12"), state.Report{State: "ready"}, state.Agent{}); err != nil {
+		t.Fatal(err)
+	}
+	osReq, _ := dhcpv4.NewDiscovery(hw)
+	if reply := send(t, osReq); reply.BootFileName != "" || reply.Options.Has(dhcpv4.OptionBootfileName) {
+		t.Errorf("the OS's DHCP got boot file %q", reply.BootFileName)
+	}
+	n, _ := db.Get("n2")
+	if n.Status.ID != 1 || n.Status.State != state.StateBooted || n.Status.Timeline[len(n.Status.Timeline)-1].Step != state.StepLease {
+		t.Fatalf("after the OS's DISCOVER: boot %d %s, timeline %v", n.Status.ID, n.Status.State, n.Status.Timeline)
 	}
 }

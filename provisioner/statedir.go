@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -69,6 +70,40 @@ type stateMetrics struct {
 	writeFail prometheus.CounterFunc
 }
 
+// writerCollector exports the status writer's counters at scrape time.
+type writerCollector struct {
+	db                                 *state.DB
+	batches, changes, dropped, lost, q *prometheus.Desc
+}
+
+func newWriterCollector(db *state.DB) *writerCollector {
+	return &writerCollector{
+		db:      db,
+		batches: prometheus.NewDesc("ramboot_state_writer_batches_total", "Transactions the status writer committed (each one fsync for a group of changes).", nil, nil),
+		changes: prometheus.NewDesc("ramboot_state_writer_changes_total", "Status changes (boot events, nonces, tokens, reports) the status writer committed.", nil, nil),
+		dropped: prometheus.NewDesc("ramboot_state_events_dropped_total", "Boot events refused because too many were waiting for the status writer.", nil, nil),
+		lost:    prometheus.NewDesc("ramboot_state_events_lost_total", "Boot events whose group failed to commit (a full disk).", nil, nil),
+		q:       prometheus.NewDesc("ramboot_state_writer_queued", "Status changes waiting for the status writer.", nil, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *writerCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.batches, c.changes, c.dropped, c.lost, c.q} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *writerCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.db.WriterStats()
+	ch <- prometheus.MustNewConstMetric(c.batches, prometheus.CounterValue, float64(s.Batches))
+	ch <- prometheus.MustNewConstMetric(c.changes, prometheus.CounterValue, float64(s.Changes))
+	ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(s.Dropped))
+	ch <- prometheus.MustNewConstMetric(c.lost, prometheus.CounterValue, float64(s.Lost))
+	ch <- prometheus.MustNewConstMetric(c.q, prometheus.GaugeValue, float64(s.Queued))
+}
+
 func newStateMetrics(reg prometheus.Registerer, db *state.DB) *stateMetrics {
 	m := &stateMetrics{
 		backups: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -90,7 +125,7 @@ func newStateMetrics(reg prometheus.Registerer, db *state.DB) *stateMetrics {
 	}
 	m.backups.WithLabelValues("ok")
 	m.backups.WithLabelValues("error")
-	reg.MustRegister(m.backups, m.lastGood, m.stalled, m.writeFail)
+	reg.MustRegister(m.backups, m.lastGood, m.stalled, m.writeFail, newWriterCollector(db))
 	return m
 }
 
@@ -159,4 +194,27 @@ func watchStalls(ctx context.Context, db *state.DB, timeout time.Duration, busy 
 			log.Warn("mark stalled boots", "err", err)
 		}
 	}
+}
+
+// StateSummary describes a state database file that verified: its node
+// and boot counts, size and last transaction.
+type StateSummary = state.Summary
+
+// VerifyState checks the state database file at path without changing it
+// (`ramboot state check`); see state.Verify.
+func VerifyState(path string) (StateSummary, error) { return state.Verify(path) }
+
+// BackupStateFile writes a verified copy of the database file src to dst
+// without a daemon (`ramboot state backup` when none runs).
+func BackupStateFile(src, dst string) (StateSummary, error) { return state.BackupFile(src, dst) }
+
+// RestoreState replaces the database at path with a verified copy of from,
+// keeping the file it replaces (`ramboot state restore`); see
+// state.Restore.
+func RestoreState(from, path string) (StateSummary, string, error) { return state.Restore(from, path) }
+
+// WriteStateFileAtomic writes a database file to path through a verified
+// temporary file; see state.WriteFileAtomic.
+func WriteStateFileAtomic(path string, fill func(io.Writer) error) (StateSummary, error) {
+	return state.WriteFileAtomic(path, fill)
 }

@@ -11,19 +11,22 @@
 package api
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"log/slog"
+	"maps"
 	"net/http"
-	"net/netip"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ramboot/ramboot/images"
+	"github.com/ramboot/ramboot/images/overlay"
+	"github.com/ramboot/ramboot/provisioner/plan"
 	"github.com/ramboot/ramboot/provisioner/state"
 )
 
@@ -62,64 +65,10 @@ const (
 	agentReadTimeout = 10 * time.Second
 )
 
-// AddNodeRequest is the body of POST /api/v1/nodes.
-type AddNodeRequest struct {
-	// Name is the node's name.
-	Name string `json:"name"`
-	// MAC is the provisioning interface's MAC.
-	MAC string `json:"mac"`
-	// IP is the node's reserved IPv4 address.
-	IP string `json:"ip"`
-	// Image is the image to boot; empty = the default image.
-	Image string `json:"image,omitempty"`
-	// RootMode is the node's root mode, "tmpfs" or "compressed"; empty =
-	// the configuration's boot.root.mode.
-	RootMode string `json:"rootMode,omitempty"`
-}
-
 // Error is the body of every error response.
 type Error struct {
 	// Error says what went wrong.
 	Error string `json:"error"`
-}
-
-// Admin serves the admin routes. Put it only on a listener that only the
-// administrator can reach (the root-only unix socket).
-type Admin struct {
-	// DB is the inventory; required.
-	DB *state.DB
-	// Images is the image store; required.
-	Images *images.Store
-	// Subnet, when valid, is the provisioning subnet node addresses must be in.
-	Subnet netip.Prefix
-	// DefaultImage is the image of nodes that have none (boot.default_image).
-	DefaultImage string
-	// Logger logs inventory changes at Info; nil = discard.
-	Logger *slog.Logger
-}
-
-// Handler returns the admin routes:
-//
-//	GET    /api/v1/nodes          list nodes with their status
-//	POST   /api/v1/nodes          add a node (AddNodeRequest)
-//	GET    /api/v1/nodes/{name}   one node with its status and timeline
-//	DELETE /api/v1/nodes/{name}   remove a node
-//	GET    /api/v1/nodes/{name}/boots        the boots kept, newest first
-//	GET    /api/v1/nodes/{name}/boots/{boot} one boot, by number
-//	GET    /api/v1/state/backup   a consistent copy of the state database
-//
-// and the image routes of imageRoutes (images.go).
-func (a *Admin) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /api/v1/nodes", a.listNodes)
-	mux.HandleFunc("POST /api/v1/nodes", a.addNode)
-	mux.HandleFunc("GET /api/v1/nodes/{name}", a.getNode)
-	mux.HandleFunc("DELETE /api/v1/nodes/{name}", a.deleteNode)
-	mux.HandleFunc("GET /api/v1/nodes/{name}/boots", a.listBoots)
-	mux.HandleFunc("GET /api/v1/nodes/{name}/boots/{boot}", a.getBoot)
-	mux.HandleFunc("GET /api/v1/state/backup", a.backup)
-	a.imageRoutes(mux)
-	return mux
 }
 
 func logger(l *slog.Logger) *slog.Logger {
@@ -137,6 +86,16 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = enc.Encode(v) // the client went away; nothing to do
 }
 
+// writeCompact writes v as JSON without indentation: for answers that
+// list thousands of objects.
+func writeCompact(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	bw := bufio.NewWriterSize(w, 64<<10)
+	_ = json.NewEncoder(bw).Encode(v) // the client went away; nothing to do
+	_ = bw.Flush()
+}
+
 func writeError(w http.ResponseWriter, err error) {
 	code := http.StatusInternalServerError
 	switch {
@@ -150,18 +109,24 @@ func writeError(w http.ResponseWriter, err error) {
 		code = http.StatusForbidden
 	case errors.As(err, new(*http.MaxBytesError)):
 		code = http.StatusRequestEntityTooLarge
-	case errors.As(err, new(badRequest)):
+	case errors.As(err, new(badRequest)), errors.Is(err, ErrInvalid):
 		code = http.StatusBadRequest
 	}
 	writeJSON(w, code, Error{Error: err.Error()})
 }
 
+// ErrInvalid, wrapped by an error a handler's helper returns, makes it a
+// 400: the request's fault (a template that fails for the node).
+var ErrInvalid = errors.New("invalid")
+
 type badRequest struct{ error }
 
 func (b badRequest) Unwrap() error { return b.error }
 
-func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+func decode(r *http.Request, v any) error { return decodeLimit(r, v, maxBody) }
+
+func decodeLimit(r *http.Request, v any, limit int64) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, limit))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		if errors.As(err, new(*http.MaxBytesError)) {
@@ -170,112 +135,6 @@ func decode(r *http.Request, v any) error {
 		return badRequest{fmt.Errorf("decode request body: %w", err)}
 	}
 	return nil
-}
-
-func (a *Admin) listNodes(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, a.DB.List())
-}
-
-func (a *Admin) getNode(w http.ResponseWriter, r *http.Request) {
-	n, err := a.DB.Get(r.PathValue("name"))
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, n)
-}
-
-func (a *Admin) addNode(w http.ResponseWriter, r *http.Request) {
-	var req AddNodeRequest
-	if err := decode(r, &req); err != nil {
-		writeError(w, err)
-		return
-	}
-	ip, err := netip.ParseAddr(req.IP)
-	if err != nil || !ip.Is4() {
-		writeError(w, badRequest{fmt.Errorf("node %s: ip %q: not an IPv4 address", req.Name, req.IP)})
-		return
-	}
-	if a.Subnet.IsValid() && !a.Subnet.Contains(ip) {
-		writeError(w, badRequest{fmt.Errorf("node %s: ip %s is not in the provisioning subnet %s", req.Name, ip, a.Subnet.Masked())})
-		return
-	}
-	if a.Subnet.IsValid() && (ip == a.Subnet.Addr() || ip == a.Subnet.Masked().Addr()) {
-		writeError(w, badRequest{fmt.Errorf("node %s: ip %s is the head's or the subnet's address", req.Name, ip)})
-		return
-	}
-	if req.Image != "" {
-		if _, err := images.ParseReference(req.Image); err != nil {
-			writeError(w, badRequest{err})
-			return
-		}
-	}
-	n := state.Node{Name: req.Name, MAC: req.MAC, IP: ip, Image: req.Image, RootMode: req.RootMode}
-	if err := a.DB.AddNode(n); err != nil {
-		if !errors.Is(err, state.ErrExists) {
-			err = badRequest{err}
-		}
-		writeError(w, err)
-		return
-	}
-	got, err := a.DB.Get(req.Name)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	logger(a.Logger).Info("node added", "node", got.Name, "mac", got.MAC, "ip", got.IP, "image", got.Image, "root_mode", got.RootMode)
-	writeJSON(w, http.StatusCreated, got)
-}
-
-func (a *Admin) deleteNode(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	if err := a.DB.DeleteNode(name); err != nil {
-		writeError(w, err)
-		return
-	}
-	logger(a.Logger).Info("node deleted", "node", name)
-	w.WriteHeader(http.StatusNoContent)
-}
-
-func (a *Admin) listBoots(w http.ResponseWriter, r *http.Request) {
-	bs, err := a.DB.Boots(r.PathValue("name"))
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, bs)
-}
-
-func (a *Admin) getBoot(w http.ResponseWriter, r *http.Request) {
-	id, err := strconv.Atoi(r.PathValue("boot"))
-	if err != nil || id < 1 {
-		writeError(w, badRequest{fmt.Errorf("boot %q: not a boot number (1, 2, ...)", r.PathValue("boot"))})
-		return
-	}
-	b, err := a.DB.BootByID(r.PathValue("name"), id)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, b)
-}
-
-// backup streams a consistent copy of the database (one read transaction),
-// with its size in Content-Length: a copy cut short does not verify.
-func (a *Admin) backup(w http.ResponseWriter, r *http.Request) {
-	n, err := a.DB.WriteSnapshot(w, func(size int64) {
-		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
-	})
-	if err != nil && n == 0 {
-		writeError(w, err)
-		return
-	}
-	if err != nil {
-		logger(a.Logger).Warn("state backup cut short", "bytes", n, "err", err)
-		return
-	}
-	logger(a.Logger).Info("state backup sent", "bytes", n)
 }
 
 // Node serves the routes booted nodes' agents call (heartbeat.go,
@@ -288,8 +147,9 @@ type Node struct {
 	// Images is the image store, to resolve what a node reports it runs
 	// and the images its containers ask for; required.
 	Images *images.Store
-	// DefaultImage is the image of nodes that have none.
-	DefaultImage string
+	// Plan returns a node's boot plan (the policy seam): the image it was
+	// assigned, for its registration; required.
+	Plan func(node string) (plan.Plan, error)
 	// Overlays renders nodes' overlays; required.
 	Overlays OverlaySource
 	// Interval is the heartbeat interval the head asks for; required.
@@ -309,6 +169,7 @@ type Node struct {
 type Metrics struct {
 	reports  *prometheus.CounterVec
 	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
 }
 
 // Registration results, the values of ramboot_node_reports_total's
@@ -340,7 +201,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{ReportApplied, ReportRepeated, ReportConflict, ReportBadToken, ReportWrongAddress, ReportInvalid, ReportError} {
 		m.reports.WithLabelValues(r)
 	}
-	reg.MustRegister(m.reports, m.requests)
+	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "ramboot_boot_duration_seconds",
+		Help:    "Boots by how long they took, from their first step (DHCP or script) to the agent's registration, by result (ready, failed).",
+		Buckets: []float64{5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200},
+	}, []string{"result"})
+	m.duration.WithLabelValues(string(overlay.StateReady))
+	m.duration.WithLabelValues(string(overlay.StateFailed))
+	reg.MustRegister(m.reports, m.requests, m.duration)
 	return m
 }
 
@@ -348,6 +216,18 @@ func (n *Node) count(result string) {
 	if n.Metrics != nil {
 		n.Metrics.reports.WithLabelValues(result).Inc()
 	}
+}
+
+// observe records the duration of node name's boot that just reported.
+func (n *Node) observe(name string, result overlay.State) {
+	if n.Metrics == nil {
+		return
+	}
+	ns, err := n.DB.Get(name)
+	if err != nil || ns.Status.Report == nil || ns.Status.Started.IsZero() {
+		return
+	}
+	n.Metrics.duration.WithLabelValues(string(result)).Observe(ns.Status.Report.Received.Sub(ns.Status.Started).Seconds())
 }
 
 // Handler returns the node routes:
@@ -396,3 +276,5 @@ func resolveImage(store *images.Store, assigned, content string) (name, digest s
 	}
 	return name, digest
 }
+
+func mapsKeys[M ~map[K]V, K comparable, V any](m M) iter.Seq[K] { return maps.Keys(m) }

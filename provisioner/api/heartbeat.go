@@ -159,11 +159,14 @@ func (n *Node) register(w http.ResponseWriter, r *http.Request) {
 		refuse(err)
 		return
 	}
-	assigned := c.node.Image
-	if assigned == "" {
-		assigned = n.DefaultImage
+	p, err := n.Plan(c.node.Name)
+	if err != nil {
+		err = fmt.Errorf("registration of node %s: %w", c.node.Name, err)
+		writeError(w, err)
+		refuse(err)
+		return
 	}
-	imgName, imgDigest := resolveImage(n.Images, assigned, rep.ContentDigest)
+	imgName, imgDigest := resolveImage(n.Images, p.Image, rep.ContentDigest)
 	sr := state.Report{
 		State: string(rep.State), Error: rep.Error, ImageName: imgName, ImageDigest: imgDigest,
 		ContentDigest: rep.ContentDigest, Kernel: rep.Kernel, MemTotalBytes: rep.MemTotalBytes, UptimeSeconds: rep.UptimeSeconds,
@@ -195,10 +198,12 @@ func (n *Node) register(w http.ResponseWriter, r *http.Request) {
 		l.Info("agent registered again in the same boot", "node", c.node.Name, "ip", c.from, "init", rep.Init, "uptime", rep.UptimeSeconds)
 	case rep.State == overlay.StateReady:
 		n.count(ReportApplied)
-		l.Info("node booted", "node", c.node.Name, "ip", c.node.IP, "image", imgName, "digest", imgDigest, "kernel", rep.Kernel, "init", rep.Init, "uptime", rep.UptimeSeconds)
+		n.observe(c.node.Name, rep.State)
+		l.Info("node booted", "node", c.node.Name, "ip", c.from, "image", imgName, "digest", imgDigest, "kernel", rep.Kernel, "init", rep.Init, "uptime", rep.UptimeSeconds)
 	default:
 		n.count(ReportApplied)
-		l.Warn("node boot failed", "node", c.node.Name, "ip", c.node.IP, "init", rep.Init, "err", rep.Error)
+		n.observe(c.node.Name, rep.State)
+		l.Warn("node boot failed", "node", c.node.Name, "ip", c.from, "init", rep.Init, "err", rep.Error)
 	}
 	n.schedule(w, c.node.Name)
 }
@@ -322,7 +327,7 @@ func (n *Node) heartbeat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if wasDown {
-		logger(n.Logger).Info("node up again", "node", c.node.Name, "ip", c.node.IP, "uptime", hb.UptimeSeconds)
+		logger(n.Logger).Info("node up again", "node", c.node.Name, "ip", c.from, "uptime", hb.UptimeSeconds)
 	}
 	n.schedule(w, c.node.Name)
 }
@@ -347,7 +352,7 @@ func (n *Node) shutdown(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	logger(n.Logger).Info("node going down", "node", c.node.Name, "ip", c.node.IP, "action", sd.Action, "uptime", sd.UptimeSeconds)
+	logger(n.Logger).Info("node going down", "node", c.node.Name, "ip", c.from, "action", sd.Action, "uptime", sd.UptimeSeconds)
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -22,8 +22,11 @@ import (
 
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/images/overlay"
+	"github.com/ramboot/ramboot/provisioner"
 	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/bootserver"
+	"github.com/ramboot/ramboot/provisioner/inventory"
+	"github.com/ramboot/ramboot/provisioner/plan"
 	"github.com/ramboot/ramboot/provisioner/state"
 )
 
@@ -31,6 +34,7 @@ type head struct {
 	db      *state.DB
 	url     string
 	boot    *bootserver.Server
+	heads   *provisioner.Nodes
 	agents  *api.Node
 	reg     *prometheus.Registry
 	content images.Digest
@@ -42,11 +46,14 @@ type head struct {
 func newHead(t *testing.T, requirePrivileged bool) *head {
 	t.Helper()
 	dir := t.TempDir()
-	db, err := state.Open(filepath.Join(dir, "s.db"))
+	heads := provisioner.NewNodes(nil, &plan.Defaults{Image: "default", Root: inventory.Root{Mode: "tmpfs", Size: "50%"}, ConsoleShell: true,
+		Subnets: []plan.Subnet{{Prefix: netip.MustParsePrefix("127.0.0.1/8")}}}, "")
+	db, err := state.OpenWith(filepath.Join(dir, "s.db"), state.Options{Check: heads.Check})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
+	heads = provisioner.NewNodes(db, heads.Defaults(), "")
 	store := &images.Store{Dir: filepath.Join(dir, "images")}
 	h := &head{db: db, content: images.DigestOf([]byte("content")), reg: prometheus.NewRegistry()}
 	put := func(b []byte, mt string) images.Artifact {
@@ -65,7 +72,7 @@ func newHead(t *testing.T, requirePrivileged bool) *head {
 	}
 	for i, name := range []string{"n1", "n2"} {
 		ip := netip.AddrFrom4([4]byte{127, 0, 0, byte(11 + i)})
-		if err := db.AddNode(state.Node{Name: name, MAC: "52:54:00:00:00:0" + string(rune('1'+i)), IP: ip}); err != nil {
+		if err := db.AddNode(state.Node{Name: name, Interfaces: []inventory.Interface{{MAC: "52:54:00:00:00:0" + string(rune('1'+i)), IP: ip}}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -74,9 +81,9 @@ func newHead(t *testing.T, requirePrivileged bool) *head {
 		t.Fatal(err)
 	}
 	h.url = "http://" + ln.Addr().String()
-	h.boot = &bootserver.Server{DB: db, Images: store, BaseURL: h.url, PrefixLen: 8, DefaultImage: "default",
-		Root: overlay.Root{Mode: overlay.RootTmpfs, Size: "50%"}, ConsoleShell: true}
-	h.agents = &api.Node{DB: db, Images: store, DefaultImage: "default", Overlays: h.boot, Interval: 2 * time.Second,
+	h.heads = heads
+	h.boot = &bootserver.Server{Nodes: heads, Images: store, BaseURL: h.url}
+	h.agents = &api.Node{DB: db, Images: store, Plan: heads.Plan, Overlays: h.boot, Interval: 2 * time.Second,
 		DownAfter: 8 * time.Second, RequirePrivilegedPort: requirePrivileged, Metrics: api.NewMetrics(h.reg)}
 	mux := http.NewServeMux()
 	mux.Handle("/api/", h.agents.Handler())
@@ -328,7 +335,9 @@ func TestGenerationFollowsConfiguration(t *testing.T) {
 	if a.Generation != b.Generation {
 		t.Errorf("generation not stable: %s, %s", a.Generation, b.Generation)
 	}
-	h.boot.DNS = []netip.Addr{netip.MustParseAddr("10.0.0.53")}
+	d := *h.heads.Defaults()
+	d.Subnets = []plan.Subnet{{Prefix: netip.MustParsePrefix("127.0.0.1/8"), DNS: []netip.Addr{netip.MustParseAddr("10.0.0.53")}}}
+	h.heads.SetDefaults(&d) // a reload with a name server
 	c, _ := h.boot.RuntimeOverlay("n1")
 	if c.Generation == a.Generation || len(c.Config.Interface.DNS) != 1 {
 		t.Errorf("generation %s unchanged by a new name server", c.Generation)

@@ -102,7 +102,7 @@ func (a *Admin) getImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	img := imageOf(images.Ref{Name: ref.Name, Tag: ref.Tag, Digest: d, Manifest: m})
-	img.Nodes = NodesAssigned(a.DB.List(), a.DefaultImage, ref)
+	img.Nodes = NodesAssigned(a.DB.List(), a.imageOf, ref)
 	writeJSON(w, http.StatusOK, img)
 }
 
@@ -141,7 +141,7 @@ func (a *Admin) deleteImage(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	if nodes := NodesAssigned(a.DB.List(), a.DefaultImage, ref); len(nodes) > 0 && r.URL.Query().Get("force") != "true" {
+	if nodes := NodesAssigned(a.DB.List(), a.imageOf, ref); len(nodes) > 0 && r.URL.Query().Get("force") != "true" {
 		writeJSON(w, http.StatusConflict, Error{Error: fmt.Sprintf("remove image %s: %v: assigned to %d node(s): %v (move them first, or force: they keep booting the digest they were given only until the next boot)",
 			ref, errInUse, len(nodes), shorten(nodes))})
 		return
@@ -182,7 +182,7 @@ func (a *Admin) gcImages(w http.ResponseWriter, r *http.Request) {
 			opt.MinAge = -1
 		}
 	}
-	opt.InUse = InUse(a.DB.List(), a.Images, a.DefaultImage)
+	opt.InUse = InUse(a.DB.List(), a.Images, a.imageOf)
 	res, err := a.Images.GC(opt)
 	if err != nil {
 		writeError(w, err)
@@ -194,15 +194,25 @@ func (a *Admin) gcImages(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, GCResponse{GCResult: res, InUse: opt.InUse})
 }
 
-// InUse returns the manifest digests nodes use: what each node's image
-// reference (or defaultImage) resolves to now, and what each node last
-// reported running. GC keeps them although a reference moved away.
-//
-// A node booting at the moment its reference moves fetches the digest its
-// iPXE script named, which is the digest the reference resolved to then
-// and is neither of these once the node has not reported yet; pinning a
-// digest per node in the inventory (issue 13) will name it here.
-func InUse(nodes []state.NodeStatus, st *images.Store, defaultImage string) []images.Digest {
+// imageOf returns the image reference a node's plan assigns it; "" when
+// it has no plan.
+func (a *Admin) imageOf(n state.NodeStatus) string {
+	if a.Plan == nil {
+		return n.Image
+	}
+	p, err := a.Plan(n.Name)
+	if err != nil {
+		return ""
+	}
+	return p.Image
+}
+
+// InUse returns the manifest digests nodes use: the digest each node is
+// pinned to (the one its last script named: it boots that one until an
+// admin moves it), what each node's image reference resolves to now (its
+// next boot, when it has no pin for it), and what each node last reported
+// running. GC keeps them although a reference moved away.
+func InUse(nodes []state.NodeStatus, st *images.Store, refOf func(state.NodeStatus) string) []images.Digest {
 	var out []images.Digest
 	add := func(d images.Digest) {
 		if _, err := images.ParseDigest(string(d)); err == nil && !slices.Contains(out, d) {
@@ -210,11 +220,10 @@ func InUse(nodes []state.NodeStatus, st *images.Store, defaultImage string) []im
 		}
 	}
 	for _, n := range nodes {
-		ref := n.Image
-		if ref == "" {
-			ref = defaultImage
+		if p := n.Status.Pin; p != nil {
+			add(images.Digest(p.Digest))
 		}
-		if ref != "" {
+		if ref := refOf(n); ref != "" {
 			if _, d, err := st.Resolve(ref); err == nil {
 				add(d)
 			}
@@ -227,16 +236,12 @@ func InUse(nodes []state.NodeStatus, st *images.Store, defaultImage string) []im
 	return out
 }
 
-// NodesAssigned returns the names of the nodes whose image (or
-// defaultImage, for nodes without one) is ref.
-func NodesAssigned(nodes []state.NodeStatus, defaultImage string, ref images.Reference) []string {
+// NodesAssigned returns the names of the nodes whose plan's image
+// reference is ref.
+func NodesAssigned(nodes []state.NodeStatus, refOf func(state.NodeStatus) string, ref images.Reference) []string {
 	var out []string
 	for _, n := range nodes {
-		img := n.Image
-		if img == "" {
-			img = defaultImage
-		}
-		if r, err := images.ParseReference(img); err == nil && r == ref {
+		if r, err := images.ParseReference(refOf(n)); err == nil && r == ref {
 			out = append(out, n.Name)
 		}
 	}

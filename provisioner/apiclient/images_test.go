@@ -12,8 +12,10 @@ import (
 	"time"
 
 	"github.com/ramboot/ramboot/images"
+	"github.com/ramboot/ramboot/provisioner"
 	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/apiclient"
+	"github.com/ramboot/ramboot/provisioner/plan"
 	"github.com/ramboot/ramboot/provisioner/state"
 )
 
@@ -43,12 +45,13 @@ func serveImages(t *testing.T) (*apiclient.Client, *images.Store, images.Digest)
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin := &api.Admin{DB: db, Images: st, Subnet: netip.MustParsePrefix("10.77.0.1/24"), DefaultImage: "default"}
+	heads := provisioner.NewNodes(db, &plan.Defaults{Image: "default", Subnets: []plan.Subnet{{Prefix: netip.MustParsePrefix("10.77.0.1/24")}}}, "http://10.77.0.1")
+	admin := &api.Admin{DB: db, Images: st, Plan: heads.Plan}
 	srv := &http.Server{Handler: admin.Handler()}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	c := apiclient.New(sock)
-	if _, err := c.AddNode(ctx, api.AddNodeRequest{Name: "n1", MAC: "52:54:00:aa:bb:01", IP: "10.77.0.10", Image: "compute:v1"}); err != nil {
+	if _, err := c.AddNodes(ctx, api.AddNodesRequest{Names: "n1", MAC: "52:54:00:aa:bb:01", IP: "10.77.0.10", Settings: api.Settings{Image: "compute:v1"}}); err != nil {
 		t.Fatal(err)
 	}
 	return c, st, d
@@ -102,7 +105,7 @@ func TestImages(t *testing.T) {
 func TestGCKeepsWhatNodesRun(t *testing.T) {
 	nodes := []state.NodeStatus{{Node: state.Node{Name: "n1"}, Status: state.Status{Boot: state.Boot{Report: &state.Report{ImageDigest: string(images.DigestOf([]byte("m")))}}}}}
 	st := &images.Store{Dir: filepath.Join(t.TempDir(), "images")}
-	got := api.InUse(nodes, st, "default")
+	got := api.InUse(nodes, st, func(state.NodeStatus) string { return "default" })
 	if len(got) != 1 || got[0] != images.DigestOf([]byte("m")) {
 		t.Errorf("InUse = %v", got)
 	}

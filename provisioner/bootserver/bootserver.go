@@ -19,12 +19,17 @@
 // makes the token inside it the node's token for this boot. A GET that fails
 // midway spends nothing, so iPXE can retry it.
 //
-//	s := &bootserver.Server{DB: db, Images: store, Agent: agent, BaseURL: "http://10.77.0.1"}
+// What each node gets comes from the head's policy seam (provisioner/plan)
+// through Nodes, a small interface this package defines: the server never
+// sees the database.
+//
+//	s := &bootserver.Server{Nodes: head, Images: store, Agent: agent, BaseURL: "http://10.77.0.1"}
 //	mux.Handle("/boot/", s.Handler())
 package bootserver
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -45,6 +50,7 @@ import (
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/images/newc"
 	"github.com/ramboot/ramboot/images/overlay"
+	"github.com/ramboot/ramboot/provisioner/plan"
 	"github.com/ramboot/ramboot/provisioner/state"
 	"github.com/ramboot/ramboot/pxe/ipxe"
 )
@@ -61,35 +67,58 @@ const (
 	OverlayName        = "overlay.cpio.zst"
 )
 
+// Nodes is what the boot server needs from the head: each node's boot
+// plan, by the address its requests come from, and the boot's secrets and
+// timeline.
+type Nodes interface {
+	// ByIP returns the plan of the node an address is reserved for; an
+	// error wrapping state.ErrNotFound when there is none.
+	ByIP(ip netip.Addr) (plan.Plan, error)
+	// Plan returns the plan of the node called name.
+	Plan(name string) (plan.Plan, error)
+	// StartScript records the script step with detail, pins the image
+	// digest the script names, and mints the boot nonce the script carries
+	// (revoking the previous boot's token).
+	StartScript(node, detail, ref, digest string) (nonce string, err error)
+	// CheckNonce reports whether nonce is the node's unspent boot nonce
+	// (an error wrapping state.ErrBadToken when not).
+	CheckNonce(node, nonce string) error
+	// ExpectToken says an overlay carrying token is being sent to the
+	// node: until release, the node's requests with it wait for
+	// ConsumeNonce instead of failing (state.DB.ExpectToken).
+	ExpectToken(node, token string) (release func())
+	// ConsumeNonce spends the nonce and makes token the node's report
+	// token for this boot, recording the overlay step with detail.
+	ConsumeNonce(node, nonce, token, detail string) error
+	// Post records a step in the node's timeline without waiting for it
+	// to be written.
+	Post(node string, step state.Step, detail string)
+}
+
+// Overlays renders nodes' overlays: a node's overlay archive (compressed
+// newc, possibly several concatenated: the kernel unpacks them in order)
+// for one boot, with token as its report token; and its runtime overlay,
+// what the agent daemon applies to a running node.
+type Overlays interface {
+	Overlay(ctx context.Context, node, token string) ([]byte, error)
+	RuntimeOverlay(node string) (overlay.RuntimeOverlay, error)
+}
+
 // Server serves the /boot/ routes. Its exported fields must be set before
 // Handler is called and not changed after.
 type Server struct {
-	// DB is the inventory and status store; required.
-	DB *state.DB
+	// Nodes answers what each node gets; required.
+	Nodes Nodes
 	// Images is the image store; required.
 	Images *images.Store
 	// Agent is the agent archive; required.
 	Agent *Archive
+	// Overlays renders the nodes' overlays; nil serves the minimal one
+	// (the agent's configuration and the host name, OverlayFiles).
+	Overlays Overlays
 	// BaseURL is the head's HTTP base URL as nodes reach it, e.g.
 	// "http://10.77.0.1"; required.
 	BaseURL string
-	// PrefixLen is the provisioning subnet's prefix length; required.
-	PrefixLen int
-	// Gateway is the nodes' default router; zero value = none.
-	Gateway netip.Addr
-	// DNS lists the nodes' name servers.
-	DNS []netip.Addr
-	// DefaultImage is booted by nodes without an image.
-	DefaultImage string
-	// KernelArgs are appended to every node's kernel command line.
-	KernelArgs string
-	// Modules are the kernel modules the agent loads.
-	Modules []string
-	// Root is the nodes' root mode and size cap; a node's own root mode
-	// (state.Node.RootMode) replaces Root.Mode.
-	Root overlay.Root
-	// ConsoleShell gives nodes whose agent stays PID 1 a console shell.
-	ConsoleShell bool
 	// Logger receives per-request detail at Debug; nil = discard.
 	Logger *slog.Logger
 	// Metrics, when set, counts requests by route and status.
@@ -246,14 +275,15 @@ func remoteIP(r *http.Request) (netip.Addr, error) {
 	return ap.Addr().Unmap(), nil
 }
 
-// remoteNode returns the node whose reserved address made the request.
-func (s *Server) remoteNode(r *http.Request) (state.NodeStatus, netip.Addr, error) {
+// remoteNode returns the plan of the node whose reserved address made the
+// request.
+func (s *Server) remoteNode(r *http.Request) (plan.Plan, netip.Addr, error) {
 	ip, err := remoteIP(r)
 	if err != nil {
-		return state.NodeStatus{}, netip.Addr{}, err
+		return plan.Plan{}, netip.Addr{}, err
 	}
-	n, err := s.DB.ByIP(ip)
-	return n, ip, err
+	p, err := s.Nodes.ByIP(ip)
+	return p, ip, err
 }
 
 func (s *Server) fail(w http.ResponseWriter, route string, code int, err error, attrs ...any) {
@@ -272,16 +302,13 @@ func (s *Server) count(route string, code int, n int64) {
 	}
 }
 
-// rootFor returns node n's root settings for image m: the configured ones
-// with the node's own mode, if it has one. A node in the compressed mode
-// whose image has no compressed root boots in the tmpfs mode, and note
-// says why: a node that boots with more RAM taken beats one that does not
-// boot.
-func (s *Server) rootFor(n state.NodeStatus, m images.Manifest) (root overlay.Root, note string) {
-	root = s.Root
-	if n.RootMode != "" {
-		root.Mode = overlay.RootMode(n.RootMode)
-	}
+// RootFor returns the root settings of a node with plan p booting image
+// m: the plan's. A node in the compressed mode whose image has no
+// compressed root boots in the tmpfs mode, and note says why: a node that
+// boots with more RAM taken beats one that does not boot. The script's
+// root initrd and the overlay's configuration both follow it.
+func RootFor(p plan.Plan, m images.Manifest) (root overlay.Root, note string) {
+	root = overlay.Root{Mode: overlay.RootMode(p.Root.Mode), Size: p.Root.Size}
 	if root.ModeOrDefault() == overlay.RootCompressed && m.CompressedRoot == nil {
 		root.Mode = overlay.RootTmpfs
 		note = "compressed root mode, but the image has no compressed root: tmpfs"
@@ -289,17 +316,24 @@ func (s *Server) rootFor(n state.NodeStatus, m images.Manifest) (root overlay.Ro
 	return root, note
 }
 
-// imageFor resolves the node's image.
-func (s *Server) imageFor(n state.NodeStatus) (string, images.Manifest, images.Digest, error) {
-	name := n.Image
-	if name == "" {
-		name = s.DefaultImage
+// imageFor returns the node's image: the digest its plan is pinned to,
+// else what its reference resolves to now (the script then pins it).
+func (s *Server) imageFor(p plan.Plan) (string, images.Manifest, images.Digest, error) {
+	if p.Digest != "" {
+		d, err := images.ParseDigest(p.Digest)
+		if err == nil {
+			var m images.Manifest
+			if m, err = s.Images.ReadManifest(d); err == nil {
+				return p.Image, m, d, nil
+			}
+		}
+		return p.Image, images.Manifest{}, "", fmt.Errorf("node %s: image %s pinned at %s: %w (move the node: ramboot node set %s --image %s)", p.Node, p.Image, p.Digest, err, p.Node, p.Image)
 	}
-	m, d, err := s.Images.Resolve(name)
+	m, d, err := s.Images.Resolve(p.Image)
 	if err != nil {
-		return name, images.Manifest{}, "", fmt.Errorf("node %s: image %s: %w", n.Name, name, err)
+		return p.Image, images.Manifest{}, "", fmt.Errorf("node %s: image %s: %w", p.Node, p.Image, err)
 	}
-	return name, m, d, nil
+	return p.Image, m, d, nil
 }
 
 func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
@@ -315,41 +349,41 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n, ip, err := s.remoteNode(r)
-	if err != nil || n.MAC != mac {
+	if _, own := n.Interface(mac); err != nil || !own {
 		s.fail(w, route, http.StatusForbidden, fmt.Errorf("script for %s is served only to its node's reserved address", mac), "mac", mac, "ip", ip)
 		return
 	}
 	name, m, d, err := s.imageFor(n)
 	if err != nil {
-		s.fail(w, route, http.StatusNotFound, err, "node", n.Name)
+		s.fail(w, route, http.StatusNotFound, err, "node", n.Node)
 		return
 	}
-	root, note := s.rootFor(n, m)
+	root, note := RootFor(n, m)
 	if note != "" {
-		s.log().Warn(note, "node", n.Name, "image", name)
+		s.log().Warn(note, "node", n.Node, "image", name)
 	}
 	base := strings.TrimRight(s.BaseURL, "/")
 	img := base + "/boot/image/" + d.Hex() + "/"
-	args := "ramboot.node=" + n.Name
-	if s.KernelArgs != "" {
-		args += " " + s.KernelArgs
+	args := "ramboot.node=" + n.Node
+	if n.KernelArgs != "" {
+		args += " " + n.KernelArgs
 	}
 	sc := ipxe.Script{
-		Comment: fmt.Sprintf("node %s, image %s %s", n.Name, name, shortDigest(string(d))),
+		Comment: fmt.Sprintf("node %s, image %s %s", n.Node, name, shortDigest(string(d))),
 		Kernel:  ipxe.File{URL: img + KernelName},
 		Args:    args,
 	}
 	if _, err := sc.Render(); err != nil { // before a nonce is minted
-		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
+		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Node)
 		return
 	}
 	detail := fmt.Sprintf("image %s %s, root %s", name, shortDigest(string(d)), root.ModeOrDefault())
 	if note != "" {
 		detail += " (" + note + ")"
 	}
-	nonce, err := s.DB.NewBootNonce(n.Name, state.Event{Step: state.StepScript, Detail: detail})
+	nonce, err := s.Nodes.StartScript(n.Node, detail, name, string(d))
 	if err != nil {
-		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
+		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Node)
 		return
 	}
 	rootfs := RootfsName
@@ -359,11 +393,11 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 	sc.Initrds = []ipxe.File{
 		{URL: img + rootfs},
 		{URL: base + "/boot/" + AgentName},
-		{URL: base + "/boot/node/" + n.Name + "/" + nonce + "/" + OverlayName},
+		{URL: base + "/boot/node/" + n.Node + "/" + nonce + "/" + OverlayName},
 	}
 	script, err := sc.Render()
 	if err != nil {
-		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
+		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Node)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -379,10 +413,10 @@ func shortDigest(d string) string {
 	return d
 }
 
+// record posts a download step to the node's timeline: the response
+// does not wait for the disk.
 func (s *Server) record(node string, step state.Step, detail string) {
-	if err := s.DB.Record(node, state.Event{Step: step, Detail: detail}, false); err != nil {
-		s.log().Warn("record boot step", "node", node, "step", step, "err", err)
-	}
+	s.Nodes.Post(node, step, detail)
 }
 
 func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
@@ -446,10 +480,10 @@ func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, route stri
 		return
 	}
 	if cw.code >= 300 && cw.code != http.StatusNotModified {
-		s.record(n.Name, step, fmt.Sprintf("%s: HTTP %d", file, cw.code))
+		s.record(n.Node, step, fmt.Sprintf("%s: HTTP %d", file, cw.code))
 		return
 	}
-	s.record(n.Name, step, fmt.Sprintf("%s %s in %s", file, humanBytes(cw.n), time.Since(start).Round(time.Millisecond)))
+	s.record(n.Node, step, fmt.Sprintf("%s %s in %s", file, humanBytes(cw.n), time.Since(start).Round(time.Millisecond)))
 }
 
 func (s *Server) serveAgent(w http.ResponseWriter, r *http.Request) {
@@ -462,7 +496,7 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 	const route = "overlay"
 	name, nonce := r.PathValue("name"), r.PathValue("nonce")
 	n, ip, err := s.remoteNode(r)
-	if err != nil || n.Name != name {
+	if err != nil || n.Node != name {
 		s.fail(w, route, http.StatusForbidden, fmt.Errorf("overlay of node %s is served only to its reserved address", name), "node", name, "ip", ip)
 		return
 	}
@@ -479,37 +513,53 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if err := s.DB.CheckNonce(n.Name, nonce); err != nil {
+	if err := s.Nodes.CheckNonce(name, nonce); err != nil {
 		code := http.StatusInternalServerError
 		if errors.Is(err, state.ErrBadToken) {
 			code = http.StatusForbidden
 		}
-		s.fail(w, route, code, err, "node", n.Name)
+		s.fail(w, route, code, err, "node", name)
 		return
 	}
 	imgName, m, d, err := s.imageFor(n)
 	if err != nil {
-		s.fail(w, route, http.StatusNotFound, err, "node", n.Name)
+		s.fail(w, route, http.StatusNotFound, err, "node", name)
 		return
 	}
 	token := state.NewToken()
-	c, err := s.NodeConfig(n, imgName, m, d)
-	if err != nil {
-		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
-		return
+	var data []byte
+	if s.Overlays != nil {
+		if data, err = s.Overlays.Overlay(r.Context(), name, token); err != nil {
+			// A template that fails for this node: its timeline says
+			// why; other nodes are not affected.
+			s.record(name, state.StepOverlay, "overlay not rendered: "+err.Error())
+			s.fail(w, route, http.StatusInternalServerError, err, "node", name)
+			return
+		}
+	} else {
+		c, err := s.NodeConfig(n, imgName, m, d)
+		if err != nil {
+			s.fail(w, route, http.StatusInternalServerError, err, "node", name)
+			return
+		}
+		c.Token = token
+		files, err := OverlayFiles(c)
+		if err != nil {
+			s.fail(w, route, http.StatusInternalServerError, err, "node", name)
+			return
+		}
+		a, err := compressArchive(files, time.Now())
+		if err != nil {
+			s.fail(w, route, http.StatusInternalServerError, err, "node", name)
+			return
+		}
+		data = a.data
 	}
-	c.Token = token
-	files, err := OverlayFiles(c)
-	if err != nil {
-		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
-		return
-	}
-	a, err := compressArchive(files, time.Now())
-	if err != nil {
-		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Name)
-		return
-	}
+	a := &Archive{data: data}
 	defer s.transfer(r)()
+	// The node may use the token the moment it has the last byte, before
+	// ConsumeNonce below committed it: its requests wait until then.
+	defer s.Nodes.ExpectToken(name, token)()
 	start := time.Now()
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -521,15 +571,24 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 	s.count(route, http.StatusOK, int64(nw))
 	if err != nil || nw != len(a.data) {
 		// The nonce stays unspent: iPXE's retry gets a new token.
-		s.log().Debug("overlay not sent whole", "node", n.Name, "ip", ip, "bytes", nw, "err", err)
-		s.record(n.Name, state.StepOverlay, fmt.Sprintf("%s: sent %d of %d bytes: %v", OverlayName, nw, len(a.data), err))
+		s.log().Debug("overlay not sent whole", "node", name, "ip", ip, "bytes", nw, "err", err)
+		s.record(name, state.StepOverlay, fmt.Sprintf("%s: sent %d of %d bytes: %v", OverlayName, nw, len(a.data), err))
 		return
 	}
-	err = s.DB.ConsumeNonce(n.Name, nonce, token, state.Event{Step: state.StepOverlay,
-		Detail: fmt.Sprintf("%s %s in %s, token minted", OverlayName, humanBytes(int64(nw)), time.Since(start).Round(time.Millisecond))})
+	err = s.Nodes.ConsumeNonce(name, nonce, token,
+		fmt.Sprintf("%s %s in %s, token minted", OverlayName, humanBytes(int64(nw)), time.Since(start).Round(time.Millisecond)))
 	if err != nil {
-		s.log().Warn("overlay sent, but its token could not be made the node's", "node", n.Name, "err", err)
+		s.log().Warn("overlay sent, but its token could not be made the node's", "node", name, "err", err)
 	}
+}
+
+// hostnameIfNotName returns the plan's host name when it is not the
+// node's name (node.json carries it only then).
+func hostnameIfNotName(p plan.Plan) string {
+	if p.Hostname == p.Node {
+		return ""
+	}
+	return p.Hostname
 }
 
 type countingWriter struct {

@@ -23,8 +23,10 @@ import (
 
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/images/overlay"
+	"github.com/ramboot/ramboot/provisioner"
 	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/bootserver"
+	"github.com/ramboot/ramboot/provisioner/plan"
 	"github.com/ramboot/ramboot/provisioner/state"
 )
 
@@ -83,12 +85,13 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	f.srv.Listener = ln
-	boot := &bootserver.Server{
-		DB: db, Images: f.store, Agent: agent, BaseURL: "http://" + ln.Addr().String(), PrefixLen: 8,
-		DefaultImage: "default", KernelArgs: "console=ttyS0,115200", Modules: []string{"virtio_net"},
-	}
+	heads := provisioner.NewNodes(db, &plan.Defaults{
+		Image: "default", KernelArgs: "console=ttyS0,115200", Modules: []string{"virtio_net"},
+		Subnets: []plan.Subnet{{Prefix: netip.MustParsePrefix("127.0.0.1/8")}},
+	}, "http://"+ln.Addr().String())
+	boot := &bootserver.Server{Nodes: heads, Images: f.store, Agent: agent, BaseURL: "http://" + ln.Addr().String()}
 	mux.Handle("/boot/", boot.Handler())
-	mux.Handle("/api/", (&api.Node{DB: db, Images: f.store, DefaultImage: "default", Overlays: boot, Interval: time.Second, DownAfter: 4 * time.Second}).Handler())
+	mux.Handle("/api/", (&api.Node{DB: db, Images: f.store, Plan: heads.Plan, Overlays: boot, Interval: time.Second, DownAfter: 4 * time.Second}).Handler())
 	f.srv.Start()
 	t.Cleanup(f.srv.Close)
 	return f

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/images/overlay"
+	"github.com/ramboot/ramboot/provisioner/inventory"
 	"github.com/ramboot/ramboot/provisioner/state"
 )
 
@@ -31,15 +32,15 @@ func TestRootModePerNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range []state.Node{
-		{Name: "c1", MAC: "52:54:00:00:00:11", IP: netip.MustParseAddr("127.0.0.11"), Image: "small", RootMode: "compressed"},
-		{Name: "t1", MAC: "52:54:00:00:00:12", IP: netip.MustParseAddr("127.0.0.12"), Image: "small"},
-		{Name: "c2", MAC: "52:54:00:00:00:13", IP: netip.MustParseAddr("127.0.0.13"), RootMode: "compressed"}, // the default image has none
+		{Name: "c1", MAC: "52:54:00:00:00:11", IP: netip.MustParseAddr("127.0.0.11"), Settings: inventory.Settings{Image: "small", Root: inventory.Root{Mode: "compressed"}}},
+		{Name: "t1", MAC: "52:54:00:00:00:12", IP: netip.MustParseAddr("127.0.0.12"), Settings: inventory.Settings{Image: "small"}},
+		{Name: "c2", MAC: "52:54:00:00:00:13", IP: netip.MustParseAddr("127.0.0.13"), Settings: inventory.Settings{Root: inventory.Root{Mode: "compressed"}}}, // the default image has none
 	} {
 		if err := f.db.AddNode(n); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := f.db.AddNode(state.Node{Name: "bad", MAC: "52:54:00:00:00:14", IP: netip.MustParseAddr("127.0.0.14"), RootMode: "squashfs"}); err == nil ||
+	if err := f.db.AddNode(state.Node{Name: "bad", MAC: "52:54:00:00:00:14", IP: netip.MustParseAddr("127.0.0.14"), Settings: inventory.Settings{Root: inventory.Root{Mode: "squashfs"}}}); err == nil ||
 		!strings.Contains(err.Error(), `root mode "squashfs"`) {
 		t.Errorf("a node with an unknown root mode: %v", err)
 	}

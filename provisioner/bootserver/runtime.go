@@ -1,46 +1,43 @@
 package bootserver
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
-	"fmt"
-	"net/netip"
 	"strings"
 
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/images/overlay"
-	"github.com/ramboot/ramboot/provisioner/state"
+	"github.com/ramboot/ramboot/provisioner/overlayrender"
+	"github.com/ramboot/ramboot/provisioner/plan"
 )
 
-// NodeConfig renders node n's configuration as its overlay carries it,
-// booting image imgName (manifest m, digest d), without a token, with its
-// OverlayGeneration set.
-func (s *Server) NodeConfig(n state.NodeStatus, imgName string, m images.Manifest, d images.Digest) (overlay.Config, error) {
-	root, _ := s.rootFor(n, m)
+// NodeConfig returns the minimal overlay's node configuration (when the
+// server has no Overlays) for plan p booting image imgName (manifest m,
+// digest d), without a token, with its OverlayGeneration set.
+func (s *Server) NodeConfig(p plan.Plan, imgName string, m images.Manifest, d images.Digest) (overlay.Config, error) {
+	root, _ := RootFor(p, m)
 	c := overlay.Config{
-		Node:    n.Name,
-		HeadURL: strings.TrimRight(s.BaseURL, "/"),
-		Interface: overlay.Interface{
-			MAC:     n.MAC,
-			Address: netip.PrefixFrom(n.IP, s.PrefixLen).String(),
-		},
-		Modules:      s.Modules,
+		Node:         p.Node,
+		Hostname:     hostnameIfNotName(p),
+		HeadURL:      strings.TrimRight(s.BaseURL, "/"),
+		Modules:      p.Modules,
 		Image:        overlay.ImageRef{Name: imgName, Digest: string(d), ContentDigest: string(m.ContentDigest)},
 		Root:         root,
-		ConsoleShell: s.ConsoleShell,
+		ConsoleShell: p.ConsoleShell,
 	}
-	if s.Gateway.IsValid() {
-		c.Interface.Gateway = s.Gateway.String()
-	}
-	for _, a := range s.DNS {
-		c.Interface.DNS = append(c.Interface.DNS, a.String())
+	if len(p.Interfaces) > 0 {
+		ifc := p.Interfaces[0]
+		c.Interface = overlay.Interface{MAC: ifc.MAC, Address: ifc.Address.String()}
+		if ifc.Gateway.IsValid() {
+			c.Interface.Gateway = ifc.Gateway.String()
+		}
+		for _, a := range ifc.DNS {
+			c.Interface.DNS = append(c.Interface.DNS, a.String())
+		}
 	}
 	files, err := runtimeFiles(c)
 	if err != nil {
 		return overlay.Config{}, err
 	}
-	c.OverlayGeneration, err = Generation(c, files)
+	c.OverlayGeneration, err = overlayrender.Generation(c, files)
 	return c, err
 }
 
@@ -48,15 +45,18 @@ func (s *Server) NodeConfig(n state.NodeStatus, imgName string, m images.Manifes
 // for the agent daemon to apply without a reboot: the configuration
 // without a token (the head keeps only its hash) and the other files.
 func (s *Server) RuntimeOverlay(name string) (overlay.RuntimeOverlay, error) {
-	n, err := s.DB.Get(name)
+	if s.Overlays != nil {
+		return s.Overlays.RuntimeOverlay(name)
+	}
+	p, err := s.Nodes.Plan(name)
 	if err != nil {
 		return overlay.RuntimeOverlay{}, err
 	}
-	imgName, m, d, err := s.imageFor(n)
+	imgName, m, d, err := s.imageFor(p)
 	if err != nil {
 		return overlay.RuntimeOverlay{}, err
 	}
-	c, err := s.NodeConfig(n, imgName, m, d)
+	c, err := s.NodeConfig(p, imgName, m, d)
 	if err != nil {
 		return overlay.RuntimeOverlay{}, err
 	}
@@ -67,7 +67,7 @@ func (s *Server) RuntimeOverlay(name string) (overlay.RuntimeOverlay, error) {
 	return overlay.RuntimeOverlay{Generation: c.OverlayGeneration, Config: c, Files: files}, nil
 }
 
-// runtimeFiles returns the overlay's regular files but the node
+// runtimeFiles returns the minimal overlay's regular files but the node
 // configuration, as RuntimeOverlay carries them.
 func runtimeFiles(c overlay.Config) ([]overlay.File, error) {
 	all, err := OverlayFiles(c)
@@ -82,21 +82,4 @@ func runtimeFiles(c overlay.Config) ([]overlay.File, error) {
 		out = append(out, overlay.File{Path: f.Name, Mode: uint32(f.Mode.Perm()), Data: f.Data})
 	}
 	return out, nil
-}
-
-// Generation identifies an overlay's content: the SHA-256 of the node
-// configuration without its token and generation, and of the files. The
-// agent daemon re-fetches the overlay when the head's differs from its
-// own.
-func Generation(c overlay.Config, files []overlay.File) (string, error) {
-	c.Token, c.OverlayGeneration = "", ""
-	b, err := json.Marshal(struct {
-		Config overlay.Config `json:"config"`
-		Files  []overlay.File `json:"files"`
-	}{c, files})
-	if err != nil {
-		return "", fmt.Errorf("overlay generation of node %s: %w", c.Node, err)
-	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:8]), nil
 }

@@ -13,6 +13,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -57,6 +58,16 @@ type Config struct {
 	Agent Agent `yaml:"agent"`
 	// State configures the state database.
 	State State `yaml:"state"`
+	// Cluster names the cluster, for overlays and templates.
+	Cluster Cluster `yaml:"cluster"`
+	// Overlay configures the nodes' overlays.
+	Overlay Overlay `yaml:"overlay"`
+	// API configures the admin API's TCP listener.
+	API API `yaml:"api"`
+	// Subnets are subnets besides the provisioning interface's own that
+	// nodes may have addresses on (relayed subnets, other interfaces'
+	// networks such as InfiniBand).
+	Subnets []Subnet `yaml:"subnets"`
 
 	// SFTP configures the image push and pull endpoint.
 	SFTP SFTP `yaml:"sftp"`
@@ -68,6 +79,78 @@ type Config struct {
 type line struct {
 	file string
 	n    int
+}
+
+// Cluster names the cluster for overlays and templates.
+type Cluster struct {
+	// Name is the cluster's name (.Cluster.Name).
+	Name string `yaml:"name"`
+	// Domain is its DNS domain: /etc/hosts and known_hosts list
+	// "n001.DOMAIN", network configurations search it.
+	Domain string `yaml:"domain"`
+	// HeadName is the head's name in /etc/hosts; empty = the head's host
+	// name.
+	HeadName string `yaml:"head_name"`
+	// Values are site values for templates (.Values).
+	Values map[string]string `yaml:"values"`
+}
+
+// Overlay configures the nodes' overlays.
+type Overlay struct {
+	// Templates is the directory of template trees: Templates/PROFILE/ is
+	// profile PROFILE's.
+	Templates string `yaml:"templates"`
+	// HostKeys keeps SSH host keys per node (STATE_DIR/ssh-host-keys).
+	HostKeys bool `yaml:"host_keys"`
+	// KnownHosts puts every node's keys in /etc/ssh/ssh_known_hosts.
+	KnownHosts bool `yaml:"known_hosts"`
+	// AuthorizedKeys is root's authorized_keys on every node; empty or a
+	// missing file means none.
+	AuthorizedKeys string `yaml:"authorized_keys"`
+	// Accounts selects the head's users and groups merged into every
+	// node's passwd, group, shadow and gshadow.
+	Accounts Accounts `yaml:"accounts"`
+}
+
+// Accounts selects head accounts by name or id range.
+type Accounts struct {
+	// Users and Groups are names.
+	Users  []string `yaml:"users"`
+	Groups []string `yaml:"groups"`
+	// UIDs and GIDs are ranges, "1000-59999".
+	UIDs []string `yaml:"uids"`
+	GIDs []string `yaml:"gids"`
+}
+
+// Selected reports whether any account is selected.
+func (a Accounts) Selected() bool {
+	return len(a.Users)+len(a.Groups)+len(a.UIDs)+len(a.GIDs) > 0
+}
+
+// API configures the admin API over TCP.
+type API struct {
+	// Listen is the TCP address ("0.0.0.0:8443"); empty = the unix socket
+	// only.
+	Listen string `yaml:"listen"`
+	// TLSCert and TLSKey are the server's certificate and key (PEM).
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+	// Tokens is a file of bearer tokens, one per line: "admin TOKEN" or
+	// "read TOKEN".
+	Tokens string `yaml:"tokens"`
+}
+
+// Subnet is a subnet node addresses may lie on, with what addresses on
+// it get.
+type Subnet struct {
+	// Prefix is the subnet, e.g. 10.1.0.0/24.
+	Prefix string `yaml:"prefix"`
+	// Gateway is its default router; empty = none.
+	Gateway string `yaml:"gateway"`
+	// DNS are its name servers.
+	DNS []string `yaml:"dns"`
+	// MTU is its MTU; 0 leaves the default.
+	MTU int `yaml:"mtu"`
 }
 
 // DHCP configures the DHCP server.
@@ -95,6 +178,9 @@ type TFTP struct {
 	Enabled bool `yaml:"enabled"`
 	// Root is the directory the iPXE binaries are read from.
 	Root string `yaml:"root"`
+	// Port is the UDP port, on the head's address; 0 picks a free one
+	// (tests).
+	Port int `yaml:"port"`
 	// Files is the catalogue; empty means the values of DHCP.BootFiles.
 	Files []string `yaml:"files"`
 	// MaxTransfers caps the transfers in flight.
@@ -107,7 +193,8 @@ type TFTP struct {
 
 // HTTP configures the boot and node API server.
 type HTTP struct {
-	// Port is the TCP port, on the head's address.
+	// Port is the TCP port, on the head's address; 0 picks a free one
+	// (tests).
 	Port int `yaml:"port"`
 	// ReadHeaderTimeout bounds reading a request's headers.
 	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
@@ -261,6 +348,12 @@ func Parse(name string, b []byte) (Config, error) {
 	}
 	return c, nil
 }
+
+var (
+	domainRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$`)
+	valueKeyRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$`)
+	idRangeRE  = regexp.MustCompile(`^[0-9]{1,10}(-[0-9]{1,10})?$`)
+)
 
 var yamlLine = regexp.MustCompile(`^(yaml: )?line (\d+): `)
 
@@ -572,8 +665,11 @@ func (c Config) Validate() error {
 			bad(fmt.Sprintf("tftp.files[%d]", i), "%q must be a plain file name", f)
 		}
 	}
-	if c.HTTP.Port < 1 || c.HTTP.Port > 65535 {
+	if c.HTTP.Port < 0 || c.HTTP.Port > 65535 {
 		bad("http.port", "%d is not a TCP port", c.HTTP.Port)
+	}
+	if c.TFTP.Port < 0 || c.TFTP.Port > 65535 {
+		bad("tftp.port", "%d is not a UDP port", c.TFTP.Port)
 	}
 	for _, d := range []struct {
 		key string
@@ -605,7 +701,7 @@ func (c Config) Validate() error {
 	if c.RA.Enabled && c.RA.Interval < Duration(time.Second) {
 		bad("ra.interval", "%s is shorter than 1s", time.Duration(c.RA.Interval))
 	}
-	if c.SFTP.Enabled && (c.SFTP.Port < 1 || c.SFTP.Port > 65535) {
+	if c.SFTP.Enabled && (c.SFTP.Port < 0 || c.SFTP.Port > 65535) {
 		bad("sftp.port", "%d is not a TCP port", c.SFTP.Port)
 	}
 	if c.SFTP.Address != "" {
@@ -618,6 +714,57 @@ func (c Config) Validate() error {
 	}
 	if c.Boot.DefaultImage == "" {
 		bad("boot.default_image", "required")
+	}
+	if c.Cluster.Domain != "" && !domainRE.MatchString(c.Cluster.Domain) {
+		bad("cluster.domain", "%q is not a DNS domain", c.Cluster.Domain)
+	}
+	for k := range c.Cluster.Values {
+		if !valueKeyRE.MatchString(k) {
+			bad("cluster.values."+k, "keys are letters, digits, '_', '-' and '.'")
+		}
+	}
+	if c.Overlay.Templates != "" && !filepath.IsAbs(c.Overlay.Templates) {
+		bad("overlay.templates", "%q must be an absolute path", c.Overlay.Templates)
+	}
+	for i, r := range c.Overlay.Accounts.UIDs {
+		if !idRangeRE.MatchString(r) {
+			bad(fmt.Sprintf("overlay.accounts.uids[%d]", i), "%q is not an id range like 1000-59999", r)
+		}
+	}
+	for i, r := range c.Overlay.Accounts.GIDs {
+		if !idRangeRE.MatchString(r) {
+			bad(fmt.Sprintf("overlay.accounts.gids[%d]", i), "%q is not an id range like 1000-59999", r)
+		}
+	}
+	if c.API.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.API.Listen); err != nil {
+			bad("api.listen", "%q is not HOST:PORT", c.API.Listen)
+		}
+		if c.API.TLSCert == "" || c.API.TLSKey == "" {
+			bad("api.tls_cert", "api.listen needs api.tls_cert and api.tls_key: the admin API never goes over plain TCP")
+		}
+		if c.API.Tokens == "" {
+			bad("api.tokens", "api.listen needs a tokens file")
+		}
+	}
+	for i, sn := range c.Subnets {
+		key := fmt.Sprintf("subnets[%d]", i)
+		p, err := netip.ParsePrefix(sn.Prefix)
+		if err != nil || !p.Addr().Is4() {
+			bad(key+".prefix", "%q is not an IPv4 prefix like 10.1.0.0/24", sn.Prefix)
+		} else if sn.Gateway != "" {
+			if g, err := netip.ParseAddr(sn.Gateway); err != nil || !p.Contains(g) {
+				bad(key+".gateway", "%q is not an address in %s", sn.Gateway, p.Masked())
+			}
+		}
+		for j, d := range sn.DNS {
+			if a, err := netip.ParseAddr(d); err != nil || !a.Is4() {
+				bad(fmt.Sprintf("%s.dns[%d]", key, j), "%q is not an IPv4 address", d)
+			}
+		}
+		if sn.MTU != 0 && (sn.MTU < 576 || sn.MTU > 65520) {
+			bad(key+".mtu", "%d is not between 576 and 65520", sn.MTU)
+		}
 	}
 	for i, m := range c.Boot.Modules {
 		if m == "" || strings.ContainsAny(m, "/ ") {
@@ -637,4 +784,43 @@ func (c Config) Validate() error {
 		bad("agent.down_after", "%s is shorter than two heartbeat intervals (%s)", time.Duration(c.Agent.DownAfter), time.Duration(2*c.Agent.HeartbeatInterval))
 	}
 	return errors.Join(errs...)
+}
+
+// reloadable lists the keys a running daemon applies on reload (SIGHUP);
+// every other key needs a restart.
+var reloadable = []string{"log_level", "boot", "subnets", "cluster", "overlay", "api.tls_cert", "api.tls_key", "api.tokens", "dhcp.router", "dhcp.dns"}
+
+// RestartKeys returns the top-level sections and keys that differ between
+// old and next and that a running daemon does not apply on reload.
+func RestartKeys(old, next Config) []string {
+	var out []string
+	ov, nv := reflect.ValueOf(old), reflect.ValueOf(next)
+	t := ov.Type()
+	for i := range t.NumField() {
+		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		f := t.Field(i)
+		if f.Type.Kind() == reflect.Struct && !reflect.PointerTo(f.Type).Implements(unmarshaler) {
+			for j := range f.Type.NumField() {
+				sub, _, _ := strings.Cut(f.Type.Field(j).Tag.Get("yaml"), ",")
+				key := tag + "." + sub
+				if slices.Contains(reloadable, tag) || slices.Contains(reloadable, key) {
+					continue
+				}
+				if !reflect.DeepEqual(ov.Field(i).Field(j).Interface(), nv.Field(i).Field(j).Interface()) {
+					out = append(out, key)
+				}
+			}
+			continue
+		}
+		if slices.Contains(reloadable, tag) {
+			continue
+		}
+		if !reflect.DeepEqual(ov.Field(i).Interface(), nv.Field(i).Interface()) {
+			out = append(out, tag)
+		}
+	}
+	return out
 }

@@ -111,7 +111,7 @@ dhcp:
     sparc: x.bin
     "7": ../etc/passwd
 http:
-  port: 0
+  port: 70000
   send_timeout: 1ms
   max_conns_per_client: 0
 boot:

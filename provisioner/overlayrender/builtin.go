@@ -3,6 +3,8 @@ package overlayrender
 import (
 	"bytes"
 	"crypto/sha1"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io/fs"
@@ -94,15 +96,18 @@ func hostsFile(c *Cluster) []byte {
 	return b.Bytes()
 }
 
-// nodeConfig renders the agent's configuration (images/overlay.Config).
-func nodeConfig(c *Cluster, n *Node, token string) ([]byte, error) {
+// nodeConfig returns the agent's configuration (images/overlay.Config),
+// without its overlay generation.
+func nodeConfig(c *Cluster, n *Node, token string) (overlay.Config, error) {
 	cfg := overlay.Config{
-		Node:     n.Name,
-		Hostname: n.Hostname,
-		HeadURL:  strings.TrimRight(c.Head.URL, "/"),
-		Token:    token,
-		Modules:  n.Modules,
-		Image:    overlay.ImageRef{Name: n.Image.Name, Digest: n.Image.Digest, ContentDigest: n.Image.ContentDigest},
+		Node:         n.Name,
+		Hostname:     n.Hostname,
+		HeadURL:      strings.TrimRight(c.Head.URL, "/"),
+		Token:        token,
+		Modules:      n.Modules,
+		Image:        overlay.ImageRef{Name: n.Image.Name, Digest: n.Image.Digest, ContentDigest: n.Image.ContentDigest},
+		Root:         n.Root,
+		ConsoleShell: n.ConsoleShell,
 	}
 	if len(n.Interfaces) > 0 {
 		ifc := n.Interfaces[0]
@@ -115,13 +120,35 @@ func nodeConfig(c *Cluster, n *Node, token string) ([]byte, error) {
 		}
 	}
 	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("agent configuration: %w", err)
+		return overlay.Config{}, fmt.Errorf("agent configuration: %w", err)
 	}
+	return cfg, nil
+}
+
+// encodeConfig returns the agent's configuration as node.json holds it.
+func encodeConfig(cfg overlay.Config) ([]byte, error) {
 	js, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("agent configuration: %w", err)
 	}
 	return append(js, '\n'), nil
+}
+
+// Generation identifies an overlay's content for the agent daemon, which
+// fetches the runtime overlay again when the head's differs from its own:
+// the SHA-256 of the configuration without its token and generation, and
+// of the other files.
+func Generation(c overlay.Config, files []overlay.File) (string, error) {
+	c.Token, c.OverlayGeneration = "", ""
+	b, err := json.Marshal(struct {
+		Config overlay.Config `json:"config"`
+		Files  []overlay.File `json:"files"`
+	}{c, files})
+	if err != nil {
+		return "", fmt.Errorf("overlay generation of node %s: %w", c.Node, err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8]), nil
 }
 
 // ifaceID names interface i in file names: its name, or "if<i>".

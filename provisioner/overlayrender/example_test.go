@@ -131,7 +131,8 @@ func ExampleSnapshot_Render_builtin() {
 	//     "name": "debian-12",
 	//     "digest": "sha256:0000000000000000000000000000000000000000000000000000000000000001",
 	//     "contentDigest": ""
-	//   }
+	//   },
+	//   "overlayGeneration": "1373dd567c3285cb"
 	// }
 }
 

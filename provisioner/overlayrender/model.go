@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/ramboot/ramboot/images/overlay"
 	"github.com/ramboot/ramboot/provisioner/accounts"
 )
 
@@ -72,6 +73,12 @@ type Node struct {
 	// Network is the image's network stack the configuration is written
 	// for; empty means Networkd.
 	Network NetworkStack
+	// Root is how the agent sets up the node's root file system (mode,
+	// size cap), written into the agent's configuration.
+	Root overlay.Root
+	// ConsoleShell gives a root shell on the console of a node whose agent
+	// stays PID 1, written into the agent's configuration.
+	ConsoleShell bool
 }
 
 // HostnameOrName returns Hostname, or Name when Hostname is empty.

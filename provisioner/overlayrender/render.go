@@ -123,6 +123,10 @@ type Overlay struct {
 	// ModTime is every file's modification time.
 	ModTime time.Time
 
+	// Config is the agent's configuration etc/ramboot/node.json holds,
+	// with its token and generation.
+	Config overlay.Config
+
 	shared     map[string]bool // paths of Files that are Snapshot.Shared's
 	sharedGone bool            // a profile skipped a shared file
 }
@@ -384,7 +388,7 @@ func (s *Snapshot) Render(ctx context.Context, node, token string) (*Overlay, er
 	if err != nil {
 		return nil, fmt.Errorf("render overlay of %s: %w", node, err)
 	}
-	put(File{Path: overlay.ConfigPath, Mode: 0o600, Data: cfg})
+	put(File{Path: overlay.ConfigPath, Mode: 0o600}) // written last, with the generation
 	nf, err := networkFiles(s.c, n)
 	if err != nil {
 		return nil, fmt.Errorf("render overlay of %s: %w", node, err)
@@ -453,7 +457,31 @@ func (s *Snapshot) Render(ctx context.Context, node, token string) (*Overlay, er
 		o.Files = append(o.Files, d)
 	}
 	slices.SortFunc(o.Files, func(a, b File) int { return strings.Compare(a.Path, b.Path) })
+	// The configuration carries the generation of everything else.
+	if cfg.OverlayGeneration, err = Generation(cfg, o.RuntimeFiles()); err != nil {
+		return nil, fmt.Errorf("render overlay of %s: %w", node, err)
+	}
+	js, err := encodeConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("render overlay of %s: %w", node, err)
+	}
+	o.File(overlay.ConfigPath).Data = js
+	o.Config = cfg
 	return o, nil
+}
+
+// RuntimeFiles returns the overlay's regular files but the agent's
+// configuration, as a runtime overlay (overlay.RuntimeOverlay) carries
+// them to a running node.
+func (o *Overlay) RuntimeFiles() []overlay.File {
+	var out []overlay.File
+	for _, f := range o.Files {
+		if !f.Mode.IsRegular() || f.Path == overlay.ConfigPath {
+			continue
+		}
+		out = append(out, overlay.File{Path: f.Path, Mode: uint32(f.Mode.Perm()), Data: f.Data})
+	}
+	return out
 }
 
 // data returns the template data of node n.

@@ -17,28 +17,12 @@ import (
 // one read transaction, while writers go on. size, if not nil, is called
 // with the copy's size before its first byte is written.
 func (d *DB) WriteSnapshot(w io.Writer, size func(int64)) (int64, error) {
-	var n int64
-	err := d.db.View(func(tx *bolt.Tx) error {
-		if size != nil {
-			size(tx.Size())
-		}
-		var err error
-		n, err = tx.WriteTo(w)
-		return err
-	})
-	if err != nil {
-		return n, fmt.Errorf("snapshot state database: %w", err)
-	}
-	return n, nil
+	return d.st.WriteSnapshot(w, size)
 }
 
 // TxID returns the ID of the last committed transaction; it changes with
 // every write.
-func (d *DB) TxID() int {
-	var id int
-	_ = d.db.View(func(tx *bolt.Tx) error { id = int(tx.ID()); return nil })
-	return id
-}
+func (d *DB) TxID() int { return d.st.TxID() }
 
 // Backup writes a verified copy of the open database to path, atomically
 // (see WriteFileAtomic).

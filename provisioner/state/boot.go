@@ -1,7 +1,7 @@
 package state
 
 import (
-	"encoding/binary"
+	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -138,15 +138,11 @@ func Printable(s string) string {
 	}, strings.ToValidUTF8(s, "?"))
 }
 
-// bootKey is the key of boot id of node name in the boots bucket: the name,
-// a NUL (never part of a name) and the id, big-endian, so that a node's
-// boots are adjacent and in order.
-func bootKey(name string, id int) []byte {
-	k := make([]byte, len(name)+1+8)
-	copy(k, name)
-	binary.BigEndian.PutUint64(k[len(name)+1:], uint64(id))
-	return k
+// bootKey is the store key of boot id of node name: "boots/NAME/ID" with
+// the id in 16 hex digits, so that a node's boots are adjacent and in order.
+func bootKey(name string, id int) string {
+	return fmt.Sprintf("%s%s/%016x", keyBoots, name, id)
 }
 
 // bootPrefix is the prefix of every boot key of node name.
-func bootPrefix(name string) []byte { return append([]byte(name), 0) }
+func bootPrefix(name string) string { return keyBoots + name + "/" }

@@ -40,6 +40,7 @@ const (
 	StepFailed    Step = "failed"       // the agent daemon registered a failed boot step
 	StepIgnored   Step = "dhcp-ignored" // a DHCP packet from the node got no answer
 	StepStalled   Step = "stalled"      // the head saw no progress for the stall timeout
+	StepLease     Step = "dhcp-lease"   // the node's own OS got or renewed its address: no boot
 )
 
 // Steps of the timeline once the agent daemon registered (heartbeat.go).
@@ -87,6 +88,8 @@ func next(b *Boot, step Step) State {
 		to = StateFailed
 	case StepStalled:
 		to = StateStalled
+	case StepLease:
+		return s // the running OS: no boot progress either way
 	case StepDown:
 		to = StateDown
 	case StepShutdown:

@@ -2,8 +2,10 @@ package state
 
 import (
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 )
 
 // The boot secrets:
@@ -36,6 +38,13 @@ func equalSecret(a, b string) bool {
 // the head saw no boot start (its DHCP server is off, or another one
 // answered).
 func (d *DB) NewBootNonce(name string, e Event) (string, error) {
+	return d.StartScript(name, e, nil)
+}
+
+// StartScript is NewBootNonce that also pins the image the script names,
+// when pin is set and differs from the node's pin, in the same write: the
+// node boots that digest from then on until an admin moves it (ClearPins).
+func (d *DB) StartScript(name string, e Event, pin *Pin) (string, error) {
 	nonce := randomHex(16)
 	if e.Time.IsZero() {
 		e.Time = d.now()
@@ -47,6 +56,11 @@ func (d *DB) NewBootNonce(name string, e Event) (string, error) {
 		r.BootNonce = nonce
 		r.TokenHash, r.TokenBoot = "", 0
 		r.Status.add(e)
+		if pin != nil && (r.Status.Pin == nil || r.Status.Pin.Ref != pin.Ref || r.Status.Pin.Digest != pin.Digest) {
+			p := *pin
+			p.Boot = r.Status.ID
+			r.Status.Pin = &p
+		}
 		return nil
 	})
 	if err != nil {
@@ -100,8 +114,8 @@ func (d *DB) ConsumeNonce(name, nonce, token string, e Event) error {
 // ErrBadToken (a wrong, or a revoked token) or ErrConflict (a token of a
 // boot that is no longer current). d.mu must be held.
 func (r *record) authenticate(token string, from netip.Addr) error {
-	if from.Unmap() != r.Node.IP {
-		return fmt.Errorf("from %s, reserved %s: %w", from, r.Node.IP, ErrWrongAddress)
+	if !hasIP(&r.Node, from.Unmap()) {
+		return fmt.Errorf("from %s, not an address reserved for it: %w", from, ErrWrongAddress)
 	}
 	if !equalSecret(hashHex(token), r.TokenHash) {
 		return ErrBadToken
@@ -115,16 +129,93 @@ func (r *record) authenticate(token string, from netip.Addr) error {
 // Authenticate checks a request of node name's agent (see the node API):
 // from the node's reserved address, with its current token, minted in its
 // current boot. It returns the node, or an error wrapping ErrNotFound,
-// ErrWrongAddress, ErrBadToken or ErrConflict.
+// ErrWrongAddress, ErrBadToken or ErrConflict. A token whose overlay is
+// still being committed (ExpectToken) waits for the outcome, at most
+// tokenWait.
 func (d *DB) Authenticate(name, token string, from netip.Addr) (NodeStatus, error) {
+	for waited := false; ; waited = true {
+		d.mu.Lock()
+		r, ok := d.nodes[name]
+		if !ok || r.Node.Name == "" {
+			d.mu.Unlock()
+			return NodeStatus{}, fmt.Errorf("node %s: %w", name, ErrNotFound)
+		}
+		err := r.authenticate(token, from)
+		if err == nil {
+			v := d.view(r)
+			d.mu.Unlock()
+			return v, nil
+		}
+		p := d.pending[name]
+		d.mu.Unlock()
+		if waited || !errors.Is(err, ErrBadToken) || p == nil || !equalSecret(hashHex(token), p.hash) {
+			return NodeStatus{}, fmt.Errorf("request of node %s: %w", name, err)
+		}
+		t := time.NewTimer(tokenWait)
+		select {
+		case <-p.done:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// tokenWait bounds how long a request waits for its token's commit.
+const tokenWait = 10 * time.Second
+
+// pendingToken is a token on its way to its node in an overlay: it
+// becomes the node's once the overlay was sent whole (ConsumeNonce).
+type pendingToken struct {
+	hash string
+	done chan struct{}
+}
+
+// ExpectToken tells the database that an overlay carrying token is being
+// sent to node name. Until release is called (after ConsumeNonce, or when
+// the overlay was not sent whole), a request of the node with that token
+// waits for the outcome instead of failing: a node may use its token as
+// soon as it has the overlay's last byte, before the head committed it.
+func (d *DB) ExpectToken(name, token string) (release func()) {
+	p := &pendingToken{hash: hashHex(token), done: make(chan struct{})}
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	r, ok := d.nodes[name]
-	if !ok {
-		return NodeStatus{}, fmt.Errorf("node %s: %w", name, ErrNotFound)
+	if d.pending == nil {
+		d.pending = map[string]*pendingToken{}
 	}
-	if err := r.authenticate(token, from); err != nil {
-		return NodeStatus{}, fmt.Errorf("request of node %s: %w", name, err)
+	d.pending[name] = p
+	d.mu.Unlock()
+	return func() {
+		d.mu.Lock()
+		if d.pending[name] == p {
+			delete(d.pending, name)
+		}
+		d.mu.Unlock()
+		close(p.done)
 	}
-	return d.view(r), nil
+}
+
+// hasIP reports whether ip is reserved for one of n's interfaces.
+func hasIP(n *Node, ip netip.Addr) bool {
+	for _, ifc := range n.Interfaces {
+		if ifc.IP == ip {
+			return true
+		}
+	}
+	return false
+}
+
+// ClearPins drops the image pins of the named nodes, so that each boots
+// what its image reference resolves to at its next script: how an admin
+// moves nodes to a new build of their image. Unknown names are skipped.
+func (d *DB) ClearPins(names []string) error {
+	for _, name := range names {
+		d.post(name, func(r *record, _ *archive) error {
+			if r.Status.Pin == nil {
+				return errNoChange
+			}
+			r.Status.Pin = nil
+			return nil
+		})
+	}
+	d.Flush()
+	return nil
 }

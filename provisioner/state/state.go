@@ -1,6 +1,9 @@
-// Package state keeps the head's durable state in one bbolt database under
-// the state directory: the node inventory with each node's boot status,
-// its current boot's timeline and the last few boots before it.
+// Package state keeps the head's durable state in a store (provisioner/store;
+// one bbolt database under the state directory by default): the node
+// inventory with each node's boot status, its current boot's timeline and
+// the last few boots before it. Reads come from an in-memory view that
+// follows the store's changes (its Watch), so with a shared store every
+// head serves what any head committed.
 //
 // Guarantees:
 //
@@ -9,8 +12,9 @@
 //     panic and never a new empty inventory (see Verify).
 //
 //   - Memory follows disk: every change is applied to a copy of the node's
-//     record, committed (fsync) and only then published to readers. A write
-//     that fails (a full disk) changes nothing, in memory or on disk.
+//     record and committed (fsync, compare-and-swap on what it read); only
+//     the store's watch of committed changes updates memory. A write that
+//     fails (a full disk) changes nothing, in memory or on disk.
 //
 //   - Reads are served from memory, except earlier boots, read from disk.
 //
@@ -21,6 +25,7 @@
 package state
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -28,20 +33,19 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
-	"regexp"
+	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
-
-	"github.com/ramboot/ramboot/images/overlay"
+	"github.com/ramboot/ramboot/provisioner/inventory"
+	"github.com/ramboot/ramboot/provisioner/store"
 )
 
 // Errors callers branch on.
@@ -49,7 +53,7 @@ var (
 	// ErrNotFound means no node (or boot) has that name, MAC or address.
 	ErrNotFound = errors.New("not found")
 	// ErrExists means a node with that name, MAC or address already exists.
-	ErrExists = errors.New("already exists")
+	ErrExists = inventory.ErrDuplicate
 	// ErrBadToken means a node presented a wrong, used or revoked secret.
 	ErrBadToken = errors.New("bad token")
 	// ErrWrongAddress means a node's request came from another address
@@ -60,21 +64,21 @@ var (
 	ErrConflict = errors.New("conflicts with the recorded boot")
 )
 
-// Node is one inventory entry.
-type Node struct {
-	// Name is the node's unique name, a host name.
-	Name string `json:"name"`
-	// MAC is the provisioning interface's MAC, lower case with colons.
-	MAC string `json:"mac"`
-	// IP is the node's reserved IPv4 address.
-	IP netip.Addr `json:"ip"`
-	// Image is the image the node boots; empty means the default image.
-	Image string `json:"image,omitempty"`
-	// RootMode is the node's root mode (tmpfs, compressed); empty means
-	// the configuration's boot.root.mode.
-	RootMode string `json:"rootMode,omitempty"`
-	// Created is when the node was added.
-	Created time.Time `json:"created"`
+// Node is one inventory node (provisioner/inventory's model).
+type Node = inventory.Node
+
+// Profile is one inventory profile.
+type Profile = inventory.Profile
+
+// Pin is the image digest a node was given: it keeps booting that digest,
+// whatever its reference resolves to later, until an admin moves it.
+type Pin struct {
+	// Ref is the image reference the digest was resolved from.
+	Ref string `json:"ref"`
+	// Digest is the manifest digest.
+	Digest string `json:"digest"`
+	// Boot is the boot that was first given it.
+	Boot int `json:"boot,omitempty"`
 }
 
 // Status is what the head knows about a node's boots: the current (or
@@ -87,6 +91,9 @@ type Status struct {
 	Boots int `json:"boots"`
 	// History lists the IDs of the earlier boots kept, newest first.
 	History []int `json:"history,omitempty"`
+	// Pin is the image the node boots until an admin moves it; nil until
+	// its first script.
+	Pin *Pin `json:"pin,omitempty"`
 }
 
 // NodeStatus is a node with its status, as returned by reads.
@@ -99,10 +106,18 @@ type NodeStatus struct {
 	Agent *Agent `json:"agent,omitempty"`
 }
 
-// record is what is stored per node: what reads return, plus the secrets
-// they never do.
+// record is a node as memory holds it: its inventory entry and its
+// status, each with the store revision that last wrote it, plus the
+// secrets reads never return.
 type record struct {
-	Node   Node   `json:"node"`
+	Node Node
+	statusRecord
+	statusRev int64
+}
+
+// statusRecord is what is stored at a node's status key: its boot status
+// and the current boot's secrets.
+type statusRecord struct {
 	Status Status `json:"status"`
 	// BootNonce is in the overlay URL of the script last served; empty once
 	// an overlay consumed it, or a new boot started.
@@ -114,29 +129,47 @@ type record struct {
 	TokenBoot int `json:"tokenBoot,omitempty"`
 }
 
-// clone returns a deep copy of r: changes are made to copies.
-func (r *record) clone() *record {
-	c := *r
-	c.Status.Boot = r.Status.Boot.clone()
-	c.Status.History = slices.Clone(r.Status.History)
-	return &c
+// clone returns a deep copy of s: changes are made to copies.
+func (s statusRecord) clone() statusRecord {
+	c := s
+	c.Status.Boot = s.Status.Boot.clone()
+	c.Status.History = slices.Clone(s.Status.History)
+	if s.Status.Pin != nil {
+		p := *s.Status.Pin
+		c.Status.Pin = &p
+	}
+	return c
 }
 
 // view returns what readers see of r: a deep copy, with the node's live
 // agent view. d.mu must be held.
 func (d *DB) view(r *record) NodeStatus {
-	c := r.clone()
-	ns := NodeStatus{Node: c.Node, Status: c.Status}
+	c := r.statusRecord.clone()
+	ns := NodeStatus{Node: *r.Node.Clone(), Status: c.Status}
 	if a := d.live[r.Node.Name]; a != nil {
 		ns.Agent = a.clone()
 	}
 	return ns
 }
 
-var (
-	bucketNodes = []byte("nodes") // node name -> record (JSON)
-	bucketBoots = []byte("boots") // bootKey(name, id) -> Boot (JSON), earlier boots
+// clone returns a deep copy of r.
+func (r *record) clone() *record {
+	c := *r
+	c.statusRecord = r.statusRecord.clone()
+	return &c
+}
+
+// Keys of the store.
+const (
+	keyNodes     = "nodes/"         // nodes/NAME -> Node (inventory)
+	keyProfiles  = "profiles/"      // profiles/NAME -> Profile (inventory)
+	keyStatus    = "status/"        // status/NAME -> statusRecord
+	keyBoots     = "boots/"         // boots/NAME/ID (16 hex digits) -> Boot, earlier boots
+	keyInventory = "meta/inventory" // changes with every inventory write: the inventory's compare-and-swap key
 )
+
+func nodeKey(name string) string   { return keyNodes + name }
+func statusKey(name string) string { return keyStatus + name }
 
 // Options configure a database.
 type Options struct {
@@ -146,27 +179,46 @@ type Options struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
+	// Check, if set, checks the whole inventory after every change, before
+	// it commits, instead of inventory.Validate without subnets (the daemon
+	// checks addresses against its subnets); changed names the nodes the
+	// change adds or changes.
+	Check func(inv *inventory.Inventory, changed map[string]bool) error
+
 	// mmapSize is bbolt's initial memory map size (tests: a write that
 	// must grow the map waits for every read transaction to end).
 	mmapSize int
 }
 
-// DB is the open state database. Its methods are safe for concurrent use.
+// DB is the open state database: an in-memory view that follows the
+// store's changes. Its methods are safe for concurrent use.
 type DB struct {
-	db      *bolt.DB
+	st      *store.Bolt
 	path    string
 	history int
 	now     func() time.Time
+	stop    context.CancelFunc
+	done    chan struct{}
+	w       *writer
 
-	mu    sync.Mutex
-	nodes map[string]*record // by name; published records are never changed
-	byMAC map[string]string  // MAC -> name
-	byIP  map[netip.Addr]string
-	fails int // writes that did not commit
+	mu       sync.Mutex
+	applied  sync.Cond // broadcast when rev advances
+	rev      int64     // the store revision memory reflects
+	watchErr error     // set when the watch ended
+	invRev   int64     // revision of keyInventory
+	inv      *inventory.Inventory
+	nodes    map[string]*record // by name; published records are never changed
+	byMAC    map[string]string  // MAC -> name, every interface
+	byID     map[string]string  // client id -> name
+	byIP     map[netip.Addr]string
+	fails    int // writes that did not commit
+	check    func(*inventory.Inventory, map[string]bool) error
 	// live is each node's agent daemon's last registration or
 	// heartbeat: memory only, never written (heartbeat.go). Published
 	// values are never changed.
 	live map[string]*Agent
+	// pending are the tokens of overlays being sent (ExpectToken).
+	pending map[string]*pendingToken
 }
 
 // Open opens the database at path with default options; see OpenWith.
@@ -185,7 +237,7 @@ func OpenWith(path string, o Options) (*DB, error) {
 		o.Now = time.Now
 	}
 	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
-		if err := create(path); err != nil {
+		if err := store.CreateBolt(path); err != nil {
 			return nil, err
 		}
 	} else if err != nil {
@@ -194,106 +246,215 @@ func OpenWith(path string, o Options) (*DB, error) {
 	if _, err := Verify(path); err != nil {
 		return nil, err
 	}
-	d := &DB{path: path, history: o.History, now: o.Now, nodes: map[string]*record{}, byMAC: map[string]string{}, byIP: map[netip.Addr]string{}, live: map[string]*Agent{}}
+	d := &DB{path: path, history: o.History, now: o.Now, check: o.Check, inv: inventory.New(), live: map[string]*Agent{},
+		nodes: map[string]*record{}, byMAC: map[string]string{}, byID: map[string]string{}, byIP: map[netip.Addr]string{}}
+	d.applied.L = &d.mu
+	var kvs []store.KV
 	err := contained(func() error {
-		bdb, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, InitialMmapSize: o.mmapSize})
+		st, err := store.OpenBolt(path, store.BoltOptions{InitialMmapSize: o.mmapSize})
 		if err != nil {
 			return err
 		}
-		d.db = bdb
-		err = bdb.View(func(tx *bolt.Tx) error {
-			if tx.Bucket(bucketNodes) == nil || tx.Bucket(bucketBoots) == nil {
-				return errNoChange
-			}
-			return nil
-		})
-		if errors.Is(err, errNoChange) { // a database from before boot history
-			err = bdb.Update(func(tx *bolt.Tx) error {
-				for _, b := range [][]byte{bucketNodes, bucketBoots} {
-					if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-						return err
-					}
-				}
-				return nil
-			})
-		}
-		if err != nil {
+		d.st = st
+		if err := migrate(st); err != nil {
 			return err
 		}
-		return bdb.View(func(tx *bolt.Tx) error {
-			return tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
-				var r record
-				if err := decodeRecord(k, v, &r); err != nil {
-					return err
-				}
-				d.index(&r)
-				return nil
-			})
-		})
+		kvs, d.rev, err = st.List(context.Background(), "")
+		return err
 	})
 	if err != nil {
-		if d.db != nil {
-			d.db.Close()
+		if d.st != nil {
+			d.st.Close()
 		}
-		if errors.Is(err, berrors.ErrTimeout) {
+		if errors.Is(err, store.ErrInUse) {
 			return nil, fmt.Errorf("state database %s: %w (is a ramboot daemon serving this state directory?)", path, ErrInUse)
 		}
 		return nil, fmt.Errorf("load state database %s: %w", path, err)
 	}
+	for _, kv := range kvs {
+		if err := d.apply(store.Event{KV: kv}); err != nil {
+			d.st.Close()
+			return nil, fmt.Errorf("load state database %s: %w", path, err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d.stop, d.done = cancel, make(chan struct{})
+	go d.follow(ctx, d.st.Watch(ctx, "", d.rev))
+	d.w = newWriter()
+	go d.runWriter()
 	return d, nil
 }
 
-// create makes a new, empty database at path atomically: it is built beside
-// path and linked into place, so a crash never leaves an empty file at path
-// (which the next start would rightly refuse).
-func create(path string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("create state database: %w", err)
-	}
-	tmp := path + ".new"
-	_ = os.Remove(tmp) // left by a crash during an earlier create
-	bdb, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second})
-	if err != nil {
-		return fmt.Errorf("create state database %s: %w", tmp, err)
-	}
-	err = bdb.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketNodes, bucketBoots} {
-			if _, err := tx.CreateBucket(b); err != nil {
-				return err
+// follow applies the store's changes to memory, in order, until ctx ends.
+func (d *DB) follow(ctx context.Context, ch <-chan store.Change) {
+	defer close(d.done)
+	for c := range ch {
+		d.mu.Lock()
+		var err error
+		if c.Err != nil {
+			err = c.Err
+		}
+		for _, e := range c.Events {
+			if aerr := d.apply(e); aerr != nil && err == nil {
+				err = aerr
 			}
 		}
-		return nil
-	})
-	if cerr := bdb.Close(); err == nil {
-		err = cerr
+		if c.Rev > d.rev {
+			d.rev = c.Rev
+		}
+		if err != nil && ctx.Err() == nil {
+			d.watchErr = err
+		}
+		d.applied.Broadcast()
+		d.mu.Unlock()
 	}
-	if err == nil {
-		err = os.Link(tmp, path) // fails if a file appeared at path
+	d.mu.Lock()
+	if d.watchErr == nil {
+		d.watchErr = store.ErrClosed
 	}
-	_ = os.Remove(tmp)
-	if err != nil {
-		return fmt.Errorf("create state database %s: %w", path, err)
+	d.applied.Broadcast()
+	d.mu.Unlock()
+}
+
+// apply folds one stored key into memory; d.mu is held (or memory not yet
+// shared).
+func (d *DB) apply(e store.Event) error {
+	switch {
+	case e.Key == keyInventory:
+		d.invRev = e.Rev
+	case strings.HasPrefix(e.Key, keyProfiles):
+		name := strings.TrimPrefix(e.Key, keyProfiles)
+		m := maps.Clone(d.inv.Profiles) // published maps are never changed
+		d.inv.Profiles = m
+		if e.Deleted {
+			delete(m, name)
+			return nil
+		}
+		var p Profile
+		if err := json.Unmarshal(e.Value, &p); err != nil || p.Name != name {
+			return fmt.Errorf("decode profile %q: %v", name, err)
+		}
+		m[name] = &p
+	case strings.HasPrefix(e.Key, keyNodes):
+		name := strings.TrimPrefix(e.Key, keyNodes)
+		old := d.nodes[name]
+		if old != nil {
+			d.unindex(&old.Node)
+		}
+		if e.Deleted {
+			delete(d.nodes, name)
+			delete(d.inv.Nodes, name)
+			delete(d.live, name)
+			return nil
+		}
+		if old == nil || old.Node.Name == "" {
+			delete(d.live, name) // a new node: no agent of an earlier one
+		}
+		var n Node
+		if err := json.Unmarshal(e.Value, &n); err != nil || n.Name != name {
+			return fmt.Errorf("decode node %q: %v", name, err)
+		}
+		n.Upgrade()
+		r := &record{}
+		if old != nil {
+			*r = *old
+		}
+		r.Node = n
+		d.nodes[name] = r
+		d.inv.Nodes[name] = &r.Node
+		d.index(&n)
+	case strings.HasPrefix(e.Key, keyStatus):
+		name := strings.TrimPrefix(e.Key, keyStatus)
+		old := d.nodes[name]
+		if e.Deleted {
+			if old != nil {
+				r := *old
+				r.statusRecord, r.statusRev = statusRecord{}, 0
+				d.nodes[name] = &r
+			}
+			return nil
+		}
+		var s statusRecord
+		if err := decodeStatus(name, e.Value, &s); err != nil {
+			return err
+		}
+		r := &record{}
+		if old != nil {
+			*r = *old
+		}
+		r.statusRecord, r.statusRev = s, e.Rev
+		d.nodes[name] = r
 	}
-	return syncDir(filepath.Dir(path))
+	return nil
+}
+
+// index adds n's interfaces to the lookup maps.
+func (d *DB) index(n *Node) {
+	for _, ifc := range n.Interfaces {
+		if ifc.MAC != "" {
+			d.byMAC[ifc.MAC] = n.Name
+		}
+		if ifc.ClientID != "" {
+			d.byID[ifc.ClientID] = n.Name
+		}
+		if ifc.IP.IsValid() {
+			d.byIP[ifc.IP] = n.Name
+		}
+	}
+}
+
+// unindex removes n's interfaces from the lookup maps.
+func (d *DB) unindex(n *Node) {
+	for _, ifc := range n.Interfaces {
+		if d.byMAC[ifc.MAC] == n.Name {
+			delete(d.byMAC, ifc.MAC)
+		}
+		if d.byID[ifc.ClientID] == n.Name {
+			delete(d.byID, ifc.ClientID)
+		}
+		if d.byIP[ifc.IP] == n.Name {
+			delete(d.byIP, ifc.IP)
+		}
+	}
+}
+
+// waitRev waits until memory reflects store revision rev.
+func (d *DB) waitRev(rev int64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for d.rev < rev && d.watchErr == nil {
+		d.applied.Wait()
+	}
+	if d.rev < rev {
+		return fmt.Errorf("follow the state store: %w", d.watchErr)
+	}
+	return nil
 }
 
 // Close closes the database.
-func (d *DB) Close() error { return d.db.Close() }
+func (d *DB) Close() error {
+	if d.w != nil {
+		d.closeWriter()
+	}
+	err := d.st.Close()
+	if d.stop != nil {
+		d.stop()
+		<-d.done
+	}
+	return err
+}
 
 // Path returns the database file's path.
 func (d *DB) Path() string { return d.path }
+
+// Store returns the store the database lives in.
+func (d *DB) Store() store.Store { return d.st }
 
 // CommitFailures returns how many writes failed to commit since Open.
 func (d *DB) CommitFailures() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.fails
-}
-
-func (d *DB) index(r *record) {
-	d.nodes[r.Node.Name] = r
-	d.byMAC[r.Node.MAC] = r.Node.Name
-	d.byIP[r.Node.IP] = r.Node.Name
 }
 
 // errNoChange, returned by an update's function, ends the update without a
@@ -311,164 +472,223 @@ type archive struct {
 	live func()
 }
 
-// update is the one place a node's record changes: fn works on a deep copy,
-// which is committed in one transaction (with the archive changes fn asks
-// for) and only then replaces the record that readers see. d.mu is held
-// throughout, so a failed write leaves memory exactly as the disk is.
-func (d *DB) update(name string, fn func(r *record, a *archive) error) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	cur, ok := d.nodes[name]
-	if !ok {
-		return ErrNotFound
-	}
-	nr := cur.clone()
-	var a archive
-	if err := fn(nr, &a); err != nil {
-		if errors.Is(err, errNoChange) {
-			if a.live != nil {
-				a.live()
-			}
-			return nil
+// maxRetries bounds the retries of a transaction that met a conflict.
+const maxRetries = 16
+
+// commit runs one transaction and waits until memory reflects it. A
+// failure other than a conflict counts as a failed write.
+func (d *DB) commit(cmps []store.Cmp, ops []store.Op) error {
+	rev, err := d.st.Txn(context.Background(), cmps, ops)
+	if err != nil {
+		if !errors.Is(err, store.ErrConflict) {
+			d.mu.Lock()
+			d.fails++
+			d.mu.Unlock()
 		}
 		return err
 	}
-	b, err := json.Marshal(nr)
-	if err != nil {
-		return fmt.Errorf("encode node %s: %w", name, err)
-	}
-	err = d.db.Update(func(tx *bolt.Tx) error {
-		if a.put != nil {
-			old, err := json.Marshal(a.put)
-			if err != nil {
-				return err
-			}
-			if err := tx.Bucket(bucketBoots).Put(bootKey(name, a.put.ID), old); err != nil {
-				return err
-			}
-		}
-		for _, id := range a.drop {
-			if err := tx.Bucket(bucketBoots).Delete(bootKey(name, id)); err != nil {
-				return err
-			}
-		}
-		return tx.Bucket(bucketNodes).Put([]byte(name), b)
-	})
-	if err != nil {
-		d.fails++
-		return fmt.Errorf("write node %s: %w", name, err)
-	}
-	d.nodes[name] = nr
-	if a.live != nil {
-		a.live()
-	}
-	return nil
+	return d.waitRev(rev)
 }
 
-var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+// catchUp waits until memory reflects everything the store committed.
+func (d *DB) catchUp() error { return d.waitRev(d.st.Rev()) }
 
 // ValidName checks that name can be a node name: a host name label.
-func ValidName(name string) error {
-	if !nameRE.MatchString(name) {
-		return fmt.Errorf("node name %q: must be 1-63 lower-case letters, digits or '-', not starting or ending with '-'", name)
-	}
-	return nil
-}
+func ValidName(name string) error { return inventory.ValidName("node", name) }
 
 // NormalizeMAC parses a MAC address and returns it lower case with colons.
-func NormalizeMAC(s string) (string, error) {
-	hw, err := net.ParseMAC(s)
-	if err != nil || len(hw) != 6 {
-		return "", fmt.Errorf("mac %q: not an Ethernet MAC address like 52:54:00:12:34:56", s)
-	}
-	return hw.String(), nil
+func NormalizeMAC(s string) (string, error) { return inventory.NormalizeMAC(s) }
+
+// Change is what an inventory transaction changed.
+type Change struct {
+	// Added, Updated and Removed name the nodes, sorted.
+	Added, Updated, Removed []string
+	// ProfilesAdded, ProfilesUpdated and ProfilesRemoved name the profiles.
+	ProfilesAdded, ProfilesUpdated, ProfilesRemoved []string
 }
 
-// AddNode adds n to the inventory. Name, MAC and IP must be unique.
-func (d *DB) AddNode(n Node) error {
-	if err := ValidName(n.Name); err != nil {
-		return err
+// Empty reports whether c changes nothing.
+func (c Change) Empty() bool {
+	return len(c.Added)+len(c.Updated)+len(c.Removed)+len(c.ProfilesAdded)+len(c.ProfilesUpdated)+len(c.ProfilesRemoved) == 0
+}
+
+// ChangeInventory runs one inventory transaction: fn edits a copy of the
+// inventory (replacing entries, never changing them in place); the result
+// is checked whole (inventory.Validate and Options.Check: every problem at
+// once), and the difference commits in one transaction only if the
+// inventory did not change since it was read (else fn runs again on the
+// newer one). Memory reflects it on return. With dryRun nothing is
+// written. New nodes start with status new; removed nodes lose their
+// status and boot history; a node whose effective image changed is moved
+// by fn clearing its pin with ClearPin.
+func (d *DB) ChangeInventory(dryRun bool, fn func(inv *inventory.Inventory) error) (Change, error) {
+	for range maxRetries {
+		d.mu.Lock()
+		old := d.inv
+		next := old.Copy()
+		rev := d.invRev
+		d.mu.Unlock()
+		if err := fn(next); err != nil {
+			return Change{}, err
+		}
+		for name, p := range next.Profiles {
+			if old.Profiles[name] != p {
+				next.Profiles[name] = p.Normalize()
+			}
+		}
+		changed := map[string]bool{}
+		for name, n := range next.Nodes {
+			if old.Nodes[name] != n {
+				changed[name] = true
+				nn := n.Normalize()
+				if nn.Created.IsZero() {
+					if o, ok := old.Nodes[name]; ok {
+						nn.Created = o.Created
+					} else {
+						nn.Created = d.now().UTC()
+					}
+				}
+				next.Nodes[name] = nn
+			}
+		}
+		if d.check != nil {
+			if err := d.check(next, changed); err != nil {
+				return Change{}, err
+			}
+		} else if err := next.ValidateChange(nil, changed); err != nil {
+			return Change{}, err
+		}
+		ch, ops, err := diff(old, next)
+		if err != nil {
+			return Change{}, err
+		}
+		if dryRun || len(ops) == 0 {
+			return ch, nil
+		}
+		ops = append(ops, store.Put(keyInventory, []byte(strconv.FormatInt(rev+1, 10))))
+		err = d.commit([]store.Cmp{{Key: keyInventory, Rev: rev}}, ops)
+		if errors.Is(err, store.ErrConflict) {
+			if err := d.catchUp(); err != nil {
+				return Change{}, err
+			}
+			continue
+		}
+		if err != nil {
+			return Change{}, fmt.Errorf("write the inventory: %w", err)
+		}
+		return ch, nil
 	}
-	mac, err := NormalizeMAC(n.MAC)
+	return Change{}, fmt.Errorf("write the inventory: %w, %d times", store.ErrConflict, maxRetries)
+}
+
+// diff returns the change from old to next and the store writes it takes.
+func diff(old, next *inventory.Inventory) (Change, []store.Op, error) {
+	var ch Change
+	var ops []store.Op
+	newStatus, err := json.Marshal(statusRecord{Status: Status{Boot: Boot{State: StateNew}}})
 	if err != nil {
-		return err
+		return ch, nil, err
 	}
-	n.MAC = mac
-	if !n.IP.Is4() {
-		return fmt.Errorf("node %s: ip %q: not an IPv4 address", n.Name, n.IP)
+	for _, name := range slices.Sorted(maps.Keys(next.Profiles)) {
+		p := next.Profiles[name]
+		o, had := old.Profiles[name]
+		if had && (o == p || reflect.DeepEqual(o, p)) {
+			continue
+		}
+		b, err := json.Marshal(p)
+		if err != nil {
+			return ch, nil, fmt.Errorf("encode profile %s: %w", name, err)
+		}
+		ops = append(ops, store.Put(keyProfiles+name, b))
+		if had {
+			ch.ProfilesUpdated = append(ch.ProfilesUpdated, name)
+		} else {
+			ch.ProfilesAdded = append(ch.ProfilesAdded, name)
+		}
 	}
-	if n.RootMode != "" && !overlay.RootMode(n.RootMode).Valid() {
-		return fmt.Errorf("node %s: root mode %q: not tmpfs or compressed", n.Name, n.RootMode)
+	for _, name := range slices.Sorted(maps.Keys(old.Profiles)) {
+		if _, ok := next.Profiles[name]; !ok {
+			ops = append(ops, store.Delete(keyProfiles+name))
+			ch.ProfilesRemoved = append(ch.ProfilesRemoved, name)
+		}
 	}
+	for _, name := range slices.Sorted(maps.Keys(next.Nodes)) {
+		n := next.Nodes[name]
+		o, had := old.Nodes[name]
+		if had && (o == n || reflect.DeepEqual(o, n)) {
+			continue
+		}
+		b, err := json.Marshal(n)
+		if err != nil {
+			return ch, nil, fmt.Errorf("encode node %s: %w", name, err)
+		}
+		if had {
+			ch.Updated = append(ch.Updated, name)
+			ops = append(ops, store.Put(nodeKey(name), b))
+		} else {
+			ch.Added = append(ch.Added, name)
+			// Boots of an earlier node of the same name must not show up.
+			ops = append(ops, store.DeletePrefix(bootPrefix(name)), store.Put(nodeKey(name), b), store.Put(statusKey(name), newStatus))
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(old.Nodes)) {
+		if _, ok := next.Nodes[name]; !ok {
+			ch.Removed = append(ch.Removed, name)
+			ops = append(ops, store.DeletePrefix(bootPrefix(name)), store.Delete(statusKey(name)), store.Delete(nodeKey(name)))
+		}
+	}
+	return ch, ops, nil
+}
+
+// Inventory returns the inventory as memory holds it: the maps are a
+// copy, the entries shared and never to be changed.
+func (d *DB) Inventory() *inventory.Inventory {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if _, ok := d.nodes[n.Name]; ok {
-		return fmt.Errorf("add node %s: name %w", n.Name, ErrExists)
-	}
-	if other, ok := d.byMAC[n.MAC]; ok {
-		return fmt.Errorf("add node %s: mac %s %w (node %s)", n.Name, n.MAC, ErrExists, other)
-	}
-	if other, ok := d.byIP[n.IP]; ok {
-		return fmt.Errorf("add node %s: ip %s %w (node %s)", n.Name, n.IP, ErrExists, other)
-	}
-	if n.Created.IsZero() {
-		n.Created = d.now().UTC()
-	}
-	r := &record{Node: n, Status: Status{Boot: Boot{State: StateNew}}}
-	b, err := json.Marshal(r)
-	if err != nil {
-		return fmt.Errorf("encode node %s: %w", n.Name, err)
-	}
-	err = d.db.Update(func(tx *bolt.Tx) error {
-		// Boots of an earlier node of the same name must not show up.
-		if err := deleteBoots(tx, n.Name); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketNodes).Put([]byte(n.Name), b)
-	})
-	if err != nil {
-		d.fails++
-		return fmt.Errorf("add node %s: %w", n.Name, err)
-	}
-	d.index(r)
-	delete(d.live, n.Name)
-	return nil
+	return d.inv.Copy()
 }
 
-func deleteBoots(tx *bolt.Tx, name string) error {
-	c := tx.Bucket(bucketBoots).Cursor()
-	p := bootPrefix(name)
-	for k, _ := c.Seek(p); k != nil && strings.HasPrefix(string(k), string(p)); k, _ = c.Seek(p) {
-		if err := c.Delete(); err != nil {
-			return err
+// InventoryRev returns the store revision of the last inventory change:
+// it changes with every node or profile written, and with nothing else.
+func (d *DB) InventoryRev() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.invRev
+}
+
+// Profiles returns every profile by name: a map that is never changed
+// (a change to the profiles publishes a new one), so reading it costs
+// nothing on a per-packet path.
+func (d *DB) Profiles() map[string]*Profile {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.inv.Profiles
+}
+
+// AddNode adds n to the inventory. Name, MACs, client ids and addresses
+// must be unique.
+func (d *DB) AddNode(n Node) error {
+	n.Upgrade()
+	_, err := d.ChangeInventory(false, func(inv *inventory.Inventory) error {
+		if _, ok := inv.Nodes[n.Name]; ok {
+			return fmt.Errorf("add node %s: name %w", n.Name, ErrExists)
 		}
-	}
-	return nil
+		inv.Nodes[n.Name] = &n
+		return nil
+	})
+	return err
 }
 
 // DeleteNode removes a node, its status and its boot history.
 func (d *DB) DeleteNode(name string) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	r, ok := d.nodes[name]
-	if !ok {
-		return fmt.Errorf("delete node %s: %w", name, ErrNotFound)
-	}
-	err := d.db.Update(func(tx *bolt.Tx) error {
-		if err := deleteBoots(tx, name); err != nil {
-			return err
+	_, err := d.ChangeInventory(false, func(inv *inventory.Inventory) error {
+		if _, ok := inv.Nodes[name]; !ok {
+			return fmt.Errorf("delete node %s: %w", name, ErrNotFound)
 		}
-		return tx.Bucket(bucketNodes).Delete([]byte(name))
+		delete(inv.Nodes, name)
+		return nil
 	})
-	if err != nil {
-		d.fails++
-		return fmt.Errorf("delete node %s: %w", name, err)
-	}
-	delete(d.nodes, name)
-	delete(d.byMAC, r.Node.MAC)
-	delete(d.byIP, r.Node.IP)
-	delete(d.live, name)
-	return nil
+	return err
 }
 
 // Get returns the node called name.
@@ -476,7 +696,7 @@ func (d *DB) Get(name string) (NodeStatus, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	r, ok := d.nodes[name]
-	if !ok {
+	if !ok || r.Node.Name == "" {
 		return NodeStatus{}, fmt.Errorf("node %s: %w", name, ErrNotFound)
 	}
 	return d.view(r), nil
@@ -489,6 +709,18 @@ func (d *DB) ByMAC(mac net.HardwareAddr) (NodeStatus, error) {
 	name, ok := d.byMAC[mac.String()]
 	if !ok {
 		return NodeStatus{}, fmt.Errorf("mac %s: %w", mac, ErrNotFound)
+	}
+	return d.view(d.nodes[name]), nil
+}
+
+// ByClientID returns the node with that DHCP client identifier (hex
+// with colons, as inventory.NormalizeClientID writes it).
+func (d *DB) ByClientID(id string) (NodeStatus, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	name, ok := d.byID[id]
+	if !ok {
+		return NodeStatus{}, fmt.Errorf("client id %s: %w", id, ErrNotFound)
 	}
 	return d.view(d.nodes[name]), nil
 }
@@ -510,8 +742,42 @@ func (d *DB) List() []NodeStatus {
 	defer d.mu.Unlock()
 	out := make([]NodeStatus, 0, len(d.nodes))
 	for _, r := range d.nodes {
-		out = append(out, d.view(r))
+		if r.Node.Name != "" {
+			out = append(out, d.view(r))
+		}
 	}
+	slices.SortFunc(out, func(a, b NodeStatus) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Summaries returns every node, sorted by name, with only the last event
+// of its current boot's timeline: what a listing of thousands of nodes
+// shows, without copying every timeline.
+func (d *DB) Summaries() []NodeStatus {
+	d.mu.Lock()
+	out := make([]NodeStatus, 0, len(d.nodes))
+	for _, r := range d.nodes {
+		if r.Node.Name == "" {
+			continue
+		}
+		st := r.Status
+		if n := len(st.Timeline); n > 0 {
+			st.Timeline = []Event{st.Timeline[n-1]}
+		}
+		st.History = slices.Clone(st.History)
+		if st.Report != nil {
+			rep := *st.Report
+			st.Report = &rep
+		}
+		if st.Pin != nil {
+			p := *st.Pin
+			st.Pin = &p
+		}
+		out = append(out, NodeStatus{Node: r.Node, Status: st})
+	}
+	d.mu.Unlock()
+	// Published records are never changed: their Node's slices and maps
+	// can be shared by the copies, which callers must not change.
 	slices.SortFunc(out, func(a, b NodeStatus) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
@@ -520,27 +786,34 @@ func (d *DB) List() []NodeStatus {
 // first.
 func (d *DB) Boots(name string) ([]Boot, error) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	r, ok := d.nodes[name]
-	if !ok {
+	if !ok || r.Node.Name == "" {
+		d.mu.Unlock()
 		return nil, fmt.Errorf("node %s: %w", name, ErrNotFound)
 	}
 	out := []Boot{r.Status.Boot.clone()}
-	err := d.db.View(func(tx *bolt.Tx) error {
-		for _, id := range r.Status.History {
-			v := tx.Bucket(bucketBoots).Get(bootKey(name, id))
-			if v == nil {
-				continue
-			}
-			var b Boot
-			if err := json.Unmarshal(v, &b); err != nil {
-				return fmt.Errorf("decode boot %d of node %s: %w", id, name, err)
-			}
-			out = append(out, b)
+	history := slices.Clone(r.Status.History)
+	d.mu.Unlock()
+	kvs, _, err := d.st.List(context.Background(), bootPrefix(name))
+	if err != nil {
+		return out, err
+	}
+	kept := map[string][]byte{}
+	for _, kv := range kvs {
+		kept[kv.Key] = kv.Value
+	}
+	for _, id := range history {
+		v, ok := kept[bootKey(name, id)]
+		if !ok {
+			continue
 		}
-		return nil
-	})
-	return out, err
+		var b Boot
+		if err := json.Unmarshal(v, &b); err != nil {
+			return out, fmt.Errorf("decode boot %d of node %s: %w", id, name, err)
+		}
+		out = append(out, b)
+	}
+	return out, nil
 }
 
 // BootByID returns boot id of node name, if it is still kept.
@@ -577,22 +850,37 @@ func orNone(s string) string {
 // boot keeps the previous one in the node's history (the last History
 // boots), voids the previous script's nonce, and never touches the token a
 // running node holds: only a new script revokes it.
+//
+// Record waits until the event is committed; Post does not.
 func (d *DB) Record(name string, e Event, newBoot bool) error {
+	if err := d.update(name, d.recordFn(e, newBoot)); err != nil {
+		return fmt.Errorf("record %s for node %s: %w", e.Step, name, err)
+	}
+	return nil
+}
+
+// Post queues an event as Record does and returns at once: the status
+// writer commits it with its next group of changes, typically within a
+// few milliseconds. The serving path (DHCP, TFTP, downloads) posts, so a
+// reply never waits for the disk; a crash can lose what was posted and
+// not yet committed (docs/state.md).
+func (d *DB) Post(name string, e Event, newBoot bool) {
+	d.post(name, d.recordFn(e, newBoot))
+}
+
+func (d *DB) recordFn(e Event, newBoot bool) func(r *record, a *archive) error {
 	if e.Time.IsZero() {
 		e.Time = d.now()
 	}
-	err := d.update(name, func(r *record, a *archive) error {
+	return func(r *record, a *archive) error {
 		st := &r.Status
 		if e.Step == StepDHCPOffer && (newBoot || st.reached(StepScript) || st.ID == 0) {
+			// (StepLease, a node OS's DHCP, never starts a boot.)
 			d.startBoot(r, a, e.Time)
 		}
 		st.add(e)
 		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("record %s for node %s: %w", e.Step, name, err)
 	}
-	return nil
 }
 
 // startBoot moves r's current boot to the history and starts the next.

@@ -2,12 +2,17 @@ package state
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/ramboot/ramboot/provisioner/inventory"
+	"github.com/ramboot/ramboot/provisioner/store"
 )
 
 func open(t *testing.T, path string) *DB {
@@ -21,7 +26,7 @@ func open(t *testing.T, path string) *DB {
 }
 
 func node(name, mac, ip string) Node {
-	return Node{Name: name, MAC: mac, IP: netip.MustParseAddr(ip)}
+	return Node{Name: name, Interfaces: []inventory.Interface{{MAC: mac, IP: netip.MustParseAddr(ip)}}}
 }
 
 // clock is a settable test clock.
@@ -95,7 +100,7 @@ func TestAddNode(t *testing.T) {
 		})
 	}
 	n, err := db.ByMAC(net.HardwareAddr{0x52, 0x54, 0, 0xaa, 0, 1})
-	if err != nil || n.Name != "n1" || n.MAC != "52:54:00:aa:00:01" || n.Status.State != StateNew || n.Status.ID != 0 {
+	if err != nil || n.Name != "n1" || n.Interfaces[0].MAC != "52:54:00:aa:00:01" || n.Status.State != StateNew || n.Status.ID != 0 {
 		t.Fatalf("ByMAC: %+v %v", n, err)
 	}
 	if _, err := db.ByIP(netip.MustParseAddr("10.0.0.99")); !errors.Is(err, ErrNotFound) {
@@ -361,6 +366,65 @@ func TestNonceSingleUse(t *testing.T) {
 	}
 }
 
+// TestTokenInFlight: a node that uses its token the moment it has its
+// overlay, before the head committed the token, is not refused: the
+// request waits for the commit. A token whose overlay was not sent whole
+// is refused once that is known, and one of no overlay at once.
+func TestTokenInFlight(t *testing.T) {
+	db := open(t, filepath.Join(t.TempDir(), "s.db"))
+	if err := db.AddNode(node("n1", "52:54:00:aa:00:01", "10.0.0.11")); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Record("n1", ev(StepDHCPOffer), true); err != nil {
+		t.Fatal(err)
+	}
+	nonce, err := db.NewBootNonce("n1", ev(StepScript))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := NewToken()
+	release := db.ExpectToken("n1", tok)
+	if _, err := db.Authenticate("n1", NewToken(), addr("10.0.0.11")); !errors.Is(err, ErrBadToken) {
+		t.Fatalf("another token while one is in flight: %v", err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		_, err := db.Authenticate("n1", tok, addr("10.0.0.11"))
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		t.Fatalf("the token in flight was answered before its commit: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if err := db.ConsumeNonce("n1", nonce, tok, ev(StepOverlay)); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if err := <-got; err != nil {
+		t.Fatalf("the token in flight, once committed: %v", err)
+	}
+
+	// An overlay cut short: its token never becomes the node's.
+	nonce, err = db.NewBootNonce("n1", ev(StepScript))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := NewToken()
+	release = db.ExpectToken("n1", cut)
+	go func() {
+		_, err := db.Authenticate("n1", cut, addr("10.0.0.11"))
+		got <- err
+	}()
+	release()
+	if err := <-got; !errors.Is(err, ErrBadToken) {
+		t.Fatalf("the token of an overlay cut short: %v", err)
+	}
+	if err := db.CheckNonce("n1", nonce); err != nil {
+		t.Fatalf("the nonce of an overlay cut short is spent: %v", err)
+	}
+}
+
 func TestMarkStalled(t *testing.T) {
 	c := newClock()
 	db, err := OpenWith(filepath.Join(t.TempDir(), "s.db"), Options{Now: c.now})
@@ -458,5 +522,81 @@ func TestMachine(t *testing.T) {
 func TestPrintable(t *testing.T) {
 	if got := Printable("ok\x1b[2Jbad\nline\xff"); got != "ok?[2Jbad line?" {
 		t.Fatalf("Printable = %q", got)
+	}
+}
+
+// TestFollowsStore: memory follows the store's watch, so a change another
+// writer commits to the store (another head, with a shared store) is
+// served without a restart, and a status write racing it retries on the
+// newer record instead of overwriting it.
+func TestFollowsStore(t *testing.T) {
+	db := open(t, filepath.Join(t.TempDir(), "s.db"))
+	nb := []byte(`{"name":"n9","mac":"52:54:00:aa:00:09","ip":"10.0.0.19","created":"2026-01-01T00:00:00Z"}`)
+	sb := []byte(`{"status":{"boot":0,"state":"new","timeline":null,"boots":0}}`)
+	if _, err := db.st.Txn(t.Context(), nil, []store.Op{store.Put(nodeKey("n9"), nb), store.Put(statusKey("n9"), sb)}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if n, err := db.ByMAC(net.HardwareAddr{0x52, 0x54, 0, 0xaa, 0, 9}); err == nil && n.Name == "n9" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a node committed to the store is not served within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := db.Record("n9", ev(StepDHCPOffer), true); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := db.Get("n9"); n.Status.ID != 1 || n.Status.State != StateBooting {
+		t.Fatalf("status after a recorded offer: %+v", n.Status)
+	}
+}
+
+// TestPostBatches: boot events posted from many goroutines are committed
+// in groups (far fewer transactions than events), in order per node, and
+// a waiting change (a nonce) is committed with the group it joined.
+func TestPostBatches(t *testing.T) {
+	db := open(t, filepath.Join(t.TempDir(), "s.db"))
+	const nodes, events = 20, 30
+	for i := range nodes {
+		if err := db.AddNode(node(fmt.Sprintf("n%d", i), fmt.Sprintf("52:54:00:aa:01:%02x", i), fmt.Sprintf("10.0.1.%d", 10+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := db.WriterStats()
+	var wg sync.WaitGroup
+	for i := range nodes {
+		wg.Go(func() {
+			name := fmt.Sprintf("n%d", i)
+			db.Post(name, ev(StepDHCPOffer), true)
+			for k := range events - 1 {
+				db.Post(name, Event{Step: StepKernel, Detail: fmt.Sprint(k)}, false)
+			}
+		})
+	}
+	wg.Wait()
+	if _, err := db.NewBootNonce("n0", ev(StepScript)); err != nil {
+		t.Fatal(err)
+	}
+	db.Flush()
+	for i := range nodes {
+		n, _ := db.Get(fmt.Sprintf("n%d", i))
+		tl := n.Status.Timeline
+		if n.Status.ID != 1 || len(tl) < events {
+			t.Fatalf("n%d: boot %d with %d events, want boot 1 with %d", i, n.Status.ID, len(tl), events)
+		}
+		for k := 1; k < events; k++ {
+			if tl[k].Detail != fmt.Sprint(k-1) {
+				t.Fatalf("n%d: event %d is %q: out of order", i, k, tl[k].Detail)
+			}
+		}
+	}
+	after := db.WriterStats()
+	committed, batches := after.Changes-before.Changes, after.Batches-before.Batches
+	t.Logf("%d changes in %d transactions", committed, batches)
+	if committed < nodes*events || batches >= committed/2 {
+		t.Errorf("%d changes in %d transactions: not batched", committed, batches)
 	}
 }

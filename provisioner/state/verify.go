@@ -6,14 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/ramboot/ramboot/provisioner/store"
 )
 
 // ErrInUse means another process holds the database open for writing: a
@@ -193,23 +195,20 @@ func check(tx *bolt.Tx, sum *Summary) error {
 	sum.TxID = int(tx.ID())
 	err := tx.ForEach(func(name []byte, b *bolt.Bucket) error {
 		switch string(name) {
-		case string(bucketNodes):
+		case string(store.BucketKV):
 			return b.ForEach(func(k, v []byte) error {
-				var r record
-				if err := decodeRecord(k, v, &r); err != nil {
-					return err
+				if v == nil {
+					return fmt.Errorf("key %q is a bucket, not a value", k)
 				}
-				sum.Nodes++
-				return nil
+				_, val, ok := store.Decode(v)
+				if !ok {
+					return fmt.Errorf("key %q: value too short for its revision", k)
+				}
+				return checkValue(string(k), val, sum)
 			})
-		case string(bucketBoots):
+		case "nodes", "boots": // the first layout, before the store
 			return b.ForEach(func(k, v []byte) error {
-				var bt Boot
-				if v == nil || json.Unmarshal(v, &bt) != nil || len(k) < 10 {
-					return fmt.Errorf("boot %q cannot be decoded", k)
-				}
-				sum.Boots++
-				return nil
+				return checkValue(string(name)+"/"+string(k), v, sum)
 			})
 		}
 		return walk(b) // a bucket of a later version: read it all the same
@@ -229,6 +228,40 @@ func check(tx *bolt.Tx, sum *Summary) error {
 	return nil
 }
 
+// checkValue decodes the value stored under key k, by its prefix, and
+// counts it in sum.
+func checkValue(k string, v []byte, sum *Summary) error {
+	switch {
+	case strings.HasPrefix(k, keyNodes):
+		name := strings.TrimPrefix(k, keyNodes)
+		var lr legacyRecord
+		if err := json.Unmarshal(v, &lr); err != nil {
+			return fmt.Errorf("decode node %q: %w", name, err)
+		}
+		n := lr.Node
+		if n == nil {
+			n = new(Node)
+			if err := json.Unmarshal(v, n); err != nil {
+				return fmt.Errorf("decode node %q: %w", name, err)
+			}
+		}
+		if n.Name != name {
+			return fmt.Errorf("node %q holds the record of %q", name, n.Name)
+		}
+		sum.Nodes++
+	case strings.HasPrefix(k, keyStatus):
+		var s statusRecord
+		return decodeStatus(strings.TrimPrefix(k, keyStatus), v, &s)
+	case strings.HasPrefix(k, keyBoots):
+		var bt Boot
+		if json.Unmarshal(v, &bt) != nil {
+			return fmt.Errorf("boot %q cannot be decoded", k)
+		}
+		sum.Boots++
+	}
+	return nil
+}
+
 func walk(b *bolt.Bucket) error {
 	return b.ForEach(func(k, v []byte) error {
 		if v == nil {
@@ -238,23 +271,6 @@ func walk(b *bolt.Bucket) error {
 		}
 		return nil
 	})
-}
-
-// decodeRecord decodes the node record stored under key k.
-func decodeRecord(k, v []byte, r *record) error {
-	if v == nil {
-		return fmt.Errorf("node %q is a bucket, not a record", k)
-	}
-	if err := json.Unmarshal(v, r); err != nil {
-		return fmt.Errorf("decode node %q: %w", k, err)
-	}
-	if r.Node.Name != string(k) {
-		return fmt.Errorf("node %q holds the record of %q", k, r.Node.Name)
-	}
-	if r.Status.ID == 0 && r.Status.Boots > 0 {
-		r.Status.ID = r.Status.Boots // written before boots had ids
-	}
-	return nil
 }
 
 // copyVerified copies the database file src to dst with WriteFileAtomic
@@ -305,20 +321,8 @@ func WriteFileAtomic(path string, fill func(io.Writer) error) (Summary, error) {
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return Summary{}, fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := store.SyncDir(filepath.Dir(path)); err != nil {
 		return Summary{}, fmt.Errorf("write %s: %w", path, err)
 	}
 	return sum, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, fs.ErrInvalid) {
-		return err
-	}
-	return nil
 }

@@ -83,27 +83,52 @@ type Server struct {
 	Metrics *Metrics
 }
 
-// ListenAndServe opens an ICMPv6 raw socket, joins the all-routers group on
-// the interface and advertises until ctx ends; then it closes the socket,
-// waits for its goroutine and returns nil. It returns an error only when
-// the configuration is invalid, the interface does not exist or the socket
-// cannot be opened; failures to send are logged and retried.
+// ListenAndServe opens the socket with Listen and calls Serve. It returns
+// an error only when the configuration is invalid, the interface does not
+// exist or the socket cannot be opened; failures to send are logged and
+// retried.
 //
 // It looks the interface and its addresses up on the calling goroutine
 // only, so a caller that has locked its OS thread into a network namespace
 // serves that namespace.
 func (s *Server) ListenAndServe(ctx context.Context) error {
+	if _, err := s.newState(); err != nil {
+		return err
+	}
+	c, err := Listen(s.Interface)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx, c)
+}
+
+// Listen opens the ICMPv6 raw socket a Server advertises on (it needs
+// CAP_NET_RAW), for the interface iface, which must exist.
+func Listen(iface string) (*icmp.PacketConn, error) {
+	if _, err := net.InterfaceByName(iface); err != nil {
+		return nil, fmt.Errorf("find interface %s: %w", iface, err)
+	}
+	c, err := icmp.ListenPacket("ip6:ipv6-icmp", "::")
+	if err != nil {
+		return nil, fmt.Errorf("listen icmpv6 for %s: %w", iface, err)
+	}
+	return c, nil
+}
+
+// Serve joins the all-routers group on the interface and advertises on c
+// (from Listen) until ctx ends; then it closes c, waits for its goroutine
+// and returns nil. It closes c and returns an error when the
+// configuration is invalid or the interface is gone.
+func (s *Server) Serve(ctx context.Context, c *icmp.PacketConn) error {
 	st, err := s.newState()
 	if err != nil {
+		c.Close()
 		return err
 	}
 	ifi, err := net.InterfaceByName(s.Interface)
 	if err != nil {
+		c.Close()
 		return fmt.Errorf("find interface %s: %w", s.Interface, err)
-	}
-	c, err := icmp.ListenPacket("ip6:ipv6-icmp", "::")
-	if err != nil {
-		return fmt.Errorf("listen icmpv6 for %s: %w", s.Interface, err)
 	}
 	st.conn = c.IPv6PacketConn()
 	if err := st.setup(); err != nil {

@@ -2,12 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -24,7 +21,6 @@ import (
 	"github.com/ramboot/ramboot/provisioner"
 	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/apiclient"
-	"github.com/ramboot/ramboot/provisioner/state"
 )
 
 func imageCmd(g *globals) *cobra.Command {
@@ -59,21 +55,6 @@ func (g *globals) daemon(ctx context.Context) *apiclient.Client {
 	}
 	c.Close()
 	return g.client()
-}
-
-// offlineNodes reads the inventory when no daemon runs, to keep what nodes
-// use; no database means no nodes.
-func (g *globals) offlineNodes() ([]state.NodeStatus, error) {
-	p := filepath.Join(g.stateDir, provisioner.DBFile)
-	if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	db, err := state.Open(p)
-	if err != nil {
-		return nil, err
-	}
-	defer db.Close()
-	return db.List(), nil
 }
 
 // imageResult is what `image build -o json` prints.
@@ -225,8 +206,8 @@ func imageShowCmd(g *globals) *cobra.Command {
 					if img, err := c.GetImage(cmd.Context(), r.String()); err == nil {
 						nodes = img.Nodes
 					}
-				} else if ns, err := g.offlineNodes(); err == nil {
-					nodes = api.NodesAssigned(ns, "", r)
+				} else if use, err := provisioner.OfflineImageUse(g.stateDir); err == nil {
+					nodes = use.Assigned(r)
 				}
 			}
 			if files {
@@ -340,10 +321,10 @@ func imageRmCmd(g *globals) *cobra.Command {
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := g.daemon(cmd.Context())
-			var nodes []state.NodeStatus
+			var use *provisioner.ImageUse
 			if c == nil {
 				var err error
-				if nodes, err = g.offlineNodes(); err != nil {
+				if use, err = provisioner.OfflineImageUse(g.stateDir); err != nil {
 					return err
 				}
 			}
@@ -357,7 +338,7 @@ func imageRmCmd(g *globals) *cobra.Command {
 						return err
 					}
 				} else {
-					if ns := api.NodesAssigned(nodes, "", r); len(ns) > 0 && !force {
+					if ns := use.Assigned(r); len(ns) > 0 && !force {
 						return fmt.Errorf("remove image %s: assigned to node(s) %s (move them first, or --force)", r, strings.Join(ns, " "))
 					}
 					if _, err := g.store().Remove(r.String()); err != nil {
@@ -396,11 +377,11 @@ the live inventory.`,
 					return err
 				}
 			} else {
-				nodes, err := g.offlineNodes()
+				use, err := provisioner.OfflineImageUse(g.stateDir)
 				if err != nil {
 					return err
 				}
-				opt := images.GCOptions{DryRun: !yes, MinAge: minAge, InUse: api.InUse(nodes, g.store(), "")}
+				opt := images.GCOptions{DryRun: !yes, MinAge: minAge, InUse: use.InUse(g.store())}
 				if minAge == 0 {
 					opt.MinAge = -1
 				}

@@ -112,12 +112,12 @@ func TestImageLifecycle(t *testing.T) {
 // daemon, which refuses to remove an image nodes are assigned.
 func TestImageCommandsThroughDaemon(t *testing.T) {
 	dir := t.TempDir()
-	daemonAPI(t, dir)
+	daemon(t, dir, "")
 	tree := rootTree(t)
 	if _, _, err := cliErr(t, dir, "image", "build", tree, "--name", "default"); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := cliErr(t, dir, "node", "add", "n1", "--mac", "52:54:00:77:00:01", "--ip", "10.77.0.11"); err != nil {
+	if _, _, err := cliErr(t, dir, "node", "add", "n1", "--mac", "52:54:00:77:00:01", "--ip", "127.0.0.11"); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := cliErr(t, dir, "image", "rm", "default"); err == nil || !strings.Contains(err.Error(), "n1") {

@@ -1,11 +1,16 @@
 // Command ramboot is the head node's daemon (`ramboot serve`) and the admin
-// CLI that talks to it (`ramboot node ...`), plus the image builder
-// (`ramboot image build`), which works without a daemon.
+// CLI that talks to it (`ramboot node ...`, `ramboot apply -f`), plus the
+// image builder (`ramboot image build`), which works without a daemon.
 //
 //	ramboot serve --interface eth1
 //	ramboot image build ./rootfs --name compute
-//	ramboot node add n001 --mac 52:54:00:00:00:01 --ip 10.0.0.11 --image compute
+//	ramboot profile add compute --image compute
+//	ramboot node add n[001-128] --mac 52:54:00:00:01:00+ --ip 10.0.0.101+ --profile compute
 //	ramboot node show n001
+//
+// Exit statuses: 0 success, 1 failure, 2 usage, 3 invalid input refused,
+// 4 not found, 5 conflict, 6 no daemon reachable, 7 token refused
+// (docs/cli.md).
 package main
 
 import (
@@ -22,6 +27,6 @@ func main() {
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ramboot:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
 }

@@ -5,12 +5,12 @@ import (
 	"io"
 	"time"
 
-	"github.com/ramboot/ramboot/provisioner/state"
+	"github.com/ramboot/ramboot/provisioner/api"
 )
 
 // printRegistration prints what the agent daemon's registration added to
 // the report: PID 1, CPUs, the root, the boot's timings and warnings.
-func printRegistration(w io.Writer, r *state.Report) {
+func printRegistration(w io.Writer, r *api.Report) {
 	if r.Init != "" {
 		fmt.Fprintf(w, "PID 1:\t%s\n", r.Init)
 	}
@@ -43,10 +43,10 @@ func rootRAM(mode string, lower, used, size int64) string {
 }
 
 // printAgent prints the agent daemon's last heartbeat.
-func printAgent(w io.Writer, n state.NodeStatus) {
+func printAgent(w io.Writer, n api.NodeStatus) {
 	a := n.Agent
 	switch {
-	case a == nil && (n.Status.State == state.StateBooted || n.Status.State == state.StateFailed || n.Status.State == state.StateDown):
+	case a == nil && (n.Status.State == "booted" || n.Status.State == "failed" || n.Status.State == "down"):
 		fmt.Fprintf(w, "Agent:\tno heartbeat since the head started\n")
 		return
 	case a == nil:
@@ -81,7 +81,7 @@ func printAgent(w io.Writer, n state.NodeStatus) {
 
 // printWorkload prints the jobs and containers of the agent's last
 // heartbeat, one line each.
-func printWorkload(w io.Writer, wl *state.Workload) {
+func printWorkload(w io.Writer, wl *api.Workload) {
 	if wl == nil {
 		return
 	}

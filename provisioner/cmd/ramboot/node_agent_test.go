@@ -6,12 +6,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ramboot/ramboot/provisioner/state"
+	"github.com/ramboot/ramboot/provisioner/api"
 )
 
 func TestPrintNodeAgent(t *testing.T) {
-	n := state.NodeStatus{Node: state.Node{Name: "deb1"}, Status: state.Status{Boot: state.Boot{ID: 1, State: state.StateBooted, Report: &state.Report{
-		State: "ready", Kernel: "6.1.0", Registration: state.Registration{
+	n := api.NodeStatus{NodeSpec: api.NodeSpec{Name: "deb1"}, Status: api.Status{Boot: api.Boot{ID: 1, State: "booted", Report: &api.Report{
+		State: "ready", Kernel: "6.1.0", Registration: api.Registration{
 			Init: "systemd", CPUs: 4, RootMode: "tmpfs", RootUsedBytes: 596 << 20, RootSizeBytes: 1470 << 20,
 			InitSeconds: 13.9, HandoverSeconds: 19.5, ReadySeconds: 37, Warnings: []string{"clock: the head did not answer"},
 		}}}}}
@@ -28,11 +28,11 @@ func TestPrintNodeAgent(t *testing.T) {
 			t.Errorf("node show lacks %q:\n%s", want, b.String())
 		}
 	}
-	n.Agent = &state.Agent{LastSeen: time.Now().Add(-3 * time.Second), Remote: "10.77.0.29:822", PrivilegedPort: true, Heartbeats: 31,
+	n.Agent = &api.AgentStatus{LastSeen: time.Now().Add(-3 * time.Second), Remote: "10.77.0.29:822", PrivilegedPort: true, Heartbeats: 31,
 		SystemState: "running", UptimeSeconds: 62, Load1: 0.41, MemAvailableBytes: 1190 << 20, RootUsedBytes: 596 << 20, RootSizeBytes: 1470 << 20,
 		OverlayGeneration: "3f0c52b1e0d4a8c9", AgentRSSBytes: 7 << 20,
-		Workload: &state.Workload{Jobs: []state.WorkloadJob{{ID: "42", User: "alice", UID: 1000}},
-			Containers: []state.WorkloadContainer{{ID: "9f3a", Name: "sim", Image: "rocky9", Job: "42", State: "running", UID: 1000}}, OmittedContainers: 2}}
+		Workload: &api.Workload{Jobs: []api.WorkloadJob{{ID: "42", User: "alice", UID: 1000}},
+			Containers: []api.WorkloadContainer{{ID: "9f3a", Name: "sim", Image: "rocky9", Job: "42", State: "running", UID: 1000}}, OmittedContainers: 2}}
 	b.Reset()
 	printNode(&b, n)
 	for _, want := range []string{
@@ -50,19 +50,20 @@ func TestPrintNodeAgent(t *testing.T) {
 // TestPrintNodeCompressedRoot: node show splits a compressed root's RAM
 // into the compressed image (lower) and what the node wrote (upper).
 func TestPrintNodeCompressedRoot(t *testing.T) {
-	n := state.NodeStatus{Node: state.Node{Name: "deb2", RootMode: "compressed"}, Status: state.Status{Boot: state.Boot{ID: 1, State: state.StateBooted, Report: &state.Report{
-		State: "ready", Kernel: "6.1.0", Registration: state.Registration{
+	n := api.NodeStatus{NodeSpec: api.NodeSpec{Name: "deb2"}, Status: api.Status{Boot: api.Boot{ID: 1, State: "booted", Report: &api.Report{
+		State: "ready", Kernel: "6.1.0", Registration: api.Registration{
 			Init: "systemd", RootMode: "compressed", RootUsedBytes: 12 << 20, RootSizeBytes: 1024 << 20, RootLowerBytes: 158 << 20,
 		}}}}}
-	n.Agent = &state.Agent{LastSeen: time.Now(), RootUsedBytes: 20 << 20, RootSizeBytes: 1024 << 20, RootLowerBytes: 158 << 20}
+	n.Plan = &api.Plan{Root: api.Root{Mode: "compressed", Size: "1g"}, Sources: map[string]string{"root.mode": "node", "root.size": "config boot.root.size"}}
+	n.Agent = &api.AgentStatus{LastSeen: time.Now(), RootUsedBytes: 20 << 20, RootSizeBytes: 1024 << 20, RootLowerBytes: 158 << 20}
 	var b bytes.Buffer
 	if err := printNode(&b, n); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"Root mode:  compressed\n",
-		"Root:       compressed, 170 MiB total: 158 MiB compressed image (lower) + 12 MiB written (upper, cap 1024 MiB)\n",
-		"Root RAM:   compressed, 178 MiB total: 158 MiB compressed image (lower) + 20 MiB written (upper, cap 1024 MiB)\n",
+		"Root mode:    compressed  (node)\n",
+		"Root:         compressed, 170 MiB total: 158 MiB compressed image (lower) + 12 MiB written (upper, cap 1024 MiB)\n",
+		"Root RAM:     compressed, 178 MiB total: 158 MiB compressed image (lower) + 20 MiB written (upper, cap 1024 MiB)\n",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("node show lacks %q:\n%s", want, b.String())

@@ -11,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ramboot/ramboot/provisioner"
-	"github.com/ramboot/ramboot/provisioner/state"
 )
 
 func stateCmd(g *globals) *cobra.Command {
@@ -42,7 +41,7 @@ type stateResult struct {
 	Kept string `json:"kept,omitempty"`
 	// Online is true when a backup went through the running daemon.
 	Online bool `json:"online"`
-	state.Summary
+	provisioner.StateSummary
 }
 
 func (g *globals) printState(verb string, r stateResult) error {
@@ -73,20 +72,20 @@ takes FILE's name: FILE is never left half-written.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dst := args[0]
 			if g.daemonUp() {
-				sum, err := state.WriteFileAtomic(dst, func(w io.Writer) error {
+				sum, err := provisioner.WriteStateFileAtomic(dst, func(w io.Writer) error {
 					_, err := g.client().Backup(cmd.Context(), w)
 					return err
 				})
 				if err != nil {
 					return err
 				}
-				return g.printState("wrote", stateResult{File: dst, Online: true, Summary: sum})
+				return g.printState("wrote", stateResult{File: dst, Online: true, StateSummary: sum})
 			}
-			sum, err := state.BackupFile(g.dbPath(), dst)
+			sum, err := provisioner.BackupStateFile(g.dbPath(), dst)
 			if err != nil {
 				return err
 			}
-			return g.printState("wrote", stateResult{File: dst, Summary: sum})
+			return g.printState("wrote", stateResult{File: dst, StateSummary: sum})
 		},
 	}
 }
@@ -106,11 +105,11 @@ damaged or not, is kept beside it as ramboot.db.replaced-TIME.`,
 			if err := os.MkdirAll(g.stateDir, 0o700); err != nil {
 				return fmt.Errorf("create state directory: %w", err)
 			}
-			sum, kept, err := state.Restore(args[0], g.dbPath())
+			sum, kept, err := provisioner.RestoreState(args[0], g.dbPath())
 			if err != nil {
 				return err
 			}
-			return g.printState("restored", stateResult{File: g.dbPath(), From: args[0], Kept: kept, Summary: sum})
+			return g.printState("restored", stateResult{File: g.dbPath(), From: args[0], Kept: kept, StateSummary: sum})
 		},
 	}
 }
@@ -127,32 +126,32 @@ consistent copy taken through the daemon.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 {
-				sum, err := state.Verify(args[0])
+				sum, err := provisioner.VerifyState(args[0])
 				if err != nil {
 					return err
 				}
-				return g.printState("ok", stateResult{File: args[0], Summary: sum})
+				return g.printState("ok", stateResult{File: args[0], StateSummary: sum})
 			}
 			if !g.daemonUp() {
-				sum, err := state.Verify(g.dbPath())
+				sum, err := provisioner.VerifyState(g.dbPath())
 				if err != nil {
 					return err
 				}
-				return g.printState("ok", stateResult{File: g.dbPath(), Summary: sum})
+				return g.printState("ok", stateResult{File: g.dbPath(), StateSummary: sum})
 			}
 			tmp, err := os.MkdirTemp("", "ramboot-check-")
 			if err != nil {
 				return err
 			}
 			defer os.RemoveAll(tmp)
-			sum, err := state.WriteFileAtomic(filepath.Join(tmp, "copy.db"), func(w io.Writer) error {
+			sum, err := provisioner.WriteStateFileAtomic(filepath.Join(tmp, "copy.db"), func(w io.Writer) error {
 				_, err := g.client().Backup(cmd.Context(), w)
 				return err
 			})
 			if err != nil {
 				return err
 			}
-			return g.printState("ok", stateResult{File: g.dbPath(), Online: true, Summary: sum})
+			return g.printState("ok", stateResult{File: g.dbPath(), Online: true, StateSummary: sum})
 		},
 	}
 }

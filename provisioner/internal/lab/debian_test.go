@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/internal/lab"
 	"github.com/ramboot/ramboot/provisioner/state"
 )
@@ -100,7 +101,7 @@ func TestDebian(t *testing.T) {
 	if err != nil {
 		fail("%v", err)
 	}
-	if n.Status.State != state.StateBooted {
+	if n.Status.State != string(state.StateBooted) {
 		fail("state %q, report %+v", n.Status.State, n.Status.Report)
 	}
 	r := n.Status.Report
@@ -127,7 +128,7 @@ func TestDebian(t *testing.T) {
 
 	// systemd reaches multi-user (is-system-running: running) with the
 	// daemon running under it: its heartbeats say so.
-	n = waitNode(t, ctx, l, node, vm, 10*time.Minute, "systemd running", func(n state.NodeStatus) bool {
+	n = waitNode(t, ctx, l, node, vm, 10*time.Minute, "systemd running", func(n api.NodeStatus) bool {
 		return n.Agent != nil && n.Agent.SystemState == "running" && n.Status.Report.ReadySeconds > 0
 	})
 	phases, err := lab.BootPhases(vm.Started(), n)
@@ -144,7 +145,7 @@ func TestDebian(t *testing.T) {
 	}
 	var seen []state.Step
 	for _, e := range n.Status.Timeline {
-		seen = append(seen, e.Step)
+		seen = append(seen, state.Step(e.Step))
 		t.Logf("  %7.2fs  %-12s %s", e.Time.Sub(n.Status.Timeline[0].Time).Seconds(), e.Step, e.Detail)
 	}
 	for _, s := range []state.Step{state.StepDHCPOffer, state.StepScript, state.StepKernel, state.StepImage, state.StepAgent, state.StepOverlay, state.StepReady, state.StepSystem} {
@@ -155,7 +156,7 @@ func TestDebian(t *testing.T) {
 	// The daemon under systemd runs the node's workload service (the
 	// containers and jobs of its local API): its heartbeats carry the
 	// node's jobs and containers, none here, and node show lists them.
-	n = waitNode(t, ctx, l, node, vm, time.Minute, "a heartbeat with the workload", func(n state.NodeStatus) bool {
+	n = waitNode(t, ctx, l, node, vm, time.Minute, "a heartbeat with the workload", func(n api.NodeStatus) bool {
 		return n.Agent != nil && n.Agent.Workload != nil
 	})
 	if w := n.Agent.Workload; len(w.Jobs) != 0 || len(w.Containers) != 0 {
@@ -191,15 +192,15 @@ func TestDebian(t *testing.T) {
 	if err := l.Serve(ctx, "--config", cfg2); err != nil {
 		t.Fatal(err)
 	}
-	n = waitNode(t, ctx, l, node, vm, 2*time.Minute, "heartbeats after the head's restart", func(n state.NodeStatus) bool {
+	n = waitNode(t, ctx, l, node, vm, 2*time.Minute, "heartbeats after the head's restart", func(n api.NodeStatus) bool {
 		return n.Agent != nil && n.Agent.LastSeen.After(restarted)
 	})
-	if n.Status.State != state.StateBooted || n.Status.Boots != boots || n.Agent.UptimeSeconds <= uptime {
+	if n.Status.State != string(state.StateBooted) || n.Status.Boots != boots || n.Agent.UptimeSeconds <= uptime {
 		t.Errorf("after the head's restart: state %s, boots %d (was %d), node uptime %.0fs (was %.0fs): want the same boot, still up",
 			n.Status.State, n.Status.Boots, boots, n.Agent.UptimeSeconds, uptime)
 	}
 	t.Logf("heartbeats resumed %.1fs after the head restarted", n.Agent.LastSeen.Sub(restarted).Seconds())
-	n = waitNode(t, ctx, l, node, vm, time.Minute, "the new overlay applied", func(n state.NodeStatus) bool {
+	n = waitNode(t, ctx, l, node, vm, time.Minute, "the new overlay applied", func(n api.NodeStatus) bool {
 		return n.Agent != nil && n.Agent.OverlayGeneration != generation
 	})
 	t.Logf("overlay generation %s -> %s without a reboot", generation, n.Agent.OverlayGeneration)
@@ -209,20 +210,20 @@ func TestDebian(t *testing.T) {
 		t.Fatal(err)
 	}
 	paused := time.Now()
-	waitNode(t, ctx, l, node, nil, 2*time.Minute, "state down", func(n state.NodeStatus) bool { return n.Status.State == state.StateDown })
+	waitNode(t, ctx, l, node, nil, 2*time.Minute, "state down", func(n api.NodeStatus) bool { return n.Status.State == string(state.StateDown) })
 	t.Logf("marked down %.1fs after the VM was paused (down_after 12s)", time.Since(paused).Seconds())
 	if err := vm.QMPCommand(ctx, "cont"); err != nil {
 		t.Fatal(err)
 	}
-	waitNode(t, ctx, l, node, vm, 2*time.Minute, "state booted again", func(n state.NodeStatus) bool { return n.Status.State == state.StateBooted })
+	waitNode(t, ctx, l, node, vm, 2*time.Minute, "state booted again", func(n api.NodeStatus) bool { return n.Status.State == string(state.StateBooted) })
 
 	// A clean power-off (the ACPI power button, as a BMC would press it):
 	// the node says so before it goes.
 	if err := vm.QMPCommand(ctx, "system_powerdown"); err != nil {
 		t.Fatal(err)
 	}
-	n = waitNode(t, ctx, l, node, nil, 3*time.Minute, "state off", func(n state.NodeStatus) bool { return n.Status.State == state.StateOff })
-	if e := n.Status.Timeline[len(n.Status.Timeline)-1]; e.Step != state.StepShutdown || !strings.HasPrefix(e.Detail, "poweroff") {
+	n = waitNode(t, ctx, l, node, nil, 3*time.Minute, "state off", func(n api.NodeStatus) bool { return n.Status.State == string(state.StateOff) })
+	if e := n.Status.Timeline[len(n.Status.Timeline)-1]; e.Step != string(state.StepShutdown) || !strings.HasPrefix(e.Detail, "poweroff") {
 		t.Errorf("last event %+v, want a poweroff", e)
 	}
 	t.Logf("TestDebian took %.0fs", time.Since(start).Seconds())
@@ -230,7 +231,7 @@ func TestDebian(t *testing.T) {
 
 // waitNode polls the node until ok, failing the test at the deadline or
 // when the VM (if given) exits.
-func waitNode(t *testing.T, ctx context.Context, l *lab.Lab, name string, vm *lab.VM, d time.Duration, what string, ok func(state.NodeStatus) bool) state.NodeStatus {
+func waitNode(t *testing.T, ctx context.Context, l *lab.Lab, name string, vm *lab.VM, d time.Duration, what string, ok func(api.NodeStatus) bool) api.NodeStatus {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {

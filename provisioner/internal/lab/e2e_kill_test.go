@@ -66,7 +66,7 @@ func TestHeadKilledMidDownload(t *testing.T) {
 	for _, e := range n.Status.Timeline {
 		t.Logf("  %6.2fs  %-12s %s", e.Time.Sub(n.Status.Timeline[0].Time).Seconds(), e.Step, e.Detail)
 	}
-	if n.Status.State != state.StateBooted || n.Status.Report == nil || n.Status.Report.ImageDigest != string(digest) {
+	if n.Status.State != string(state.StateBooted) || n.Status.Report == nil || n.Status.Report.ImageDigest != string(digest) {
 		t.Fatalf("node %s: state %s, report %+v; want booted with image big %s", node, n.Status.State, n.Status.Report, digest)
 	}
 	if n.Status.ID != 1 || n.Status.Boots != 1 {
@@ -74,7 +74,7 @@ func TestHeadKilledMidDownload(t *testing.T) {
 	}
 	var imageAt time.Time
 	for _, e := range n.Status.Timeline {
-		if e.Step == state.StepImage {
+		if e.Step == string(state.StepImage) {
 			imageAt = e.Time
 		}
 	}

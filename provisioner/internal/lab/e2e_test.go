@@ -4,7 +4,9 @@ package lab_test
 
 import (
 	"context"
+	"encoding/json"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -22,8 +24,9 @@ func (w testLog) Write(p []byte) (int, error) {
 }
 
 // serveLab starts a lab with `ramboot serve` running, closed when the
-// test ends.
-func serveLab(ctx context.Context, t *testing.T) *lab.Lab {
+// test ends; setup, if given, prepares files in the lab and returns extra
+// flags for `ramboot serve`.
+func serveLab(ctx context.Context, t *testing.T, setup ...func(*lab.Lab) []string) *lab.Lab {
 	t.Helper()
 	l, err := lab.New(ctx, lab.Options{Log: testLog{t}, Keep: os.Getenv("RAMBOOT_LAB_KEEP") != ""})
 	if err != nil {
@@ -34,21 +37,73 @@ func serveLab(ctx context.Context, t *testing.T) *lab.Lab {
 			t.Errorf("close lab: %v", err)
 		}
 	})
-	if err := l.Serve(ctx); err != nil {
+	var extra []string
+	for _, f := range setup {
+		extra = append(extra, f(l)...)
+	}
+	if err := l.Serve(ctx, extra...); err != nil {
 		t.Fatal(err)
 	}
 	return l
+}
+
+// labTemplate is the lab profile's template: a file whose content comes
+// from a node tag, a profile tag and a cluster value.
+const labTemplate = "node={{.Node.Name}} rack={{.Tags.rack}} site={{.Tags.site}} cluster={{.Values.lab}}\n"
+
+// profileSetup writes the lab profile's template tree and a configuration
+// naming it.
+func profileSetup(t *testing.T) func(*lab.Lab) []string {
+	return func(l *lab.Lab) []string {
+		dir := filepath.Join(l.WorkDir(), "overlays", "lab", "etc")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "lab-check.tmpl"), []byte(labTemplate), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cfg := filepath.Join(l.WorkDir(), "ramboot.yaml")
+		conf := "overlay: {templates: " + filepath.Join(l.WorkDir(), "overlays") + ", authorized_keys: \"\"}\n" +
+			"cluster: {name: lab, domain: lab.example, values: {lab: yes}}\n"
+		if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return []string{"--config", cfg}
+	}
+}
+
+// renderedGeneration returns the overlay generation the head renders for
+// node now, from `ramboot overlay render NODE etc/ramboot/node.json`.
+func renderedGeneration(ctx context.Context, t *testing.T, l *lab.Lab, node string) string {
+	t.Helper()
+	out, err := l.CLI(ctx, "overlay", "render", node, "etc/ramboot/node.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		Generation string `json:"overlayGeneration"`
+	}
+	if err := json.Unmarshal(out, &c); err != nil || c.Generation == "" {
+		t.Fatalf("node.json of %s: %v\n%s", node, err, out)
+	}
+	return c.Generation
 }
 
 // TestBoot network-boots QEMU from `ramboot serve` in a namespace of its
 // own, once per firmware, and waits for the agent daemon's registration to
 // turn the node booted, running the image the test built. The busybox
 // image has no init: the agent stays PID 1 and runs the daemon itself, and
-// the virtio NIC's drivers come from modalias (boot.modules is empty).
+// the virtio NIC's drivers come from modalias (boot.modules is empty). The
+// nodes are in a profile: their kernel arguments come from it, and their
+// overlay from its template tree.
 func TestBoot(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
-	l := serveLab(ctx, t)
+	l := serveLab(ctx, t, profileSetup(t))
+	if _, err := l.CLI(ctx, "profile", "add", "lab", "--tag", "site=lab1",
+		"--kernel-args", "console=tty0 console=ttyS0,115200 panic=30 ramboot.lab=profile"); err != nil {
+		t.Fatal(err)
+	}
 	digest, err := l.BuildImage(ctx, "default")
 	if err != nil {
 		t.Fatal(err)
@@ -78,8 +133,12 @@ func TestBoot(t *testing.T) {
 			if img == "default" {
 				img = "" // boot.default_image
 			}
-			if err := l.AddNode(ctx, tc.node, tc.mac, tc.ip, img); err != nil {
+			if err := l.AddNode(ctx, tc.node, tc.mac, tc.ip, img, "--profile", "lab", "--tag", "rack="+string(tc.mode)); err != nil {
 				t.Fatal(err)
+			}
+			if out, err := l.CLI(ctx, "overlay", "render", tc.node, "etc/lab-check"); err != nil ||
+				string(out) != "node="+tc.node+" rack="+string(tc.mode)+" site=lab1 cluster=yes\n" {
+				t.Fatalf("the profile's template for %s: %q %v", tc.node, out, err)
 			}
 			vm, err := l.Boot(ctx, lab.VMOptions{Mode: tc.mode, MAC: tc.mac})
 			if err != nil {
@@ -105,7 +164,7 @@ func TestBoot(t *testing.T) {
 			for _, e := range n.Status.Timeline {
 				t.Logf("  %6.2fs  %-12s %s", e.Time.Sub(n.Status.Timeline[0].Time).Seconds(), e.Step, e.Detail)
 			}
-			if n.Status.State != state.StateBooted {
+			if n.Status.State != string(state.StateBooted) {
 				t.Fatalf("state %q, want %q; report %+v\nserial:\n%s", n.Status.State, state.StateBooted, n.Status.Report, tail(vm.Serial(), 40))
 			}
 			r := n.Status.Report
@@ -117,12 +176,24 @@ func TestBoot(t *testing.T) {
 			}
 			var seen []state.Step
 			for _, e := range n.Status.Timeline {
-				seen = append(seen, e.Step)
+				seen = append(seen, state.Step(e.Step))
 			}
 			for _, s := range tc.steps {
 				if !slices.Contains(seen, s) {
 					t.Errorf("timeline lacks step %q: %v", s, seen)
 				}
+			}
+			// The script came from the profile's kernel arguments; the node
+			// booted on the overlay the head rendered from the profile's
+			// template (its node.json, in the second archive of the
+			// overlay initrd, carries the generation of every file).
+			if !strings.Contains(string(vm.Serial()), "ramboot.lab=profile") {
+				t.Errorf("the kernel command line lacks the profile's arguments")
+			}
+			if n.Agent == nil {
+				t.Errorf("no registration of the agent daemon kept")
+			} else if got, want := n.Agent.OverlayGeneration, renderedGeneration(ctx, t, l, tc.node); got != want {
+				t.Errorf("the node registered overlay generation %q, the head renders %q", got, want)
 			}
 			if err := vm.WaitSerial(ctx, "ramboot-agent: "+tc.node+" ready", 30*time.Second); err != nil {
 				t.Errorf("console: %v", err)

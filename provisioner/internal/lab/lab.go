@@ -33,6 +33,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/state"
 )
 
@@ -390,38 +391,36 @@ func (l *Lab) CLI(ctx context.Context, args ...string) ([]byte, error) {
 	return out.Bytes(), nil
 }
 
-// AddNode adds a node through the CLI, with any further flags of `node
-// add` (--root-mode compressed).
-func (l *Lab) AddNode(ctx context.Context, name, mac, ip, image string, flags ...string) error {
-	args := []string{"node", "add", name, "--mac", mac, "--ip", ip}
+// AddNode adds a node through the CLI, with extra flags of `node add`.
+func (l *Lab) AddNode(ctx context.Context, name, mac, ip, image string, extra ...string) error {
+	args := append([]string{"node", "add", name, "--mac", mac, "--ip", ip}, extra...)
 	if image != "" {
 		args = append(args, "--image", image)
 	}
-	args = append(args, flags...)
 	_, err := l.CLI(ctx, args...)
 	return err
 }
 
 // Node returns `ramboot node show NAME -o json`.
-func (l *Lab) Node(ctx context.Context, name string) (state.NodeStatus, error) {
+func (l *Lab) Node(ctx context.Context, name string) (api.NodeStatus, error) {
 	out, err := l.CLI(ctx, "node", "show", name, "-o", "json")
 	if err != nil {
-		return state.NodeStatus{}, err
+		return api.NodeStatus{}, err
 	}
-	var n state.NodeStatus
+	var n api.NodeStatus
 	if err := json.Unmarshal(out, &n); err != nil {
-		return state.NodeStatus{}, fmt.Errorf("decode node show: %w", err)
+		return api.NodeStatus{}, fmt.Errorf("decode node show: %w", err)
 	}
 	return n, nil
 }
 
 // WaitBooted polls `ramboot node show` until the node is booted or failed,
 // the VM exits, or the deadline passes.
-func (l *Lab) WaitBooted(ctx context.Context, name string, vm *VM, timeout time.Duration) (state.NodeStatus, error) {
+func (l *Lab) WaitBooted(ctx context.Context, name string, vm *VM, timeout time.Duration) (api.NodeStatus, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		n, err := l.Node(ctx, name)
-		if err == nil && (n.Status.State == state.StateBooted || n.Status.State == state.StateFailed) {
+		if err == nil && (n.Status.State == string(state.StateBooted) || n.Status.State == string(state.StateFailed)) {
 			return n, nil
 		}
 		if vm != nil && vm.Exited() {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/state"
 )
 
@@ -39,17 +40,17 @@ func (p Phases) String() string {
 
 // BootPhases computes the phases of node n's current boot, whose QEMU
 // started at vmStart.
-func BootPhases(vmStart time.Time, n state.NodeStatus) (Phases, error) {
+func BootPhases(vmStart time.Time, n api.NodeStatus) (Phases, error) {
 	r := n.Status.Report
 	if r == nil || r.KernelStart.IsZero() || r.InitSeconds == 0 || r.ReadySeconds == 0 {
 		return Phases{}, errors.New("the node has not reported its boot timings yet")
 	}
 	var dhcp, overlay time.Time
 	for _, e := range n.Status.Timeline {
-		if e.Step == state.StepDHCPOffer && dhcp.IsZero() {
+		if e.Step == string(state.StepDHCPOffer) && dhcp.IsZero() {
 			dhcp = e.Time
 		}
-		if e.Step == state.StepOverlay {
+		if e.Step == string(state.StepOverlay) {
 			overlay = e.Time
 		}
 	}

@@ -131,3 +131,19 @@ func TestConfigKeysDocumented(t *testing.T) {
 		}
 	}
 }
+
+// TestClientsUseWireTypes: the admin API owns its wire types; the CLI and
+// the API client never import the state package (storage types stay
+// behind the store).
+func TestClientsUseWireTypes(t *testing.T) {
+	for _, p := range listPackages(t) {
+		if p.ImportPath != module+"/provisioner/cmd/ramboot" && p.ImportPath != module+"/provisioner/apiclient" {
+			continue
+		}
+		for _, imp := range p.Imports {
+			if imp == module+"/provisioner/state" || imp == module+"/provisioner/store" {
+				t.Errorf("%s imports %s: use provisioner/api's wire types", p.ImportPath, imp)
+			}
+		}
+	}
+}

@@ -76,7 +76,7 @@ func run(ctx context.Context) (err error) {
 		return err
 	}
 	fmt.Printf("\n$ ramboot node show %s\n%s\n", node, out)
-	if n.Status.State != state.StateBooted {
+	if n.Status.State != string(state.StateBooted) {
 		return fmt.Errorf("node %s is %s, not booted", node, n.Status.State)
 	}
 	if r := n.Status.Report; r == nil || r.ImageDigest != string(digest) {

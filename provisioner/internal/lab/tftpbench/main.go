@@ -7,11 +7,12 @@
 //     real snponly.efi (Debian's ipxe package), -repeat times, alternating
 //     the servers; every copy is checked byte for byte. It prints the
 //     throughput of each and ramboot's ratio to tftpd-hpa as a range.
+//
 //   - concurrent fetches: -concurrent curl clients (--tftp-blksize 1468),
 //     each from its own address as a rack of nodes would, fetch
 //     snponly.efi at once; every copy is checked, failures are counted.
 //
-//	go run ./provisioner/internal/lab/tftpbench -repeat 5 -concurrent 200
+//     go run ./provisioner/internal/lab/tftpbench -repeat 5 -concurrent 200
 //
 // It needs root, atftp, curl and tftpd-hpa's in.tftpd, and builds ramboot.
 package main

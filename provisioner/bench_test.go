@@ -14,7 +14,6 @@ import (
 	"github.com/ramboot/ramboot/provisioner/inventory"
 	"github.com/ramboot/ramboot/provisioner/plan"
 	"github.com/ramboot/ramboot/provisioner/state"
-	"github.com/ramboot/ramboot/pxe"
 	"github.com/ramboot/ramboot/pxe/dhcp"
 )
 
@@ -55,14 +54,14 @@ func cluster10k(b *testing.B) (*Nodes, []net.HardwareAddr) {
 	return heads, macs
 }
 
-// BenchmarkReservation is the head's share of one DHCP packet with 10,000
+// BenchmarkLookup is the head's share of one DHCP packet with 10,000
 // nodes: the lookup by MAC and the node's plan (profile chain, subnet).
-func BenchmarkReservation(b *testing.B) {
+func BenchmarkLookup(b *testing.B) {
 	heads, macs := cluster10k(b)
 	ctx := context.Background()
 	i := 0
 	for b.Loop() {
-		if _, err := heads.Reservation(ctx, macs[i%len(macs)]); err != nil {
+		if _, err := heads.Lookup(ctx, dhcp.Client{MAC: macs[i%len(macs)]}); err != nil {
 			b.Fatal(err)
 		}
 		i++
@@ -74,9 +73,7 @@ func BenchmarkReservation(b *testing.B) {
 // the reply: everything of a packet but the socket.
 func BenchmarkHandleDiscover(b *testing.B) {
 	heads, macs := cluster10k(b)
-	srv := &dhcp.Server{ServerIP: netip.MustParseAddr("10.0.0.1"), Inventory: dhcp.InventoryFunc(func(ctx context.Context, c dhcp.Client) (dhcp.Reservation, error) {
-		return heads.Reservation(ctx, c.MAC)
-	}), BootFiles: pxe.DefaultBootFiles()}
+	srv := &dhcp.Server{ServerIP: netip.MustParseAddr("10.0.0.1"), Inventory: heads, BootFiles: dhcp.DefaultBootTable()}
 	reqs := make([]*dhcpv4.DHCPv4, 256)
 	for i := range reqs {
 		r, err := dhcpv4.NewDiscovery(macs[i*37%len(macs)], dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003016")),

@@ -34,13 +34,11 @@ func TestSpoofedDiscoverKeepsHistory(t *testing.T) {
 	if err := db.AddNode(state.Node{Name: "n1", Interfaces: []inventory.Interface{{MAC: mac, IP: netip.MustParseAddr("10.77.0.11")}}}); err != nil {
 		t.Fatal(err)
 	}
-	rec := &recorder{db: db}
+	rec := newRecorder(db, nil)
 	heads := NewNodes(db, &plan.Defaults{Image: "default", Subnets: []plan.Subnet{{Prefix: netip.MustParsePrefix("10.77.0.1/24")}}}, "http://10.77.0.1")
 	srv := &dhcp.Server{
-		ServerIP: netip.MustParseAddr("10.77.0.1"),
-		Inventory: dhcp.InventoryFunc(func(ctx context.Context, c dhcp.Client) (dhcp.Reservation, error) {
-			return heads.Reservation(ctx, c.MAC)
-		}),
+		ServerIP:  netip.MustParseAddr("10.77.0.1"),
+		Inventory: heads,
 		BootFiles: map[pxe.Arch]string{pxe.Arch(7): "snponly.efi"},
 	}
 	hw, _ := net.ParseMAC(mac)
@@ -104,11 +102,9 @@ func TestOSDHCPStartsNoBoot(t *testing.T) {
 	if err := db.AddNode(state.Node{Name: "n2", Interfaces: []inventory.Interface{{MAC: mac, IP: netip.MustParseAddr("10.77.0.12")}}}); err != nil {
 		t.Fatal(err)
 	}
-	rec := &recorder{db: db}
+	rec := newRecorder(db, nil)
 	heads := NewNodes(db, &plan.Defaults{Image: "default", Subnets: []plan.Subnet{{Prefix: netip.MustParsePrefix("10.77.0.1/24")}}}, "http://10.77.0.1")
-	srv := &dhcp.Server{ServerIP: netip.MustParseAddr("10.77.0.1"), Inventory: dhcp.InventoryFunc(func(ctx context.Context, c dhcp.Client) (dhcp.Reservation, error) {
-		return heads.Reservation(ctx, c.MAC)
-	})}
+	srv := &dhcp.Server{ServerIP: netip.MustParseAddr("10.77.0.1"), Inventory: heads}
 	hw, _ := net.ParseMAC(mac)
 	send := func(t *testing.T, req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
 		t.Helper()

@@ -108,6 +108,7 @@ func (o origin) serverOn(p netip.Prefix, fixed bool) netip.Addr {
 // a subnet the server does not serve.
 func (s *Server) locate(r Request) (origin, ignoreReason, string) {
 	req := r.Msg
+	subnets := s.subnets()
 	o := origin{relay: addrFrom(req.GatewayIPAddr), links: r.LinkAddrs}
 	dst := r.Dst
 	if dst.IsValid() && (!dst.Is4() || dst == netip.AddrFrom4([4]byte{255, 255, 255, 255}) || dst.IsMulticast()) {
@@ -122,8 +123,8 @@ func (s *Server) locate(r Request) (origin, ignoreReason, string) {
 		if a, ok := linkSelection(req); ok {
 			link, how = a, "link selection"
 		}
-		sub, ok := subnetFor(s.Subnets, link)
-		if !ok && len(s.Subnets) > 0 {
+		sub, ok := subnetFor(subnets, link)
+		if !ok && len(subnets) > 0 {
 			return o, reasonUnknownSubnet, fmt.Sprintf("%s %s is on no configured subnet", how, link)
 		}
 		if ok {
@@ -136,17 +137,17 @@ func (s *Server) locate(r Request) (origin, ignoreReason, string) {
 		if !a.IsValid() {
 			a = r.Peer.Addr().Unmap()
 		}
-		if sub, ok := subnetFor(s.Subnets, a); ok {
+		if sub, ok := subnetFor(subnets, a); ok {
 			o.subnets = []Subnet{sub}
 		}
 		o.server = dst
 	default:
 		for _, la := range r.LinkAddrs {
-			if sub, ok := subnetFor(s.Subnets, la.Addr()); ok && !slices.ContainsFunc(o.subnets, func(c Subnet) bool { return c.Prefix == sub.Prefix }) {
+			if sub, ok := subnetFor(subnets, la.Addr()); ok && !slices.ContainsFunc(o.subnets, func(c Subnet) bool { return c.Prefix == sub.Prefix }) {
 				o.subnets = append(o.subnets, sub)
 			}
 		}
-		if len(s.Subnets) == 0 {
+		if len(subnets) == 0 {
 			for _, la := range r.LinkAddrs {
 				o.subnets = append(o.subnets, Subnet{Prefix: la.Masked()})
 			}

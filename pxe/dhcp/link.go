@@ -187,22 +187,6 @@ func (c *packetConn) flush(bt *batch) (int, error) {
 	return sent, nil
 }
 
-// write sends b to dst from src (zero: the kernel's choice) out of the
-// interface ifindex (zero: the routing table's choice).
-func (c *packetConn) write(b []byte, dst netip.AddrPort, src netip.Addr, ifindex int) error {
-	to := net.UDPAddrFromAddrPort(dst)
-	if c.p4 == nil || (ifindex == 0 && !src.IsValid()) {
-		_, err := c.conn.WriteTo(b, to)
-		return err
-	}
-	cm := &ipv4.ControlMessage{IfIndex: ifindex}
-	if src.IsValid() {
-		cm.Src = net.IP(src.AsSlice())
-	}
-	_, err := c.p4.WriteTo(b, cm, to)
-	return err
-}
-
 // setNeighbour adds (or refreshes) the kernel's neighbour entry ip -> mac
 // on the interface named dev, the way dnsmasq delivers a reply to a client
 // that has no address yet and asked for unicast: the kernel then sends an

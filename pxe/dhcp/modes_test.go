@@ -2,8 +2,10 @@ package dhcp
 
 import (
 	"bytes"
+	"context"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -533,5 +535,39 @@ func TestSubnetValidate(t *testing.T) {
 	huge := Subnet{Prefix: netip.MustParsePrefix("10.0.0.0/8"), Discovery: Range{netip.MustParseAddr("10.0.0.0"), netip.MustParseAddr("10.2.0.0")}}
 	if err := huge.Validate(); err == nil {
 		t.Error("a range of 131073 addresses accepted")
+	}
+}
+
+// TestSetSubnets: a reload's new subnets take effect for the next request
+// (a relayed subnet added is answered, one removed is not), and invalid
+// ones are refused with the old ones kept.
+func TestSetSubnets(t *testing.T) {
+	srv, _ := newTestServer()
+	srv.ServerIP, srv.Subnets = netip.Addr{}, twoSubnets[:1]
+	req := func() Request {
+		return Request{Msg: pkt(macRelayed, dhcpv4.MessageTypeDiscover, join(firmware(iana.EFI_X86_64), relayedVia("10.88.0.1"))...),
+			LinkAddrs: link77}
+	}
+	if reply, ev, _ := srv.Handle(context.Background(), req()); reply != nil || ev.Reason() != string(reasonUnknownSubnet) {
+		t.Fatalf("before: reply %v, reason %q", reply != nil, ev.Reason())
+	}
+	if err := srv.SetSubnets(twoSubnets); err != nil {
+		t.Fatal(err)
+	}
+	if reply, ev, _ := srv.Handle(context.Background(), req()); reply == nil || !reply.YourIPAddr.Equal(net.ParseIP("10.88.0.21")) {
+		t.Fatalf("after adding 10.88.0.0/24: no offer of 10.88.0.21 (%s)", ev.Ignored)
+	}
+	bad := []Subnet{{Prefix: netip.MustParsePrefix("10.77.0.0/24")}, {Prefix: netip.MustParsePrefix("10.77.0.0/16")}}
+	if err := srv.SetSubnets(bad); err == nil || !strings.Contains(err.Error(), "overlaps") {
+		t.Fatalf("overlapping subnets: err %v", err)
+	}
+	if reply, _, _ := srv.Handle(context.Background(), req()); reply == nil {
+		t.Fatal("refused subnets replaced the good ones")
+	}
+	if err := srv.SetSubnets(twoSubnets[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if reply, _, _ := srv.Handle(context.Background(), req()); reply != nil {
+		t.Fatal("a removed subnet is still answered")
 	}
 }

@@ -58,6 +58,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -193,6 +194,29 @@ type Server struct {
 	// noNeighbour is set once setting a neighbour entry failed for lack
 	// of privilege: unicast replies then go out as broadcasts.
 	noNeighbour atomic.Bool
+	// swapped, once SetSubnets was called, replaces Subnets.
+	swapped atomic.Pointer[[]Subnet]
+}
+
+// SetSubnets replaces Subnets while the server serves (a configuration
+// reload); requests already being handled finish with the old ones. It
+// returns an error, and changes nothing, if a subnet is invalid or two
+// overlap.
+func (s *Server) SetSubnets(subnets []Subnet) error {
+	if err := checkSubnets(subnets); err != nil {
+		return err
+	}
+	subnets = slices.Clone(subnets)
+	s.swapped.Store(&subnets)
+	return nil
+}
+
+// subnets returns the subnets served now.
+func (s *Server) subnets() []Subnet {
+	if p := s.swapped.Load(); p != nil {
+		return *p
+	}
+	return s.Subnets
 }
 
 // ListenAndServe opens the port 67 socket on the network interface iface
@@ -625,7 +649,7 @@ func (s *Server) checkConfig() error {
 	if _, err := ParseMode(string(s.Mode)); err != nil {
 		errs = append(errs, err)
 	}
-	if err := checkSubnets(s.Subnets); err != nil {
+	if err := checkSubnets(s.subnets()); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -84,16 +84,6 @@ func parseRequest(b []byte) (request, error) {
 	return r, nil
 }
 
-// opt returns the value of option name and whether it was sent.
-func (r request) opt(name string) (string, bool) {
-	for _, o := range r.opts {
-		if o.name == name {
-			return o.value, true
-		}
-	}
-	return "", false
-}
-
 // negotiated is what the server grants a read request.
 type negotiated struct {
 	blockSize int // bytes per DATA packet

@@ -648,12 +648,20 @@ func (c Config) BootFileMap() (map[uint16]string, error) {
 	return out, errors.Join(errs...)
 }
 
-// TFTPFiles returns the TFTP catalogue: TFTP.Files, or the boot file names.
+// StockBootFiles are the iPXE binaries of Debian's ipxe package that the
+// TFTP catalogue holds by default, besides dhcp.boot_files' values.
+var StockBootFiles = []string{"ipxe.efi", "snponly.efi", "undionly.kpxe"}
+
+// TFTPFiles returns the TFTP catalogue: TFTP.Files, or StockBootFiles and
+// the boot file names, sorted.
 func (c Config) TFTPFiles() []string {
 	if len(c.TFTP.Files) > 0 {
 		return c.TFTP.Files
 	}
-	var out []string
+	// The stock iPXE binaries too: a node's or profile's boot_file names
+	// one of them to work around a firmware quirk (ipxe.efi where
+	// snponly.efi hangs), and it must be served without a tftp.files list.
+	out := slices.Clone(StockBootFiles)
 	for _, v := range c.DHCP.BootFiles {
 		if !slices.Contains(out, v) {
 			out = append(out, v)

@@ -2,6 +2,7 @@ package tftp
 
 import (
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -20,6 +21,7 @@ type Metrics struct {
 	badPackets prometheus.Counter
 	inFlight   prometheus.Gauge
 	duration   *prometheus.HistogramVec
+	queued     prometheus.Histogram
 	overLimit  *prometheus.CounterVec
 	drops      udpsock.DropCounter
 }
@@ -47,6 +49,8 @@ type Metrics struct {
 //   - ramboot_tftp_transfers_in_flight: transfers being sent now
 //   - ramboot_tftp_transfer_duration_seconds{file}: duration of successful
 //     transfers
+//   - ramboot_tftp_queue_wait_seconds: how long read requests over
+//     MaxTransfers waited for a slot (served, or refused past QueueWait)
 //   - ramboot_tftp_over_limit_total{limit="total|client"}: read requests
 //     refused because MaxTransfers (total) or MaxTransfersPerClient
 //     (client) transfers were in flight; not in transfers_total
@@ -94,6 +98,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.01, 2.5, 9), // 10 ms .. 15 s
 		}, []string{"file"}),
 	}
+	m.queued = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "ramboot_tftp_queue_wait_seconds",
+		Help:    "How long read requests over tftp.max_transfers waited for a slot (served or, past the wait, refused).",
+		Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4},
+	})
 	m.overLimit = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ramboot_tftp_over_limit_total",
 		Help: "TFTP read requests refused because the transfers in flight were at the limit: total (tftp.max_transfers) or from the client's address (tftp.max_transfers_per_client).",
@@ -109,9 +118,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.overLimit.WithLabelValues(string(l))
 	}
 	if reg != nil {
-		reg.MustRegister(m.transfers, m.bytes, m.retrans, m.blockSize, m.rate, m.probes, m.badPackets, m.inFlight, m.duration, m.overLimit, drops)
+		reg.MustRegister(m.transfers, m.bytes, m.retrans, m.blockSize, m.rate, m.probes, m.badPackets, m.inFlight, m.duration, m.queued, m.overLimit, drops)
 	}
 	return m
+}
+
+func (m *Metrics) queuedFor(d time.Duration) {
+	if m != nil {
+		m.queued.Observe(d.Seconds())
+	}
 }
 
 // otherFile is the file label of requests for names outside the

@@ -44,6 +44,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -81,6 +82,9 @@ const (
 	// booting node needs one at a time (UEFI's tsize probe ends before its
 	// fetch starts).
 	DefaultMaxTransfersPerClient = 8
+	// DefaultQueueWait is how long a request over MaxTransfers waits for
+	// a slot when Server.QueueWait is zero.
+	DefaultQueueWait = 2 * time.Second
 	// DefaultReceiveBuffer is the receive buffer asked for the server
 	// socket when Server.ReceiveBuffer is zero: room for thousands of
 	// queued requests during a boot storm.
@@ -169,10 +173,16 @@ type Server struct {
 	// capped by the MTU of the interface a request came in on.
 	MaxBlockSize int
 	// MaxTransfers caps the transfers in flight. A read request beyond it
-	// gets a TFTP ERROR ("server busy") at once and is counted in
-	// ramboot_tftp_over_limit_total{limit="total"}. Default 1000
+	// waits up to QueueWait for a transfer to end (oldest first), then
+	// gets a TFTP ERROR ("server busy") and is counted in
+	// ramboot_tftp_over_limit_total{limit="total"}; at most MaxTransfers
+	// requests wait, more are refused at once. Default 1000
 	// (DefaultMaxTransfers).
 	MaxTransfers int
+	// QueueWait is how long a read request over MaxTransfers waits for a
+	// slot. Default 2s (DefaultQueueWait): half the 4 s after which EDK2
+	// repeats its request. Negative refuses at once.
+	QueueWait time.Duration
 	// MaxTransfersPerClient caps the transfers in flight from one client
 	// IP address, so that one host cannot take every slot; beyond it, as
 	// for MaxTransfers, with limit="client". Default 8
@@ -255,6 +265,7 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 	st.log.Info("tftp server listening", "ip", laddr.String())
 	stop := context.AfterFunc(ctx, func() {
 		st.stopping.Store(true)
+		close(st.done)    // requests waiting for a slot give up
 		st.untrackDrops() // read the socket's drops before it closes
 		conn.Close()
 	})
@@ -308,6 +319,8 @@ type state struct {
 	// ns is the server socket's network namespace, where transfer sockets
 	// are opened; -1 when unknown (the calling thread's is used).
 	ns int
+	// done is closed when Serve stops.
+	done chan struct{}
 }
 
 // newState checks the configuration and applies the defaults; it reports
@@ -320,7 +333,8 @@ func (s *Server) newState() (*state, error) {
 		retries:       s.Retries,
 		maxBlockSize:  s.MaxBlockSize,
 		receiveBuffer: s.ReceiveBuffer,
-		admit:         admission{maxTotal: s.MaxTransfers, maxPerClient: s.MaxTransfersPerClient},
+		admit:         admission{maxTotal: s.MaxTransfers, maxPerClient: s.MaxTransfersPerClient, wait: s.QueueWait},
+		done:          make(chan struct{}),
 		observer:      s.Observer,
 		log:           s.Logger,
 		logLimit:      ratelog.Limiter{Interval: logInterval},
@@ -376,6 +390,9 @@ func (s *Server) newState() (*state, error) {
 	if s.ReceiveBuffer == 0 {
 		st.receiveBuffer = DefaultReceiveBuffer
 	}
+	if s.QueueWait == 0 {
+		st.admit.wait = DefaultQueueWait
+	}
 	if st.log == nil {
 		st.log = slog.New(slog.DiscardHandler)
 	}
@@ -418,34 +435,54 @@ func (st *state) request(rq *requestConn, b []byte, in datagram, transfers *sync
 		refuse(code, err, resultRefused)
 		return
 	}
-	release, err := st.admit.acquire(ev.Remote.Addr())
-	if err != nil {
+	busy := func(err error) {
 		err = fmt.Errorf("read %q: %w", ev.File, err)
 		rq.reply(errorPacket(codeUndefined, err.Error()), in)
 		st.overLimit(ev, err)
+	}
+	release, w, err := st.admit.acquire(ev.Remote.Addr())
+	if err != nil {
+		busy(err)
 		return
 	}
+	limit := rq.limit(in, st.maxBlockSize)
+	if w != nil {
+		// Over MaxTransfers: wait for a slot on a goroutine of its own,
+		// so that the server port keeps being read.
+		transfers.Go(func() {
+			start := time.Now()
+			release, err := st.admit.await(w, st.done)
+			st.metrics.queuedFor(time.Since(start))
+			if err != nil {
+				busy(err)
+				return
+			}
+			st.open(ev, r, in, limit, release, refuse)
+		})
+		return
+	}
+	transfers.Go(func() { st.open(ev, r, in, limit, release, refuse) })
+}
+
+// open opens the file of an admitted request and sends it; release gives
+// its slot back.
+func (st *state) open(ev Event, r request, in datagram, limit int, release func(), refuse func(uint16, error, result)) {
+	defer release()
 	f, err := st.root.Open(ev.File)
 	if err != nil {
-		release()
 		refuse(codeNotFound, fmt.Errorf("open %s: %w", ev.File, err), resultError)
 		return
 	}
+	defer f.Close()
 	fi, err := f.Stat()
 	if err == nil && !fi.Mode().IsRegular() {
 		err = errors.New("not a regular file")
 	}
 	if err != nil {
-		f.Close()
-		release()
 		refuse(codeNotFound, fmt.Errorf("stat %s: %w", ev.File, err), resultError)
 		return
 	}
-	transfers.Go(func() {
-		defer release()
-		defer f.Close()
-		st.transfer(ev, r, f, fi.Size(), in, rq.limit(in, st.maxBlockSize))
-	})
+	st.transfer(ev, r, f, fi.Size(), in, limit)
 }
 
 // transfer sends one file to the client of ev over a socket of its own.
@@ -591,39 +628,107 @@ const (
 var errClientBusy = fmt.Errorf("%w: too many transfers from this address", ErrBusy)
 
 // admission counts the transfers in flight, in total and per client
-// address, and refuses those beyond the limits.
+// address, queues requests over the total for up to wait (oldest first),
+// and refuses those beyond the limits.
 type admission struct {
 	maxTotal, maxPerClient int
+	wait                   time.Duration // negative: no queue
 
 	mu        sync.Mutex
 	total     int
-	perClient map[netip.Addr]int
+	perClient map[netip.Addr]int // in flight and waiting
+	queue     []*waiter
 }
 
-// acquire takes a slot for a transfer from ip, or returns an error
-// wrapping ErrBusy. release gives the slot back.
-func (a *admission) acquire(ip netip.Addr) (release func(), err error) {
+// waiter is a request waiting for a slot; ready is closed when it is
+// granted one.
+type waiter struct {
+	ip      netip.Addr
+	ready   chan struct{}
+	granted bool
+}
+
+// acquire takes a slot for a transfer from ip (release gives it back),
+// or queues the request (w, for await) when MaxTransfers are in flight,
+// or returns an error wrapping ErrBusy: the client's limit reached, or
+// the queue full or off. A waiting request counts against its client's
+// limit.
+func (a *admission) acquire(ip netip.Addr) (release func(), w *waiter, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.total >= a.maxTotal {
-		return nil, fmt.Errorf("%w: %d transfers in flight", ErrBusy, a.total)
-	}
 	if a.perClient[ip] >= a.maxPerClient {
-		return nil, errClientBusy
+		return nil, nil, errClientBusy
 	}
 	if a.perClient == nil {
 		a.perClient = map[netip.Addr]int{}
 	}
-	a.total++
+	if a.total < a.maxTotal && len(a.queue) == 0 {
+		a.total++
+		a.perClient[ip]++
+		return a.releaser(ip), nil, nil
+	}
+	if a.wait < 0 {
+		return nil, nil, fmt.Errorf("%w: %d transfers in flight", ErrBusy, a.total)
+	}
+	if len(a.queue) >= a.maxTotal {
+		return nil, nil, fmt.Errorf("%w: %d transfers in flight, %d waiting", ErrBusy, a.total, len(a.queue))
+	}
+	w = &waiter{ip: ip, ready: make(chan struct{})}
+	a.queue = append(a.queue, w)
 	a.perClient[ip]++
+	return nil, w, nil
+}
+
+// releaser returns the function that gives ip's slot back: to the oldest
+// waiting request, if any.
+func (a *admission) releaser(ip netip.Addr) func() {
+	var once sync.Once
 	return func() {
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		a.total--
-		if a.perClient[ip]--; a.perClient[ip] == 0 {
-			delete(a.perClient, ip)
-		}
-	}, nil
+		once.Do(func() {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			a.dropClient(ip)
+			if len(a.queue) > 0 {
+				w := a.queue[0]
+				a.queue[0] = nil
+				a.queue = a.queue[1:]
+				w.granted = true
+				close(w.ready) // the slot passes on: total unchanged
+				return
+			}
+			a.total--
+		})
+	}
+}
+
+// dropClient counts one request of ip less. The lock must be held.
+func (a *admission) dropClient(ip netip.Addr) {
+	if a.perClient[ip]--; a.perClient[ip] <= 0 {
+		delete(a.perClient, ip)
+	}
+}
+
+// await waits until w is granted a slot (release gives it back), a.wait
+// passes or done closes; then it returns an error wrapping ErrBusy.
+func (a *admission) await(w *waiter, done <-chan struct{}) (release func(), err error) {
+	t := time.NewTimer(a.wait)
+	defer t.Stop()
+	select {
+	case <-w.ready:
+		return a.releaser(w.ip), nil
+	case <-t.C:
+	case <-done:
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if w.granted { // granted as the wait ended
+		return a.releaser(w.ip), nil
+	}
+	if i := slices.Index(a.queue, w); i >= 0 {
+		a.queue = slices.Delete(a.queue, i, i+1)
+	}
+	a.dropClient(w.ip)
+	return nil, fmt.Errorf("%w: %d transfers in flight, none ended within %s", ErrBusy, a.total, a.wait)
 }
 
 // inFlight returns the transfers in flight in total and from ip.

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -225,7 +226,14 @@ func (s *tftpService) Listen(ctx context.Context) (err error) {
 	}
 	if s.iface != "" {
 		port := s.Addr().Port() // tftp.port 0 picks one: the same for IPv6
-		if s.conn6, err = tftp.ListenIPv6(ctx, s.iface, int(port)); err != nil {
+		s.conn6, err = tftp.ListenIPv6(ctx, s.iface, int(port))
+		switch {
+		case errors.Is(err, syscall.EAFNOSUPPORT):
+			// A kernel booted with ipv6.disable=1: nothing to serve there.
+			if s.srv.Logger != nil {
+				s.srv.Logger.Warn("tftp: no IPv6 in this kernel, serving IPv4 only", "err", err)
+			}
+		case err != nil:
 			s.Close()
 			return fmt.Errorf("%w (set tftp.ipv6: false to serve IPv4 only)", err)
 		}

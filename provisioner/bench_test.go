@@ -94,3 +94,23 @@ func BenchmarkHandleDiscover(b *testing.B) {
 		i++
 	}
 }
+
+// BenchmarkRecordDHCP is the head's other share of a firmware's DHCP
+// exchange with 10,000 nodes: the recorder's work for its OFFER and ACK
+// events (the client's boot events, the node found by MAC, two timeline
+// steps posted to the state writer, the OFFER starting a new boot record),
+// the writer's commits included.
+func BenchmarkRecordDHCP(b *testing.B) {
+	heads, macs := cluster10k(b)
+	rec := newRecorder(heads.db, nil)
+	i := 0
+	for b.Loop() {
+		mac := macs[i*37%len(macs)]
+		ip := netip.AddrFrom4([4]byte{10, 0, byte(i*37%len(macs)/250 + 1), byte(i*37%len(macs)%250 + 1)})
+		for _, reply := range []dhcp.ReplyType{dhcp.ReplyOffer, dhcp.ReplyAck} {
+			rec.dhcp(dhcp.Event{MAC: mac, Request: dhcp.RequestDiscover, Reply: reply, NetBoot: true, Stage: dhcp.StageFirmware,
+				Arch: 7, HasArch: true, IP: ip, BootFile: "snponly.efi", Port: 67})
+		}
+		i++
+	}
+}

@@ -164,6 +164,9 @@ func (b *bench) waitReady(ctx context.Context, srv *server) error {
 		if srv.exited() {
 			return fmt.Errorf("%s exited; log:\n%s", srv.name, srv.log())
 		}
+		if ctx.Err() != nil { // interrupted: the load fails at once, do not spin
+			return ctx.Err()
+		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s did not answer within 60 s (%v); log:\n%s", srv.name, err, srv.log())
 		}

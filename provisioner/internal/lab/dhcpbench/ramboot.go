@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // rambootServe prepares `ramboot serve` with the benchmark's nodes (once:
@@ -48,11 +51,62 @@ http:
 		if err := os.WriteFile(clusterFile, []byte(cluster), 0o644); err != nil {
 			return nil, nil, err
 		}
-		if out, err := exec.CommandContext(ctx, b.ramboot, "apply", "-f", clusterFile, "--state-dir", state).CombinedOutput(); err != nil {
-			return nil, nil, fmt.Errorf("ramboot apply of %d nodes: %w: %s", b.o.nodes, err, out)
+		if err := b.applyNodes(ctx, conf, state, clusterFile); err != nil {
+			return nil, nil, err
 		}
 	}
 	return []string{b.ramboot, "serve", "--config", conf}, nil, nil
+}
+
+// applyNodes runs `ramboot apply` of the cluster file against a daemon
+// (the CLI goes through its admin API) started for it in the server
+// namespace and stopped after, by pid.
+func (b *bench) applyNodes(ctx context.Context, conf, state, clusterFile string) error {
+	logFile := filepath.Join(b.work, "ramboot-apply-serve.log")
+	f, err := os.Create(logFile)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	cmd := exec.Command("ip", "netns", "exec", b.srvNS, b.ramboot, "serve", "--config", conf)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start ramboot serve for the apply: %w", err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	}()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out, err := exec.CommandContext(ctx, b.ramboot, "apply", "-f", clusterFile, "--state-dir", state).CombinedOutput()
+		var ee *exec.ExitError
+		switch {
+		case err == nil:
+			return nil
+		case !errors.As(err, &ee) || ee.ExitCode() != 6: // 6: no daemon answers yet
+			return fmt.Errorf("ramboot apply of %d nodes: %w: %s", b.o.nodes, err, out)
+		case time.Now().After(deadline):
+			msg, _ := os.ReadFile(logFile)
+			return fmt.Errorf("ramboot serve not answering after 60 s for the apply:\n%s", msg)
+		}
+		select {
+		case <-done:
+			msg, _ := os.ReadFile(logFile)
+			return fmt.Errorf("ramboot serve exited before the apply:\n%s", msg)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // buildRamboot builds ramboot and ramboot-agent (which serve wants next to

@@ -437,8 +437,8 @@ func (st *state) request(rq *requestConn, b []byte, in datagram, transfers *sync
 	}
 	busy := func(err error) {
 		err = fmt.Errorf("read %q: %w", ev.File, err)
+		st.overLimit(ev, err) // counted before the client can see the ERROR
 		rq.reply(errorPacket(codeUndefined, err.Error()), in)
-		st.overLimit(ev, err)
 	}
 	release, w, err := st.admit.acquire(ev.Remote.Addr())
 	if err != nil {

@@ -136,8 +136,22 @@ func (b *bootEvents) dhcp(e dhcp.Event) {
 	}
 }
 
-// tftp records a TFTP transfer for the client last given its address.
-func (b *bootEvents) tftp(e tftp.Event) {
+// interfaceKey returns the event key of an inventory interface (its MAC,
+// else its client id, as the inventory writes them); nil when neither
+// parses.
+func interfaceKey(mac, clientID string) []byte {
+	if hw, err := net.ParseMAC(mac); err == nil && len(hw) == 6 {
+		return clientKey(nil, hw, nil)
+	}
+	if id, err := parseHex(clientID); err == nil {
+		return clientKey(nil, nil, id)
+	}
+	return nil
+}
+
+// tftp records a TFTP transfer for the client last given its address,
+// else for the client of key (nil: none), the node interface that has it.
+func (b *bootEvents) tftp(e tftp.Event, key []byte) {
 	ev := bootEvent{time: e.Time, tftp: true, port: 69, request: e.File, ip: e.Remote.Addr(),
 		detail: fmt.Sprintf("%d bytes in %s, blksize %d, %d retransmits", e.Bytes, e.Dur.Round(time.Millisecond), e.BlockSize, e.Retransmits)}
 	if e.Err != nil {
@@ -145,8 +159,11 @@ func (b *bootEvents) tftp(e tftp.Event) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if c := b.byIP[e.Remote.Addr()]; c != nil {
+	switch c := b.byIP[e.Remote.Addr()]; {
+	case c != nil:
 		c.add(ev)
+	case key != nil:
+		b.client(key).add(ev)
 	}
 }
 

@@ -34,11 +34,22 @@ func TestBootEventsBounded(t *testing.T) {
 		t.Fatalf("ring: %d events, first %+v", len(evs), evs[0])
 	}
 	b.dhcp(dhcp.Event{MAC: mac(1), Request: "request", Reply: dhcp.ReplyAck, IP: netip.MustParseAddr("10.0.0.5"), Port: 67})
-	b.tftp(tftp.Event{Remote: netip.MustParseAddrPort("10.0.0.5:2000"), File: "undionly.kpxe", Bytes: 70000, BlockSize: 1468})
-	b.tftp(tftp.Event{Remote: netip.MustParseAddrPort("10.0.0.6:2000"), File: "x", Err: errors.New("no")})
+	b.tftp(tftp.Event{Remote: netip.MustParseAddrPort("10.0.0.5:2000"), File: "undionly.kpxe", Bytes: 70000, BlockSize: 1468}, nil)
+	b.tftp(tftp.Event{Remote: netip.MustParseAddrPort("10.0.0.6:2000"), File: "x", Err: errors.New("no")}, nil)
 	evs, _ = b.get("52-54-00-00-00-01")
 	if len(evs) != 2 || evs[1].Protocol != "tftp" || evs[1].Request != "undionly.kpxe" || evs[1].IP != "10.0.0.5" {
 		t.Fatalf("tftp after ack: %+v", evs)
+	}
+	// Proxy mode: no address was given by this head; the transfer goes to
+	// the node interface that has the address (the key the recorder
+	// passes), the address given to another client wins.
+	b.tftp(tftp.Event{Remote: netip.MustParseAddrPort("10.0.0.7:2000"), File: "snponly.efi"}, interfaceKey("52:54:00:00:00:07", ""))
+	if evs, ok := b.get("52:54:00:00:00:07"); !ok || len(evs) != 1 || evs[0].Protocol != "tftp" || evs[0].Request != "snponly.efi" {
+		t.Fatalf("tftp of a proxy client: %v %+v", ok, evs)
+	}
+	b.tftp(tftp.Event{Remote: netip.MustParseAddrPort("10.0.0.5:2001"), File: "ipxe.efi"}, interfaceKey("52:54:00:00:00:07", ""))
+	if evs, _ := b.get("52:54:00:00:00:01"); len(evs) != 3 || evs[2].Request != "ipxe.efi" {
+		t.Fatalf("tftp to an address this head gave: %+v", evs)
 	}
 	id := []byte{0xff, 0, 0, 0, 1, 0, 2, 0, 0, 2, 0xc9, 0, 0, 0x11, 0x75, 0, 0, 0, 0, 1}
 	b.dhcp(dhcp.Event{ClientID: id, Request: "discover", Ignored: "unknown"})

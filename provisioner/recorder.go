@@ -98,10 +98,21 @@ func (r *recorder) dhcp(e dhcp.Event) {
 // tftp records a TFTP transfer in the client's events and the timeline of
 // the node that made it.
 func (r *recorder) tftp(e tftp.Event) {
-	if r.events != nil {
-		r.events.tftp(e)
-	}
 	n, err := r.db.ByIP(e.Remote.Addr())
+	if r.events != nil {
+		// The client last given the address, else (proxy mode: the site's
+		// DHCP server gave it) the node's interface that has it.
+		var key []byte
+		if err == nil {
+			for _, ifc := range n.Interfaces {
+				if ifc.IP == e.Remote.Addr().Unmap() {
+					key = interfaceKey(ifc.MAC, ifc.ClientID)
+					break
+				}
+			}
+		}
+		r.events.tftp(e, key)
+	}
 	if err != nil {
 		return
 	}

@@ -103,7 +103,8 @@ func bootEventsCmd(g *globals) *cobra.Command {
 		Long: `events shows what the head's DHCP server did with each recent packet of the
 machine with --mac (or, for InfiniBand, --client-id): the request, the port,
 what the machine showed itself to be, the reply and boot file, or why it
-got none; and the TFTP transfers to the address it was given. The head
+got none; and the TFTP transfers from the address it was given (in proxy
+mode, from its inventory address). The head
 keeps the last 16 events of each of the last 16384 machines, in memory.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -164,6 +164,13 @@ func TestProxyMode(t *testing.T) {
 		if n.mode == lab.UEFI && !slices.Contains(ports, 4011) {
 			t.Errorf("%s: OVMF's PXE client got no answer on port 4011 (ports %v)", n.name, ports)
 		}
+		// Its TFTP fetch is in its events too, though ramboot gave no
+		// address: found by the inventory's.
+		if n.mode == lab.UEFI && !slices.ContainsFunc(evs.Events, func(e api.BootEvent) bool {
+			return e.Protocol == "tftp" && e.Request == "snponly.efi" && e.IP == n.ip
+		}) {
+			t.Errorf("%s: no TFTP fetch of snponly.efi in the boot events: %+v", n.name, evs.Events)
+		}
 	}
 	// The addresses were dnsmasq's: its log has an ACK for each node.
 	b, _ := os.ReadFile(filepath.Join(l.WorkDir(), "site-dhcp.log"))

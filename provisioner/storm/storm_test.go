@@ -304,7 +304,8 @@ func TestRequestsAsTheHeadSeesThem(t *testing.T) {
 	ip := netip.MustParseAddr("10.0.1.1")
 	srv := &dhcp.Server{
 		ServerIP: netip.MustParseAddr("10.0.0.1"),
-		Inventory: dhcp.InventoryFunc(func(_ context.Context, m net.HardwareAddr) (dhcp.Reservation, error) {
+		Inventory: dhcp.InventoryFunc(func(_ context.Context, c dhcp.Client) (dhcp.Reservation, error) {
+			m := c.MAC
 			if m.String() != mac.String() {
 				return dhcp.Reservation{}, dhcp.ErrUnknown
 			}
@@ -327,7 +328,7 @@ func TestRequestsAsTheHeadSeesThem(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		offer, ev, err := srv.Handle(context.Background(), disc)
+		offer, ev, err := srv.Handle(context.Background(), dhcp.Request{Msg: disc})
 		if err != nil || offer == nil {
 			t.Fatalf("%s %v: no offer: %v (%+v)", tc.fw, tc.who, err, ev)
 		}
@@ -338,7 +339,7 @@ func TestRequestsAsTheHeadSeesThem(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ack, _, err := srv.Handle(context.Background(), req)
+		ack, _, err := srv.Handle(context.Background(), dhcp.Request{Msg: req})
 		if err != nil || ack == nil || ack.MessageType() != dhcpv4.MessageTypeAck || ack.YourIPAddr.String() != ip.String() {
 			t.Errorf("%s %v: ack %v, %v", tc.fw, tc.who, ack, err)
 		}

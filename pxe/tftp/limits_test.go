@@ -118,25 +118,29 @@ func TestTotalLimit(t *testing.T) {
 	}
 }
 
-// fetch reads a whole file on c in lock-step, from its first DATA packet.
-func fetch(t *testing.T, c *rawClient, blksize int) {
+// fetchRest reads the rest of a file on c in lock-step, from block
+// first on, and returns the number of blocks read.
+func fetchRest(t *testing.T, c *rawClient, first uint16, blksize int) int {
 	t.Helper()
-	for block := uint16(1); ; block++ {
+	n := 0
+	for block := first; ; block++ {
 		op, body := c.recv(t)
 		if op != opDATA {
 			t.Fatalf("opcode %d %q, want DATA", op, body)
 		}
+		n++
 		c.tryAck(block)
 		if len(body)-2 < blksize {
-			return
+			return n
 		}
 	}
 }
 
 // TestTotalLimitQueues: a request over MaxTransfers waits for a slot
 // instead of being refused (a rack powered on queues for a moment, its
-// boots do not fail), and is served, silently meanwhile, once a transfer
-// ends; the wait is measured.
+// boots do not fail), silently meanwhile, and is served as soon as a
+// transfer ends; its wait is measured. On the code that refused at once
+// it gets an ERROR.
 func TestTotalLimitQueues(t *testing.T) {
 	h := start(t, func(s *tftp.Server) {
 		s.MaxTransfers, s.MaxTransfersPerClient, s.QueueWait = 1, 1, 5*time.Second
@@ -146,45 +150,45 @@ func TestTotalLimitQueues(t *testing.T) {
 	if op, _ := first.recv(t); op != opDATA {
 		t.Fatalf("first transfer: opcode %d, want DATA", op)
 	}
-	first.tryAck(1)
 	waiting := dialRawFrom(t, netip.MustParseAddr("127.0.0.3"), h.addr)
 	waiting.send(t, rrq("undionly.kpxe", "octet"))
 	if op, body, err := waiting.tryRecv(300 * time.Millisecond); err == nil {
 		t.Fatalf("the waiting request was answered at once: opcode %d %q", op, body)
 	}
-	// The first transfer ends; the slot goes to the waiting request.
-	for block := uint16(2); ; block++ {
-		op, body := first.recv(t)
-		if op != opDATA {
-			t.Fatalf("first transfer: opcode %d %q", op, body)
-		}
-		first.tryAck(block)
-		if len(body)-2 < 512 {
-			break
-		}
+	// A third request over the total from the waiting client's address is
+	// over its per-client limit (waiting counts): refused at once.
+	third := dialRawFrom(t, netip.MustParseAddr("127.0.0.3"), h.addr)
+	third.send(t, rrq("undionly.kpxe", "octet"))
+	if op, body := third.recv(t); op != opERROR || !bytes.Contains(body, []byte("too many transfers from this address")) {
+		t.Fatalf("a second request of a waiting client: opcode %d %q, want ERROR", op, body)
 	}
-	fetch(t, waiting, 512)
+	// The first transfer ends; the slot goes to the waiting request.
+	first.tryAck(1)
+	fetchRest(t, first, 2, 512)
+	got := fetchRest(t, waiting, 1, 512)
+	if want := len(h.fsys["undionly.kpxe"].Data)/512 + 1; got != want {
+		t.Errorf("the waiting request got %d blocks, want %d", got, want)
+	}
 	if got := testutil.ToFloat64(gathered{h.reg, "ramboot_tftp_over_limit_total", "total"}); got != 0 {
 		t.Errorf("over_limit{total} = %v, want 0", got)
 	}
-	if n := testutil.CollectAndCount(h.reg, "ramboot_tftp_queue_wait_seconds"); n != 1 {
-		t.Errorf("queue wait histogram: %d series", n)
+	var waited uint64
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
 	}
-	var waited float64
-	if mfs, err := h.reg.Gather(); err == nil {
-		for _, mf := range mfs {
-			if mf.GetName() == "ramboot_tftp_queue_wait_seconds" {
-				waited = float64(mf.GetMetric()[0].GetHistogram().GetSampleCount())
-			}
+	for _, mf := range mfs {
+		if mf.GetName() == "ramboot_tftp_queue_wait_seconds" {
+			waited = mf.GetMetric()[0].GetHistogram().GetSampleCount()
 		}
 	}
 	if waited != 1 {
-		t.Errorf("%v requests waited, want 1", waited)
+		t.Errorf("%d requests waited, want 1", waited)
 	}
 }
 
 // TestTotalLimitQueueWait: a request that finds no slot within QueueWait
-// is refused then, and counted.
+// is refused then, and counted; so is one that finds the queue full.
 func TestTotalLimitQueueWait(t *testing.T) {
 	h := start(t, func(s *tftp.Server) {
 		s.MaxTransfers, s.MaxTransfersPerClient, s.QueueWait = 1, 1, 300*time.Millisecond
@@ -196,18 +200,25 @@ func TestTotalLimitQueueWait(t *testing.T) {
 		t.Fatalf("held transfer: opcode %d, want DATA", op)
 	}
 	c := dialRawFrom(t, netip.MustParseAddr("127.0.0.3"), h.addr)
-	start := time.Now()
+	began := time.Now()
 	c.send(t, rrq("undionly.kpxe", "octet"))
+	// The queue holds MaxTransfers (1) requests: the next one is refused
+	// at once.
+	full := dialRawFrom(t, netip.MustParseAddr("127.0.0.4"), h.addr)
+	full.send(t, rrq("undionly.kpxe", "octet"))
+	if op, body := full.recv(t); op != opERROR || !bytes.Contains(body, []byte("1 waiting")) {
+		t.Fatalf("request with the queue full: opcode %d %q, want ERROR ... 1 waiting", op, body)
+	}
 	op, body := c.recv(t)
-	waited := time.Since(start)
-	if op != opERROR || !bytes.Contains(body, []byte("server busy")) {
-		t.Fatalf("opcode %d %q, want ERROR server busy", op, body)
+	waited := time.Since(began)
+	if op != opERROR || !bytes.Contains(body, []byte("none ended within 300ms")) {
+		t.Fatalf("opcode %d %q, want ERROR server busy ... none ended within 300ms", op, body)
 	}
 	if waited < 250*time.Millisecond || waited > 3*time.Second {
 		t.Errorf("refused after %v, want after the 300ms wait", waited)
 	}
-	if got := testutil.ToFloat64(gathered{h.reg, "ramboot_tftp_over_limit_total", "total"}); got != 1 {
-		t.Errorf("over_limit{total} = %v, want 1", got)
+	if got := testutil.ToFloat64(gathered{h.reg, "ramboot_tftp_over_limit_total", "total"}); got != 2 {
+		t.Errorf("over_limit{total} = %v, want 2", got)
 	}
 }
 

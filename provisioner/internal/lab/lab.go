@@ -65,9 +65,10 @@ type Lab struct {
 	Agent   string // path of the built ramboot-agent binary
 	State   string // the daemon's state directory
 
-	procs []*Proc
-	nsUp  bool
-	serve *Proc // the running `ramboot serve`
+	procs   []*Proc
+	nsUp    bool
+	extraNS []string // other hosts' namespaces (the site's DHCP server)
+	serve   *Proc    // the running `ramboot serve`
 }
 
 // Proc is a process the lab started in a namespace; done closes when it
@@ -230,7 +231,12 @@ func (l *Lab) netnsUp(ctx context.Context) error {
 // start runs a command inside the namespace in the background, with its
 // output appended to logFile. The lab stops it on Close.
 func (l *Lab) start(logFile string, name string, args ...string) (*Proc, error) {
-	p, err := startIn(l.ns, logFile, name, args...)
+	return l.startIn(l.ns, logFile, name, args...)
+}
+
+// startIn is start in namespace ns.
+func (l *Lab) startIn(ns, logFile string, name string, args ...string) (*Proc, error) {
+	p, err := startIn(ns, logFile, name, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -289,6 +295,15 @@ func (l *Lab) Close() error {
 	}
 	l.procs = nil
 	var errs []error
+	for _, ns := range l.extraNS {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		killAll(ctx, ns)
+		if _, err := run(ctx, "ip", "netns", "del", ns); err != nil {
+			errs = append(errs, err)
+		}
+		cancel()
+	}
+	l.extraNS = nil
 	if l.nsUp {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

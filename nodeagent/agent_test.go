@@ -449,6 +449,14 @@ func TestHandover(t *testing.T) {
 	if !strings.Contains(string(unit), "ExecStart=/init daemon\n") || !strings.Contains(string(unit), "Type=notify\n") {
 		t.Errorf("unit:\n%s", unit)
 	}
+	// The daemon makes cgroups (Delegate), and its restart must leave the
+	// containers it runs alone (KillMode=process; TestDebian restarts it
+	// under a running container).
+	for _, want := range []string{"\nDelegate=yes\n", "\nKillMode=process\n"} {
+		if !strings.Contains(string(unit), want) {
+			t.Errorf("unit lacks %q:\n%s", strings.TrimSpace(want), unit)
+		}
+	}
 	if target, err := os.Readlink(filepath.Join(root, nodeagent.ServiceWant)); err != nil || target != "../"+nodeagent.ServiceName {
 		t.Errorf("wants link -> %q, %v", target, err)
 	}

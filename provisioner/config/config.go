@@ -284,6 +284,43 @@ type SFTP struct {
 	// AuthorizedKeys is the authorized_keys file of the keys that may
 	// push and pull; empty = STATE_DIR/authorized_keys.
 	AuthorizedKeys string `yaml:"authorized_keys"`
+	// MaxConns caps open connections in total, MaxConnsPerClient those
+	// from one address.
+	MaxConns          int `yaml:"max_conns"`
+	MaxConnsPerClient int `yaml:"max_conns_per_client"`
+	// LoginTimeout disconnects a client not logged in by then.
+	LoginTimeout Duration `yaml:"login_timeout"`
+	// IdleTimeout disconnects a client silent that long.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// MaxUpload caps one uploaded blob ("64g"); "0" = no cap.
+	MaxUpload string `yaml:"max_upload"`
+	// MinFree is the free space uploads must leave in the image store's
+	// file system ("1g"); "0" = none.
+	MinFree string `yaml:"min_free"`
+}
+
+// sftpBytes converts sftp.max_upload or sftp.min_free: a size such as
+// 512m or 64g, or 0.
+func sftpBytes(s string) (int64, error) {
+	if s == "0" {
+		return 0, nil
+	}
+	if strings.HasSuffix(s, "%") {
+		return 0, fmt.Errorf("%q: a size such as 512m or 64g, not a percentage", s)
+	}
+	return overlay.SizeBytes(s, 0)
+}
+
+// SFTPMaxUploadBytes returns sftp.max_upload in bytes, 0 = no cap.
+func (c Config) SFTPMaxUploadBytes() int64 {
+	n, _ := sftpBytes(c.SFTP.MaxUpload)
+	return n
+}
+
+// SFTPMinFreeBytes returns sftp.min_free in bytes, 0 = no reserve.
+func (c Config) SFTPMinFreeBytes() int64 {
+	n, _ := sftpBytes(c.SFTP.MinFree)
+	return n
 }
 
 // SFTPAuthorizedKeys returns SFTP.AuthorizedKeys or its default.
@@ -711,6 +748,24 @@ func (c Config) Validate() error {
 	}
 	if c.SFTP.AuthorizedKeys != "" && !filepath.IsAbs(c.SFTP.AuthorizedKeys) {
 		bad("sftp.authorized_keys", "%q must be an absolute path", c.SFTP.AuthorizedKeys)
+	}
+	if c.SFTP.MaxConnsPerClient < 1 {
+		bad("sftp.max_conns_per_client", "%d: at least 1", c.SFTP.MaxConnsPerClient)
+	}
+	if c.SFTP.MaxConns < c.SFTP.MaxConnsPerClient {
+		bad("sftp.max_conns", "%d is less than sftp.max_conns_per_client (%d)", c.SFTP.MaxConns, c.SFTP.MaxConnsPerClient)
+	}
+	if c.SFTP.LoginTimeout < Duration(time.Second) {
+		bad("sftp.login_timeout", "%s is shorter than 1s", time.Duration(c.SFTP.LoginTimeout))
+	}
+	if c.SFTP.IdleTimeout < Duration(10*time.Second) {
+		bad("sftp.idle_timeout", "%s is shorter than 10s", time.Duration(c.SFTP.IdleTimeout))
+	}
+	if _, err := sftpBytes(c.SFTP.MaxUpload); err != nil {
+		bad("sftp.max_upload", "%v", err)
+	}
+	if _, err := sftpBytes(c.SFTP.MinFree); err != nil {
+		bad("sftp.min_free", "%v", err)
 	}
 	if c.Boot.DefaultImage == "" {
 		bad("boot.default_image", "required")

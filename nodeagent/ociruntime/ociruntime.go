@@ -111,10 +111,18 @@ func (r *Runtime) run(ctx context.Context, args ...string) ([]byte, error) {
 }
 
 // LastLine returns the last non-empty line of runtime output, stripped of
-// runc's logrus prefix, which is where runc and crun say what failed.
+// runc's logrus prefix, which is where runc and crun say what failed; of
+// runc's log lines, the last at level error (runc may log a warning, such
+// as "signal: killed" for the init it killed, after the error).
 func LastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	l := lines[len(lines)-1]
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], "level=error") || strings.Contains(lines[i], "level=fatal") {
+			l = lines[i]
+			break
+		}
+	}
 	if i := strings.Index(l, `msg="`); i >= 0 {
 		l = strings.TrimSuffix(l[i+5:], `"`)
 	}

@@ -67,7 +67,9 @@ type ProbeOptions struct {
 	Dir string
 	// Root is the runtimes' state directory. Default DefaultRoot.
 	Root string
-	// Timeout bounds each candidate's trial. Default 20 s.
+	// Timeout bounds each candidate's trial. Default 60 s: a node under
+	// load (or an emulated one) may take seconds to start a runtime's
+	// Go binary twice; a working runtime must not be judged broken.
 	Timeout time.Duration
 }
 
@@ -168,7 +170,7 @@ func probeOne(ctx context.Context, name string, o ProbeOptions, c *Candidate) (*
 	}
 	timeout := o.Timeout
 	if timeout <= 0 {
-		timeout = 20 * time.Second
+		timeout = 60 * time.Second
 	}
 	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()

@@ -59,3 +59,17 @@ func TestProbeNone(t *testing.T) {
 		t.Fatalf("Probe = %v, %+v; want ErrNoRuntime", err, rep)
 	}
 }
+
+// TestLastLine: runc's error line wins over a warning logged after it.
+func TestLastLine(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"crun: cgroups in hybrid mode not supported\n", "crun: cgroups in hybrid mode not supported"},
+		{`time="2026-11-29T23:59:00Z" level=error msg="runc run failed: unable to apply cgroup configuration"` + "\n" +
+			`time="2026-11-29T23:59:00Z" level=warning msg="signal: killed"`, "runc run failed: unable to apply cgroup configuration"},
+		{`time="x" level=warning msg="a"` + "\n" + `time="x" level=info msg="b"`, "b"},
+	} {
+		if got := LastLine(tt.in); got != tt.want {
+			t.Errorf("LastLine(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}

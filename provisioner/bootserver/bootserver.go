@@ -73,6 +73,13 @@ const (
 	OverlayGzipName = "overlay.cpio.gz"
 )
 
+// Retry is the iPXE script's schedule for a file it cannot fetch (see
+// ipxe.Script's fields of the same names).
+type Retry struct {
+	Attempts           int
+	MaxWait, FailPause time.Duration
+}
+
 // Compression is how the agent and overlay archives sent to a node are
 // compressed: as the node's image's root is, so that a kernel that
 // unpacks the image unpacks them too.
@@ -146,6 +153,9 @@ type Server struct {
 	Images *images.Store
 	// Agent is the agent archive; required.
 	Agent *Archive
+	// Retry is the scripts' retry schedule; zero fields take ipxe's
+	// defaults.
+	Retry Retry
 	// Overlays renders the nodes' overlays; nil serves the minimal one
 	// (the agent's configuration and the host name, OverlayFiles).
 	Overlays Overlays
@@ -438,9 +448,10 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 		args += " " + n.KernelArgs
 	}
 	sc := ipxe.Script{
-		Comment: fmt.Sprintf("node %s, image %s %s", n.Node, name, shortDigest(string(d))),
-		Kernel:  ipxe.File{URL: img + KernelName},
-		Args:    args,
+		Comment:  fmt.Sprintf("node %s, image %s %s", n.Node, name, shortDigest(string(d))),
+		Kernel:   ipxe.File{URL: img + KernelName},
+		Args:     args,
+		Attempts: s.Retry.Attempts, MaxWait: s.Retry.MaxWait, FailPause: s.Retry.FailPause,
 	}
 	if _, err := sc.Render(); err != nil { // before a nonce is minted
 		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Node)

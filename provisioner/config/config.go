@@ -236,6 +236,21 @@ type Boot struct {
 	ConsoleShell bool `yaml:"console_shell"`
 	// StallTimeout marks a boot stalled after that long without progress.
 	StallTimeout Duration `yaml:"stall_timeout"`
+	// Retry is the iPXE script's schedule for a file it cannot fetch.
+	Retry Retry `yaml:"retry"`
+}
+
+// Retry is the iPXE script's retry schedule (pxe/ipxe.Script): the
+// defaults ride out a head restart; shorter ones are for tests.
+type Retry struct {
+	// Attempts is how many times each file is tried.
+	Attempts int `yaml:"attempts"`
+	// MaxWait caps the wait between attempts, which starts at 1 s and
+	// doubles.
+	MaxWait Duration `yaml:"max_wait"`
+	// FailPause is how long the console shows why the boot failed before
+	// iPXE reboots the node.
+	FailPause Duration `yaml:"fail_pause"`
 }
 
 // Root configures the nodes' root file system.
@@ -748,6 +763,15 @@ func (c Config) Validate() error {
 	}
 	if c.SFTP.AuthorizedKeys != "" && !filepath.IsAbs(c.SFTP.AuthorizedKeys) {
 		bad("sftp.authorized_keys", "%q must be an absolute path", c.SFTP.AuthorizedKeys)
+	}
+	if c.Boot.Retry.Attempts < 2 || c.Boot.Retry.Attempts > 100 {
+		bad("boot.retry.attempts", "%d is not between 2 and 100", c.Boot.Retry.Attempts)
+	}
+	if r := time.Duration(c.Boot.Retry.MaxWait); r < time.Second || r > 10*time.Minute {
+		bad("boot.retry.max_wait", "%s is not between 1s and 10m", r)
+	}
+	if r := time.Duration(c.Boot.Retry.FailPause); r < 2*time.Second || r > time.Hour {
+		bad("boot.retry.fail_pause", "%s is not between 2s and 1h", r)
 	}
 	if c.SFTP.MaxConnsPerClient < 1 {
 		bad("sftp.max_conns_per_client", "%d: at least 1", c.SFTP.MaxConnsPerClient)

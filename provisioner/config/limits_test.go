@@ -106,3 +106,28 @@ sftp:
 		}
 	}
 }
+
+// TestBootRetry checks boot.retry's defaults (ipxe's) and bounds.
+func TestBootRetry(t *testing.T) {
+	c, err := Parse("site.yaml", []byte("interface: eth1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := c.Boot.Retry; r.Attempts != 8 || r.MaxWait != Duration(32*time.Second) || r.FailPause != Duration(30*time.Second) {
+		t.Errorf("defaults: %+v", r)
+	}
+	c, err = Parse("site.yaml", []byte("interface: eth1\nboot:\n  retry:\n    attempts: 1\n    max_wait: 500ms\n    fail_pause: 1s\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Validate()
+	for _, w := range []string{
+		"site.yaml:4: boot.retry.attempts: 1 is not between 2 and 100",
+		"site.yaml:5: boot.retry.max_wait: 500ms is not between 1s and 10m",
+		"site.yaml:6: boot.retry.fail_pause: 1s is not between 2s and 1h",
+	} {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("error lacks %q:\n%v", w, err)
+		}
+	}
+}

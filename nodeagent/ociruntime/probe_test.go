@@ -2,6 +2,7 @@ package ociruntime
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"testing"
@@ -70,6 +71,21 @@ func TestLastLine(t *testing.T) {
 	} {
 		if got := LastLine(tt.in); got != tt.want {
 			t.Errorf("LastLine(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+// TestTrialError: what a failed trial reports.
+func TestTrialError(t *testing.T) {
+	killed := errors.New("signal: killed")
+	for _, tt := range []struct{ stderr, want string }{
+		{"", "signal: killed"},
+		{"crun: cgroups in hybrid mode not supported\n", "crun: cgroups in hybrid mode not supported"},
+		{`time="x" level=debug msg="nsexec-0[310]: <~ nsexec stage-0"` + "\n" + `time="x" level=debug msg="child process in init()"`, "signal: killed"},
+		{`time="x" level=debug msg="a"` + "\n" + `time="x" level=error msg="runc run failed: b"` + "\n" + `time="x" level=warning msg="signal: killed"`, "runc run failed: b"},
+	} {
+		if got := trialError(tt.stderr, killed); got != tt.want {
+			t.Errorf("trialError(%q) = %q, want %q", tt.stderr, got, tt.want)
 		}
 	}
 }

@@ -85,11 +85,28 @@ type IO struct {
 	Stderr io.Writer
 }
 
-// command returns the runtime invoked with args after its global flags.
+// command returns the runtime invoked with args after its global flags,
+// in the agent's environment without NOTIFY_SOCKET.
 func (r *Runtime) command(ctx context.Context, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, r.Path, append([]string{"--root", r.root()}, args...)...)
 	cmd.WaitDelay = 5 * time.Second
+	cmd.Env = runtimeEnv(os.Environ())
 	return cmd
+}
+
+// runtimeEnv returns env without NOTIFY_SOCKET. The agent daemon is a
+// Type=notify service: systemd gives it the variable, and a runtime that
+// sees it (runc, crun) passes the socket into the container and waits for
+// the container to send READY=1 before `run` returns or ends, which a
+// container that is not a systemd service never does.
+func runtimeEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "NOTIFY_SOCKET=") {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 // run runs the runtime and returns its error with its stderr.

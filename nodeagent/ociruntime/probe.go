@@ -238,7 +238,11 @@ func (r *Runtime) trial(ctx context.Context, dir string) error {
 	if err != nil {
 		log := TrialLog(dir, r.Name)
 		_ = os.WriteFile(log, fmt.Appendf(nil, "%s --debug run: %v\n%s\nmemory.events of %s:\n%s", r.Name, err, stderr.Bytes(), spec.Linux.CgroupsPath, events), 0o644)
-		return fmt.Errorf("trial container failed: %s (log: %s)", trialError(stderr.String(), err), log)
+		msg := trialError(stderr.String(), err)
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			msg = "no end within the time limit (killed): " + msg
+		}
+		return fmt.Errorf("trial container failed: %s (log: %s)", msg, log)
 	}
 	return nil
 }

@@ -3,9 +3,11 @@ package ociruntime
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"testing"
+	"time"
 )
 
 func requireRoot(t *testing.T) {
@@ -87,5 +89,32 @@ func TestTrialError(t *testing.T) {
 		if got := trialError(tt.stderr, killed); got != tt.want {
 			t.Errorf("trialError(%q) = %q, want %q", tt.stderr, got, tt.want)
 		}
+	}
+}
+
+// TestProbeUnderNotify: the agent daemon runs under systemd as a
+// Type=notify service, so NOTIFY_SOCKET is in its environment. A runtime
+// that inherits it waits for the container to say READY=1 (runc and crun
+// pass the socket through), which /bin/true never does: the trial hung
+// until its time limit on every systemd node. The runtime must not see it.
+func TestProbeUnderNotify(t *testing.T) {
+	requireRoot(t)
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skip("runc not installed (make deps installs it)")
+	}
+	dir := t.TempDir()
+	sock := dir + "/notify.sock"
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	_, rep, err := Probe(context.Background(), ProbeOptions{Candidates: []string{"runc"}, Dir: dir, Root: dir + "/state", Timeout: 15 * time.Second})
+	if err != nil {
+		t.Fatalf("Probe with NOTIFY_SOCKET set: %v (%s)", err, rep.Summary())
+	}
+	if rep.Candidates[0].Trial > 10*time.Second {
+		t.Errorf("trial took %s", rep.Candidates[0].Trial)
 	}
 }

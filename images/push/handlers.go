@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pkg/sftp"
+	"golang.org/x/sys/unix"
 
 	"github.com/ramboot/ramboot/images"
 )
@@ -116,7 +117,15 @@ func (h *handlers) Filewrite(r *sftp.Request) (io.WriterAt, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &upload{h: h, f: f, digest: d, path: r.Filepath, hash: sha256.New()}, nil
+		u := &upload{h: h, f: f, digest: d, path: r.Filepath, hash: sha256.New()}
+		if err := u.room(0); err != nil {
+			f.Close()
+			os.Remove(f.Name())
+			h.srv.Metrics.blob(u.refusal)
+			h.log.Warn("sftp upload refused", "path", r.Filepath, "err", err)
+			return nil, err
+		}
+		return u, nil
 	case manifestsDir:
 		if _, err := images.ParseReference(name); err != nil {
 			return nil, fmt.Errorf("upload %s: %v: %w", r.Filepath, err, errDenied)
@@ -140,9 +149,51 @@ type upload struct {
 	closed  bool
 	hash    hash.Hash // nil once a write came out of order
 	next    int64     // the offset the next in-order write starts at
+	end     int64     // the file's size so far
+	refused error     // a write past a bound: the upload is discarded
+	refusal string    // its metric label
+}
+
+// room checks that writing up to offset end keeps the upload
+// within Server.MaxUploadBytes and leaves Server.MinFreeBytes free in the
+// store's file system; it records the refusal. Callers hold u.mu or own u.
+func (u *upload) room(end int64) error {
+	if u.refused != nil {
+		return u.refused
+	}
+	srv := u.h.srv
+	if srv.MaxUploadBytes > 0 && end > srv.MaxUploadBytes {
+		u.refusal = "too_large"
+		u.refused = fmt.Errorf("upload %s: larger than the head's limit of %d bytes (sftp.max_upload)", u.path, srv.MaxUploadBytes)
+		return u.refused
+	}
+	reserve := orDefault(srv.MinFreeBytes, DefaultMinFreeBytes)
+	if reserve < 0 {
+		return nil
+	}
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(u.f.Fd()), &st); err != nil {
+		return fmt.Errorf("upload %s: free space: %w", u.path, err)
+	}
+	free := int64(st.Bavail) * st.Bsize
+	if grow := max(0, end-u.end); free-grow < reserve {
+		u.refusal = "no_space"
+		u.refused = fmt.Errorf("upload %s: the head's image store would have less than %d bytes free (sftp.min_free; %d free, %d more to write): %w",
+			u.path, reserve, free, grow, unix.ENOSPC)
+		return u.refused
+	}
+	return nil
 }
 
 func (u *upload) WriteAt(p []byte, off int64) (int, error) {
+	u.mu.Lock()
+	end := off + int64(len(p))
+	if err := u.room(end); err != nil {
+		u.mu.Unlock()
+		return 0, err
+	}
+	u.end = max(u.end, end)
+	u.mu.Unlock()
 	n, err := u.f.WriteAt(p, off)
 	u.h.srv.Metrics.received(n)
 	u.mu.Lock()
@@ -174,6 +225,13 @@ func (u *upload) Close() error {
 		return nil
 	}
 	u.closed = true
+	if u.refused != nil {
+		u.f.Close()
+		os.Remove(u.f.Name())
+		u.h.srv.Metrics.blob(u.refusal)
+		u.h.log.Warn("sftp upload refused: discarded", "path", u.path, "err", u.refused)
+		return u.refused
+	}
 	if u.aborted != nil {
 		u.f.Close()
 		os.Remove(u.f.Name())

@@ -101,6 +101,13 @@ type Server struct {
 	// is written, and the upload is discarded. Default DefaultMinFreeBytes
 	// (1 GiB); negative: no reserve.
 	MinFreeBytes int64
+
+	// space serializes the free-space check of concurrent writes, and
+	// pending counts the bytes granted to writes not yet in the file
+	// system (an SFTP client keeps many writes in flight, of one upload
+	// and of several): statfs does not see them yet.
+	space   sync.Mutex
+	pending int64
 }
 
 func orDefault[T int | int64 | time.Duration](v, def T) T {

@@ -78,6 +78,19 @@ type overlaySnap struct {
 	snap   *overlayrender.Snapshot
 	digest map[string]string // node -> image digest it was made with
 	shared []byte            // zstd(newc(snap.Shared()))
+
+	sharedGzOnce sync.Once // gzip nodes are rare: made at the first
+	sharedGz     []byte    // gzip(newc(snap.Shared()))
+	sharedGzErr  error
+}
+
+// sharedFor returns the shared entries compressed with c.
+func (sn *overlaySnap) sharedFor(c bootserver.Compression) ([]byte, error) {
+	if c != bootserver.Gzip {
+		return sn.shared, nil
+	}
+	sn.sharedGzOnce.Do(func() { sn.sharedGz, sn.sharedGzErr = entries(sn.snap.Shared(), c) })
+	return sn.sharedGz, sn.sharedGzErr
 }
 
 // imageScan is what ScanImage found in one image, computed once.
@@ -351,7 +364,7 @@ func (o *overlays) prepare(ctx context.Context, s *overlaySetup, rev int64) (*ov
 		return nil, err
 	}
 	sn.snap = snap
-	shared, err := entries(snap.Shared())
+	shared, err := entries(snap.Shared(), bootserver.Zstd)
 	if err != nil {
 		return nil, err
 	}
@@ -378,30 +391,22 @@ func renderNode(p plan.Plan) overlayrender.Node {
 	return n
 }
 
-var encoder = func() *zstd.Encoder {
-	e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault))
-	if err != nil {
-		panic(fmt.Sprintf("zstd encoder: %v", err)) // only for invalid options
-	}
-	return e
-}()
-
-// archive returns zstd(newc(files)): a whole archive, with its trailer.
-func archive(files []overlayrender.File) ([]byte, error) {
+// archive returns c(newc(files)): a whole archive, with its trailer.
+func archive(files []overlayrender.File, c bootserver.Compression) ([]byte, error) {
 	o := overlayrender.Overlay{Files: files}
 	var raw bytes.Buffer
 	if err := newc.WriteFiles(&raw, o.NewcFiles()); err != nil {
 		return nil, err
 	}
-	return encoder.EncodeAll(raw.Bytes(), nil), nil
+	return bootserver.Compress(raw.Bytes(), c)
 }
 
-// entries returns zstd of files' newc entries without the trailer: the
+// entries returns c of files' newc entries without the trailer: the
 // first part of an archive that archive() of the rest completes. The
-// two zstd frames decompress to one newc archive, which the kernel (one
-// frame at a time, each ending on an entry's boundary) and any cpio
-// reader unpack as one.
-func entries(files []overlayrender.File) ([]byte, error) {
+// two zstd frames (or gzip members) decompress to one newc archive, which
+// the kernel (one frame at a time, each ending on an entry's boundary) and
+// any cpio reader unpack as one.
+func entries(files []overlayrender.File, c bootserver.Compression) ([]byte, error) {
 	o := overlayrender.Overlay{Files: files}
 	var raw bytes.Buffer
 	w := newc.NewWriter(&raw)
@@ -410,7 +415,7 @@ func entries(files []overlayrender.File) ([]byte, error) {
 			return nil, err
 		}
 	}
-	return encoder.EncodeAll(raw.Bytes(), nil), nil
+	return bootserver.Compress(raw.Bytes(), c)
 }
 
 // render renders node's overlay for one boot.
@@ -442,26 +447,32 @@ func (o *overlays) render(ctx context.Context, node, token string) (*overlayrend
 }
 
 // Overlay implements bootserver.Overlays: the node's overlay archive for
-// one boot: the shared entries (compressed once per snapshot) then its own
-// entries and the trailer, two zstd frames of one newc archive.
-func (o *overlays) Overlay(ctx context.Context, node, token string) ([][]byte, error) {
+// one boot, compressed with c: the shared entries (compressed once per
+// snapshot) then its own entries and the trailer, two zstd frames (or
+// gzip members) of one newc archive, in two parts the server sends one
+// after the other.
+func (o *overlays) Overlay(ctx context.Context, node, token string, c bootserver.Compression) ([][]byte, error) {
 	ov, sn, err := o.render(ctx, node, token)
 	if err != nil {
 		return nil, err
 	}
 	own, withShared := ov.Own()
 	if !withShared {
-		a, err := archive(ov.Files)
+		a, err := archive(ov.Files, c)
 		return [][]byte{a}, err
 	}
-	ownZ, err := archive(own)
+	shared, err := sn.sharedFor(c)
 	if err != nil {
 		return nil, err
 	}
-	// The shared frame is the snapshot's, sent as it is: copying it for
+	ownZ, err := archive(own, c)
+	if err != nil {
+		return nil, err
+	}
+	// The shared part is the snapshot's, sent as it is: copying it for
 	// each node (a megabyte in a large cluster) held a gigabyte during a
 	// storm of a thousand overlays.
-	return [][]byte{sn.shared, ownZ}, nil
+	return [][]byte{shared, ownZ}, nil
 }
 
 // RuntimeOverlay implements bootserver.Overlays and api.OverlaySource:

@@ -132,7 +132,12 @@ func ExampleSnapshot_Render_builtin() {
 	//     "digest": "sha256:0000000000000000000000000000000000000000000000000000000000000001",
 	//     "contentDigest": ""
 	//   },
-	//   "overlayGeneration": "5a0a1514a4da591d"
+	//   "overlayGeneration": "d3122f1ac6bee44e",
+	//   "overlayFiles": [
+	//     "etc/hostname",
+	//     "etc/hosts",
+	//     "etc/systemd/network/10-ramboot-eth0.network"
+	//   ]
 	// }
 }
 

@@ -7,7 +7,7 @@ GOFLAGS_BUILD := -trimpath
 export CGO_ENABLED := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build test check e2e bench demo fuzz clean install
+.PHONY: help deps build test check e2e bench storm demo fuzz clean install
 
 help: ## list the targets
 	@grep -E '^[a-z0-9]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -15,7 +15,7 @@ help: ## list the targets
 # Debian packages the demo, the tests and the end-to-end boots need.
 DEB_PACKAGES := qemu-system-x86 ipxe-qemu ipxe ovmf busybox-static cpio zstd iproute2 \
 	atftp tftp-hpa curl ca-certificates file dnsmasq-base slurm-client openssh-client gzip \
-	kmod systemd debootstrap runc crun slurm-wlm munge squashfs-tools-ng squashfs-tools
+	kmod systemd debootstrap runc crun slurm-wlm munge squashfs-tools-ng squashfs-tools nginx-light
 
 deps: ## install the Debian packages the demo and tests need (root)
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -48,6 +48,12 @@ e2e: deps ## boot QEMU nodes (busybox: BIOS, UEFI, head killed mid-download; pro
 
 bench: ## run the Go benchmarks
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# STORM_FLAGS are passed to the storm benchmarks' driver, e.g.
+# STORM_FLAGS='-what storm -nodes 200 -image-mib 16' (see docs/storm.md).
+STORM_FLAGS ?=
+storm: deps ## the boot-storm benchmarks against nginx in network namespaces: reports, plots and summary in /tmp/ramboot-storm-results (root)
+	$(GO) run ./provisioner/internal/lab/stormbench $(STORM_FLAGS)
 
 demo: deps ## boot one BIOS node end to end and print its boot timeline (root)
 	$(GO) run ./provisioner/internal/lab/demo

@@ -449,15 +449,17 @@ func (o *overlays) render(ctx context.Context, node, token string) (*overlayrend
 // Overlay implements bootserver.Overlays: the node's overlay archive for
 // one boot, compressed with c: the shared entries (compressed once per
 // snapshot) then its own entries and the trailer, two zstd frames (or
-// gzip members) of one newc archive.
-func (o *overlays) Overlay(ctx context.Context, node, token string, c bootserver.Compression) ([]byte, error) {
+// gzip members) of one newc archive, in two parts the server sends one
+// after the other.
+func (o *overlays) Overlay(ctx context.Context, node, token string, c bootserver.Compression) ([][]byte, error) {
 	ov, sn, err := o.render(ctx, node, token)
 	if err != nil {
 		return nil, err
 	}
 	own, withShared := ov.Own()
 	if !withShared {
-		return archive(ov.Files, c)
+		a, err := archive(ov.Files, c)
+		return [][]byte{a}, err
 	}
 	shared, err := sn.sharedFor(c)
 	if err != nil {
@@ -467,8 +469,10 @@ func (o *overlays) Overlay(ctx context.Context, node, token string, c bootserver
 	if err != nil {
 		return nil, err
 	}
-	out := make([]byte, 0, len(shared)+len(ownZ))
-	return append(append(out, shared...), ownZ...), nil
+	// The shared part is the snapshot's, sent as it is: copying it for
+	// each node (a megabyte in a large cluster) held a gigabyte during a
+	// storm of a thousand overlays.
+	return [][]byte{shared, ownZ}, nil
 }
 
 // RuntimeOverlay implements bootserver.Overlays and api.OverlaySource:

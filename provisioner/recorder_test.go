@@ -2,6 +2,7 @@ package provisioner
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -133,5 +134,93 @@ func TestOSDHCPStartsNoBoot(t *testing.T) {
 	n, _ := db.Get("n2")
 	if n.Status.ID != 1 || n.Status.State != state.StateBooted || n.Status.Timeline[len(n.Status.Timeline)-1].Step != state.StepLease {
 		t.Fatalf("after the OS's DISCOVER: boot %d %s, timeline %v", n.Status.ID, n.Status.State, n.Status.Timeline)
+	}
+}
+
+// TestRepeatedDiscoverKeepsNonce: a busy head may answer a DISCOVER that
+// iPXE retransmitted after the node, served by the first answer, already
+// fetched its script. That late offer (same transaction id) must not start
+// a new boot, which would void the script's nonce and make the head refuse
+// the node's overlay (the boot storm found 20 of 1,000 nodes rebooting for
+// it); a DISCOVER of a new transaction after the script still starts one.
+// The firmware's own retransmission starts no second boot either.
+func TestRepeatedDiscoverKeepsNonce(t *testing.T) {
+	db, err := state.Open(filepath.Join(t.TempDir(), DBFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	const mac = "52:54:00:00:00:03"
+	if err := db.AddNode(state.Node{Name: "n3", Interfaces: []inventory.Interface{{MAC: mac, IP: netip.MustParseAddr("10.77.0.13")}}}); err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder(db, nil)
+	heads := NewNodes(db, &plan.Defaults{Image: "default", Subnets: []plan.Subnet{{Prefix: netip.MustParsePrefix("10.77.0.1/24")}}}, "http://10.77.0.1")
+	srv := &dhcp.Server{
+		ServerIP:  netip.MustParseAddr("10.77.0.1"),
+		Inventory: heads,
+		BootFiles: map[pxe.Arch]string{pxe.Arch(7): "snponly.efi"},
+	}
+	hw, _ := net.ParseMAC(mac)
+	send := func(t *testing.T, req *dhcpv4.DHCPv4) {
+		t.Helper()
+		reply, ev, err := srv.Handle(context.Background(), dhcp.Request{Msg: req})
+		if err != nil || reply == nil {
+			t.Fatalf("DISCOVER not answered: %v", err)
+		}
+		rec.dhcp(ev)
+		db.Flush()
+	}
+	boot := func(t *testing.T) int {
+		t.Helper()
+		n, err := db.Get("n3")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n.Status.ID
+	}
+	fw, err := dhcpv4.NewDiscovery(hw,
+		dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003016")),
+		dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ipxe := func(t *testing.T) *dhcpv4.DHCPv4 {
+		t.Helper()
+		m, err := dhcpv4.NewDiscovery(hw,
+			dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003010")),
+			dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64)),
+			dhcpv4.WithOption(dhcpv4.OptUserClass("iPXE")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+
+	send(t, fw)
+	send(t, fw) // the firmware's retransmission, answered too
+	if id := boot(t); id != 1 {
+		t.Fatalf("after the firmware's DISCOVER and its retransmission: boot %d, want 1", id)
+	}
+	first := ipxe(t)
+	send(t, first)
+	nonce, err := db.NewBootNonce("n3", state.Event{Step: state.StepScript})
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(t, first) // iPXE's retransmission, answered after the script
+	if err := db.CheckNonce("n3", nonce); err != nil {
+		t.Fatalf("after a late answer to a retransmitted DISCOVER: %v", err)
+	}
+	if id := boot(t); id != 1 {
+		t.Errorf("after a late answer to a retransmitted DISCOVER: boot %d, want 1", id)
+	}
+
+	send(t, ipxe(t)) // a new transaction: iPXE started again (a reboot into an iPXE ROM)
+	if id := boot(t); id != 2 {
+		t.Errorf("after a new DISCOVER past the script: boot %d, want 2", id)
+	}
+	if err := db.CheckNonce("n3", nonce); !errors.Is(err, state.ErrBadToken) {
+		t.Errorf("the first boot's nonce after a new boot: %v, want ErrBadToken", err)
 	}
 }

@@ -141,10 +141,12 @@ type Nodes interface {
 
 // Overlays renders nodes' overlays: a node's overlay archive (compressed
 // newc, possibly several concatenated: the kernel unpacks them in order)
-// for one boot, with token as its report token; and its runtime overlay,
-// what the agent daemon applies to a running node.
+// for one boot, with token as its report token, in parts the server sends
+// one after the other (so that the part every node shares, compressed
+// once, is not copied for each request); and its runtime overlay, what
+// the agent daemon applies to a running node.
 type Overlays interface {
-	Overlay(ctx context.Context, node, token string, c Compression) ([]byte, error)
+	Overlay(ctx context.Context, node, token string, c Compression) ([][]byte, error)
 	RuntimeOverlay(node string) (overlay.RuntimeOverlay, error)
 }
 
@@ -679,9 +681,9 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 		comp, file = Gzip, OverlayGzipName
 	}
 	token := state.NewToken()
-	var data []byte
+	var parts [][]byte
 	if s.Overlays != nil {
-		if data, err = s.Overlays.Overlay(r.Context(), name, token, comp); err != nil {
+		if parts, err = s.Overlays.Overlay(r.Context(), name, token, comp); err != nil {
 			// A template that fails for this node: its timeline says
 			// why; other nodes are not affected.
 			s.record(name, state.StepOverlay, "overlay not rendered: "+err.Error())
@@ -705,9 +707,12 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, route, http.StatusInternalServerError, err, "node", name)
 			return
 		}
-		data = a.data
+		parts = [][]byte{a.data}
 	}
-	a := &Archive{data: data}
+	size := 0
+	for _, p := range parts {
+		size += len(p)
+	}
 	defer s.transfer(r)()
 	// The node may use the token the moment it has the last byte, before
 	// ConsumeNonce below committed it: its requests wait until then.
@@ -715,16 +720,23 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Content-Length", fmt.Sprint(len(a.data)))
-	nw, err := w.Write(a.data)
+	w.Header().Set("Content-Length", fmt.Sprint(size))
+	var nw int
+	for _, p := range parts {
+		k, werr := w.Write(p)
+		nw += k
+		if err = werr; err != nil {
+			break
+		}
+	}
 	if err == nil {
 		err = http.NewResponseController(w).Flush()
 	}
 	s.count(route, http.StatusOK, int64(nw))
-	if err != nil || nw != len(a.data) {
+	if err != nil || nw != size {
 		// The nonce stays unspent: iPXE's retry gets a new token.
 		s.log().Debug("overlay not sent whole", "node", name, "ip", ip, "bytes", nw, "err", err)
-		s.record(name, state.StepOverlay, fmt.Sprintf("%s: sent %d of %d bytes: %v", file, nw, len(a.data), err))
+		s.record(name, state.StepOverlay, fmt.Sprintf("%s: sent %d of %d bytes: %v", file, nw, size, err))
 		return
 	}
 	err = s.Nodes.ConsumeNonce(name, nonce, token,

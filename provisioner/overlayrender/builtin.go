@@ -137,18 +137,29 @@ func encodeConfig(cfg overlay.Config) ([]byte, error) {
 // Generation identifies an overlay's content for the agent daemon, which
 // fetches the runtime overlay again when the head's differs from its own:
 // the SHA-256 of the configuration without its token and generation, and
-// of the other files.
+// of each other file's path, mode and content digest.
 func Generation(c overlay.Config, files []overlay.File) (string, error) {
+	return generation(c, files, sha256.Sum256)
+}
+
+// generation is Generation with the files' content digests from sum: a
+// snapshot hashes the files every node shares (/etc/hosts, known_hosts:
+// megabytes in a large cluster) once, not at every render, which every
+// registration and heartbeat asks for.
+func generation(c overlay.Config, files []overlay.File, sum func([]byte) [32]byte) (string, error) {
 	c.Token, c.OverlayGeneration = "", ""
-	b, err := json.Marshal(struct {
-		Config overlay.Config `json:"config"`
-		Files  []overlay.File `json:"files"`
-	}{c, files})
+	js, err := json.Marshal(c)
 	if err != nil {
 		return "", fmt.Errorf("overlay generation of node %s: %w", c.Node, err)
 	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:8]), nil
+	h := sha256.New()
+	h.Write(js)
+	for _, f := range files {
+		d := sum(f.Data)
+		fmt.Fprintf(h, "\x00%s\x00%o\x00", f.Path, f.Mode)
+		h.Write(d[:])
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8]), nil
 }
 
 // ifaceID names interface i in file names: its name, or "if<i>".

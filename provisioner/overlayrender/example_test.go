@@ -132,7 +132,7 @@ func ExampleSnapshot_Render_builtin() {
 	//     "digest": "sha256:0000000000000000000000000000000000000000000000000000000000000001",
 	//     "contentDigest": ""
 	//   },
-	//   "overlayGeneration": "b4c77311f8f91434",
+	//   "overlayGeneration": "d3122f1ac6bee44e",
 	//   "overlayFiles": [
 	//     "etc/hostname",
 	//     "etc/hosts",

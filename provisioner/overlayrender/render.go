@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -213,6 +214,7 @@ type Snapshot struct {
 	shared    []File // hosts, known_hosts, authorized_keys
 	sharedAll []File // shared and their directories, sorted
 	keys      map[string]*nodeKeys
+	sums      map[*byte]sharedSum // content digests of the shared files' data
 
 	mu       sync.Mutex
 	accounts map[string]*imageAccounts // by image digest
@@ -269,6 +271,12 @@ func (r *Renderer) Prepare(ctx context.Context, c *Cluster) (*Snapshot, error) {
 		}
 	}
 	s.sharedAll = sharedWithDirs(s.shared)
+	s.sums = make(map[*byte]sharedSum, len(s.shared))
+	for _, f := range s.shared {
+		if p := firstByte(f.Data); p != nil {
+			s.sums[p] = sharedSum{n: len(f.Data), sum: sha256.Sum256(f.Data)}
+		}
+	}
 	r.log.Debug("overlays prepared", "nodes", len(c.Nodes), "dur", time.Since(start))
 	return s, nil
 }
@@ -304,6 +312,21 @@ func sharedWithDirs(files []File) []File {
 }
 
 // firstByte identifies a content slice by its first byte's address.
+// sharedSum is the digest of a shared file's data, and its length.
+type sharedSum struct {
+	n   int
+	sum [32]byte
+}
+
+// sum returns the SHA-256 of b: from the snapshot for a shared file's
+// data (the same bytes every render hands out), else computed.
+func (s *Snapshot) sum(b []byte) [32]byte {
+	if c, ok := s.sums[firstByte(b)]; ok && c.n == len(b) {
+		return c.sum
+	}
+	return sha256.Sum256(b)
+}
+
 func firstByte(b []byte) *byte {
 	if len(b) == 0 {
 		return nil
@@ -464,7 +487,7 @@ func (s *Snapshot) Render(ctx context.Context, node, token string) (*Overlay, er
 	for _, f := range runtime {
 		cfg.OverlayFiles = append(cfg.OverlayFiles, f.Path)
 	}
-	if cfg.OverlayGeneration, err = Generation(cfg, runtime); err != nil {
+	if cfg.OverlayGeneration, err = generation(cfg, runtime, s.sum); err != nil {
 		return nil, fmt.Errorf("render overlay of %s: %w", node, err)
 	}
 	js, err := encodeConfig(cfg)

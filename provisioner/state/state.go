@@ -868,6 +868,23 @@ func (d *DB) Post(name string, e Event, newBoot bool) {
 	d.post(name, d.recordFn(e, newBoot))
 }
 
+// PostRepeat posts an event that answers a request the node repeated (a
+// retransmitted DHCPDISCOVER answered late): it goes to the current boot
+// and never starts a new one, so it cannot void the nonce of the script
+// the node already has (the node's overlay request would then be refused).
+func (d *DB) PostRepeat(name string, e Event) {
+	if e.Time.IsZero() {
+		e.Time = d.now()
+	}
+	d.post(name, func(r *record, a *archive) error {
+		if r.Status.ID == 0 {
+			d.startBoot(r, a, e.Time)
+		}
+		r.Status.add(e)
+		return nil
+	})
+}
+
 func (d *DB) recordFn(e Event, newBoot bool) func(r *record, a *archive) error {
 	if e.Time.IsZero() {
 		e.Time = d.now()

@@ -186,6 +186,10 @@ type Event struct {
 	// "release", "decline", "bootp" when option 53 is missing, or
 	// "type N" for anything else.
 	Request RequestType
+	// XID is the request's transaction id. A client keeps it while it
+	// retransmits a request and picks a new one for a new exchange (a
+	// reboot), so a reply to a repeated XID answers a retransmission.
+	XID uint32
 	// Reply is "offer", "ack", "nak", or "" when nothing was sent.
 	Reply ReplyType
 	// Port is the server port the request came in on: 67 or 4011.

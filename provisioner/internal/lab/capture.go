@@ -33,7 +33,7 @@ func (l *Lab) Capture(ctx context.Context, path string) (stop func() error, err 
 		if b, _ := os.ReadFile(filepath.Join(l.work, "tcpdump.log")); bytes.Contains(b, []byte("listening on")) {
 			break
 		}
-		if p.exited() || time.Now().After(deadline) {
+		if p.Exited() || time.Now().After(deadline) {
 			return nil, fmt.Errorf("tcpdump did not start capturing on %s", l.bridge)
 		}
 		select {

@@ -65,20 +65,21 @@ type Lab struct {
 	Agent   string // path of the built ramboot-agent binary
 	State   string // the daemon's state directory
 
-	procs   []*proc
+	procs   []*Proc
 	nsUp    bool
 	extraNS []string // other hosts' namespaces (the site's DHCP server)
-	serve   *proc    // the running `ramboot serve`
+	serve   *Proc    // the running `ramboot serve`
 }
 
-// proc is a process the lab started; done closes when it has been reaped.
-type proc struct {
+// Proc is a process the lab started in a namespace; done closes when it
+// has been reaped.
+type Proc struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 }
 
-// exited reports whether the process has exited.
-func (p *proc) exited() bool {
+// Exited reports whether the process has exited.
+func (p *Proc) Exited() bool {
 	select {
 	case <-p.done:
 		return true
@@ -159,23 +160,11 @@ func run(ctx context.Context, name string, args ...string) ([]byte, error) {
 
 // build compiles ramboot and ramboot-agent (static) into the work dir.
 func (l *Lab) build(ctx context.Context) error {
-	gomod, err := run(ctx, "go", "env", "GOMOD")
-	if err != nil {
-		return err
-	}
-	root := filepath.Dir(strings.TrimSpace(string(gomod)))
 	bin := filepath.Join(l.work, "bin")
-	l.Ramboot, l.Agent = filepath.Join(bin, "ramboot"), filepath.Join(bin, "ramboot-agent")
 	l.logf("building ramboot and ramboot-agent into %s", bin)
-	for out, pkg := range map[string]string{l.Ramboot: "./provisioner/cmd/ramboot", l.Agent: "./nodeagent/cmd/ramboot-agent"} {
-		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, pkg)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build %s: %w: %s", pkg, err, b)
-		}
-	}
-	return nil
+	var err error
+	l.Ramboot, l.Agent, err = BuildBinaries(ctx, bin)
+	return err
 }
 
 // sweepStale deletes lab namespaces left by lab processes that died
@@ -241,12 +230,23 @@ func (l *Lab) netnsUp(ctx context.Context) error {
 
 // start runs a command inside the namespace in the background, with its
 // output appended to logFile. The lab stops it on Close.
-func (l *Lab) start(logFile string, name string, args ...string) (*proc, error) {
+func (l *Lab) start(logFile string, name string, args ...string) (*Proc, error) {
 	return l.startIn(l.ns, logFile, name, args...)
 }
 
 // startIn is start in namespace ns.
-func (l *Lab) startIn(ns, logFile string, name string, args ...string) (*proc, error) {
+func (l *Lab) startIn(ns, logFile string, name string, args ...string) (*Proc, error) {
+	p, err := startIn(ns, logFile, name, args...)
+	if err != nil {
+		return nil, err
+	}
+	l.procs = append(l.procs, p)
+	return p, nil
+}
+
+// startIn runs a command inside namespace ns in the background, with its
+// output appended to logFile; it is killed if this process dies.
+func startIn(ns, logFile string, name string, args ...string) (*Proc, error) {
 	f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open log: %w", err)
@@ -260,16 +260,21 @@ func (l *Lab) startIn(ns, logFile string, name string, args ...string) (*proc, e
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &proc{cmd: cmd, done: make(chan struct{})}
+	p := &Proc{cmd: cmd, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(p.done) }()
-	l.procs = append(l.procs, p)
 	return p, nil
 }
 
+// PID returns the process id.
+func (p *Proc) PID() int { return p.cmd.Process.Pid }
+
+// Stop ends the process: SIGTERM, then SIGKILL after 10 s.
+func (p *Proc) Stop() { p.stop(10 * time.Second) }
+
 // stop sends SIGTERM, then SIGKILL after a grace period, and waits until
 // the process is reaped.
-func (p *proc) stop(grace time.Duration) {
-	if p.exited() {
+func (p *Proc) stop(grace time.Duration) {
+	if p.Exited() {
 		return
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
@@ -336,7 +341,7 @@ func (l *Lab) Serve(ctx context.Context, extra ...string) error {
 		if _, err := l.CLI(ctx, "node", "list"); err == nil {
 			return nil
 		}
-		if p.exited() || time.Now().After(deadline) {
+		if p.Exited() || time.Now().After(deadline) {
 			b, _ := os.ReadFile(logFile)
 			return fmt.Errorf("ramboot serve did not come up; log:\n%s", b)
 		}
@@ -362,7 +367,7 @@ func (l *Lab) WriteConfig(name, yaml string) (string, error) {
 // kill -9 would, and waits until it is gone. Serve starts it again.
 func (l *Lab) KillServe() error {
 	p := l.serve
-	if p == nil || p.exited() {
+	if p == nil || p.Exited() {
 		return errors.New("ramboot serve is not running")
 	}
 	if err := p.cmd.Process.Kill(); err != nil {

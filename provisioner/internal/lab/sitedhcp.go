@@ -68,7 +68,7 @@ func (l *Lab) StartSiteDHCP(ctx context.Context, hosts []SiteHost) error {
 		if b, _ := os.ReadFile(logFile); strings.Contains(string(b), "DHCP, IP range") {
 			break
 		}
-		if p.exited() || time.Now().After(deadline) {
+		if p.Exited() || time.Now().After(deadline) {
 			b, _ := os.ReadFile(logFile)
 			return fmt.Errorf("the site's dnsmasq did not start:\n%s", b)
 		}

@@ -62,7 +62,7 @@ type VM struct {
 	SerialLog string
 	// QMP is the unix socket of QEMU's machine protocol (see QMP).
 	QMP     string
-	proc    *proc
+	proc    *Proc
 	started time.Time
 }
 
@@ -70,7 +70,7 @@ type VM struct {
 func (v *VM) Pid() int { return v.proc.cmd.Process.Pid }
 
 // Exited reports whether QEMU has exited.
-func (v *VM) Exited() bool { return v.proc.exited() }
+func (v *VM) Exited() bool { return v.proc.Exited() }
 
 // Started returns when QEMU was started.
 func (v *VM) Started() time.Time { return v.started }

@@ -336,7 +336,7 @@ func (e *Etcd) Watch(ctx context.Context, prefix string, rev int64) <-chan Chang
 				return
 			}
 			wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-			wch := e.c.Watch(wctx, e.prefix+prefix, clientv3.WithPrefix(), clientv3.WithRev(next), clientv3.WithPrevKV())
+			wch := e.c.Watch(wctx, e.prefix+prefix, clientv3.WithPrefix(), clientv3.WithRev(next), clientv3.WithProgressNotify())
 			got := false
 			var werr error
 			for resp := range wch {
@@ -350,6 +350,17 @@ func (e *Etcd) Watch(ctx context.Context, prefix string, rev int64) <-chan Chang
 					break
 				}
 				got = true
+				if resp.IsProgressNotify() && resp.Header.Revision >= next {
+					// Nothing under prefix up to that revision: say so,
+					// so a reader waiting for it knows it is current.
+					e.seen(resp.Header.Revision)
+					if !send(Change{Rev: resp.Header.Revision}) {
+						cancel()
+						return
+					}
+					next = resp.Header.Revision + 1
+					continue
+				}
 				for _, c := range e.changes(resp.Events) {
 					if !send(c) {
 						cancel()
@@ -460,6 +471,15 @@ func (e *Etcd) holdOnce(ctx context.Context, key string, value []byte, secs int6
 	for range ka {
 	}
 	return errors.New("keep-alive ended")
+}
+
+// RequestProgress asks etcd to tell every watch of this client how far
+// it has come, as a Change without events: a reader whose view waits for
+// a revision made outside its prefix learns it is current.
+func (e *Etcd) RequestProgress(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, e.timeout)
+	defer cancel()
+	return e.wrap(e.c.RequestProgress(rctx))
 }
 
 // Close implements Store.

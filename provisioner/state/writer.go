@@ -164,7 +164,7 @@ type work struct {
 func (d *DB) writeBatch(jobs []job) {
 	results := make([]error, len(jobs))
 	final := make([]bool, len(jobs)) // the job's outcome is known
-	var lives []func()                // memory-only changes, once their writes committed
+	var lives []func()               // memory-only changes, once their writes committed
 	for attempt := 0; ; attempt++ {
 		retry, l, err := d.tryBatch(jobs, results, final)
 		lives = append(lives, l...)

@@ -165,7 +165,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	prefix, headIP, bootFiles, agent, agentPath := chk.prefix, chk.prefix.Addr(), chk.bootFiles, chk.agent, chk.agentPath
 	heads := &Nodes{}
 	heads.SetDefaults(Defaults(cfg, prefix))
-	db, err := OpenState(cfg.StateDir, state.Options{History: cfg.State.BootHistory, Check: heads.Check}, log)
+	db, err := OpenConfiguredState(ctx, cfg, state.Options{History: cfg.State.BootHistory, Check: heads.Check}, log)
 	if err != nil {
 		return err
 	}
@@ -181,7 +181,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	reg.MustRegister(newNodesCollector(db))
 	stateMetrics := newStateMetrics(reg, db)
 	bak := &backups{db: db, path: filepath.Join(cfg.StateDir, BackupFile), interval: time.Duration(cfg.State.BackupInterval), log: log, m: stateMetrics, last: -1}
-	bak.once() // the last good database, before anything changes it
+	if db.Path() != "" {
+		bak.once() // the last good database, before anything changes it
+	}
 	rec := &recorder{db: db, log: log}
 
 	sock := filepath.Join(cfg.StateDir, SocketFile)
@@ -261,7 +263,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return false
 	}
 	svcs = append(svcs,
-		loopService{"backups", bak.run},
+		loopService{"backups", func(ctx context.Context) error {
+			if db.Path() == "" {
+				return nil // etcd: no file to back up (docs/scale-out.md)
+			}
+			return bak.run(ctx)
+		}},
 		loopService{"heartbeat watch", func(ctx context.Context) error {
 			return watchHeartbeats(ctx, db, time.Duration(cfg.Agent.DownAfter), started, log.With("svc", "heartbeat"))
 		}},

@@ -146,30 +146,8 @@ func fits(l store.Limits, cmps int, ops []store.Op) bool {
 // store.ErrConflict when the inventory changed since base; then nothing
 // happened.
 func (d *DB) commitChunked(base int64, ops []store.Op) error {
-	ctx := context.Background()
-	parts := chunks(ops, d.st.Limits())
-	id := time.Now().UTC().Format("20060102T150405") + "-" + randomHex(4)
-	prefix := keyJournal + id + "/"
-	for i, p := range parts {
-		jops := make([]journalOp, len(p))
-		for j, op := range p {
-			jops[j] = journalOp{Key: op.Key, Value: op.Value, Delete: op.Delete, Prefix: op.Prefix}
-		}
-		b, err := json.Marshal(jops)
-		if err != nil {
-			return err
-		}
-		if _, err := d.st.Txn(ctx, nil, []store.Op{store.Put(fmt.Sprintf("%s%06d", prefix, i), b)}); err != nil {
-			d.dropJournal(prefix)
-			return fmt.Errorf("write the change's journal: %w", err)
-		}
-	}
-	mark, err := json.Marshal(openChange{ID: id, Chunks: len(parts), Base: base})
+	err := markChunked(context.Background(), d.st, base, ops)
 	if err != nil {
-		return err
-	}
-	if _, err := d.st.Txn(ctx, []store.Cmp{{Key: keyInventory, Rev: base}}, []store.Op{store.Put(keyInventory, mark)}); err != nil {
-		d.dropJournal(prefix)
 		if !errors.Is(err, store.ErrConflict) {
 			d.mu.Lock()
 			d.fails++
@@ -181,10 +159,44 @@ func (d *DB) commitChunked(base int64, ops []store.Op) error {
 	if crashAfterMark {
 		return errCrashed
 	}
-	if err := finishOpenChange(ctx, d.st); err != nil {
+	if err := finishOpenChange(context.Background(), d.st); err != nil {
 		return fmt.Errorf("the change is committed and will be finished by the next head that opens the store or changes the inventory: %w", err)
 	}
 	return d.catchUp()
+}
+
+// markChunked writes ops to a journal and marks the change open in
+// meta/inventory if it still has revision base (0: absent): the commit
+// point. It returns store.ErrConflict, and leaves no journal, when the
+// inventory changed since base.
+func markChunked(ctx context.Context, st store.Store, base int64, ops []store.Op) error {
+	parts := chunks(ops, st.Limits())
+	id := time.Now().UTC().Format("20060102T150405") + "-" + randomHex(4)
+	prefix := keyJournal + id + "/"
+	drop := func() { _, _ = st.Txn(context.Background(), nil, []store.Op{store.DeletePrefix(prefix)}) }
+	for i, p := range parts {
+		jops := make([]journalOp, len(p))
+		for j, op := range p {
+			jops[j] = journalOp{Key: op.Key, Value: op.Value, Delete: op.Delete, Prefix: op.Prefix}
+		}
+		b, err := json.Marshal(jops)
+		if err != nil {
+			return err
+		}
+		if _, err := st.Txn(ctx, nil, []store.Op{store.Put(fmt.Sprintf("%s%06d", prefix, i), b)}); err != nil {
+			drop()
+			return fmt.Errorf("write the change's journal: %w", err)
+		}
+	}
+	mark, err := json.Marshal(openChange{ID: id, Chunks: len(parts), Base: base})
+	if err != nil {
+		return err
+	}
+	if _, err := st.Txn(ctx, []store.Cmp{{Key: keyInventory, Rev: base}}, []store.Op{store.Put(keyInventory, mark)}); err != nil {
+		drop()
+		return err
+	}
+	return nil
 }
 
 // crashAfterMark makes commitChunked stop right after its commit point,
@@ -193,10 +205,6 @@ var (
 	crashAfterMark bool
 	errCrashed     = errors.New("stopped after the commit point (test)")
 )
-
-func (d *DB) dropJournal(prefix string) {
-	_, _ = d.st.Txn(context.Background(), nil, []store.Op{store.DeletePrefix(prefix)})
-}
 
 // finishOpenChange applies what is left of an open chunked change, if
 // meta/inventory marks one, from its journal, chunk by chunk under the

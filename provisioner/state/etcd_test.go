@@ -258,3 +258,62 @@ func TestReloadAfterCompaction(t *testing.T) {
 		t.Fatalf("b reloaded %d times, want 1", b.Reloads())
 	}
 }
+
+// TestNonceSingleUseAcrossHeads: two heads on one etcd, each with its own
+// client, race to spend the same boot nonce (a node whose overlay request
+// was retried, reaching both): exactly one wins every time, and only the
+// winner's token authenticates, on either head.
+func TestNonceSingleUseAcrossHeads(t *testing.T) {
+	c := etcdtest.Start(t, etcdtest.Options{Members: 1})
+	a, b := openShared(t, c.Endpoints(), "/n/"), openShared(t, c.Endpoints(), "/n/")
+	if err := a.AddNode(node("n1", "52:54:00:00:00:01", "10.0.0.11")); err != nil {
+		t.Fatal(err)
+	}
+	from := netip.MustParseAddr("10.0.0.11")
+	for round := range 30 {
+		if err := a.Record("n1", ev(StepDHCPOffer), true); err != nil {
+			t.Fatal(err)
+		}
+		nonce, err := a.NewBootNonce("n1", ev(StepScript))
+		if err != nil {
+			t.Fatal(err)
+		}
+		heads := []*DB{a, b}
+		toks := []string{NewToken(), NewToken()}
+		errs := make([]error, 2)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i, h := range heads {
+			wg.Go(func() {
+				<-start
+				if errs[i] = h.CheckNonce("n1", nonce); errs[i] == nil {
+					errs[i] = h.ConsumeNonce("n1", nonce, toks[i], ev(StepOverlay))
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		won := -1
+		for i, err := range errs {
+			switch {
+			case err == nil && won >= 0:
+				t.Fatalf("round %d: both heads spent the nonce", round)
+			case err == nil:
+				won = i
+			case !errors.Is(err, ErrBadToken):
+				t.Fatalf("round %d: head %d: %v, want ErrBadToken", round, i, err)
+			}
+		}
+		if won < 0 {
+			t.Fatalf("round %d: neither head spent the nonce: %v", round, errs)
+		}
+		for _, h := range heads {
+			if _, err := h.Authenticate("n1", toks[won], from); err != nil {
+				t.Fatalf("round %d: the winner's token refused: %v", round, err)
+			}
+			if _, err := h.Authenticate("n1", toks[1-won], from); err == nil {
+				t.Fatalf("round %d: the loser's token accepted", round)
+			}
+		}
+	}
+}

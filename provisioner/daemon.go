@@ -47,6 +47,10 @@ const (
 	HostKeyFile = "sftp_host_ed25519_key" // the SFTP endpoint's host key
 )
 
+// HeadLeaseTTL is how long a dead head stays registered in a shared store
+// (etcd) before its peers stop counting it.
+const HeadLeaseTTL = 10 * time.Second
+
 // Daemon is one running head. Set its fields, then call Run once.
 type Daemon struct {
 	// Config is the validated configuration.
@@ -271,6 +275,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}},
 		loopService{"heartbeat watch", func(ctx context.Context) error {
 			return watchHeartbeats(ctx, db, time.Duration(cfg.Agent.DownAfter), started, log.With("svc", "heartbeat"))
+		}},
+		loopService{"head registration", func(ctx context.Context) error {
+			// A shared store (etcd): the peers see this head, and what it
+			// hears from the agents (docs/scale-out.md).
+			host, _ := os.Hostname()
+			h := state.Head{ID: strings.TrimPrefix(baseURL, "http://"), URL: baseURL, IP: headIP.String(), Name: host, Started: started}
+			return db.RunHead(ctx, h, HeadLeaseTTL, min(max(time.Duration(cfg.Agent.DownAfter)/4, time.Second), 5*time.Second))
 		}},
 		loopService{"overlay prepare", func(ctx context.Context) error { return ovl.prepareLoop(ctx, time.Second) }},
 		loopService{"stall watch", func(ctx context.Context) error {

@@ -317,3 +317,66 @@ func TestNonceSingleUseAcrossHeads(t *testing.T) {
 		}
 	}
 }
+
+// TestHeadsShareLiveness: heads register under a lease and see each
+// other; a dead head's registration goes with its lease. A node whose
+// agent heartbeats to head a only is not marked down by head b, which
+// reads what a publishes; once a stops hearing it, b marks it down.
+func TestHeadsShareLiveness(t *testing.T) {
+	c := etcdtest.Start(t, etcdtest.Options{Members: 1})
+	a, b := openShared(t, c.Endpoints(), "/l/"), openShared(t, c.Endpoints(), "/l/")
+	if err := a.AddNode(node("n1", "52:54:00:00:00:01", "10.0.0.11")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Record("n1", ev(StepDHCPOffer), true); err != nil {
+		t.Fatal(err)
+	}
+	nonce, err := a.NewBootNonce("n1", ev(StepScript))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := NewToken()
+	if err := a.ConsumeNonce("n1", nonce, tok, ev(StepOverlay)); err != nil {
+		t.Fatal(err)
+	}
+	from := netip.MustParseAddr("10.0.0.11")
+	if _, err := a.Register("n1", tok, from, Report{State: "ready"}, Agent{}); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	actx, akill := context.WithCancel(ctx)
+	errs := make(chan error, 2)
+	go func() {
+		errs <- a.RunHead(actx, Head{ID: "10.0.0.1:80", URL: "http://10.0.0.1"}, 2*time.Second, 50*time.Millisecond)
+	}()
+	go func() {
+		errs <- b.RunHead(ctx, Head{ID: "10.0.0.2:80", URL: "http://10.0.0.2"}, 2*time.Second, 50*time.Millisecond)
+	}()
+	within(t, 5*time.Second, "both heads see both", func() bool { return len(a.Heads()) == 2 && len(b.Heads()) == 2 })
+
+	started := time.Now().Add(-time.Hour) // b has been up for long
+	if err := a.Heartbeat("n1", tok, from, Agent{}); err != nil {
+		t.Fatal(err)
+	}
+	within(t, 5*time.Second, "b reads a's heartbeats", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return !b.heardLast("n1").IsZero()
+	})
+	if down, _ := b.MarkDown(time.Now(), started, time.Minute); len(down) != 0 {
+		t.Fatalf("b marked down a node heartbeating to a: %v", down)
+	}
+	// a dies: its registration goes with its lease (revoked here; a
+	// killed head's expires after the ttl), and the node, heard by
+	// nobody from now on, goes down after the timeout.
+	akill()
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	within(t, 5*time.Second, "b sees a gone", func() bool { return len(b.Heads()) == 1 })
+	if down, _ := b.MarkDown(time.Now().Add(2*time.Minute), started, time.Minute); len(down) != 1 {
+		t.Fatalf("nobody hears n1 and b did not mark it down: %v", down)
+	}
+}

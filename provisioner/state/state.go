@@ -227,6 +227,12 @@ type DB struct {
 	open     *openChange
 	held     []store.Event
 	openSeen time.Time // when memory last saw the open change move
+	// heads are the heads registered in a shared store, by ID; peerLive
+	// what each published hearing from the agents, by "ID/shard"; self
+	// is this head's ID (heads.go).
+	heads    map[string]Head
+	peerLive map[string]map[string]int64
+	self     string
 	bg       sync.WaitGroup
 }
 
@@ -350,6 +356,7 @@ func (d *DB) load(ctx context.Context) error {
 	d.inv, d.nodes = inventory.New(), map[string]*record{}
 	d.byMAC, d.byID, d.byIP = map[string]string{}, map[string]string{}, map[netip.Addr]string{}
 	d.open, d.held = nil, nil
+	d.heads, d.peerLive = map[string]Head{}, map[string]map[string]int64{}
 	d.rev = rev
 	for _, kv := range kvs {
 		if err := d.fold(store.Event{KV: kv}); err != nil {
@@ -491,6 +498,8 @@ func (d *DB) apply(e store.Event) error {
 		}
 		r.statusRecord, r.statusRev = s, e.Rev
 		d.nodes[name] = r
+	default:
+		d.applyShared(e)
 	}
 	return nil
 }

@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
 	"github.com/ramboot/ramboot/provisioner/store/etcdtest"
 )
 
@@ -66,6 +69,26 @@ func TestMoveToEtcdAndTwoHeads(t *testing.T) {
 	}
 	t.Logf("a node added on head a shown by head b after %s (CLI runs included)", time.Since(start).Round(time.Millisecond))
 	rb(t, b, "node", "delete", "n3").ok(t)
+
+	// Each head registered itself under a lease: the peers know it.
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	for start := time.Now(); ; {
+		resp, err := cli.Get(t.Context(), "/site/heads/", clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Kvs) == 2 && resp.Kvs[0].Lease != 0 {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("%d heads registered in etcd, want 2 under a lease", len(resp.Kvs))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 
 	again := rb(t, a, "state", "export", "--config", cfg).ok(t)
 	body := func(s string) string {

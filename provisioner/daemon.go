@@ -235,6 +235,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Nodes: heads, Images: store, Agent: agent, Overlays: ovl, BaseURL: baseURL,
 		Logger: log, Metrics: bootserver.NewMetrics(reg),
 	}
+	if db.Path() == "" { // a shared store: peers to fetch images from
+		boot.Fetch = newReplicator(store, func() []string {
+			var urls []string
+			for _, h := range db.Heads() {
+				if h.URL != baseURL {
+					urls = append(urls, h.URL)
+				}
+			}
+			return urls
+		}, log.With("svc", "replicate"), reg).Fetch
+	}
 	nodeAPI := &api.Node{
 		DB: db, Images: store, Plan: heads.Plan, Overlays: boot,
 		Interval: time.Duration(cfg.Agent.HeartbeatInterval), DownAfter: time.Duration(cfg.Agent.DownAfter),

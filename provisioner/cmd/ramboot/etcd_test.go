@@ -2,6 +2,10 @@ package main
 
 import (
 	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"regexp"
 	"os"
 	"path/filepath"
 	"strings"
@@ -53,7 +57,7 @@ func TestMoveToEtcdAndTwoHeads(t *testing.T) {
 	rb(t, a, "state", "import", exported, "--config", cfg).fails(t, exitFailure, "already holds state")
 
 	daemon(t, a, etcdConf)
-	daemon(t, b, etcdConf)
+	hb := daemon(t, b, etcdConf)
 	if out := rb(t, b, "node", "list").ok(t); !strings.Contains(out, "n1") || !strings.Contains(out, "n2") {
 		t.Fatalf("head b after the import: %q", out)
 	}
@@ -90,6 +94,30 @@ func TestMoveToEtcdAndTwoHeads(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 
+	// An image only head a has: head b fetches it from a, verified, to
+	// serve a node's script.
+	if _, _, err := cliErr(t, a, "image", "build", rootTree(t), "--name", "default"); err != nil {
+		t.Fatal(err)
+	}
+	rb(t, b, "node", "add", "n5", "--mac", "52:54:00:77:00:05", "--ip", "127.0.0.15").ok(t)
+	node := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.15")}}).DialContext}}
+	resp, err := node.Get(headURL(t, hb) + "/boot/ipxe?mac=52:54:00:77:00:05")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(script), "/boot/image/") {
+		t.Fatalf("script from head b for an image only head a had: %s\n%s", resp.Status, script)
+	}
+	if out := rb(t, b, "image", "list").ok(t); !strings.Contains(out, "default") {
+		t.Fatalf("head b's images after the fetch: %q", out)
+	}
+	if lb, _ := os.ReadFile(hb.log); !strings.Contains(string(lb), "image fetched from a peer head") {
+		t.Fatalf("head b did not log the fetch:\n%s", lb)
+	}
+	rb(t, b, "node", "delete", "n5").ok(t)
+
 	again := rb(t, a, "state", "export", "--config", cfg).ok(t)
 	body := func(s string) string {
 		lines := strings.Split(strings.TrimSpace(s), "\n")
@@ -98,4 +126,18 @@ func TestMoveToEtcdAndTwoHeads(t *testing.T) {
 	if body(again) != body(stream) {
 		t.Fatalf("etcd's export differs from bbolt's:\n%s\n---\n%s", again, stream)
 	}
+}
+
+// headURL returns the boot URL a running daemon logged.
+func headURL(t *testing.T, s *served) string {
+	t.Helper()
+	b, err := os.ReadFile(s.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`ramboot serving.* http=(http://\S+)`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("no boot URL in the daemon's log:\n%s", b)
+	}
+	return string(m[1])
 }

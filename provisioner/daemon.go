@@ -185,9 +185,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	reg.MustRegister(newNodesCollector(db))
 	stateMetrics := newStateMetrics(reg, db)
 	bak := &backups{db: db, path: filepath.Join(cfg.StateDir, BackupFile), interval: time.Duration(cfg.State.BackupInterval), log: log, m: stateMetrics, last: -1}
-	if db.Path() != "" {
-		bak.once() // the last good database, before anything changes it
-	}
+	bak.once() // the last good database, before anything changes it
 	rec := &recorder{db: db, log: log}
 
 	sock := filepath.Join(cfg.StateDir, SocketFile)
@@ -233,18 +231,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	ovl.setSetup(newOverlaySetup(cfg, headOf(cfg, headIP, baseURL), slices.Sorted(maps.Keys(db.Profiles())), ovl.log))
 	boot := &bootserver.Server{
 		Nodes: heads, Images: store, Agent: agent, Overlays: ovl, BaseURL: baseURL,
-		Logger: log, Metrics: bootserver.NewMetrics(reg),
-	}
-	if db.Path() == "" { // a shared store: peers to fetch images from
-		boot.Fetch = newReplicator(store, func() []string {
-			var urls []string
-			for _, h := range db.Heads() {
-				if h.URL != baseURL {
-					urls = append(urls, h.URL)
-				}
-			}
-			return urls
-		}, log.With("svc", "replicate"), reg).Fetch
+		Logger: log, Metrics: bootserver.NewMetrics(reg), Fetch: peerFetch(db, store, baseURL, log, reg),
 	}
 	nodeAPI := &api.Node{
 		DB: db, Images: store, Plan: heads.Plan, Overlays: boot,
@@ -278,12 +265,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return false
 	}
 	svcs = append(svcs,
-		loopService{"backups", func(ctx context.Context) error {
-			if db.Path() == "" {
-				return nil // etcd: no file to back up (docs/scale-out.md)
-			}
-			return bak.run(ctx)
-		}},
+		loopService{"backups", bak.run},
 		loopService{"heartbeat watch", func(ctx context.Context) error {
 			return watchHeartbeats(ctx, db, time.Duration(cfg.Agent.DownAfter), started, log.With("svc", "heartbeat"))
 		}},

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ramboot/ramboot/images"
+	"github.com/ramboot/ramboot/provisioner/state"
 )
 
 // replicator brings images this head lacks from its peer heads (several
@@ -48,6 +49,23 @@ type fetchCall struct {
 // replicateWait is how long a node's request waits for an image fetched
 // from a peer before it gets an error (and retries).
 const replicateWait = 30 * time.Second
+
+// peerFetch returns the boot server's Fetch for a head on a shared store
+// (its peers are the other registered heads), nil for a single head.
+func peerFetch(db *state.DB, st *images.Store, self string, log *slog.Logger, reg prometheus.Registerer) func(context.Context, string) error {
+	if db.Path() != "" {
+		return nil
+	}
+	return newReplicator(st, func() []string {
+		var urls []string
+		for _, h := range db.Heads() {
+			if h.URL != self {
+				urls = append(urls, h.URL)
+			}
+		}
+		return urls
+	}, log.With("svc", "replicate"), reg).Fetch
+}
 
 func newReplicator(st *images.Store, peers func() []string, log *slog.Logger, reg prometheus.Registerer) *replicator {
 	r := &replicator{images: st, peers: peers, wait: replicateWait, log: log, inflight: map[string]*fetchCall{},

@@ -187,6 +187,9 @@ type backups struct {
 
 // once writes a backup if the database changed since the last one.
 func (b *backups) once() {
+	if b.db.Path() == "" {
+		return // a shared store (etcd): no file (docs/scale-out.md)
+	}
 	tx := b.db.TxID()
 	if tx == b.last {
 		return
@@ -205,6 +208,9 @@ func (b *backups) once() {
 
 // run refreshes the backup every interval until ctx ends.
 func (b *backups) run(ctx context.Context) error {
+	if b.db.Path() == "" {
+		return nil
+	}
 	t := time.NewTicker(b.interval)
 	defer t.Stop()
 	for {

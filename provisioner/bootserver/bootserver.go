@@ -111,6 +111,11 @@ type Server struct {
 	Nodes Nodes
 	// Images is the image store; required.
 	Images *images.Store
+	// Fetch, when set, brings an image this head lacks (a reference, or a
+	// manifest digest "sha256:...") from a peer head, verified, into
+	// Images (several heads on one etcd: docs/scale-out.md); nil means
+	// none.
+	Fetch func(ctx context.Context, ref string) error
 	// Agent is the agent archive; required.
 	Agent *Archive
 	// Overlays renders the nodes' overlays; nil serves the minimal one
@@ -123,11 +128,6 @@ type Server struct {
 	Logger *slog.Logger
 	// Metrics, when set, counts requests by route and status.
 	Metrics *Metrics
-	// Fetch, when set, brings an image this head lacks (a reference, or a
-	// manifest digest "sha256:...") from a peer head, verified, into
-	// Images (several heads on one etcd: docs/scale-out.md); nil means
-	// none.
-	Fetch func(ctx context.Context, ref string) error
 
 	mu     sync.Mutex
 	active map[netip.Addr]int // transfers under way, by client address
@@ -259,11 +259,11 @@ func OverlayFiles(c overlay.Config) ([]newc.File, error) {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /boot/ipxe", s.serveScript)
+	mux.HandleFunc("GET /boot/blob/{digest}", s.serveBlob) // for peer heads
+	mux.HandleFunc("GET /boot/ref/{ref}", s.serveRef)
 	mux.HandleFunc("GET /boot/image/{digest}/{file}", s.serveImage)
 	mux.HandleFunc("GET /boot/"+AgentName, s.serveAgent)
 	mux.HandleFunc("GET /boot/node/{name}/{nonce}/"+OverlayName, s.serveOverlay)
-	mux.HandleFunc("GET /boot/blob/{digest}", s.serveBlob)
-	mux.HandleFunc("GET /boot/ref/{ref}", s.serveRef)
 	return mux
 }
 

@@ -15,8 +15,10 @@ help: ## list the targets
 # Debian packages the demo, the tests and the end-to-end boots need.
 DEB_PACKAGES := qemu-system-x86 ipxe-qemu ipxe ovmf busybox-static cpio zstd iproute2 \
 	atftp tftp-hpa curl ca-certificates file dnsmasq-base slurm-client openssh-client gzip \
-	kmod systemd debootstrap runc crun slurm-wlm munge squashfs-tools-ng squashfs-tools \
-	etcd-server
+	kmod systemd debootstrap runc crun slurm-wlm munge squashfs-tools-ng squashfs-tools
+
+# etcd members for the scale-out tests (provisioner/store/etcdtest).
+DEB_PACKAGES += etcd-server
 
 deps: ## install the Debian packages the demo and tests need (root)
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \

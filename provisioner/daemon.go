@@ -221,6 +221,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 
+	for _, s := range svcs {
+		if d, ok := s.(*dhcpService); ok && d.det != nil {
+			d.det.Peer = db.IsHead // heads on one etcd all answer: not rivals
+		}
+	}
+
 	// The HTTP port is known now (http.port 0 picks a free one).
 	baseURL := "http://" + pub.ln.Addr().String()
 	if port := pub.ln.Addr().(*net.TCPAddr).Port; port == 80 {

@@ -349,12 +349,15 @@ func TestHeadsShareLiveness(t *testing.T) {
 	actx, akill := context.WithCancel(ctx)
 	errs := make(chan error, 2)
 	go func() {
-		errs <- a.RunHead(actx, Head{ID: "10.0.0.1:80", URL: "http://10.0.0.1"}, 2*time.Second, 50*time.Millisecond)
+		errs <- a.RunHead(actx, Head{ID: "10.0.0.1:80", URL: "http://10.0.0.1", IP: "10.0.0.1"}, 2*time.Second, 50*time.Millisecond)
 	}()
 	go func() {
-		errs <- b.RunHead(ctx, Head{ID: "10.0.0.2:80", URL: "http://10.0.0.2"}, 2*time.Second, 50*time.Millisecond)
+		errs <- b.RunHead(ctx, Head{ID: "10.0.0.2:80", URL: "http://10.0.0.2", IP: "10.0.0.2"}, 2*time.Second, 50*time.Millisecond)
 	}()
 	within(t, 5*time.Second, "both heads see both", func() bool { return len(a.Heads()) == 2 && len(b.Heads()) == 2 })
+	if !b.IsHead(netip.MustParseAddr("10.0.0.1")) || b.IsHead(netip.MustParseAddr("10.0.0.9")) {
+		t.Fatal("IsHead: a's address not a head's, or a stranger's is")
+	}
 
 	started := time.Now().Add(-time.Hour) // b has been up for long
 	if err := a.Heartbeat("n1", tok, from, Agent{}); err != nil {
@@ -375,7 +378,7 @@ func TestHeadsShareLiveness(t *testing.T) {
 	if err := <-errs; err != nil {
 		t.Fatal(err)
 	}
-	within(t, 5*time.Second, "b sees a gone", func() bool { return len(b.Heads()) == 1 })
+	within(t, 5*time.Second, "b sees a gone", func() bool { return len(b.Heads()) == 1 && !b.IsHead(netip.MustParseAddr("10.0.0.1")) })
 	if down, _ := b.MarkDown(time.Now().Add(2*time.Minute), started, time.Minute); len(down) != 1 {
 		t.Fatalf("nobody hears n1 and b did not mark it down: %v", down)
 	}

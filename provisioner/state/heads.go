@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -176,4 +177,17 @@ func (d *DB) heardLast(name string) time.Time {
 		return time.Time{}
 	}
 	return time.UnixMilli(last)
+}
+
+// IsHead reports whether ip is the address of a head registered in the
+// shared store: its DHCP offers are a peer's, not a rival's.
+func (d *DB) IsHead(ip netip.Addr) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, h := range d.heads {
+		if a, err := netip.ParseAddr(h.IP); err == nil && a == ip.Unmap() {
+			return true
+		}
+	}
+	return false
 }

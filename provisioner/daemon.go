@@ -237,7 +237,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	ovl.setSetup(newOverlaySetup(cfg, headOf(cfg, headIP, baseURL), slices.Sorted(maps.Keys(db.Profiles())), ovl.log))
 	boot := &bootserver.Server{
 		Nodes: heads, Images: store, Agent: agent, Overlays: ovl, BaseURL: baseURL,
-		Logger: log, Metrics: bootserver.NewMetrics(reg), Fetch: peerFetch(db, store, baseURL, log, reg),
+		Logger: log, Metrics: bootserver.NewMetrics(reg),
 	}
 	nodeAPI := &api.Node{
 		DB: db, Images: store, Plan: heads.Plan, Overlays: boot,
@@ -257,6 +257,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	privMux.Handle("GET /metrics", metrics)
 	privMux.HandleFunc("GET /healthz", healthz)
 	admin.Handle(privMux)
+	boot.Fetch = peerFetch(db, store, baseURL, log, reg) // heads on one etcd: images from the peers
 	if apiSvc != nil {
 		apiSvc.handler = privMux
 	}

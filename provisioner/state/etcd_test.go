@@ -383,3 +383,52 @@ func TestHeadsShareLiveness(t *testing.T) {
 		t.Fatalf("nobody hears n1 and b did not mark it down: %v", down)
 	}
 }
+
+// TestOffersOfSeveralHeadsOneBoot: every head answers a node's DISCOVER
+// and records its offer, asynchronously. The offers make one boot, not
+// one per head; an offer recorded late, after the node fetched its script
+// from another head, does not start a new boot (which would revoke the
+// script's nonce, and the node's overlay would be refused); a DISCOVER
+// after the script is a new boot.
+func TestOffersOfSeveralHeadsOneBoot(t *testing.T) {
+	c := etcdtest.Start(t, etcdtest.Options{Members: 1})
+	a, b := openShared(t, c.Endpoints(), "/o/"), openShared(t, c.Endpoints(), "/o/")
+	if err := a.AddNode(node("n1", "52:54:00:00:00:01", "10.0.0.11")); err != nil {
+		t.Fatal(err)
+	}
+	within(t, time.Second, "b sees n1", func() bool { _, err := b.Get("n1"); return err == nil })
+	t0 := time.Now()
+	offer := func(db *DB, at time.Duration) {
+		t.Helper()
+		if err := db.Record("n1", Event{Step: StepDHCPOffer, Time: t0.Add(at)}, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	offer(a, 0)
+	offer(b, time.Millisecond)
+	if err := b.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if ns, _ := b.Get("n1"); ns.Status.ID != 1 || ns.Status.Boots != 1 {
+		t.Fatalf("two heads' offers to one DISCOVER: boot %d of %d, want one boot", ns.Status.ID, ns.Status.Boots)
+	}
+	a.now = func() time.Time { return t0.Add(200 * time.Millisecond) }
+	nonce, err := a.NewBootNonce("n1", ev(StepScript))
+	if err != nil {
+		t.Fatal(err)
+	}
+	offer(b, 2*time.Millisecond) // a third head's offer, recorded late
+	if err := a.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.CheckNonce("n1", nonce); err != nil {
+		t.Fatalf("a late offer of the same exchange revoked the script's nonce: %v", err)
+	}
+	offer(b, time.Minute) // the node reboots
+	if err := a.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if ns, _ := a.Get("n1"); ns.Status.ID != 2 {
+		t.Fatalf("a DISCOVER after the script: boot %d, want a new boot (2)", ns.Status.ID)
+	}
+}

@@ -18,6 +18,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Defaults of EtcdOptions.
@@ -75,6 +77,7 @@ type Etcd struct {
 	log     *slog.Logger
 	rev     atomic.Int64
 	closed  atomic.Bool
+	retries atomic.Int64
 
 	mu    sync.Mutex
 	holds map[string]clientv3.LeaseID
@@ -278,9 +281,33 @@ func (e *Etcd) Txn(ctx context.Context, cmps []Cmp, ops []Op) (int64, error) {
 	if size > e.limits.MaxBytes {
 		return 0, fmt.Errorf("transaction of %d bytes: more than %d", size, e.limits.MaxBytes)
 	}
-	rctx, cancel := context.WithTimeout(ctx, e.timeout)
-	defer cancel()
-	resp, err := e.c.Txn(rctx).If(ifs...).Then(thens...).Commit()
+	// A member lost or a leader changing while the transaction was on
+	// its way fails it with no answer (or none within the request
+	// timeout: etcd itself gives up on a dead leader's proposals after
+	// about 7 s); it is sent again, the client moving to another member,
+	// for up to twice the request timeout in all. Sending it again is
+	// safe: its compares make it commit at most once, and if the first
+	// one did commit, the second fails them and the caller sees a
+	// conflict, reads again, and finds its own write.
+	deadline := time.Now().Add(2 * e.timeout)
+	var resp *clientv3.TxnResponse
+	var err error
+	for backoff := 50 * time.Millisecond; ; backoff = min(2*backoff, time.Second) {
+		actx, cancel := context.WithTimeout(ctx, min(e.timeout, time.Until(deadline)))
+		resp, err = e.c.Txn(actx).If(ifs...).Then(thens...).Commit()
+		cancel()
+		if err == nil || ctx.Err() != nil || e.closed.Load() || !transient(err) || time.Until(deadline) < backoff {
+			break
+		}
+		e.retries.Add(1)
+		e.log.Debug("etcd transaction got no answer; sending it again", "err", err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
 	if err != nil {
 		return 0, e.wrap(err)
 	}
@@ -294,6 +321,25 @@ func (e *Etcd) Txn(ctx context.Context, cmps []Cmp, ops []Op) (int64, error) {
 	}
 	return resp.Header.Revision, nil
 }
+
+// transient reports whether err is a transaction that got no answer
+// (in time) because a member was lost or the leader changed.
+func transient(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded {
+		return true // this attempt's timeout; the caller's context is checked apart
+	}
+	for _, t := range []error{rpctypes.ErrNoLeader, rpctypes.ErrLeaderChanged, rpctypes.ErrTimeoutDueToLeaderFail,
+		rpctypes.ErrTimeoutDueToConnectionLost, rpctypes.ErrTimeout, rpctypes.ErrStopped} {
+		if errors.Is(err, t) {
+			return true
+		}
+	}
+	return status.Code(err) == codes.Unavailable
+}
+
+// Retries returns how many transactions were sent again after a member
+// was lost or a leader changed.
+func (e *Etcd) Retries() int64 { return e.retries.Load() }
 
 // Rev implements Store: the highest revision this client has seen.
 func (e *Etcd) Rev() int64 { return e.rev.Load() }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -205,4 +206,74 @@ func nextWithin(t *testing.T, ch <-chan store.Change, d time.Duration) store.Cha
 		t.Fatalf("no change within %s", d)
 	}
 	return store.Change{}
+}
+
+// TestEtcdTxnSurvivesLeaderLoss: writers compare-and-swap their own keys
+// in a loop while the leader is killed. A transaction caught in flight is
+// sent again by the store, not failed: every write either commits or,
+// when its first sending had committed after all, meets a conflict, and
+// none fails otherwise (before, they failed with "request timed out,
+// possibly due to previous leader failure" or with the connection lost,
+// and a head lost the boot events they carried).
+func TestEtcdTxnSurvivesLeaderLoss(t *testing.T) {
+	c := etcdtest.Start(t, etcdtest.Options{Members: 3})
+	s := openEtcd(t, c.Endpoints(), "/leader/")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	leader := -1
+	for i, ep := range c.Endpoints() {
+		st, err := s.Client().Status(ctx, ep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Leader == st.Header.MemberId {
+			leader = i
+		}
+	}
+	if leader < 0 {
+		t.Fatal("no leader")
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var fails []error
+	var commits, conflicts, after int
+	killed := make(chan struct{})
+	stop := time.Now().Add(3 * time.Second) // writes in flight at the kill may take ~7 s more
+	for w := range 6 {
+		wg.Go(func() {
+			key := fmt.Sprintf("w%d", w)
+			for time.Now().Before(stop) {
+				kv, _, err := s.Get(ctx, key)
+				if err == nil {
+					_, err = s.Txn(ctx, []store.Cmp{{Key: key, Rev: kv.Rev}}, []store.Op{store.Put(key, []byte(time.Now().String()))})
+				}
+				mu.Lock()
+				switch {
+				case err == nil:
+					commits++
+					select {
+					case <-killed:
+						after++
+					default:
+					}
+				case errors.Is(err, store.ErrConflict):
+					conflicts++
+				default:
+					fails = append(fails, err)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	time.Sleep(500 * time.Millisecond) // the writers under way
+	c.Kill(leader)
+	close(killed)
+	wg.Wait()
+	t.Logf("leader m%d killed: %d commits (%d after the kill), %d conflicts, %d sent again", leader, commits, after, conflicts, s.Retries())
+	if len(fails) > 0 {
+		t.Fatalf("%d writes failed, first: %v", len(fails), fails[0])
+	}
+	if after == 0 {
+		t.Fatal("no write committed after the leader was killed")
+	}
 }

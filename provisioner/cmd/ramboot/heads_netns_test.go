@@ -2,11 +2,15 @@ package main
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -114,23 +118,32 @@ func headInNetns(t *testing.T, ns, dir, conf string) int {
 // address it was given and the server that gave it.
 func dhcpLease(t *testing.T, ns string) (ip, server string) {
 	t.Helper()
-	dir := t.TempDir()
+	ip, server, err := leaseIn(ns, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ip, server
+}
+
+// leaseIn is dhcpLease without the test, for goroutines; dir is scratch.
+func leaseIn(ns, dir string) (ip, server string, err error) {
 	script := filepath.Join(dir, "lease.sh")
 	out := filepath.Join(dir, "lease")
+	os.Remove(out)
 	if err := os.WriteFile(script, []byte("#!/bin/sh\n[ \"$1\" = bound ] && echo \"$ip $serverid\" > "+out+"\nexit 0\n"), 0o755); err != nil {
-		t.Fatal(err)
+		return "", "", err
 	}
 	cmd := exec.Command("ip", "netns", "exec", ns, "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-B", "-t", "5", "-T", "1",
 		"-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x5d:0000", "-s", script)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("udhcpc in %s: %v\n%s", ns, err, b)
+		return "", "", fmt.Errorf("udhcpc in %s: %v\n%s", ns, err, b)
 	}
 	b, err := os.ReadFile(out)
 	if err != nil {
-		t.Fatal(err)
+		return "", "", err
 	}
 	ip, server, _ = strings.Cut(strings.TrimSpace(string(b)), " ")
-	return ip, server
+	return ip, server, nil
 }
 
 // TestTwoHeadsOneLink: two `ramboot serve` heads in namespaces on one
@@ -244,4 +257,234 @@ func grep(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// nodeBoot is what a simulated node does through the PXE steps the heads
+// serve: DHCP (busybox udhcpc), the iPXE script from the head that
+// answered, the kernel and the overlay (which spends the script's nonce).
+// A step that fails starts again from DHCP, as a node does when its iPXE
+// retries run out and it reboots. It returns the head that served it.
+// mid, if set, is called once, between the script and the kernel.
+func nodeBoot(ns, mac, ip, dir string, attempts int, mid func()) (string, error) {
+	var last error
+	for a := range attempts {
+		if a > 0 {
+			restarts.Add(1)
+			restartsMu.Lock()
+			restartWhy = append(restartWhy, last.Error())
+			restartsMu.Unlock()
+		}
+		_ = exec.Command("ip", "-n", ns, "addr", "flush", "dev", "eth0").Run()
+		got, server, err := leaseIn(ns, dir)
+		if err != nil {
+			last = err
+			continue
+		}
+		if got != ip {
+			return "", fmt.Errorf("leased %s, want %s", got, ip)
+		}
+		if out, err := exec.Command("ip", "-n", ns, "addr", "add", ip+"/24", "dev", "eth0").CombinedOutput(); err != nil {
+			return "", fmt.Errorf("ip addr add: %v: %s", err, out)
+		}
+		curl := func(url string) (string, error) {
+			out, err := exec.Command("ip", "netns", "exec", ns, "curl", "-fsS", "-m", "20", url).Output()
+			if err != nil {
+				return "", fmt.Errorf("GET %s: %v", url, err)
+			}
+			return string(out), nil
+		}
+		base := "http://" + server + ":8080"
+		script, err := curl(base + "/boot/ipxe?mac=" + mac)
+		if err != nil {
+			last = err
+			continue
+		}
+		kernel := regexp.MustCompile(`http://\S+/vmlinuz`).FindString(script)
+		overlay := regexp.MustCompile(`http://\S+/overlay\.cpio\.zst`).FindString(script)
+		if kernel == "" || overlay == "" {
+			return "", fmt.Errorf("script without kernel or overlay:\n%s", script)
+		}
+		if mid != nil {
+			mid()
+			mid = nil
+		}
+		if _, err := curl(kernel); err != nil {
+			last = err
+			continue
+		}
+		if _, err := curl(overlay); err != nil {
+			last = err
+			continue
+		}
+		return server, nil
+	}
+	return "", fmt.Errorf("not booted after %d attempts: %w", attempts, last)
+}
+
+// restarts counts the boots nodeBoot started again from DHCP.
+var (
+	restarts   atomic.Int64
+	restartsMu sync.Mutex
+	restartWhy []string
+)
+
+// TestThreeHeadsKillsMidBoot is the scale-out test at a CI size: three
+// heads and a three-member etcd cluster in namespaces on one bridge; nine
+// simulated nodes boot through the PXE steps (DHCP, script, kernel,
+// overlay), four before and five during the kills: one head and one etcd
+// member are killed (SIGKILL) once the second wave has its scripts and
+// before it fetches kernels and overlays. Every node
+// boots (a node whose head died starts again from DHCP, as it would), and
+// the inventory is intact on the surviving heads: every node, each with
+// the script and overlay steps of its last boot. The image was built on
+// one head only: the others fetched it from it on demand.
+func TestThreeHeadsKillsMidBoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+	for _, p := range []string{"ip", "busybox", "curl"} {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Skipf("needs %s", p)
+		}
+	}
+	if etcdtest.Binary() == "" {
+		t.Skip("no etcd (Debian's etcd-server; `make deps` installs it)")
+	}
+	start := time.Now()
+	l := newNetnsLink(t, "10.9.0.254/24")
+	var ens, eips []string
+	for i := range 3 {
+		ens = append(ens, l.host(fmt.Sprintf("e%d", i+1), fmt.Sprintf("52:54:00:99:02:%02x", i+1), fmt.Sprintf("10.9.0.%d/24", 241+i)))
+		eips = append(eips, fmt.Sprintf("10.9.0.%d", 241+i))
+	}
+	c := etcdtest.Start(t, etcdtest.Options{Members: 3, Netns: ens, IPs: eips})
+	conf := `interface: eth0
+tftp: {enabled: false}
+ra: {enabled: false}
+http: {port: 8080}
+sftp: {enabled: false}
+boot: {default_image: default}
+state: {backend: etcd, etcd: {endpoints: [` + strings.Join(c.Endpoints(), ", ") + `], prefix: /storm/}}
+`
+	var dirs []string
+	var pids []int
+	for i := range 3 {
+		ns := l.host(fmt.Sprintf("h%d", i+1), fmt.Sprintf("52:54:00:99:01:%02x", i+1), fmt.Sprintf("10.9.0.%d/24", i+1))
+		dirs = append(dirs, t.TempDir())
+		pids = append(pids, headInNetns(t, ns, dirs[i], conf))
+	}
+	if _, _, err := cliErr(t, dirs[0], "image", "build", rootTree(t), "--name", "default"); err != nil {
+		t.Fatal(err)
+	}
+	const nodes = 9
+	rb(t, dirs[1], "node", "add", "n[1-9]", "--mac", "52:54:00:99:00:01+", "--ip", "10.9.0.51+").ok(t)
+	type node struct{ ns, mac, ip string }
+	var ns []node
+	for i := range nodes {
+		mac, ip := fmt.Sprintf("52:54:00:99:00:%02x", i+1), fmt.Sprintf("10.9.0.%d", 51+i)
+		ns = append(ns, node{l.host(fmt.Sprintf("n%d", i+1), mac, ""), mac, ip})
+	}
+	served := make([]string, nodes)
+	errs := make([]error, nodes)
+	boot := func(from, to int, mid func()) *sync.WaitGroup {
+		var wg sync.WaitGroup
+		for i := from; i < to; i++ {
+			dir := t.TempDir()
+			wg.Go(func() { served[i], errs[i] = nodeBoot(ns[i].ns, ns[i].mac, ns[i].ip, dir, 6, mid) })
+		}
+		return &wg
+	}
+	boot(0, 4, nil).Wait()
+	// The second wave: every node has its script, then the kills, then
+	// the rest of the boots.
+	var scripted sync.WaitGroup
+	scripted.Add(nodes - 4)
+	killed := make(chan struct{})
+	wave := boot(4, nodes, func() { scripted.Done(); <-killed })
+	scripted.Wait()
+	if err := syscall.Kill(pids[2], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	c.Kill(0)
+	t.Logf("killed head 3 and etcd member m0 at %s, the second wave mid-boot", time.Since(start).Round(time.Millisecond))
+	close(killed)
+	wave.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("node n%d lost: %v", i+1, err)
+		}
+	}
+	t.Logf("heads that served the nodes: %v; boots started again from DHCP: %d %q", served, restarts.Load(), restartWhy)
+	// A boot starts again only because its head died: a live head refused
+	// nothing (a late offer of a peer once revoked the script's nonce).
+	for _, why := range restartWhy {
+		if !strings.Contains(why, "10.9.0.3:") {
+			t.Errorf("a boot failed on a live head: %s", why)
+		}
+	}
+
+	// The inventory, as the surviving heads serve it: every node, with the
+	// steps of its last boot. Boot events are written after the replies
+	// (a reply never waits for the store), so they may land a moment
+	// after the node's last download, later still while etcd elects a
+	// new leader.
+	missing := func(dir string) (string, error) {
+		out := rb(t, dir, "node", "list", "-o", "json").ok(t)
+		var list []struct {
+			Name string `json:"name"`
+		}
+		if err := json.Unmarshal([]byte(out), &list); err != nil {
+			return "", fmt.Errorf("node list: %v\n%s", err, out)
+		}
+		if len(list) != nodes {
+			return "", fmt.Errorf("%d nodes in the inventory, want %d", len(list), nodes)
+		}
+		for _, n := range list {
+			var show struct {
+				Status struct {
+					Timeline []struct {
+						Step string `json:"step"`
+					} `json:"timeline"`
+				} `json:"status"`
+			}
+			out := rb(t, dir, "node", "show", n.Name, "-o", "json").ok(t)
+			if err := json.Unmarshal([]byte(out), &show); err != nil {
+				return "", fmt.Errorf("node show %s: %v", n.Name, err)
+			}
+			steps := map[string]bool{}
+			for _, e := range show.Status.Timeline {
+				steps[e.Step] = true
+			}
+			if !steps["script"] || !steps["kernel"] || !steps["overlay"] {
+				return fmt.Sprintf("node %s: last boot's steps %v, want script, kernel and overlay", n.Name, show.Status.Timeline), nil
+			}
+		}
+		return "", nil
+	}
+	for h, dir := range dirs[:2] {
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			what, err := missing(dir)
+			if err != nil {
+				t.Fatalf("head %d: %v", h+1, err)
+			}
+			if what == "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("head %d after 20s: %s", h+1, what)
+				break
+			}
+		}
+	}
+	if t.Failed() {
+		for i, dir := range dirs {
+			b, _ := os.ReadFile(filepath.Join(dir, "serve.log"))
+			t.Logf("head %d's refusals, warnings and errors:\n%s", i+1, grep(string(b), "refused")+"\n"+grep(string(b), "level=WARN")+"\n"+grep(string(b), "level=ERROR")+"\n"+grep(string(b), "etcd")+"\n"+grep(string(b), "not a node")+"\n"+grep(string(b), "route=kernel"))
+			if i < 2 {
+				out, _ := exec.Command("ip", "netns", "exec", ns[0].ns, "curl", "-fsS", "-m", "5", fmt.Sprintf("http://10.9.0.%d:8080/metrics", i+1)).Output()
+				t.Logf("head %d's state metrics:\n%s", i+1, grep(string(out), "ramboot_state_"))
+			}
+		}
+	}
+	t.Logf("whole test: %s", time.Since(start).Round(time.Millisecond))
 }

@@ -234,6 +234,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	heads.baseURL = baseURL
 	ovl := &overlays{db: db, nodes: heads, images: store, log: log.With("svc", "overlay")}
+	ovl.keys = db.SharedHostKeys // nodes' host keys the same from every head
 	ovl.setSetup(newOverlaySetup(cfg, headOf(cfg, headIP, baseURL), slices.Sorted(maps.Keys(db.Profiles())), ovl.log))
 	boot := &bootserver.Server{
 		Nodes: heads, Images: store, Agent: agent, Overlays: ovl, BaseURL: baseURL,

@@ -137,6 +137,8 @@ func liveKey(id string, shard int) string { return fmt.Sprintf("%s%s/%03d", keyL
 // applyShared folds heads/ and live/ keys into memory; d.mu is held.
 func (d *DB) applyShared(e store.Event) {
 	switch {
+	case strings.HasPrefix(e.Key, keyHostKeys):
+		d.applyHostKeys(e)
 	case strings.HasPrefix(e.Key, keyHeads):
 		id := strings.TrimPrefix(e.Key, keyHeads)
 		if e.Deleted {

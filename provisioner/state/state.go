@@ -233,6 +233,7 @@ type DB struct {
 	heads    map[string]Head
 	peerLive map[string]map[string]int64
 	self     string
+	hostKeys map[string][]byte // node -> its stored host keys (hostkeys.go)
 	bg       sync.WaitGroup
 }
 
@@ -356,7 +357,7 @@ func (d *DB) load(ctx context.Context) error {
 	d.inv, d.nodes = inventory.New(), map[string]*record{}
 	d.byMAC, d.byID, d.byIP = map[string]string{}, map[string]string{}, map[netip.Addr]string{}
 	d.open, d.held = nil, nil
-	d.heads, d.peerLive = map[string]Head{}, map[string]map[string]int64{}
+	d.heads, d.peerLive, d.hostKeys = map[string]Head{}, map[string]map[string]int64{}, map[string][]byte{}
 	d.rev = rev
 	for _, kv := range kvs {
 		if err := d.fold(store.Event{KV: kv}); err != nil {

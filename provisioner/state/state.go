@@ -1053,30 +1053,6 @@ func (d *DB) Post(name string, e Event, newBoot bool) {
 	d.post(name, d.recordFn(e, newBoot))
 }
 
-// exchangeWindow is how far apart the offers several heads make to one
-// DHCP DISCOVER may be recorded and still belong to one boot.
-const exchangeWindow = 5 * time.Second
-
-// sameExchange reports, with a shared store, whether the DHCP offer e
-// belongs to boot b already: several heads answer one DISCOVER, and each
-// records its offer, asynchronously. The first to commit starts the boot;
-// the others join it: an offer handled before the boot's script was
-// fetched (recorded late, it must not revoke the script's nonce), or, the
-// boot having no script yet, an offer within exchangeWindow of the boot's
-// first offer.
-func (d *DB) sameExchange(b *Boot, e Event) bool {
-	if !d.shared() || b.ID == 0 || len(b.Timeline) == 0 {
-		return false
-	}
-	for _, x := range b.Timeline {
-		if x.Step == StepScript {
-			return e.Time.Before(x.Time)
-		}
-	}
-	first := b.Timeline[0]
-	return first.Step == StepDHCPOffer && e.Time.Sub(first.Time).Abs() < exchangeWindow
-}
-
 func (d *DB) recordFn(e Event, newBoot bool) func(r *record, a *archive) error {
 	if e.Time.IsZero() {
 		e.Time = d.now()

@@ -170,6 +170,18 @@ func newStateMetrics(reg prometheus.Registerer, db *state.DB) *stateMetrics {
 	m.backups.WithLabelValues("ok")
 	m.backups.WithLabelValues("error")
 	reg.MustRegister(m.backups, m.lastGood, m.stalled, m.writeFail, newWriterCollector(db))
+	if db.Path() == "" { // a shared store (etcd): its heads, and its retries
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ramboot_heads",
+			Help: "Heads registered in the shared state store (etcd), this one included: fewer than the heads you run means one is down.",
+		}, func() float64 { return float64(len(db.Heads())) }))
+		if r, ok := db.Store().(interface{ Retries() int64 }); ok {
+			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "ramboot_state_etcd_retries_total",
+				Help: "etcd transactions sent again after they got no answer (a member lost, a leader changing).",
+			}, func() float64 { return float64(r.Retries()) }))
+		}
+	}
 	return m
 }
 

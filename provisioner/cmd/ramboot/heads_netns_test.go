@@ -216,6 +216,9 @@ state: {backend: etcd, etcd: {endpoints: [` + c.Endpoints()[0] + `], prefix: /li
 	l.ip("-n", nsNode, "addr", "add", "10.9.0.50/24", "dev", "eth0")
 	for i := range 2 {
 		m := metrics(i)
+		if !strings.Contains(m, "\nramboot_heads 2\n") {
+			t.Errorf("head %d: not two heads registered:\n%s", i+1, grep(m, "ramboot_heads"))
+		}
 		if !strings.Contains(m, `ramboot_dhcp_replies_total{type="offer"} 1`) {
 			t.Errorf("head %d made no offer:\n%s", i+1, grep(m, "ramboot_dhcp_replies_total"))
 		}

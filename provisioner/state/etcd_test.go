@@ -432,3 +432,52 @@ func TestOffersOfSeveralHeadsOneBoot(t *testing.T) {
 		t.Fatalf("a DISCOVER after the script: boot %d, want a new boot (2)", ns.Status.ID)
 	}
 }
+
+// TestStallJudgedByTheServingHead: a boot whose last step a live head
+// recorded is that head's to mark stalled (it knows its own downloads):
+// another head leaves it alone, and marks it once that head is gone.
+func TestStallJudgedByTheServingHead(t *testing.T) {
+	c := etcdtest.Start(t, etcdtest.Options{Members: 1})
+	a, b := openShared(t, c.Endpoints(), "/st/"), openShared(t, c.Endpoints(), "/st/")
+	if err := a.AddNode(node("n1", "52:54:00:00:00:01", "10.0.0.11")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	actx, akill := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = a.RunHead(actx, Head{ID: "a:80", URL: "http://a", IP: "10.0.0.1"}, 2*time.Second, time.Hour)
+	}()
+	go func() { _ = b.RunHead(ctx, Head{ID: "b:80", URL: "http://b", IP: "10.0.0.2"}, 2*time.Second, time.Hour) }()
+	within(t, 5*time.Second, "both heads registered", func() bool { return len(a.Heads()) == 2 && len(b.Heads()) == 2 })
+	if err := a.Record("n1", ev(StepDHCPOffer), true); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Record("n1", Event{Step: StepKernel, Detail: "vmlinuz, a long download starts"}, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	ns, _ := b.Get("n1")
+	if last := ns.Status.Timeline[len(ns.Status.Timeline)-1]; last.Head != "a:80" {
+		t.Fatalf("the kernel step recorded by head %q, want a:80", last.Head)
+	}
+	later := time.Now().Add(time.Hour)
+	b.now = func() time.Time { return later }
+	if marked, err := b.MarkStalled(10*time.Minute, nil); err != nil || len(marked) != 0 {
+		t.Fatalf("b marked a boot head a serves: %v %v", marked, err)
+	}
+	a.now = func() time.Time { return later }
+	if marked, _ := a.MarkStalled(10*time.Minute, func(Node) bool { return true }); len(marked) != 0 {
+		t.Fatalf("a marked a boot it is sending a file to: %v", marked)
+	}
+	akill()
+	<-done
+	within(t, 5*time.Second, "b sees a gone", func() bool { return len(b.Heads()) == 1 })
+	if marked, err := b.MarkStalled(10*time.Minute, nil); err != nil || len(marked) != 1 {
+		t.Fatalf("head a gone: b marked %v %v, want n1", marked, err)
+	}
+}

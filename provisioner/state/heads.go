@@ -217,3 +217,43 @@ func (d *DB) sameExchange(b *Boot, e Event) bool {
 	first := b.Timeline[0]
 	return first.Step == StepDHCPOffer && e.Time.Sub(first.Time).Abs() < exchangeWindow
 }
+
+// stampHead marks the events a change added to r's current boot (it was
+// boot, with events events, before) with this head's ID, when several
+// heads share the store: the head that recorded a boot's last step is the
+// one that knows whether a download for it is under way (MarkStalled).
+// d.mu is held (the writer applies changes under it).
+func (d *DB) stampHead(r *record, boot, events int) {
+	self := d.self
+	if self == "" {
+		return
+	}
+	tl := r.Status.Timeline
+	from := events
+	if r.Status.ID != boot || from > len(tl) {
+		from = 0
+	}
+	if from == len(tl) && len(tl) > 0 && tl[len(tl)-1].Head == "" {
+		from = len(tl) - 1 // the timeline was full: its last event replaced
+	}
+	for i := from; i < len(tl); i++ {
+		if tl[i].Head == "" {
+			tl[i].Head = self
+		}
+	}
+}
+
+// stalledElsewhere reports whether boot b's last step was recorded by
+// another live head: that head judges whether it stalled, knowing its own
+// downloads. d.mu is held.
+func (d *DB) stalledElsewhere(b *Boot) bool {
+	if d.self == "" || len(b.Timeline) == 0 {
+		return false
+	}
+	h := b.Timeline[len(b.Timeline)-1].Head
+	if h == "" || h == d.self {
+		return false
+	}
+	_, live := d.heads[h]
+	return live
+}

@@ -238,7 +238,12 @@ func (d *DB) tryBatch(jobs []job, results []error, final []bool) (retry []int, l
 		}
 		nr := wk.rec.clone()
 		var a archive
-		if ferr := j.fn(nr, &a); ferr != nil {
+		boot, events := nr.Status.ID, len(nr.Status.Timeline)
+		ferr := j.fn(nr, &a)
+		if ferr == nil {
+			d.stampHead(nr, boot, events)
+		}
+		if ferr != nil {
 			if !errors.Is(ferr, errNoChange) {
 				results[i], final[i] = ferr, true
 			} else {

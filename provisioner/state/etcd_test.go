@@ -450,7 +450,9 @@ func TestStallJudgedByTheServingHead(t *testing.T) {
 		defer close(done)
 		_ = a.RunHead(actx, Head{ID: "a:80", URL: "http://a", IP: "10.0.0.1"}, 2*time.Second, time.Hour)
 	}()
-	go func() { _ = b.RunHead(ctx, Head{ID: "b:80", URL: "http://b", IP: "10.0.0.2"}, 2*time.Second, time.Hour) }()
+	go func() {
+		_ = b.RunHead(ctx, Head{ID: "b:80", URL: "http://b", IP: "10.0.0.2"}, 2*time.Second, time.Hour)
+	}()
 	within(t, 5*time.Second, "both heads registered", func() bool { return len(a.Heads()) == 2 && len(b.Heads()) == 2 })
 	if err := a.Record("n1", ev(StepDHCPOffer), true); err != nil {
 		t.Fatal(err)

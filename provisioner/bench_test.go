@@ -14,7 +14,6 @@ import (
 	"github.com/ramboot/ramboot/provisioner/inventory"
 	"github.com/ramboot/ramboot/provisioner/plan"
 	"github.com/ramboot/ramboot/provisioner/state"
-	"github.com/ramboot/ramboot/pxe"
 	"github.com/ramboot/ramboot/pxe/dhcp"
 )
 
@@ -55,14 +54,14 @@ func cluster10k(b *testing.B) (*Nodes, []net.HardwareAddr) {
 	return heads, macs
 }
 
-// BenchmarkReservation is the head's share of one DHCP packet with 10,000
+// BenchmarkLookup is the head's share of one DHCP packet with 10,000
 // nodes: the lookup by MAC and the node's plan (profile chain, subnet).
-func BenchmarkReservation(b *testing.B) {
+func BenchmarkLookup(b *testing.B) {
 	heads, macs := cluster10k(b)
 	ctx := context.Background()
 	i := 0
 	for b.Loop() {
-		if _, err := heads.Reservation(ctx, macs[i%len(macs)]); err != nil {
+		if _, err := heads.Lookup(ctx, dhcp.Client{MAC: macs[i%len(macs)]}); err != nil {
 			b.Fatal(err)
 		}
 		i++
@@ -74,7 +73,7 @@ func BenchmarkReservation(b *testing.B) {
 // the reply: everything of a packet but the socket.
 func BenchmarkHandleDiscover(b *testing.B) {
 	heads, macs := cluster10k(b)
-	srv := &dhcp.Server{ServerIP: netip.MustParseAddr("10.0.0.1"), Inventory: dhcp.InventoryFunc(heads.Reservation), BootFiles: pxe.DefaultBootFiles()}
+	srv := &dhcp.Server{ServerIP: netip.MustParseAddr("10.0.0.1"), Inventory: heads, BootFiles: dhcp.DefaultBootTable()}
 	reqs := make([]*dhcpv4.DHCPv4, 256)
 	for i := range reqs {
 		r, err := dhcpv4.NewDiscovery(macs[i*37%len(macs)], dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003016")),
@@ -87,11 +86,31 @@ func BenchmarkHandleDiscover(b *testing.B) {
 	ctx := context.Background()
 	i := 0
 	for b.Loop() {
-		reply, _, err := srv.Handle(ctx, reqs[i%len(reqs)])
+		reply, _, err := srv.Handle(ctx, dhcp.Request{Msg: reqs[i%len(reqs)]})
 		if err != nil || reply == nil {
 			b.Fatal(err)
 		}
 		_ = reply.ToBytes()
+		i++
+	}
+}
+
+// BenchmarkRecordDHCP is the head's other share of a firmware's DHCP
+// exchange with 10,000 nodes: the recorder's work for its OFFER and ACK
+// events (the client's boot events, the node found by MAC, two timeline
+// steps posted to the state writer, the OFFER starting a new boot record),
+// the writer's commits included.
+func BenchmarkRecordDHCP(b *testing.B) {
+	heads, macs := cluster10k(b)
+	rec := newRecorder(heads.db, nil)
+	i := 0
+	for b.Loop() {
+		mac := macs[i*37%len(macs)]
+		ip := netip.AddrFrom4([4]byte{10, 0, byte(i*37%len(macs)/250 + 1), byte(i*37%len(macs)%250 + 1)})
+		for _, reply := range []dhcp.ReplyType{dhcp.ReplyOffer, dhcp.ReplyAck} {
+			rec.dhcp(dhcp.Event{MAC: mac, Request: dhcp.RequestDiscover, Reply: reply, NetBoot: true, Stage: dhcp.StageFirmware,
+				Arch: 7, HasArch: true, IP: ip, BootFile: "snponly.efi", Port: 67})
+		}
 		i++
 	}
 }

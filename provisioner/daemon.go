@@ -45,6 +45,9 @@ const (
 	SocketFile  = "ramboot.sock"          // the admin API socket (root only)
 	ImagesDir   = "images"                // the image store
 	HostKeyFile = "sftp_host_ed25519_key" // the SFTP endpoint's host key
+	// DiscoveryFile is the discovery pool: the machines the inventory does
+	// not know and the addresses lent to them (dhcp.discovery).
+	DiscoveryFile = "discovery.json"
 )
 
 // HeadLeaseTTL is how long a dead head stays registered in a shared store
@@ -186,14 +189,26 @@ func (d *Daemon) Run(ctx context.Context) error {
 	stateMetrics := newStateMetrics(reg, db)
 	bak := &backups{db: db, path: filepath.Join(cfg.StateDir, BackupFile), interval: time.Duration(cfg.State.BackupInterval), log: log, m: stateMetrics, last: -1}
 	bak.once() // the last good database, before anything changes it
-	rec := &recorder{db: db, log: log}
+	rec := newRecorder(db, log)
+	var disc *dhcp.Discovery
+	if cfg.DHCP.Enabled && cfg.DHCP.Discovery.Enabled {
+		if disc, err = dhcp.OpenDiscovery(filepath.Join(cfg.StateDir, DiscoveryFile)); err != nil {
+			return err
+		}
+		disc.LeaseTime = time.Duration(cfg.DHCP.Discovery.LeaseTime)
+		disc.MaxMachines = cfg.DHCP.Discovery.MaxMachines
+		disc.InUse = func(ip netip.Addr) bool { _, err := db.ByIP(ip); return err == nil }
+		heads.SetDiscoveryRanges(discoveryRanges(dhcpSubnets(cfg, prefix, true)))
+	}
 
 	sock := filepath.Join(cfg.StateDir, SocketFile)
 	pub := newHTTPService(cfg, headIP, log.With("svc", "http"), reg)
 	admin := newAdminService(cfg, sock, log.With("svc", "admin"))
 	var svcs []service
+	var dhcpSvc *dhcpService
 	if cfg.DHCP.Enabled {
-		svcs = append(svcs, newDHCPService(cfg, headIP, bootFiles, dhcp.InventoryFunc(heads.Reservation), rec.dhcp, log.With("svc", "dhcp"), reg))
+		dhcpSvc = newDHCPService(cfg, headIP, prefix, bootFiles, heads, disc, rec.dhcp, log.With("svc", "dhcp"), reg)
+		svcs = append(svcs, dhcpSvc)
 	}
 	var tftpSvc *tftpService
 	if cfg.TFTP.Enabled {
@@ -233,6 +248,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		baseURL = "http://" + headIP.String()
 	}
 	heads.baseURL = baseURL
+	if dhcpSvc != nil {
+		dhcpSvc.setURLs(cfg, baseURL)
+	}
 	ovl := &overlays{db: db, nodes: heads, images: store, log: log.With("svc", "overlay")}
 	ovl.keys = db.SharedHostKeys // nodes' host keys the same from every head
 	ovl.setSetup(newOverlaySetup(cfg, headOf(cfg, headIP, baseURL), slices.Sorted(maps.Keys(db.Profiles())), ovl.log))
@@ -240,12 +258,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Nodes: heads, Images: store, Agent: agent, Overlays: ovl, BaseURL: baseURL,
 		Logger: log, Metrics: bootserver.NewMetrics(reg),
 	}
+	if cfg.DHCP.HTTPBoot {
+		boot.NBP, boot.NBPFiles = os.DirFS(cfg.TFTP.Root), cfg.TFTPFiles()
+	}
 	nodeAPI := &api.Node{
 		DB: db, Images: store, Plan: heads.Plan, Overlays: boot,
 		Interval: time.Duration(cfg.Agent.HeartbeatInterval), DownAfter: time.Duration(cfg.Agent.DownAfter),
 		RequirePrivilegedPort: cfg.Agent.RequirePrivilegedPort, Logger: log, Metrics: api.NewMetrics(reg),
 	}
-	adminAPI := &api.Admin{DB: db, Images: store, Plan: heads.Plan, Render: ovl.Render, Logger: log}
+	adminAPI := &api.Admin{DB: db, Images: store, Plan: heads.Plan, Render: ovl.Render, Discovery: disc, BootEvents: rec.events.get, Logger: log}
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	pubMux := http.NewServeMux()
 	pubMux.Handle("/boot/", boot.Handler())
@@ -310,6 +331,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 			if err := next.load(nc); err != nil {
 				return nil, fmt.Errorf("reload refused, the running configuration stays:\n%w", err)
 			}
+		}
+		if dhcpSvc != nil {
+			// subnets, dhcp.router and dhcp.dns: the DHCP server's too
+			// (dhcp.discovery needs a restart).
+			sc := nc
+			sc.DHCP.Discovery = cfg.DHCP.Discovery
+			subnets := dhcpSubnets(sc, prefix, disc != nil)
+			if err := dhcpSvc.srv.SetSubnets(subnets); err != nil {
+				return nil, fmt.Errorf("reload refused, the running configuration stays:\n%w", err)
+			}
+			heads.SetDiscoveryRanges(discoveryRanges(subnets))
 		}
 		heads.SetDefaults(Defaults(nc, prefix))
 		ovl.setSetup(setup)
@@ -377,6 +409,11 @@ func Check(cfg config.Config, log *slog.Logger) (checked, error) {
 	if cfg.Interface != "" {
 		if c.prefix, err = InterfaceAddr(cfg.Interface); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	if r := cfg.DHCP.Discovery.Range; r != "" && c.prefix.IsValid() {
+		if first, last, err := config.ParseRange(r); err == nil && (!c.prefix.Contains(first) || !c.prefix.Contains(last)) {
+			errs = append(errs, fmt.Errorf("%sdhcp.discovery.range: %s is not inside %s, the subnet of interface %s", cfg.Line("dhcp.discovery.range"), r, c.prefix.Masked(), cfg.Interface))
 		}
 	}
 	c.bootFiles, _ = cfg.BootFileMap() // Validate reported its problems

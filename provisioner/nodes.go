@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
+	"maps"
 	"net/netip"
 	"net/url"
+	"slices"
 	"sync/atomic"
 
 	"github.com/ramboot/ramboot/provisioner/config"
@@ -26,6 +27,8 @@ type Nodes struct {
 	db       *state.DB
 	defaults atomic.Pointer[plan.Defaults]
 	baseURL  string
+	// discovery holds the DHCP discovery ranges, if any.
+	discovery atomic.Pointer[[]dhcp.Range]
 }
 
 // NewNodes returns the seam over db with defaults d; baseURL is the HTTP
@@ -75,11 +78,36 @@ func Defaults(cfg config.Config, prefix netip.Prefix) *plan.Defaults {
 }
 
 // Check is the state's inventory check: every address on a configured
-// subnet, and every node's plan resolvable.
+// subnet, every node's plan resolvable, and no address of a node added or
+// changed inside a discovery range (the DHCP server would never lend it
+// anyway, but the range is the admin's promise of free addresses).
 func (h *Nodes) Check(inv *inventory.Inventory, changed map[string]bool) error {
 	d := h.defaults.Load()
-	return inv.ValidateChange(d.Prefixes(), changed)
+	err := inv.ValidateChange(d.Prefixes(), changed)
+	rs := h.discovery.Load()
+	if rs == nil {
+		return err
+	}
+	errs := []error{err}
+	for _, name := range slices.Sorted(maps.Keys(changed)) {
+		n := inv.Nodes[name]
+		if n == nil {
+			continue
+		}
+		for i, ifc := range n.Interfaces {
+			for _, r := range *rs {
+				if r.Contains(ifc.IP) {
+					errs = append(errs, fmt.Errorf("node %s: interfaces[%d].ip %s is in the discovery range %s-%s (dhcp.discovery): give it an address outside", name, i, ifc.IP, r.First, r.Last))
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
+
+// SetDiscoveryRanges sets the ranges the DHCP server lends to unknown
+// machines, which Check keeps nodes' addresses out of.
+func (h *Nodes) SetDiscoveryRanges(rs []dhcp.Range) { h.discovery.Store(&rs) }
 
 // pinOf returns a node's image pin as the plan takes it.
 func pinOf(st state.Status) plan.Pin {
@@ -134,12 +162,17 @@ func (h *Nodes) Post(node string, step state.Step, detail string) {
 	h.db.Post(node, state.Event{Step: step, Detail: detail}, false)
 }
 
-// Reservation is the DHCP server's inventory: every address is a
-// reservation, the interface's plan.
-func (h *Nodes) Reservation(_ context.Context, mac net.HardwareAddr) (dhcp.Reservation, error) {
-	n, err := h.db.ByMAC(mac)
+// Lookup is the DHCP server's inventory (dhcp.Inventory): the plan of the
+// interface the client is, found by its MAC, else by its DHCP client
+// identifier (InfiniBand: the whole identifier, or its last 8 bytes, the
+// port GUID, as the inventory may spell either). Every address is a
+// reservation; an interface without one gets none (proxy mode needs none;
+// reservation mode refuses it). The script URL names the node's first MAC
+// (the boot server serves it only to the node's reserved address).
+func (h *Nodes) Lookup(_ context.Context, c dhcp.Client) (dhcp.Reservation, error) {
+	n, ifc, err := h.lookup(c)
 	if errors.Is(err, state.ErrNotFound) {
-		return dhcp.Reservation{}, dhcp.ErrUnknown
+		return dhcp.Reservation{}, fmt.Errorf("%s: %w", clientName(c), dhcp.ErrUnknown)
 	}
 	if err != nil {
 		return dhcp.Reservation{}, err
@@ -148,19 +181,80 @@ func (h *Nodes) Reservation(_ context.Context, mac net.HardwareAddr) (dhcp.Reser
 	if err != nil {
 		return dhcp.Reservation{}, err
 	}
-	ifc, ok := p.Interface(mac.String())
-	if !ok || !ifc.Address.IsValid() {
-		return dhcp.Reservation{}, fmt.Errorf("node %s: interface %s has no address: %w", p.Node, mac, dhcp.ErrUnknown)
+	pi, ok := p.InterfaceOf(ifc.MAC, ifc.ClientID)
+	if !ok {
+		return dhcp.Reservation{}, fmt.Errorf("node %s: interface %s not in its plan: %w", p.Node, clientName(c), dhcp.ErrUnknown)
 	}
-	return dhcp.Reservation{
-		IP:        ifc.Address.Addr(),
-		PrefixLen: ifc.Address.Bits(),
-		Router:    ifc.Gateway,
-		DNS:       ifc.DNS,
+	r := dhcp.Reservation{
+		PrefixLen: pi.Address.Bits(),
+		Router:    pi.Gateway,
+		DNS:       pi.DNS,
+		MTU:       pi.MTU,
 		Hostname:  p.Hostname,
 		BootFile:  p.BootFile,
-		ScriptURL: h.baseURL + "/boot/ipxe?mac=" + url.QueryEscape(mac.String()),
-	}, nil
+	}
+	if pi.Address.IsValid() {
+		r.IP = pi.Address.Addr()
+	}
+	for _, i := range p.Interfaces {
+		if i.MAC != "" {
+			r.ScriptURL = h.baseURL + "/boot/ipxe?mac=" + url.QueryEscape(i.MAC)
+			break
+		}
+	}
+	return r, nil
+}
+
+// lookup finds the node and interface a DHCP client is.
+func (h *Nodes) lookup(c dhcp.Client) (state.NodeStatus, inventory.Interface, error) {
+	if len(c.MAC) == 6 {
+		n, err := h.db.ByMAC(c.MAC)
+		if err == nil {
+			return n, inventory.Interface{MAC: c.MAC.String()}, nil
+		}
+		if !errors.Is(err, state.ErrNotFound) || len(c.ClientID) == 0 {
+			return n, inventory.Interface{}, err
+		}
+	}
+	if len(c.ClientID) == 0 {
+		return state.NodeStatus{}, inventory.Interface{}, state.ErrNotFound
+	}
+	ids := []string{hexColons(c.ClientID)}
+	if guid, ok := c.GUID(); ok {
+		ids = append(ids, hexColons(guid))
+	}
+	for _, id := range ids {
+		n, err := h.db.ByClientID(id)
+		if err == nil {
+			return n, inventory.Interface{ClientID: id}, nil
+		}
+		if !errors.Is(err, state.ErrNotFound) {
+			return n, inventory.Interface{}, err
+		}
+	}
+	return state.NodeStatus{}, inventory.Interface{}, state.ErrNotFound
+}
+
+// hexColons writes b as inventory.NormalizeClientID does: lower-case hex
+// bytes joined by colons.
+func hexColons(b []byte) string {
+	const digits = "0123456789abcdef"
+	out := make([]byte, 0, 3*len(b))
+	for i, c := range b {
+		if i > 0 {
+			out = append(out, ':')
+		}
+		out = append(out, digits[c>>4], digits[c&15])
+	}
+	return string(out)
+}
+
+// clientName names a DHCP client in errors: its MAC, else its client id.
+func clientName(c dhcp.Client) string {
+	if len(c.MAC) > 0 {
+		return c.MAC.String()
+	}
+	return "client id " + hexColons(c.ClientID)
 }
 
 // discard returns a logger that drops everything.

@@ -12,32 +12,74 @@ import (
 	"github.com/ramboot/ramboot/pxe/tftp"
 )
 
-// recorder turns the protocol servers' events into node timeline steps.
+// recorder turns the protocol servers' events into node timeline steps,
+// and keeps every client's recent events (bootEvents), known or not.
 type recorder struct {
-	db  *state.DB
-	log *slog.Logger
+	db     *state.DB
+	log    *slog.Logger
+	events *bootEvents
 }
 
-// dhcp records a DHCP event in the timeline of the node it is about.
+func newRecorder(db *state.DB, log *slog.Logger) *recorder {
+	return &recorder{db: db, log: log, events: newBootEvents()}
+}
+
+// node returns the inventory node a DHCP client is: by MAC, else by client
+// id (whole, or its GUID).
+func (r *recorder) node(e dhcp.Event) (state.NodeStatus, bool) {
+	if len(e.MAC) == 6 {
+		if n, err := r.db.ByMAC(e.MAC); err == nil {
+			return n, true
+		}
+	}
+	if len(e.ClientID) == 0 {
+		return state.NodeStatus{}, false
+	}
+	if n, err := r.db.ByClientID(hexColons(e.ClientID)); err == nil {
+		return n, true
+	}
+	if guid, ok := (dhcp.Client{ClientID: e.ClientID}).GUID(); ok {
+		if n, err := r.db.ByClientID(hexColons(guid)); err == nil {
+			return n, true
+		}
+	}
+	return state.NodeStatus{}, false
+}
+
+// dhcp records a DHCP event in the client's events and, for a node, its
+// timeline.
 func (r *recorder) dhcp(e dhcp.Event) {
-	n, err := r.db.ByMAC(e.MAC)
-	if err != nil {
+	if r.events != nil {
+		r.events.dhcp(e)
+	}
+	n, ok := r.node(e)
+	if !ok {
 		return // not a node: the DHCP server logged why it ignored it
 	}
 	who := "firmware " + e.Arch.String()
-	if e.IPXE {
+	switch {
+	case e.IPXE:
 		who = "iPXE"
+	case e.Stage == dhcp.StageHTTPBoot:
+		who = "HTTP boot " + e.Arch.String()
+	}
+	addr := e.IP.String()
+	if e.Proxy {
+		addr = fmt.Sprintf("proxy (port %d)", e.Port)
 	}
 	var ev state.Event
 	switch {
-	case !e.NetBoot && (e.Reply == "offer" || e.Reply == "ack"):
+	case !e.NetBoot && (e.Reply == dhcp.ReplyOffer || e.Reply == dhcp.ReplyAck):
 		// The node's own OS (no PXE options): its address, no boot.
 		ev = state.Event{Step: state.StepLease, Detail: fmt.Sprintf("os: %s %s", e.Reply, e.IP)}
-	case e.Reply == "offer":
-		ev = state.Event{Step: state.StepDHCPOffer, Detail: fmt.Sprintf("%s: %s, boot %s", who, e.IP, e.BootFile)}
-	case e.Reply == "ack":
-		ev = state.Event{Step: state.StepDHCPAck, Detail: fmt.Sprintf("%s: %s", who, e.IP)}
-	case e.Reply == "nak":
+	case e.Reply == dhcp.ReplyOffer:
+		ev = state.Event{Step: state.StepDHCPOffer, Detail: fmt.Sprintf("%s: %s, boot %s", who, addr, e.BootFile)}
+	case e.Reply == dhcp.ReplyAck:
+		ev = state.Event{Step: state.StepDHCPAck, Detail: fmt.Sprintf("%s: %s", who, addr)}
+		if e.Proxy {
+			ev.Detail += ", boot " + e.BootFile
+		}
+	case e.Reply == dhcp.ReplyNak:
 		ev = state.Event{Step: state.StepIgnored, Detail: fmt.Sprintf("%s: %s refused (NAK)", who, e.Request)}
 	case e.Ignored != "":
 		ev = state.Event{Step: state.StepIgnored, Detail: fmt.Sprintf("%s: %s: %s", who, e.Request, e.Ignored)}
@@ -48,12 +90,29 @@ func (r *recorder) dhcp(e dhcp.Event) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
-	r.db.Post(n.Name, ev, e.NetBoot && !e.IPXE) // a reply never waits for the disk
+	// A reply never waits for the disk. A firmware's offer (a proxy offer
+	// too) starts a new boot record.
+	r.db.Post(n.Name, ev, e.NetBoot && !e.IPXE)
 }
 
-// tftp records a TFTP transfer in the timeline of the node that made it.
+// tftp records a TFTP transfer in the client's events and the timeline of
+// the node that made it.
 func (r *recorder) tftp(e tftp.Event) {
 	n, err := r.db.ByIP(e.Remote.Addr())
+	if r.events != nil {
+		// The client last given the address, else (proxy mode: the site's
+		// DHCP server gave it) the node's interface that has it.
+		var key []byte
+		if err == nil {
+			for _, ifc := range n.Interfaces {
+				if ifc.IP == e.Remote.Addr().Unmap() {
+					key = interfaceKey(ifc.MAC, ifc.ClientID)
+					break
+				}
+			}
+		}
+		r.events.tftp(e, key)
+	}
 	if err != nil {
 		return
 	}

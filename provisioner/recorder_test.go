@@ -34,11 +34,11 @@ func TestSpoofedDiscoverKeepsHistory(t *testing.T) {
 	if err := db.AddNode(state.Node{Name: "n1", Interfaces: []inventory.Interface{{MAC: mac, IP: netip.MustParseAddr("10.77.0.11")}}}); err != nil {
 		t.Fatal(err)
 	}
-	rec := &recorder{db: db}
+	rec := newRecorder(db, nil)
 	heads := NewNodes(db, &plan.Defaults{Image: "default", Subnets: []plan.Subnet{{Prefix: netip.MustParsePrefix("10.77.0.1/24")}}}, "http://10.77.0.1")
 	srv := &dhcp.Server{
 		ServerIP:  netip.MustParseAddr("10.77.0.1"),
-		Inventory: dhcp.InventoryFunc(heads.Reservation),
+		Inventory: heads,
 		BootFiles: map[pxe.Arch]string{pxe.Arch(7): "snponly.efi"},
 	}
 	hw, _ := net.ParseMAC(mac)
@@ -50,7 +50,7 @@ func TestSpoofedDiscoverKeepsHistory(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		reply, ev, err := srv.Handle(context.Background(), req)
+		reply, ev, err := srv.Handle(context.Background(), dhcp.Request{Msg: req})
 		if err != nil || reply == nil {
 			t.Fatalf("DISCOVER not answered: %v", err)
 		}
@@ -102,13 +102,13 @@ func TestOSDHCPStartsNoBoot(t *testing.T) {
 	if err := db.AddNode(state.Node{Name: "n2", Interfaces: []inventory.Interface{{MAC: mac, IP: netip.MustParseAddr("10.77.0.12")}}}); err != nil {
 		t.Fatal(err)
 	}
-	rec := &recorder{db: db}
+	rec := newRecorder(db, nil)
 	heads := NewNodes(db, &plan.Defaults{Image: "default", Subnets: []plan.Subnet{{Prefix: netip.MustParsePrefix("10.77.0.1/24")}}}, "http://10.77.0.1")
-	srv := &dhcp.Server{ServerIP: netip.MustParseAddr("10.77.0.1"), Inventory: dhcp.InventoryFunc(heads.Reservation)}
+	srv := &dhcp.Server{ServerIP: netip.MustParseAddr("10.77.0.1"), Inventory: heads}
 	hw, _ := net.ParseMAC(mac)
 	send := func(t *testing.T, req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
 		t.Helper()
-		reply, ev, err := srv.Handle(context.Background(), req)
+		reply, ev, err := srv.Handle(context.Background(), dhcp.Request{Msg: req})
 		if err != nil || reply == nil {
 			t.Fatalf("not answered: %v", err)
 		}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,47 +40,125 @@ type service interface {
 	Close()
 }
 
-// dhcpService is the DHCP server on the provisioning interface, with the
-// rival detector.
+// dhcpService is the DHCP server on the provisioning interface: port 67
+// (unless dhcp.mode is off), port 4011, the rival detector, and the
+// discovery pool's persistence.
 type dhcpService struct {
-	iface  string
-	srv    *dhcp.Server
-	det    *dhcp.RivalDetector // nil: off
-	conn   net.PacketConn
-	rivals net.PacketConn
+	iface string
+	srv   *dhcp.Server
+	det   *dhcp.RivalDetector // nil: off
+	conns []net.PacketConn
+	rival net.PacketConn
 }
 
-func newDHCPService(cfg config.Config, headIP netip.Addr, bootFiles map[uint16]string, inv dhcp.Inventory, observe func(dhcp.Event), log *slog.Logger, reg prometheus.Registerer) *dhcpService {
-	arches := map[pxe.Arch]string{}
+// newDHCPService returns the DHCP service of cfg: the boot table from
+// dhcp.boot_files, the subnets (the provisioning interface's, then
+// cfg.Subnets) with their discovery ranges, and disc as the discovery
+// pool (nil: off). HTTPBootURL and DiscoveryScriptURL are set once the
+// HTTP port is known (setURLs).
+func newDHCPService(cfg config.Config, headIP netip.Addr, prefix netip.Prefix, bootFiles map[uint16]string, inv dhcp.Inventory, disc *dhcp.Discovery, observe func(dhcp.Event), log *slog.Logger, reg prometheus.Registerer) *dhcpService {
+	table := dhcp.BootTable{}
 	for a, f := range bootFiles {
-		arches[pxe.Arch(a)] = f
+		table[pxe.Arch(a)] = f
 	}
+	mode, _ := dhcp.ParseMode(cfg.DHCP.Mode) // validated
 	m := dhcp.NewMetrics(reg)
 	s := &dhcpService{iface: cfg.Interface, srv: &dhcp.Server{
+		Mode:          mode,
 		ServerIP:      headIP,
 		Inventory:     inv,
-		BootFiles:     arches,
+		Subnets:       dhcpSubnets(cfg, prefix, disc != nil),
+		BootFiles:     table,
+		Discovery:     disc,
 		LeaseTime:     time.Duration(cfg.DHCP.LeaseTime),
+		Workers:       cfg.DHCP.Workers,
 		ReceiveBuffer: cfg.DHCP.ReceiveBuffer,
 		Observer:      observe,
 		Logger:        log,
 		Metrics:       m,
 	}}
-	if cfg.DHCP.DetectRivals {
-		s.det = &dhcp.RivalDetector{ServerIP: headIP, Inventory: inv, Logger: log, Metrics: m}
+	if cfg.DHCP.DetectRivals && mode != dhcp.ModeOff {
+		s.det = &dhcp.RivalDetector{ServerIP: headIP, Mode: mode, Inventory: inv, Logger: log, Metrics: m}
 	}
 	return s
+}
+
+// dhcpSubnets returns the subnets the DHCP server serves: the provisioning
+// interface's (dhcp.router, dhcp.dns, dhcp.discovery.range), then
+// subnets[] (relayed ones), with their discovery ranges if discovery is on.
+// The configuration is validated.
+func dhcpSubnets(cfg config.Config, prefix netip.Prefix, discovery bool) []dhcp.Subnet {
+	disc := func(r string) dhcp.Range {
+		if !discovery || r == "" {
+			return dhcp.Range{}
+		}
+		first, last, _ := config.ParseRange(r)
+		return dhcp.Range{First: first, Last: last}
+	}
+	own := dhcp.Subnet{Prefix: prefix.Masked(), Discovery: disc(cfg.DHCP.Discovery.Range)}
+	if cfg.DHCP.Router != "" {
+		own.Router = netip.MustParseAddr(cfg.DHCP.Router)
+	}
+	for _, a := range cfg.DHCP.DNS {
+		own.DNS = append(own.DNS, netip.MustParseAddr(a))
+	}
+	out := []dhcp.Subnet{own}
+	for _, sn := range cfg.Subnets {
+		s := dhcp.Subnet{Prefix: netip.MustParsePrefix(sn.Prefix).Masked(), MTU: sn.MTU, Discovery: disc(sn.Discovery)}
+		if s.Prefix == own.Prefix {
+			continue // the provisioning subnet, listed for its gateway or MTU: plan.Defaults has it
+		}
+		if sn.Gateway != "" {
+			s.Router = netip.MustParseAddr(sn.Gateway)
+		}
+		for _, a := range sn.DNS {
+			s.DNS = append(s.DNS, netip.MustParseAddr(a))
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// discoveryRanges returns the subnets' discovery ranges.
+func discoveryRanges(subnets []dhcp.Subnet) []dhcp.Range {
+	var out []dhcp.Range
+	for _, sn := range subnets {
+		if !sn.Discovery.IsZero() {
+			out = append(out, sn.Discovery)
+		}
+	}
+	return out
+}
+
+// setURLs sets the URLs DHCP hands out, under the HTTP base URL: the NBPs
+// of UEFI HTTP boot (with dhcp.http_boot) and the discovery script.
+func (s *dhcpService) setURLs(cfg config.Config, baseURL string) {
+	if cfg.DHCP.HTTPBoot {
+		s.srv.HTTPBootURL = baseURL + "/boot/nbp/"
+	}
+	if s.srv.Discovery != nil {
+		s.srv.DiscoveryScriptURL = baseURL + "/boot/discovery"
+	}
 }
 
 func (s *dhcpService) Name() string { return "dhcp" }
 
 func (s *dhcpService) Listen(ctx context.Context) error {
-	var err error
-	if s.conn, err = dhcp.Listen(ctx, s.iface); err != nil {
+	if s.srv.Mode != dhcp.ModeOff {
+		c, err := dhcp.Listen(ctx, s.iface)
+		if err != nil {
+			return err
+		}
+		s.conns = append(s.conns, c)
+	}
+	c, err := dhcp.ListenPXE(ctx, s.iface)
+	if err != nil {
+		s.Close()
 		return err
 	}
+	s.conns = append(s.conns, c)
 	if s.det != nil {
-		if s.rivals, err = dhcp.ListenRivals(s.iface); err != nil {
+		if s.rival, err = dhcp.ListenRivals(s.iface); err != nil {
 			s.Close()
 			return fmt.Errorf("%w (set dhcp.detect_rivals: false to run without it)", err)
 		}
@@ -89,30 +168,38 @@ func (s *dhcpService) Listen(ctx context.Context) error {
 
 func (s *dhcpService) Serve(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.srv.Serve(gctx, s.conn) })
-	if s.rivals != nil {
-		g.Go(func() error { return s.det.Serve(gctx, s.rivals) })
+	for _, c := range s.conns {
+		g.Go(func() error { return s.srv.Serve(gctx, c) })
+	}
+	if s.rival != nil {
+		g.Go(func() error { return s.det.Serve(gctx, s.rival) })
+	}
+	if d := s.srv.Discovery; d != nil {
+		g.Go(func() error { return d.Run(gctx) })
 	}
 	return g.Wait()
 }
 
 func (s *dhcpService) Close() {
-	for _, c := range []net.PacketConn{s.conn, s.rivals} {
+	for _, c := range append(s.conns, s.rival) {
 		if c != nil {
 			c.Close()
 		}
 	}
 }
 
-// tftpService is the TFTP server on the head's address, tftp.port.
+// tftpService is the TFTP server on the head's address, tftp.port, and
+// with tftp.ipv6 on the interface's IPv6 addresses too.
 type tftpService struct {
-	addr string
-	srv  *tftp.Server
-	conn *net.UDPConn
+	addr  string
+	iface string // "": no IPv6
+	srv   *tftp.Server
+	conn  *net.UDPConn
+	conn6 *net.UDPConn
 }
 
 func newTFTPService(cfg config.Config, headIP netip.Addr, observe func(tftp.Event), log *slog.Logger, reg prometheus.Registerer) *tftpService {
-	return &tftpService{
+	s := &tftpService{
 		addr: net.JoinHostPort(headIP.String(), strconv.Itoa(cfg.TFTP.Port)),
 		srv: &tftp.Server{
 			Root:                  os.DirFS(cfg.TFTP.Root),
@@ -125,20 +212,50 @@ func newTFTPService(cfg config.Config, headIP netip.Addr, observe func(tftp.Even
 			Metrics:               tftp.NewMetrics(reg),
 		},
 	}
+	if cfg.TFTP.IPv6 {
+		s.iface = cfg.Interface
+	}
+	return s
 }
 
 func (s *tftpService) Name() string { return "tftp" }
 
 func (s *tftpService) Listen(ctx context.Context) (err error) {
-	s.conn, err = tftp.Listen(ctx, s.addr)
-	return err
+	if s.conn, err = tftp.Listen(ctx, s.addr); err != nil {
+		return err
+	}
+	if s.iface != "" {
+		port := s.Addr().Port() // tftp.port 0 picks one: the same for IPv6
+		s.conn6, err = tftp.ListenIPv6(ctx, s.iface, int(port))
+		switch {
+		case errors.Is(err, syscall.EAFNOSUPPORT):
+			// A kernel booted with ipv6.disable=1: nothing to serve there.
+			if s.srv.Logger != nil {
+				s.srv.Logger.Warn("tftp: no IPv6 in this kernel, serving IPv4 only", "err", err)
+			}
+		case err != nil:
+			s.Close()
+			return fmt.Errorf("%w (set tftp.ipv6: false to serve IPv4 only)", err)
+		}
+	}
+	return nil
 }
 
-func (s *tftpService) Serve(ctx context.Context) error { return s.srv.Serve(ctx, s.conn) }
+func (s *tftpService) Serve(ctx context.Context) error {
+	if s.conn6 == nil {
+		return s.srv.Serve(ctx, s.conn)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.srv.Serve(gctx, s.conn) })
+	g.Go(func() error { return s.srv.Serve(gctx, s.conn6) })
+	return g.Wait()
+}
 
 func (s *tftpService) Close() {
-	if s.conn != nil {
-		s.conn.Close()
+	for _, c := range []*net.UDPConn{s.conn, s.conn6} {
+		if c != nil {
+			c.Close()
+		}
 	}
 }
 

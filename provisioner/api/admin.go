@@ -17,6 +17,7 @@ import (
 	"github.com/ramboot/ramboot/provisioner/inventory"
 	"github.com/ramboot/ramboot/provisioner/plan"
 	"github.com/ramboot/ramboot/provisioner/state"
+	"github.com/ramboot/ramboot/pxe/dhcp"
 )
 
 // AddNodesRequest is the body of POST /api/v1/nodes: one node, or one per
@@ -161,6 +162,12 @@ type Admin struct {
 	Plan func(node string) (plan.Plan, error)
 	// Render, when set, renders a node's overlay (GET .../overlay).
 	Render func(node, path string) (OverlayResult, error)
+	// Discovery is the DHCP server's discovery pool (GET
+	// /api/v1/discovered, adopt); nil when dhcp.discovery is off.
+	Discovery *dhcp.Discovery
+	// BootEvents returns the recent DHCP and TFTP events of the client
+	// with a MAC or client id (GET /api/v1/boot/events); nil serves none.
+	BootEvents func(id string) ([]BootEvent, bool)
 	// Logger logs inventory changes at Info; nil = discard.
 	Logger *slog.Logger
 }
@@ -183,6 +190,10 @@ func (a *Admin) Handler() http.Handler {
 	mux.HandleFunc("PUT /api/v1/profiles/{name}", a.putProfile)
 	mux.HandleFunc("DELETE /api/v1/profiles/{name}", a.deleteProfile)
 	mux.HandleFunc("POST /api/v1/apply", a.apply)
+	mux.HandleFunc("GET /api/v1/discovered", a.listDiscovered)
+	mux.HandleFunc("POST /api/v1/discovered/adopt", a.adopt)
+	mux.HandleFunc("DELETE /api/v1/discovered/{id}", a.forgetDiscovered)
+	mux.HandleFunc("GET /api/v1/boot/events", a.bootEvents)
 	mux.HandleFunc("GET /api/v1/export", a.export)
 	mux.HandleFunc("GET /api/v1/status", a.status)
 	mux.HandleFunc("GET /api/v1/state/backup", a.backup)

@@ -342,3 +342,109 @@ type WorkloadContainer struct {
 	ExitCode int       `json:"exitCode"`
 	Started  time.Time `json:"started,omitzero"`
 }
+
+// Discovered is a machine the DHCP server saw that the inventory does not
+// know (GET /api/v1/discovered), for an admin to adopt.
+type Discovered struct {
+	// Key identifies it: "id:HEX" for a DHCP client identifier, else
+	// "hw1:MAC".
+	Key string `json:"key"`
+	// MAC is its hardware address; "" for InfiniBand.
+	MAC string `json:"mac,omitempty"`
+	// ClientID is its DHCP client identifier (option 61), hex.
+	ClientID string `json:"clientId,omitempty"`
+	// HWType is its hardware type: 1 Ethernet, 32 InfiniBand.
+	HWType int `json:"hwType"`
+	// Stage is what its last request showed it to be: firmware,
+	// http-boot, ipxe or os.
+	Stage string `json:"stage"`
+	// Arch is its architecture (bios, efi-x64, ...), "" when it sent none.
+	Arch string `json:"arch,omitempty"`
+	// VendorClass, UserClass and Hostname are DHCP options 60, 77 and 12.
+	VendorClass string   `json:"vendorClass,omitempty"`
+	UserClass   []string `json:"userClass,omitempty"`
+	Hostname    string   `json:"hostname,omitempty"`
+	// Subnet and Relay are where it asked from; CircuitID and RemoteID the
+	// relay agent's option 82 (typically switch port and switch).
+	Subnet    string `json:"subnet,omitempty"`
+	Relay     string `json:"relay,omitempty"`
+	CircuitID string `json:"circuitId,omitempty"`
+	RemoteID  string `json:"remoteId,omitempty"`
+	// IP is the discovery address it holds or last held.
+	IP string `json:"ip,omitempty"`
+	// FirstSeen and LastSeen are its first and latest requests.
+	FirstSeen time.Time `json:"firstSeen"`
+	LastSeen  time.Time `json:"lastSeen"`
+}
+
+// AdoptRequest is the body of POST /api/v1/discovered/adopt: it adds a
+// discovered machine as a node, its first interface the MAC or client id
+// the machine was seen with, and forgets it from the discovery pool.
+type AdoptRequest struct {
+	// ID is the machine's MAC, client id or key.
+	ID string `json:"id"`
+	// Name is the new node's name.
+	Name string `json:"name"`
+	// IP is the address reserved for it.
+	IP string `json:"ip"`
+	// Interface names the interface on the node (eth0, ib0); optional.
+	Interface string `json:"interface,omitempty"`
+	// Hostname is the host name, when not the node's name.
+	Hostname string `json:"hostname,omitempty"`
+	// Profiles are its profiles, in order.
+	Profiles []string `json:"profiles,omitempty"`
+	// Settings are its own settings.
+	Settings
+}
+
+// BootEvents is GET /api/v1/boot/events: what the head's DHCP and TFTP
+// servers did with one client's packets, newest last, kept in memory (the
+// last 32 per client, for the 8192 clients seen last), known to the
+// inventory or not.
+type BootEvents struct {
+	// Client is the MAC or client id asked about.
+	Client string `json:"client"`
+	// Node is the inventory node it is, "" when none.
+	Node string `json:"node,omitempty"`
+	// Events are its events, oldest first.
+	Events []BootEvent `json:"events"`
+}
+
+// BootEvent is one packet or transfer of a client.
+type BootEvent struct {
+	// Time is when it was handled.
+	Time time.Time `json:"time"`
+	// Protocol is dhcp or tftp.
+	Protocol string `json:"protocol"`
+	// Request is the DHCP message type (discover, request, ...) or the
+	// TFTP file read; Port the server port it came to (67, 4011, 69).
+	Request string `json:"request"`
+	Port    int    `json:"port,omitempty"`
+	// Reply is the DHCP reply (offer, ack, nak), "" when none.
+	Reply string `json:"reply,omitempty"`
+	// Proxy marks a reply without an address (proxy mode, port 4011).
+	Proxy bool `json:"proxy,omitempty"`
+	// Stage is what the client showed itself to be: firmware, http-boot,
+	// ipxe or os; Arch its architecture; VendorClass option 60.
+	Stage       string `json:"stage,omitempty"`
+	Arch        string `json:"arch,omitempty"`
+	VendorClass string `json:"vendorClass,omitempty"`
+	// Relay, Subnet and Server are where the request came from and the
+	// server address that answered.
+	Relay  string `json:"relay,omitempty"`
+	Subnet string `json:"subnet,omitempty"`
+	Server string `json:"server,omitempty"`
+	// IP is the address offered or acknowledged (DHCP), or the client's
+	// (TFTP); Discovery marks one from the discovery pool.
+	IP        string `json:"ip,omitempty"`
+	Discovery bool   `json:"discovery,omitempty"`
+	// BootFile is the boot file or URL sent.
+	BootFile string `json:"bootFile,omitempty"`
+	// Ignored says why no reply was sent, and Reason is its short name
+	// (the label of ramboot_dhcp_ignored_total); for TFTP, why the
+	// transfer failed.
+	Ignored string `json:"ignored,omitempty"`
+	Reason  string `json:"reason,omitempty"`
+	// Detail is the TFTP transfer's size, time and block size.
+	Detail string `json:"detail,omitempty"`
+}

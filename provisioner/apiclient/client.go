@@ -337,3 +337,31 @@ func (c *Client) Backup(ctx context.Context, w io.Writer) (int64, error) {
 	}
 	return n, nil
 }
+
+// ListDiscovered returns the machines the DHCP server saw that the
+// inventory does not know.
+func (c *Client) ListDiscovered(ctx context.Context) ([]api.Discovered, error) {
+	var ms []api.Discovered
+	err := c.do(ctx, http.MethodGet, "/api/v1/discovered", nil, &ms)
+	return ms, err
+}
+
+// Adopt adds a discovered machine as a node.
+func (c *Client) Adopt(ctx context.Context, req api.AdoptRequest) (api.NodeStatus, error) {
+	var n api.NodeStatus
+	err := c.do(ctx, http.MethodPost, "/api/v1/discovered/adopt", req, &n)
+	return n, err
+}
+
+// ForgetDiscovered drops a discovered machine (by MAC, client id or key).
+func (c *Client) ForgetDiscovered(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/discovered/"+url.PathEscape(id), nil, nil)
+}
+
+// BootEvents returns the recent DHCP and TFTP events of the client with a
+// MAC or client id.
+func (c *Client) BootEvents(ctx context.Context, client string) (api.BootEvents, error) {
+	var out api.BootEvents
+	err := c.do(ctx, http.MethodGet, "/api/v1/boot/events?client="+url.QueryEscape(client), nil, &out)
+	return out, err
+}

@@ -11,6 +11,8 @@
 //	/boot/image/{manifest-hex}/rootfs.squashfs.cpio  its compressed root (the compressed root mode)
 //	/boot/agent.cpio.zst                        ramboot-agent as /init
 //	/boot/node/{name}/{nonce}/overlay.cpio.zst  the node's overlay
+//	/boot/nbp/{file}                            an iPXE binary of the TFTP catalogue (UEFI HTTP boot)
+//	/boot/discovery                             the script of machines the inventory does not know
 //
 // The script and the overlay are served only to the node's reserved address.
 // Serving a script mints a boot nonce and revokes the previous boot's report
@@ -36,10 +38,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -128,6 +132,11 @@ type Server struct {
 	Logger *slog.Logger
 	// Metrics, when set, counts requests by route and status.
 	Metrics *Metrics
+	// NBP holds the network boot programs (the iPXE binaries) that UEFI
+	// HTTP boot fetches from /boot/nbp/; nil serves none. Only the names
+	// in NBPFiles are served (the TFTP catalogue).
+	NBP      fs.FS
+	NBPFiles []string
 
 	mu     sync.Mutex
 	active map[netip.Addr]int // transfers under way, by client address
@@ -264,6 +273,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /boot/image/{digest}/{file}", s.serveImage)
 	mux.HandleFunc("GET /boot/"+AgentName, s.serveAgent)
 	mux.HandleFunc("GET /boot/node/{name}/{nonce}/"+OverlayName, s.serveOverlay)
+	mux.HandleFunc("GET /boot/nbp/{file}", s.serveNBP)
+	mux.HandleFunc("GET /boot/discovery", s.serveDiscovery)
 	return mux
 }
 
@@ -572,6 +583,53 @@ func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, route stri
 		return
 	}
 	s.record(n.Node, step, fmt.Sprintf("%s %s in %s", file, humanBytes(cw.n), time.Since(start).Round(time.Millisecond)))
+}
+
+// serveNBP serves an iPXE binary of the catalogue to UEFI HTTP boot
+// firmware (to anyone: the same files TFTP serves), recording it as the
+// node's TFTP step (the firmware's fetch of its iPXE binary).
+func (s *Server) serveNBP(w http.ResponseWriter, r *http.Request) {
+	const route = "nbp"
+	name := r.PathValue("file")
+	if s.NBP == nil || !slices.Contains(s.NBPFiles, name) || !fs.ValidPath(name) {
+		s.fail(w, route, http.StatusNotFound, fmt.Errorf("nbp %q: not in the catalogue (tftp.files)", name))
+		return
+	}
+	f, err := s.NBP.Open(name)
+	if err != nil {
+		s.fail(w, route, http.StatusNotFound, fmt.Errorf("nbp %s: %w", name, err))
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	rs, ok := f.(io.ReadSeeker)
+	if err != nil || !ok || !st.Mode().IsRegular() {
+		s.fail(w, route, http.StatusNotFound, fmt.Errorf("nbp %s: not a regular file", name))
+		return
+	}
+	w.Header().Set("Content-Type", "application/efi")
+	s.serveContent(w, r, route, state.StepTFTP, "http "+name, st.ModTime(), rs)
+}
+
+// DiscoveryScript is the iPXE script of a machine the inventory does not
+// know (the DHCP server's discovery pool gives it this URL): it says what
+// to do and asks DHCP again every 30 seconds, until the machine is adopted
+// (ramboot node adopt) and DHCP names its own script instead.
+const DiscoveryScript = `#!ipxe
+:wait
+echo ramboot: ${mac} (${manufacturer} ${product}, serial ${serial}) is not in the inventory.
+echo ramboot: it is recorded; adopt it on the head with: ramboot node adopt ${mac} NAME --ip IP
+echo ramboot: asking DHCP again in 30 seconds
+sleep 30
+dhcp || goto wait
+chain --replace --autofree ${filename} || goto wait
+`
+
+func (s *Server) serveDiscovery(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	n, _ := io.WriteString(w, DiscoveryScript)
+	s.count("discovery", http.StatusOK, int64(n))
 }
 
 func (s *Server) serveAgent(w http.ResponseWriter, r *http.Request) {

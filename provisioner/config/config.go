@@ -152,12 +152,25 @@ type Subnet struct {
 	DNS []string `yaml:"dns"`
 	// MTU is its MTU; 0 leaves the default.
 	MTU int `yaml:"mtu"`
+	// Discovery is the range lent to machines the inventory does not know,
+	// "FIRST-LAST" (dhcp.discovery.enabled); empty lends none.
+	Discovery string `yaml:"discovery"`
 }
 
 // DHCP configures the DHCP server.
 type DHCP struct {
 	// Enabled turns the DHCP server on.
 	Enabled bool `yaml:"enabled"`
+	// Mode is what it does on port 67: reservation, proxy or off (port
+	// 4011 is served in every mode).
+	Mode string `yaml:"mode"`
+	// HTTPBoot serves the TFTP catalogue over HTTP (/boot/nbp/) and answers
+	// UEFI HTTP boot clients with its URLs.
+	HTTPBoot bool `yaml:"http_boot"`
+	// Workers is the number of requests handled at once per socket.
+	Workers int `yaml:"workers"`
+	// Discovery records and lends addresses to unknown machines.
+	Discovery Discovery `yaml:"discovery"`
 	// LeaseTime is the lease time of every reservation.
 	LeaseTime Duration `yaml:"lease_time"`
 	// BootFiles maps client architecture (DHCP option 93, by number or name)
@@ -171,6 +184,20 @@ type DHCP struct {
 	ReceiveBuffer int `yaml:"receive_buffer"`
 	// DetectRivals watches the link for other DHCP servers answering nodes.
 	DetectRivals bool `yaml:"detect_rivals"`
+}
+
+// Discovery configures the recording of, and addresses lent to, machines
+// the inventory does not know.
+type Discovery struct {
+	// Enabled records unknown machines (ramboot node discovered).
+	Enabled bool `yaml:"enabled"`
+	// Range is the provisioning subnet's range lent to them, "FIRST-LAST";
+	// empty lends none there (subnets[].discovery for the others).
+	Range string `yaml:"range"`
+	// LeaseTime is the lease of a discovery address.
+	LeaseTime Duration `yaml:"lease_time"`
+	// MaxMachines caps the machines recorded.
+	MaxMachines int `yaml:"max_machines"`
 }
 
 // TFTP configures the TFTP server.
@@ -190,6 +217,9 @@ type TFTP struct {
 	MaxTransfersPerClient int `yaml:"max_transfers_per_client"`
 	// ReceiveBuffer is the TFTP socket's receive buffer, in bytes.
 	ReceiveBuffer int `yaml:"receive_buffer"`
+	// IPv6 also serves every IPv6 address of the interface (link-local
+	// and global), on the same port.
+	IPv6 bool `yaml:"ipv6"`
 }
 
 // HTTP configures the boot and node API server.
@@ -575,6 +605,30 @@ func (c Config) Line(path string) string {
 	return ""
 }
 
+// ParseRange parses an address range "FIRST-LAST" of IPv4 addresses, FIRST
+// not after LAST and at most 65,536 addresses.
+func ParseRange(s string) (first, last netip.Addr, err error) {
+	a, b, ok := strings.Cut(s, "-")
+	if !ok {
+		return first, last, fmt.Errorf("%q is not a range like 10.0.0.200-10.0.0.250", s)
+	}
+	first, err1 := netip.ParseAddr(strings.TrimSpace(a))
+	last, err2 := netip.ParseAddr(strings.TrimSpace(b))
+	switch {
+	case err1 != nil || err2 != nil || !first.Is4() || !last.Is4():
+		return first, last, fmt.Errorf("%q is not a range of IPv4 addresses like 10.0.0.200-10.0.0.250", s)
+	case last.Less(first):
+		return first, last, fmt.Errorf("%q runs backwards", s)
+	}
+	f, l := first.As4(), last.As4()
+	size := (uint32(l[0])<<24 | uint32(l[1])<<16 | uint32(l[2])<<8 | uint32(l[3])) -
+		(uint32(f[0])<<24 | uint32(f[1])<<16 | uint32(f[2])<<8 | uint32(f[3]))
+	if size >= 1<<16 {
+		return first, last, fmt.Errorf("%q holds more than 65536 addresses", s)
+	}
+	return first, last, nil
+}
+
 // archNames maps the names of pxe.Arch values (bios, efi-x64, ...) to
 // their option 93 numbers, for boot_files keys.
 var archNames = func() map[string]uint16 {
@@ -622,12 +676,20 @@ func (c Config) BootFileMap() (map[uint16]string, error) {
 	return out, errors.Join(errs...)
 }
 
-// TFTPFiles returns the TFTP catalogue: TFTP.Files, or the boot file names.
+// StockBootFiles are the iPXE binaries of Debian's ipxe package that the
+// TFTP catalogue holds by default, besides dhcp.boot_files' values.
+var StockBootFiles = []string{"ipxe.efi", "snponly.efi", "undionly.kpxe"}
+
+// TFTPFiles returns the TFTP catalogue: TFTP.Files, or StockBootFiles and
+// the boot file names, sorted.
 func (c Config) TFTPFiles() []string {
 	if len(c.TFTP.Files) > 0 {
 		return c.TFTP.Files
 	}
-	var out []string
+	// The stock iPXE binaries too: a node's or profile's boot_file names
+	// one of them to work around a firmware quirk (ipxe.efi where
+	// snponly.efi hangs), and it must be served without a tftp.files list.
+	out := slices.Clone(StockBootFiles)
 	for _, v := range c.DHCP.BootFiles {
 		if !slices.Contains(out, v) {
 			out = append(out, v)
@@ -657,6 +719,25 @@ func (c Config) Validate() error {
 	}
 	if c.DHCP.LeaseTime < Duration(time.Minute) {
 		bad("dhcp.lease_time", "%s is shorter than 1m", time.Duration(c.DHCP.LeaseTime))
+	}
+	switch c.DHCP.Mode {
+	case "reservation", "proxy", "off":
+	default:
+		bad("dhcp.mode", "%q is not one of reservation, proxy, off", c.DHCP.Mode)
+	}
+	if c.DHCP.Workers < 1 || c.DHCP.Workers > 1024 {
+		bad("dhcp.workers", "%d is not between 1 and 1024", c.DHCP.Workers)
+	}
+	if c.DHCP.Discovery.Range != "" {
+		if _, _, err := ParseRange(c.DHCP.Discovery.Range); err != nil {
+			bad("dhcp.discovery.range", "%v", err)
+		}
+	}
+	if c.DHCP.Discovery.LeaseTime < Duration(time.Minute) {
+		bad("dhcp.discovery.lease_time", "%s is shorter than 1m", time.Duration(c.DHCP.Discovery.LeaseTime))
+	}
+	if c.DHCP.Discovery.MaxMachines < 1 {
+		bad("dhcp.discovery.max_machines", "%d is less than 1", c.DHCP.Discovery.MaxMachines)
 	}
 	if _, err := c.BootFileMap(); err != nil {
 		errs = append(errs, err)
@@ -793,6 +874,15 @@ func (c Config) Validate() error {
 		}
 		if sn.MTU != 0 && (sn.MTU < 576 || sn.MTU > 65520) {
 			bad(key+".mtu", "%d is not between 576 and 65520", sn.MTU)
+		}
+		if sn.Discovery != "" {
+			first, last, err := ParseRange(sn.Discovery)
+			switch {
+			case err != nil:
+				bad(key+".discovery", "%v", err)
+			case p.IsValid() && (!p.Contains(first) || !p.Contains(last)):
+				bad(key+".discovery", "%s is not inside %s", sn.Discovery, p.Masked())
+			}
 		}
 	}
 	for i, m := range c.Boot.Modules {

@@ -30,7 +30,7 @@ func TestDefault(t *testing.T) {
 	if m[0] != "undionly.kpxe" || m[7] != "snponly.efi" || m[9] != "snponly.efi" {
 		t.Errorf("boot files %v", m)
 	}
-	if got := strings.Join(c.TFTPFiles(), ","); got != "snponly.efi,undionly.kpxe" {
+	if got := strings.Join(c.TFTPFiles(), ","); got != "ipxe.efi,snponly.efi,undionly.kpxe" {
 		t.Errorf("tftp catalogue %q", got)
 	}
 }

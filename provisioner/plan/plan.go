@@ -129,6 +129,17 @@ type Plan struct {
 	Sources map[string]string
 }
 
+// InterfaceOf returns the interface with hardware address mac, else the
+// one with DHCP client identifier clientID, if any ("" matches nothing).
+func (p *Plan) InterfaceOf(mac, clientID string) (Interface, bool) {
+	for _, ifc := range p.Interfaces {
+		if (mac != "" && ifc.MAC == mac) || (clientID != "" && ifc.ClientID == clientID) {
+			return ifc, true
+		}
+	}
+	return Interface{}, false
+}
+
 // Interface returns the interface with hardware address mac, if any.
 func (p *Plan) Interface(mac string) (Interface, bool) {
 	for _, ifc := range p.Interfaces {

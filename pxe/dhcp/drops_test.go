@@ -49,7 +49,7 @@ func TestSocketDrops(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	s := &Server{
 		ServerIP: serverIP,
-		Inventory: InventoryFunc(func(ctx context.Context, _ net.HardwareAddr) (Reservation, error) {
+		Inventory: InventoryFunc(func(ctx context.Context, _ Client) (Reservation, error) {
 			select {
 			case <-release:
 			case <-ctx.Done():

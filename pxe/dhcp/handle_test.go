@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,13 +26,17 @@ import (
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
 
 var (
-	serverIP  = netip.MustParseAddr("10.77.0.1")
-	macNode1  = mustMAC("52:54:00:00:00:01")
-	macNode2  = mustMAC("52:54:00:00:00:02") // has a per-node BootFile
-	macBroken = mustMAC("52:54:00:00:00:0e") // inventory fails
-	macBad    = mustMAC("52:54:00:00:00:0b") // invalid reservation
-	macLong   = mustMAC("52:54:00:00:00:0c") // very long script URL
-	macNobody = mustMAC("52:54:00:00:00:77") // unknown
+	serverIP   = netip.MustParseAddr("10.77.0.1")
+	macNode1   = mustMAC("52:54:00:00:00:01")
+	macNode2   = mustMAC("52:54:00:00:00:02") // has a per-node BootFile
+	macBroken  = mustMAC("52:54:00:00:00:0e") // inventory fails
+	macBad     = mustMAC("52:54:00:00:00:0b") // invalid reservation
+	macLong    = mustMAC("52:54:00:00:00:0c") // very long script URL
+	macNobody  = mustMAC("52:54:00:00:00:77") // unknown
+	macRelayed = mustMAC("52:54:00:00:00:88") // reserved 10.88.0.21, behind a relay
+	macSecond  = mustMAC("52:54:00:00:00:99") // reserved 10.99.0.21, the head's second subnet
+	// ibGUID is the port GUID of an InfiniBand client known by option 61.
+	ibGUID    = mustMAC("00:02:c9:03:00:a1:b2:c3")
 	xid       = dhcpv4.TransactionID{0xde, 0xad, 0xbe, 0xef}
 	errBroken = errors.New("database is closed")
 )
@@ -55,12 +60,41 @@ func node1() Reservation {
 	}
 }
 
-// testInventory knows node1, node2, a broken lookup and a bad reservation.
-// It counts its calls.
-type testInventory struct{ calls atomic.Int32 }
+// testInventory knows node1, node2, a node on a relayed subnet, one on a
+// second local subnet, an InfiniBand interface, a broken lookup and a bad
+// reservation. It counts its calls and keeps the last Client asked about.
+type testInventory struct {
+	calls atomic.Int32
+	// extra, when set, adds 52:54:00:dd:00:XX (XX its value) with node1's
+	// reservation: a machine adopted while the server runs.
+	extra atomic.Pointer[byte]
+	mu    sync.Mutex
+	last  Client
+}
 
-func (inv *testInventory) Reservation(_ context.Context, mac net.HardwareAddr) (Reservation, error) {
+// lastClient returns the Client of the last lookup.
+func (inv *testInventory) lastClient() Client {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	return inv.last
+}
+
+func (inv *testInventory) Lookup(_ context.Context, c Client) (Reservation, error) {
 	inv.calls.Add(1)
+	inv.mu.Lock()
+	inv.last = c
+	inv.mu.Unlock()
+	if guid, ok := c.GUID(); ok && len(c.MAC) == 0 && guid.String() == ibGUID.String() {
+		r := node1()
+		r.IP = netip.MustParseAddr("10.77.0.13")
+		r.Hostname = "n003-ib0"
+		r.MTU = 2044
+		return r, nil
+	}
+	mac := c.MAC
+	if x := inv.extra.Load(); x != nil && mac.String() == macN(*x).String() {
+		return node1(), nil
+	}
 	switch mac.String() {
 	case macNode1.String():
 		return node1(), nil
@@ -75,6 +109,16 @@ func (inv *testInventory) Reservation(_ context.Context, mac net.HardwareAddr) (
 		r := node1()
 		r.ScriptURL = "http://10.77.0.1/boot/ipxe?mac=52:54:00:00:00:0c&x=" + strings.Repeat("a", 200)
 		return r, nil
+	case macRelayed.String():
+		return Reservation{
+			IP: netip.MustParseAddr("10.88.0.21"), PrefixLen: 24, Router: netip.MustParseAddr("10.88.0.1"),
+			Hostname: "r01n21", ScriptURL: "http:///boot/ipxe?mac=" + mac.String(),
+		}, nil
+	case macSecond.String():
+		return Reservation{
+			IP: netip.MustParseAddr("10.99.0.21"), PrefixLen: 24,
+			Hostname: "m01n21", ScriptURL: "http:///boot/ipxe?mac=" + mac.String(),
+		}, nil
 	case macBroken.String():
 		return Reservation{}, errBroken
 	case macBad.String():
@@ -82,7 +126,7 @@ func (inv *testInventory) Reservation(_ context.Context, mac net.HardwareAddr) (
 		r.PrefixLen = 0
 		return r, nil
 	}
-	return Reservation{}, fmt.Errorf("node %s: %w", mac, ErrUnknown)
+	return Reservation{}, fmt.Errorf("node %s: %w", clientName(c), ErrUnknown)
 }
 
 func newTestServer() (*Server, *testInventory) {
@@ -124,6 +168,7 @@ func firmware(arch iana.Arch) []dhcpv4.Modifier {
 // feature flags, raw user class "iPXE", PXEClient vendor class, arch 0.
 func ipxeROM() []dhcpv4.Modifier {
 	return []dhcpv4.Modifier{
+		dhcpv4.WithBroadcast(true),
 		dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001")),
 		dhcpv4.WithOption(dhcpv4.OptClientArch(iana.INTEL_X86PC)),
 		dhcpv4.WithOption(dhcpv4.OptMaxMessageSize(1472)),
@@ -161,23 +206,33 @@ func join(mods ...[]dhcpv4.Modifier) []dhcpv4.Modifier {
 	return all
 }
 
+// handleCase is one request to Handle and what must come of it.
+type handleCase struct {
+	name   string
+	req    *dhcpv4.DHCPv4
+	server func(*Server) // adjusts the default test server
+	// want: reply message type, or MessageTypeNone for no reply.
+	want dhcpv4.MessageType
+	// reason is the ignored_total label when want is None.
+	reason ignoreReason
+	// port, link and peer place the request (default: port 67, no
+	// interface addresses, no sender).
+	port int
+	link []netip.Prefix
+	peer netip.AddrPort
+	// serverID is the expected server identifier; default 10.77.0.1.
+	serverID string
+	// ignored is a substring of Event.Ignored.
+	ignored string
+	// golden names a file under testdata/ holding the full reply.
+	golden string
+	// dest is where the reply goes, if checked.
+	dest  string
+	check func(t *testing.T, reply *dhcpv4.DHCPv4, ev Event)
+}
+
 func TestHandle(t *testing.T) {
-	tests := []struct {
-		name   string
-		req    *dhcpv4.DHCPv4
-		server func(*Server) // adjusts the default test server
-		// want: reply message type, or MessageTypeNone for no reply.
-		want dhcpv4.MessageType
-		// reason is the ignored_total label when want is None.
-		reason string
-		// ignored is a substring of Event.Ignored.
-		ignored string
-		// golden names a file under testdata/ holding the full reply.
-		golden string
-		// dest is where the reply goes, if checked.
-		dest  string
-		check func(t *testing.T, reply *dhcpv4.DHCPv4, ev Event)
-	}{
+	tests := []handleCase{
 		{
 			name:   "BIOS iPXE ROM",
 			req:    pkt(macNode1, dhcpv4.MessageTypeDiscover, ipxeROM()...),
@@ -365,20 +420,8 @@ func TestHandle(t *testing.T) {
 				if reply.BootFileName != "" || reply.Options.Has(dhcpv4.OptionBootfileName) || reply.Options.Has(dhcpv4.OptionTFTPServerName) {
 					t.Errorf("boot file sent to a plain client: %q", reply.BootFileName)
 				}
-				if ev.HasArch || ev.Arch != pxe.ArchBIOS || ev.NetBoot {
-					t.Errorf("event arch = %v/%v netboot %v, want absent/bios, no network boot", ev.Arch, ev.HasArch, ev.NetBoot)
-				}
-			},
-		},
-		{
-			name:   "plain client without NBP for its arch gets address only",
-			req:    pkt(macNode1, dhcpv4.MessageTypeDiscover),
-			server: func(s *Server) { s.BootFiles = map[pxe.Arch]string{} },
-			want:   dhcpv4.MessageTypeOffer,
-			check: func(t *testing.T, reply *dhcpv4.DHCPv4, ev Event) {
-				checkLease(t, reply, "10.77.0.11")
-				if reply.BootFileName != "" || reply.Options.Has(dhcpv4.OptionBootfileName) || reply.Options.Has(dhcpv4.OptionTFTPServerName) {
-					t.Errorf("boot file sent: %q", reply.BootFileName)
+				if ev.HasArch || ev.Arch != pxe.ArchBIOS || ev.NetBoot || ev.Stage != StageOS {
+					t.Errorf("event arch = %v/%v netboot %v stage %s, want absent/bios, no network boot", ev.Arch, ev.HasArch, ev.NetBoot, ev.Stage)
 				}
 			},
 		},
@@ -495,62 +538,71 @@ func TestHandle(t *testing.T) {
 		},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s, _ := newTestServer()
-			if tt.server != nil {
-				tt.server(s)
-			}
-			before := time.Now()
-			reply, ev, err := s.Handle(t.Context(), tt.req)
-			if err != nil {
-				t.Fatalf("Handle: %v", err)
-			}
-			if ev.Time.Before(before) || !bytes.Equal(ev.MAC, tt.req.ClientHWAddr) {
-				t.Errorf("event MAC %s time %v, want %s and now", ev.MAC, ev.Time, tt.req.ClientHWAddr)
-			}
-			if tt.want == dhcpv4.MessageTypeNone {
-				if reply != nil {
-					t.Fatalf("got reply, want none:\n%s", reply.Summary())
-				}
-				if ev.reason != tt.reason || !strings.Contains(ev.Ignored, tt.ignored) {
-					t.Errorf("ignored = %q (reason %q), want %q (reason %q)", ev.Ignored, ev.reason, tt.ignored, tt.reason)
-				}
-				if ev.Reply != "" {
-					t.Errorf("event reply = %q, want empty", ev.Reply)
-				}
-				if tt.check != nil {
-					tt.check(t, reply, ev)
-				}
-				return
-			}
-			if reply == nil {
-				t.Fatalf("no reply, want %s; event %+v", tt.want, ev)
-			}
-			if got := reply.MessageType(); got != tt.want {
-				t.Fatalf("reply type = %s, want %s", got, tt.want)
-			}
-			if ev.Ignored != "" || ev.reason != "" {
-				t.Errorf("event says ignored (%q) but a reply was sent", ev.Ignored)
-			}
-			if ev.Reply != strings.ToLower(tt.want.String()) {
-				t.Errorf("event reply = %q, want %q", ev.Reply, strings.ToLower(tt.want.String()))
-			}
-			checkCommon(t, tt.req, reply)
-			if got := s.replyAddr(tt.req, reply).String(); tt.dest != "" && got != tt.dest {
-				t.Errorf("reply goes to %s, want %s", got, tt.dest)
-			}
-			if tt.check != nil {
-				tt.check(t, reply, ev)
-			}
-			if tt.golden != "" {
-				checkGolden(t, tt.golden, goldenText(s, tt.req, reply))
-			}
-		})
+		t.Run(tt.name, tt.run)
+	}
+}
+
+// run sends the case's request to a test server's Handle and checks the
+// outcome.
+func (tt handleCase) run(t *testing.T) {
+	s, _ := newTestServer()
+	if tt.server != nil {
+		tt.server(s)
+	}
+	before := time.Now()
+	r := Request{Msg: tt.req, Port: tt.port, LinkAddrs: tt.link, Peer: tt.peer}
+	reply, ev, err := s.Handle(t.Context(), r)
+	if err != nil {
+		t.Fatalf("Handle: %v", err)
+	}
+	if ev.Time.Before(before) || !bytes.Equal(ev.MAC, tt.req.ClientHWAddr) {
+		t.Errorf("event MAC %s time %v, want %s and now", ev.MAC, ev.Time, tt.req.ClientHWAddr)
+	}
+	if tt.want == dhcpv4.MessageTypeNone {
+		if reply != nil {
+			t.Fatalf("got reply, want none:\n%s", reply.Summary())
+		}
+		if ev.reason != tt.reason || !strings.Contains(ev.Ignored, tt.ignored) {
+			t.Errorf("ignored = %q (reason %q), want %q (reason %q)", ev.Ignored, ev.reason, tt.ignored, tt.reason)
+		}
+		if ev.Reply != "" {
+			t.Errorf("event reply = %q, want empty", ev.Reply)
+		}
+		if tt.check != nil {
+			tt.check(t, reply, ev)
+		}
+		return
+	}
+	if reply == nil {
+		t.Fatalf("no reply, want %s; event %+v", tt.want, ev)
+	}
+	if got := reply.MessageType(); got != tt.want {
+		t.Fatalf("reply type = %s, want %s", got, tt.want)
+	}
+	if ev.Ignored != "" || ev.reason != "" {
+		t.Errorf("event says ignored (%q) but a reply was sent", ev.Ignored)
+	}
+	if string(ev.Reply) != strings.ToLower(tt.want.String()) {
+		t.Errorf("event reply = %q, want %q", ev.Reply, strings.ToLower(tt.want.String()))
+	}
+	sid := tt.serverID
+	if sid == "" {
+		sid = "10.77.0.1"
+	}
+	checkCommon(t, tt.req, reply, ev, sid)
+	if got, _ := s.replyAddr(r, reply); tt.dest != "" && got.String() != tt.dest {
+		t.Errorf("reply goes to %s, want %s", got, tt.dest)
+	}
+	if tt.check != nil {
+		tt.check(t, reply, ev)
+	}
+	if tt.golden != "" {
+		checkGolden(t, tt.golden, goldenText(s, r, reply))
 	}
 }
 
 // checkCommon checks what every reply must do.
-func checkCommon(t *testing.T, req, reply *dhcpv4.DHCPv4) {
+func checkCommon(t *testing.T, req, reply *dhcpv4.DHCPv4, ev Event, server string) {
 	t.Helper()
 	if reply.OpCode != dhcpv4.OpcodeBootReply || reply.TransactionID != req.TransactionID ||
 		!bytes.Equal(reply.ClientHWAddr, req.ClientHWAddr) || reply.HWType != req.HWType {
@@ -559,13 +611,26 @@ func checkCommon(t *testing.T, req, reply *dhcpv4.DHCPv4) {
 	if want := req.Flags; reply.MessageType() != dhcpv4.MessageTypeNak && reply.Flags != want {
 		t.Errorf("flags = %#x, want %#x as the client sent", reply.Flags, want)
 	}
-	if sid := reply.ServerIdentifier(); !sid.Equal(net.ParseIP("10.77.0.1")) {
-		t.Errorf("server id = %s, want 10.77.0.1", sid)
+	if sid := reply.ServerIdentifier(); !sid.Equal(net.ParseIP(server)) {
+		t.Errorf("server id = %s, want %s", sid, server)
 	}
-	for _, code := range []dhcpv4.OptionCode{dhcpv4.OptionClassIdentifier, dhcpv4.OptionVendorSpecificInformation} {
-		if reply.Options.Has(code) {
-			t.Errorf("reply carries %s, which firmware replies must not have", code)
+	if reply.Options.Has(dhcpv4.OptionVendorSpecificInformation) {
+		t.Errorf("reply carries option 43")
+	}
+	switch vc := reply.ClassIdentifier(); {
+	case ev.Stage == StageHTTPBoot && reply.MessageType() != dhcpv4.MessageTypeNak:
+		if vc != "HTTPClient" {
+			t.Errorf("HTTP boot reply has option 60 %q, want HTTPClient", vc)
 		}
+	case ev.Proxy:
+		if vc != "PXEClient" {
+			t.Errorf("proxy reply has option 60 %q, want PXEClient", vc)
+		}
+	case reply.Options.Has(dhcpv4.OptionClassIdentifier):
+		t.Errorf("reply carries option 60 %q, which lease replies must not have", vc)
+	}
+	if b := reply.ToBytes(); reply.Options.Has(dhcpv4.OptionRelayAgentInformation) && !relayLast(b) {
+		t.Errorf("option 82 is not the last option:\n%s", hex.Dump(b))
 	}
 	if !bytes.Equal(reply.Options.Get(dhcpv4.OptionClientIdentifier), req.Options.Get(dhcpv4.OptionClientIdentifier)) {
 		t.Errorf("option 61 not echoed")
@@ -630,8 +695,35 @@ func checkFirmwareBoot(t *testing.T, reply *dhcpv4.DHCPv4, file string) {
 }
 
 // goldenText is the full reply: where it goes, its summary and its bytes.
-func goldenText(s *Server, req, reply *dhcpv4.DHCPv4) string {
-	return fmt.Sprintf("to %s\n%s\n%s", s.replyAddr(req, reply), reply.Summary(), hex.Dump(reply.ToBytes()))
+func goldenText(s *Server, r Request, reply *dhcpv4.DHCPv4) string {
+	to, unicast := s.replyAddr(r, reply)
+	how := ""
+	if unicast {
+		how = " (unicast to chaddr)"
+	}
+	return fmt.Sprintf("to %s%s\n%s\n%s", to, how, reply.Summary(), hex.Dump(reply.ToBytes()))
+}
+
+// relayLast reports whether option 82 is the last option of an encoded
+// message (RFC 3046 2.1).
+func relayLast(b []byte) bool {
+	last := -1
+	for i := 240; i < len(b); {
+		code := b[i]
+		if code == 255 {
+			break
+		}
+		if code == 0 {
+			i++
+			continue
+		}
+		if i+1 >= len(b) {
+			return false
+		}
+		last = int(code)
+		i += 2 + int(b[i+1])
+	}
+	return last == 82
 }
 
 func checkGolden(t *testing.T, name, got string) {
@@ -653,8 +745,8 @@ func checkGolden(t *testing.T, name, got string) {
 }
 
 func TestHandleErrors(t *testing.T) {
-	req := func(mac net.HardwareAddr) *dhcpv4.DHCPv4 {
-		return pkt(mac, dhcpv4.MessageTypeDiscover, firmware(iana.EFI_X86_64)...)
+	req := func(mac net.HardwareAddr) Request {
+		return Request{Msg: pkt(mac, dhcpv4.MessageTypeDiscover, firmware(iana.EFI_X86_64)...)}
 	}
 	t.Run("inventory error", func(t *testing.T) {
 		s, _ := newTestServer()
@@ -676,14 +768,22 @@ func TestHandleErrors(t *testing.T) {
 			t.Fatalf("Handle = %v, %v, want a prefix length error", reply, err)
 		}
 	})
-	t.Run("no server IP", func(t *testing.T) {
+	t.Run("no server address", func(t *testing.T) {
 		s, _ := newTestServer()
 		s.ServerIP = netip.Addr{}
-		if _, _, err := s.Handle(t.Context(), req(macNode1)); err == nil {
-			t.Fatal("Handle without ServerIP succeeded")
+		if _, _, err := s.Handle(t.Context(), req(macNode1)); err == nil || !strings.Contains(err.Error(), "no server address") {
+			t.Fatalf("Handle without ServerIP or interface address = %v, want a no server address error", err)
 		}
-		if err := s.Serve(t.Context(), nopConn{}); err == nil {
-			t.Fatal("Serve without ServerIP succeeded")
+	})
+	t.Run("bad configuration", func(t *testing.T) {
+		s, _ := newTestServer()
+		s.Mode = "dhcp-relay"
+		s.Subnets = []Subnet{{Prefix: netip.MustParsePrefix("10.77.0.1/24")}, {Prefix: netip.MustParsePrefix("10.77.0.0/16")}}
+		err := s.Serve(t.Context(), nopConn{})
+		for _, want := range []string{`unknown dhcp mode "dhcp-relay"`, "host bits set", "overlaps"} {
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("Serve with a bad configuration = %v, want it to say %q", err, want)
+			}
 		}
 	})
 	t.Run("no inventory", func(t *testing.T) {
@@ -694,7 +794,7 @@ func TestHandleErrors(t *testing.T) {
 	})
 	t.Run("other server id skips the inventory", func(t *testing.T) {
 		s, inv := newTestServer()
-		s.Handle(t.Context(), pkt(macNode1, dhcpv4.MessageTypeRequest, serverID("10.77.0.2")))
+		s.Handle(t.Context(), Request{Msg: pkt(macNode1, dhcpv4.MessageTypeRequest, serverID("10.77.0.2"))})
 		if n := inv.calls.Load(); n != 0 {
 			t.Errorf("inventory called %d times for another server's transaction", n)
 		}

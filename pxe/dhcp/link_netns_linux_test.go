@@ -147,8 +147,8 @@ func TestNetnsRivalDnsmasq(t *testing.T) {
 
 	known := mustMAC("52:54:00:00:00:01") // macNode1: node1() reserves 10.77.0.11
 	stranger := mustMAC("52:54:00:00:00:77")
-	inv := InventoryFunc(func(_ context.Context, mac net.HardwareAddr) (Reservation, error) {
-		if !bytes.Equal(mac, known) {
+	inv := InventoryFunc(func(_ context.Context, c Client) (Reservation, error) {
+		if !bytes.Equal(c.MAC, known) {
 			return Reservation{}, ErrUnknown
 		}
 		r := node1()
@@ -213,7 +213,7 @@ func TestNetnsRivalDnsmasq(t *testing.T) {
 	discover(known)
 	waitFor(t, 10*time.Second, "dnsmasq's offer to the node to be counted", func() bool { return rivals("10.218.0.2") >= 1 })
 	waitFor(t, 10*time.Second, "ramboot's own offer", func() bool {
-		return gatherOr0(t, reg, `ramboot_dhcp_replies_total{type="offer"}`) >= 1
+		return gatherOr0(t, reg, `ramboot_dhcp_replies_total{port="67",type="offer"}`) >= 1
 	})
 	if n := rivals(headIP.String()); n != 0 {
 		t.Errorf("ramboot's own offers counted as a rival's: %v", n)

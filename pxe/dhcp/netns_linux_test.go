@@ -49,8 +49,8 @@ func TestNetnsDORA(t *testing.T) {
 	var events []Event
 	srv := &Server{
 		ServerIP: netip.MustParseAddr("10.213.0.1"),
-		Inventory: InventoryFunc(func(_ context.Context, mac net.HardwareAddr) (Reservation, error) {
-			if !bytes.Equal(mac, clientMAC) {
+		Inventory: InventoryFunc(func(_ context.Context, c Client) (Reservation, error) {
+			if !bytes.Equal(c.MAC, clientMAC) {
 				return Reservation{}, ErrUnknown
 			}
 			return res, nil
@@ -164,7 +164,7 @@ func TestNetnsDORA(t *testing.T) {
 	defer mu.Unlock()
 	var seq []string
 	for _, ev := range events {
-		seq = append(seq, ev.Request+">"+ev.Reply)
+		seq = append(seq, string(ev.Request)+">"+string(ev.Reply))
 	}
 	// Retransmissions while the server was binding may add answered repeats.
 	if got := strings.Join(seq, " "); !strings.Contains(got, "discover>offer request>ack") {

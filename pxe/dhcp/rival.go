@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -40,6 +41,11 @@ type RivalDetector struct {
 	ServerIP netip.Addr
 	// Inventory says which MACs ramboot serves. Required.
 	Inventory Inventory
+	// Mode is the Server's mode. In ModeProxy the site's DHCP server is
+	// meant to offer the nodes their addresses, so only offers that carry
+	// a boot file or option 60 "PXEClient" (another PXE or proxy server)
+	// count as a rival's.
+	Mode Mode
 	// LogInterval is the shortest time between two Warn lines about one
 	// rival server; the offers in between are logged at Debug and counted
 	// in the next Warn line. Default 1m (DefaultRivalLogInterval).
@@ -127,7 +133,7 @@ func (d *RivalDetector) Serve(ctx context.Context, conn net.PacketConn) error {
 	if limit.Interval <= 0 {
 		limit.Interval = DefaultRivalLogInterval
 	}
-	return readLoop(ctx, conn, "watch dhcp replies", d.logger(), func(b []byte, _ net.Addr) bool {
+	return readLoop(ctx, conn.ReadFrom, "watch dhcp replies", d.logger(), func(b []byte, _ net.Addr) bool {
 		if reply, src, ok := parseReply(b); ok {
 			d.observe(ctx, reply, src, limit)
 		}
@@ -152,7 +158,12 @@ func (d *RivalDetector) observe(ctx context.Context, reply *dhcpv4.DHCPv4, src n
 	mac := reply.ClientHWAddr.String()
 	ctx, cancel := context.WithTimeout(ctx, handleTimeout)
 	defer cancel()
-	res, err := d.Inventory.Reservation(ctx, reply.ClientHWAddr)
+	if d.Mode == ModeProxy && !bootOffer(reply) {
+		d.Metrics.otherOffer()
+		return
+	}
+	res, err := d.Inventory.Lookup(ctx, Client{HWType: reply.HWType, MAC: reply.ClientHWAddr,
+		ClientID: reply.Options.Get(dhcpv4.OptionClientIdentifier), Stage: StageFirmware})
 	switch {
 	case errors.Is(err, ErrUnknown):
 		d.Metrics.otherOffer()
@@ -174,6 +185,14 @@ func (d *RivalDetector) observe(ctx context.Context, reply *dhcpv4.DHCPv4, src n
 		attrs = append(attrs, "suppressed", held)
 	}
 	log.Warn("rival dhcp server offered an address to a node ramboot serves; the node may boot from it", attrs...)
+}
+
+// bootOffer reports whether an offer tells a client what to boot: a boot
+// file, or option 60 naming a PXE or HTTP boot server.
+func bootOffer(m *dhcpv4.DHCPv4) bool {
+	vc := m.ClassIdentifier()
+	return m.BootFileName != "" || m.Options.Has(dhcpv4.OptionBootfileName) ||
+		strings.HasPrefix(vc, "PXEClient") || strings.HasPrefix(vc, "HTTPClient")
 }
 
 // parseReply decodes an IPv4 packet holding a UDP datagram from port 67 to

@@ -180,3 +180,51 @@ func rivalSeeds() map[string][]byte {
 		"udp-length-long": append(offer[:24:24], 0xff, 0xff, 0, 0),
 	}
 }
+
+// TestRivalDetectorProxyMode: next to a site's DHCP server, its
+// address-only offers to the nodes are expected (counted as other), while
+// an offer that tells a node what to boot (a boot file, or option 60
+// PXEClient: another proxy) is a rival's.
+func TestRivalDetectorProxyMode(t *testing.T) {
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sender, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Close()
+	reg := prometheus.NewRegistry()
+	d := &RivalDetector{ServerIP: serverIP, Inventory: &testInventory{}, Mode: ModeProxy, Metrics: NewMetrics(reg)}
+	runServer(t, func(ctx context.Context) error { return d.Serve(ctx, conn) })
+	send := func(b []byte) {
+		t.Helper()
+		if _, err := sender.WriteTo(b, conn.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	offerWith := func(server string, mods ...dhcpv4.Modifier) []byte {
+		m, err := dhcpv4.FromBytes(serverReply(macNode1, dhcpv4.MessageTypeOffer, server))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mod := range mods {
+			mod(m)
+		}
+		return ipv4UDP(netip.MustParseAddr(server), 67, 68, m.ToBytes())
+	}
+	rival := func(server string) float64 {
+		return gatherOr0(t, reg, `ramboot_dhcp_rival_offers_total{server="`+server+`"}`)
+	}
+	send(offerWith("10.77.0.2")) // the site's server: an address only
+	send(offerWith("10.77.0.7", dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient"))))
+	send(offerWith("10.77.0.8", func(m *dhcpv4.DHCPv4) { m.BootFileName = "pxelinux.0" }))
+	waitFor(t, 5*time.Second, "the proxy and boot-file offers", func() bool { return rival("10.77.0.7") == 1 && rival("10.77.0.8") == 1 })
+	if got := rival("10.77.0.2"); got != 0 {
+		t.Errorf("the site server's address-only offer counted as a rival's (%v)", got)
+	}
+	if got := testutil.ToFloat64(d.Metrics.otherOffers); got != 1 {
+		t.Errorf("other offers = %v, want 1 (the site server's)", got)
+	}
+}

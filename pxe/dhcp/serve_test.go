@@ -191,11 +191,11 @@ func TestServeLoopback(t *testing.T) {
 		t.Errorf("ramboot_dhcp_malformed_total = %v, want %d", got, len(malformed))
 	}
 	wantCounts := map[string]float64{
-		`ramboot_dhcp_requests_total{type="discover"}`:         2,
-		`ramboot_dhcp_requests_total{type="other"}`:            1,
-		`ramboot_dhcp_replies_total{type="offer"}`:             1,
-		`ramboot_dhcp_ignored_total{reason="unknown_mac"}`:     1,
-		`ramboot_dhcp_ignored_total{reason="not_bootrequest"}`: 1,
+		`ramboot_dhcp_requests_total{port="67",type="discover"}`: 2,
+		`ramboot_dhcp_requests_total{port="67",type="other"}`:    1,
+		`ramboot_dhcp_replies_total{port="67",type="offer"}`:     1,
+		`ramboot_dhcp_ignored_total{reason="unknown_mac"}`:       1,
+		`ramboot_dhcp_ignored_total{reason="not_bootrequest"}`:   1,
 	}
 	for name, want := range wantCounts {
 		if got := gather(t, l.reg, name); got != want {
@@ -286,7 +286,7 @@ func runServer(t *testing.T, serve func(ctx context.Context) error) {
 func TestServeStopsDuringSlowLookup(t *testing.T) {
 	entered := make(chan struct{})
 	var once sync.Once
-	s := &Server{ServerIP: serverIP, Inventory: InventoryFunc(func(ctx context.Context, _ net.HardwareAddr) (Reservation, error) {
+	s := &Server{ServerIP: serverIP, Inventory: InventoryFunc(func(ctx context.Context, _ Client) (Reservation, error) {
 		once.Do(func() { close(entered) })
 		<-ctx.Done()
 		return Reservation{}, ctx.Err()
@@ -308,7 +308,7 @@ func TestServeStopsDuringSlowLookup(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("Serve waited for a stuck lookup after cancel")
 	}
-	if got := gather(t, l.reg, `ramboot_dhcp_replies_total{type="offer"}`); got != 0 {
+	if got := gather(t, l.reg, `ramboot_dhcp_replies_total{port="67",type="offer"}`); got != 0 {
 		t.Errorf("offers = %v, want 0", got)
 	}
 }

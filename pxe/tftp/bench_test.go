@@ -2,7 +2,6 @@ package tftp_test
 
 import (
 	"bytes"
-	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -12,10 +11,9 @@ import (
 
 // BenchmarkRefusal measures one refused read request, from the RRQ to the
 // client receiving the TFTP ERROR, sequentially on loopback: over the
-// per-client limit (the flood's case; pin has bound a transfer socket
-// before the server refuses, and closes it after the ERROR) and, for
-// comparison, a name outside the catalogue (the same path through pin).
-// Its inverse is how many refusals a second the server sustains.
+// per-client limit (the flood's case) and a name outside the catalogue.
+// Both are answered from the server port without opening a socket. Its
+// inverse is how many refusals a second the server sustains.
 func BenchmarkRefusal(b *testing.B) {
 	for _, bc := range []struct{ name, file, want string }{
 		{"over-limit", "undionly.kpxe", "server busy"},
@@ -47,32 +45,4 @@ func BenchmarkRefusal(b *testing.B) {
 			hold.send(b, errPacket(0, "benchmark done")) // ends the held transfer
 		})
 	}
-}
-
-// BenchmarkPinRequestParts measures two things pin/tftp does for every
-// read request before the server's handler can refuse it: bind a UDP
-// socket for the transfer (closed again after the ERROR), and look up the
-// interface the request came in on (net.InterfaceByIndex, a netlink dump),
-// to compare with BenchmarkRefusal.
-func BenchmarkPinRequestParts(b *testing.B) {
-	b.Run("bind-and-close-socket", func(b *testing.B) {
-		for b.Loop() {
-			c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-			if err != nil {
-				b.Fatal(err)
-			}
-			c.Close()
-		}
-	})
-	b.Run("interface-lookup", func(b *testing.B) {
-		lo, err := net.InterfaceByName("lo")
-		if err != nil {
-			b.Skip("no lo")
-		}
-		for b.Loop() {
-			if _, err := net.InterfaceByIndex(lo.Index); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
 }

@@ -41,11 +41,11 @@ var floodFor = func() time.Duration {
 }()
 
 // refusalSlack is the descriptors allowed besides the held transfers'
-// during a flood: pin binds a socket for every request before the server
-// can refuse it, and closes it once the refusal's goroutine has sent the
-// ERROR. On an idle machine about 15 are open at once; with the whole test
-// suite running under -race on two busy cores, 150 to 260 were measured
-// (goroutines not yet scheduled). The old server held 18,000.
+// during a flood. Refusals are sent from the server socket and hold none;
+// the slack covers the test's own sockets and the runtime's. (With
+// pin/tftp, which bound a socket for every request before the server could
+// refuse it, 150 to 260 were measured under -race; the server without
+// limits held 18,000.)
 const refusalSlack = 512
 
 // openFDs counts the process's open file descriptors.
@@ -101,29 +101,55 @@ func samplePeaks(t testing.TB) *peaks {
 	return p
 }
 
-// The flood's source ports: a new one for every request, cycling through
-// ports below the kernel's ephemeral range (32768 and up by default). The
-// server's answers to a flood request can arrive seconds later, when its
-// queue is deep on a busy machine; on loopback they would reach the good
-// client's socket if it had taken the same port meanwhile (it binds the
-// wildcard address), which real clients on other hosts never see.
+// The flood's source ports: floodPortsPerAddr open sockets per address,
+// on ports below the kernel's ephemeral range (32768 and up by default),
+// used in turn. The sockets stay open and are never read: the clients are
+// silent, so a transfer the server admits waits for its acknowledgements
+// until it times out (a closed port would answer with ICMP port
+// unreachable, and the server would end the transfer at once). Their
+// answers never reach the good client's socket, which takes an ephemeral
+// port.
 const (
-	floodPortBase = 20000
-	floodPorts    = 10000
+	floodPortBase     = 20000
+	floodPortsPerAddr = 64
 )
 
-// flood sends rate read requests a second for d from the given source
-// addresses in turn, each from a new socket (a new source port) that is
-// closed at once: the server's answers go nowhere and nothing is ever
-// acknowledged. It returns the number of requests sent. A request that
-// cannot be sent (the process is out of descriptors: the server without
-// limits gets there) is skipped and logged once.
-func flood(t testing.TB, server netip.AddrPort, from []netip.Addr, rate int, d time.Duration) int {
+// flooder is the flood's silent client sockets.
+type flooder struct{ conns []*net.UDPConn }
+
+// newFlooder opens the flood's sockets on the given addresses; they are
+// closed when the test ends. Open it before counting the process's
+// descriptors.
+func newFlooder(t testing.TB, from []netip.Addr) *flooder {
+	t.Helper()
+	f := &flooder{}
+	for i := range floodPortsPerAddr {
+		for j, src := range from {
+			port := uint16(floodPortBase + j*floodPortsPerAddr + i)
+			c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, port)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.conns = append(f.conns, c)
+		}
+	}
+	t.Cleanup(func() {
+		for _, c := range f.conns {
+			c.Close()
+		}
+	})
+	return f
+}
+
+// flood sends rate read requests a second for d from the flooder's
+// sockets in turn (so from its addresses in turn); nothing is ever
+// acknowledged. It returns the number of requests sent.
+func (f *flooder) flood(t testing.TB, server netip.AddrPort, rate int, d time.Duration) int {
 	t.Helper()
 	failed := 0
 	defer func() {
 		if failed > 0 {
-			t.Logf("flood: %d requests could not be sent (out of descriptors?)", failed)
+			t.Logf("flood: %d requests could not be sent", failed)
 		}
 	}()
 	req := rrq("snponly.efi", "octet", "blksize", "1468", "tsize", "0")
@@ -135,18 +161,11 @@ func flood(t testing.TB, server netip.AddrPort, from []netip.Addr, rate int, d t
 	for time.Since(start) < d {
 		<-tick.C
 		for sent < int(time.Since(start).Seconds()*float64(rate)) {
-			src := from[sent%len(from)]
+			c := f.conns[sent%len(f.conns)]
 			sent++
-			port := uint16(floodPortBase + sent%floodPorts)
-			c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, port)))
-			if err != nil {
-				failed++
-				continue
-			}
 			if _, err := c.WriteToUDP(req, dst); err != nil {
 				failed++
 			}
-			c.Close()
 		}
 	}
 	return sent
@@ -267,6 +286,7 @@ func TestFloodBounded(t *testing.T) {
 		}
 		quiet = append(quiet, d)
 	}
+	fl := newFlooder(t, attackers)
 	fds0, g0 := openFDs(t), runtime.NumGoroutine()
 	p := samplePeaks(t)
 
@@ -285,7 +305,7 @@ func TestFloodBounded(t *testing.T) {
 			during = append(during, d)
 		}
 	})
-	sent := flood(t, addr, attackers, floodRate, floodFor)
+	sent := fl.flood(t, addr, floodRate, floodFor)
 	wg.Wait()
 	p.stop()
 	for _, err := range fetchErrs {
@@ -329,6 +349,7 @@ func TestFloodTotalLimit(t *testing.T) {
 	const maxTotal = 64
 	addr, reg, nbp := floodServer(t, func(s *tftp.Server) { s.MaxTransfers = maxTotal })
 	attackers := loopbackAddrs(netip.MustParseAddr("127.0.1.1"), 32)
+	fl := newFlooder(t, attackers)
 	fds0, g0 := openFDs(t), runtime.NumGoroutine()
 	p := samplePeaks(t)
 	var maxInFlight atomic.Int64
@@ -346,7 +367,7 @@ func TestFloodTotalLimit(t *testing.T) {
 			}
 		}
 	})
-	sent := flood(t, addr, attackers, floodRate, floodFor)
+	sent := fl.flood(t, addr, floodRate, floodFor)
 	close(stop)
 	wg.Wait()
 	p.stop()
@@ -384,6 +405,7 @@ func TestFloodAtftpServed(t *testing.T) {
 	atftp.lookPath(t)
 	addr, _, nbp := floodServer(t, nil)
 	attackers := loopbackAddrs(netip.MustParseAddr("127.0.0.2"), 4)
+	fl := newFlooder(t, attackers)
 	fds0, g0 := openFDs(t), runtime.NumGoroutine()
 	var wg sync.WaitGroup
 	var got []byte
@@ -395,7 +417,7 @@ func TestFloodAtftpServed(t *testing.T) {
 		got, err = atftp.fetch(t, int(addr.Port()), "undionly.kpxe")
 		dur = time.Since(start)
 	})
-	flood(t, addr, attackers, floodRate, floodFor)
+	fl.flood(t, addr, floodRate, floodFor)
 	wg.Wait()
 	if err != nil || !bytes.Equal(got, nbp) {
 		t.Fatalf("atftp during the flood: %d bytes, %v", len(got), err)

@@ -90,11 +90,12 @@ func TestPerClientLimit(t *testing.T) {
 }
 
 // TestTotalLimit holds MaxTransfers transfers from two addresses that
-// never acknowledge: a request from a third address gets a TFTP ERROR at
-// once, not silence, and is counted under limit="total".
+// never acknowledge: with no queue (QueueWait negative), a request from a
+// third address gets a TFTP ERROR at once, not silence, and is counted
+// under limit="total".
 func TestTotalLimit(t *testing.T) {
 	h := start(t, func(s *tftp.Server) {
-		s.MaxTransfers, s.MaxTransfersPerClient = 2, 1
+		s.MaxTransfers, s.MaxTransfersPerClient, s.QueueWait = 2, 1, -1
 		s.Timeout = 500 * time.Millisecond // the held transfers end 3 s later
 	})
 	for _, from := range []string{"127.0.0.2", "127.0.0.3"} {
@@ -114,6 +115,110 @@ func TestTotalLimit(t *testing.T) {
 	t.Logf("refusal answered in %v", time.Since(start).Round(time.Microsecond))
 	if got := testutil.ToFloat64(gathered{h.reg, "ramboot_tftp_over_limit_total", "total"}); got != 1 {
 		t.Errorf("over_limit{total} = %v, want 1", got)
+	}
+}
+
+// fetchRest reads the rest of a file on c in lock-step, from block
+// first on, and returns the number of blocks read.
+func fetchRest(t *testing.T, c *rawClient, first uint16, blksize int) int {
+	t.Helper()
+	n := 0
+	for block := first; ; block++ {
+		op, body := c.recv(t)
+		if op != opDATA {
+			t.Fatalf("opcode %d %q, want DATA", op, body)
+		}
+		n++
+		c.tryAck(block)
+		if len(body)-2 < blksize {
+			return n
+		}
+	}
+}
+
+// TestTotalLimitQueues: a request over MaxTransfers waits for a slot
+// instead of being refused (a rack powered on queues for a moment, its
+// boots do not fail), silently meanwhile, and is served as soon as a
+// transfer ends; its wait is measured. On the code that refused at once
+// it gets an ERROR.
+func TestTotalLimitQueues(t *testing.T) {
+	h := start(t, func(s *tftp.Server) {
+		s.MaxTransfers, s.MaxTransfersPerClient, s.QueueWait = 1, 1, 5*time.Second
+	})
+	first := dialRawFrom(t, netip.MustParseAddr("127.0.0.2"), h.addr)
+	first.send(t, rrq("undionly.kpxe", "octet"))
+	if op, _ := first.recv(t); op != opDATA {
+		t.Fatalf("first transfer: opcode %d, want DATA", op)
+	}
+	waiting := dialRawFrom(t, netip.MustParseAddr("127.0.0.3"), h.addr)
+	waiting.send(t, rrq("undionly.kpxe", "octet"))
+	if op, body, err := waiting.tryRecv(300 * time.Millisecond); err == nil {
+		t.Fatalf("the waiting request was answered at once: opcode %d %q", op, body)
+	}
+	// A third request over the total from the waiting client's address is
+	// over its per-client limit (waiting counts): refused at once.
+	third := dialRawFrom(t, netip.MustParseAddr("127.0.0.3"), h.addr)
+	third.send(t, rrq("undionly.kpxe", "octet"))
+	if op, body := third.recv(t); op != opERROR || !bytes.Contains(body, []byte("too many transfers from this address")) {
+		t.Fatalf("a second request of a waiting client: opcode %d %q, want ERROR", op, body)
+	}
+	// The first transfer ends; the slot goes to the waiting request.
+	first.tryAck(1)
+	fetchRest(t, first, 2, 512)
+	got := fetchRest(t, waiting, 1, 512)
+	if want := len(h.fsys["undionly.kpxe"].Data)/512 + 1; got != want {
+		t.Errorf("the waiting request got %d blocks, want %d", got, want)
+	}
+	if got := testutil.ToFloat64(gathered{h.reg, "ramboot_tftp_over_limit_total", "total"}); got != 0 {
+		t.Errorf("over_limit{total} = %v, want 0", got)
+	}
+	var waited uint64
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "ramboot_tftp_queue_wait_seconds" {
+			waited = mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	if waited != 1 {
+		t.Errorf("%d requests waited, want 1", waited)
+	}
+}
+
+// TestTotalLimitQueueWait: a request that finds no slot within QueueWait
+// is refused then, and counted; so is one that finds the queue full.
+func TestTotalLimitQueueWait(t *testing.T) {
+	h := start(t, func(s *tftp.Server) {
+		s.MaxTransfers, s.MaxTransfersPerClient, s.QueueWait = 1, 1, 300*time.Millisecond
+		s.Timeout = time.Second // the held transfer lasts 6 s
+	})
+	held := dialRawFrom(t, netip.MustParseAddr("127.0.0.2"), h.addr)
+	held.send(t, rrq("undionly.kpxe", "octet"))
+	if op, _ := held.recv(t); op != opDATA {
+		t.Fatalf("held transfer: opcode %d, want DATA", op)
+	}
+	c := dialRawFrom(t, netip.MustParseAddr("127.0.0.3"), h.addr)
+	began := time.Now()
+	c.send(t, rrq("undionly.kpxe", "octet"))
+	// The queue holds MaxTransfers (1) requests: the next one is refused
+	// at once.
+	full := dialRawFrom(t, netip.MustParseAddr("127.0.0.4"), h.addr)
+	full.send(t, rrq("undionly.kpxe", "octet"))
+	if op, body := full.recv(t); op != opERROR || !bytes.Contains(body, []byte("1 waiting")) {
+		t.Fatalf("request with the queue full: opcode %d %q, want ERROR ... 1 waiting", op, body)
+	}
+	op, body := c.recv(t)
+	waited := time.Since(began)
+	if op != opERROR || !bytes.Contains(body, []byte("none ended within 300ms")) {
+		t.Fatalf("opcode %d %q, want ERROR server busy ... none ended within 300ms", op, body)
+	}
+	if waited < 250*time.Millisecond || waited > 3*time.Second {
+		t.Errorf("refused after %v, want after the 300ms wait", waited)
+	}
+	if got := testutil.ToFloat64(gathered{h.reg, "ramboot_tftp_over_limit_total", "total"}); got != 2 {
+		t.Errorf("over_limit{total} = %v, want 2", got)
 	}
 }
 

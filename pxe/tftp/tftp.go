@@ -2,9 +2,11 @@
 //
 // It is the TFTP step of the boot chain: firmware PXE clients fetch the iPXE
 // binary (undionly.kpxe, snponly.efi, ipxe.efi) from it, and nothing else.
-// The protocol itself (RFC 1350, options RFC 2347-2349: blksize, tsize) is
-// github.com/pin/tftp/v3; this package adds the catalogue, the refusals, the
-// per-transfer events for the boot timeline, logs and metrics.
+// It speaks RFC 1350 with options (RFC 2347-2349: blksize, tsize,
+// timeout), read requests only, and adds the catalogue, the refusals, the
+// per-transfer events for the boot timeline, logs and metrics. Each
+// transfer runs on a blocking socket of its own (see transfer.go for why
+// not github.com/pin/tftp, whose client the tests still use as a peer).
 //
 // Usage:
 //
@@ -42,14 +44,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	pintftp "github.com/pin/tftp/v3"
-	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 
 	"github.com/ramboot/ramboot/pxe/internal/ratelog"
 	"github.com/ramboot/ramboot/pxe/internal/udpsock"
@@ -67,6 +68,9 @@ const (
 	// Server.MaxBlockSize is zero: a 1500-byte Ethernet MTU minus the IPv4
 	// (20), UDP (8) and TFTP (4) headers, so DATA packets never fragment.
 	DefaultMaxBlockSize = 1468
+	// DefaultMaxBlockSizeIPv6 is the same for IPv6 (a 40-byte header),
+	// used on IPv6 sockets when Server.MaxBlockSize is zero.
+	DefaultMaxBlockSizeIPv6 = 1448
 	// DefaultMaxTransfers is the cap on transfers in flight when
 	// Server.MaxTransfers is zero. A transfer holds two file descriptors
 	// (its socket and the file) and a goroutine; 1000 of them are about
@@ -78,6 +82,9 @@ const (
 	// booting node needs one at a time (UEFI's tsize probe ends before its
 	// fetch starts).
 	DefaultMaxTransfersPerClient = 8
+	// DefaultQueueWait is how long a request over MaxTransfers waits for
+	// a slot when Server.QueueWait is zero.
+	DefaultQueueWait = 2 * time.Second
 	// DefaultReceiveBuffer is the receive buffer asked for the server
 	// socket when Server.ReceiveBuffer is zero: room for thousands of
 	// queued requests during a boot storm.
@@ -131,6 +138,14 @@ type Event struct {
 	Err error
 	// Time is when the request arrived.
 	Time time.Time
+	// BlockSize is the block size the transfer used: the negotiated
+	// blksize option, else 512.
+	BlockSize int
+	// Datagrams is the number of packets sent (option acknowledgement and
+	// DATA, retransmissions included); Retransmits is how many of them were
+	// sent again because the client's acknowledgement did not come in
+	// time.
+	Datagrams, Retransmits int
 }
 
 // Server is a read-only TFTP server for a fixed catalogue of files. Set the
@@ -158,10 +173,16 @@ type Server struct {
 	// capped by the MTU of the interface a request came in on.
 	MaxBlockSize int
 	// MaxTransfers caps the transfers in flight. A read request beyond it
-	// gets a TFTP ERROR ("server busy") at once and is counted in
-	// ramboot_tftp_over_limit_total{limit="total"}. Default 1000
+	// waits up to QueueWait for a transfer to end (oldest first), then
+	// gets a TFTP ERROR ("server busy") and is counted in
+	// ramboot_tftp_over_limit_total{limit="total"}; at most MaxTransfers
+	// requests wait, more are refused at once. Default 1000
 	// (DefaultMaxTransfers).
 	MaxTransfers int
+	// QueueWait is how long a read request over MaxTransfers waits for a
+	// slot. Default 2s (DefaultQueueWait): half the 4 s after which EDK2
+	// repeats its request. Negative refuses at once.
+	QueueWait time.Duration
 	// MaxTransfersPerClient caps the transfers in flight from one client
 	// IP address, so that one host cannot take every slot; beyond it, as
 	// for MaxTransfers, with limit="client". Default 8
@@ -196,54 +217,17 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 	return s.Serve(ctx, conn)
 }
 
-// Listen opens a UDP socket on addr for Serve and asks the kernel to report
-// the destination address and interface of each datagram. Requests that
-// reach a socket before that is on are served with 512-byte blocks, so a
-// caller that makes its own socket should set the same options (pin/tftp
-// sets them only once Serve runs) or use Listen.
-//
-// The socket is bound without SO_REUSEADDR, so a second TFTP server on the
-// same address fails here; its error wraps syscall.EADDRINUSE and names the
-// process that holds the port when it can be found.
-func Listen(ctx context.Context, addr string) (*net.UDPConn, error) {
-	var lc net.ListenConfig
-	pc, err := lc.ListenPacket(ctx, "udp", addr)
-	if errors.Is(err, syscall.EADDRINUSE) {
-		holder := "another process"
-		if ua, rerr := net.ResolveUDPAddr("udp", addr); rerr == nil {
-			if h := udpsock.Holders(ua.Port); h != "" {
-				holder = h
-			}
-		}
-		return nil, fmt.Errorf("listen tftp %s: another TFTP server is already serving this address (%s): %w", addr, holder, err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("listen tftp %s: %w", addr, err)
-	}
-	conn := pc.(*net.UDPConn)
-	if la := conn.LocalAddr().(*net.UDPAddr); la.IP.To4() != nil {
-		err = ipv4.NewPacketConn(conn).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true)
-	} else {
-		err = ipv6.NewPacketConn(conn).SetControlMessage(ipv6.FlagDst|ipv6.FlagInterface, true)
-	}
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("listen tftp %s: %w", addr, err)
-	}
-	return conn, nil
-}
-
 // Serve answers TFTP requests that arrive on conn until ctx ends. Then it
 // stops reading requests, ends the transfers in flight (each at its next
 // block, or after its retransmit timeout if the client is gone), closes conn
-// and returns nil. It returns an error if the configuration is invalid or the
-// server fails on its own; it closes conn in every case.
+// and returns nil. It returns an error if the configuration is invalid or
+// conn fails for another reason; it closes conn in every case.
 //
-// conn should be a *net.UDPConn, best from Listen: only then can the server
-// see which local address and interface a request came in on, which it needs
-// to answer from that address and to grant block sizes above 512 bytes.
-// Other PacketConns must report *net.UDPAddr addresses; their transfers use
-// 512-byte blocks.
+// conn should be a *net.UDPConn, best from Listen or ListenIPv6: only then
+// can the server see which local address and interface a request came in
+// on, which it needs to answer from that address and to grant block sizes
+// above 512 bytes. Other PacketConns must report *net.UDPAddr addresses;
+// their transfers use 512-byte blocks.
 func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 	defer conn.Close()
 	st, err := s.newState()
@@ -254,7 +238,6 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 	if !ok {
 		return fmt.Errorf("serve tftp on %s: not a UDP socket", conn.LocalAddr())
 	}
-
 	if uc, ok := conn.(syscall.Conn); ok {
 		if st.receiveBuffer > 0 {
 			got, err := udpsock.SetReceiveBuffer(uc, st.receiveBuffer)
@@ -267,37 +250,55 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 		defer untrack()
 		st.untrackDrops = untrack
 	}
-
-	ts := pintftp.NewServer(st.handleRead, st.handleWrite)
-	ts.SetTimeout(st.timeout)
-	ts.SetRetries(st.retries)
-	ts.SetBlockSize(st.maxBlockSize)
-	// Retransmit as soon as the timeout expires: Timeout alone sets the pace,
-	// instead of pin's extra random sleep of up to one second per retry.
-	ts.SetBackoff(func(int) time.Duration { return 0 })
-	ts.SetHook(hook{st})
+	if laddr.IP.To4() == nil && st.maxBlockSize == DefaultMaxBlockSize && s.MaxBlockSize == 0 {
+		st.maxBlockSize = DefaultMaxBlockSizeIPv6 // for the larger IPv6 header
+	}
+	rq, err := newRequestConn(conn)
+	if err != nil {
+		return fmt.Errorf("serve tftp on %s: %w", laddr, err)
+	}
+	st.ns = rq.namespace()
+	if st.ns >= 0 {
+		defer unix.Close(st.ns)
+	}
 
 	st.log.Info("tftp server listening", "ip", laddr.String())
-	served := make(chan error, 1)
-	go func() { served <- ts.Serve(conn) }()
-	select {
-	case err := <-served:
-		// pin returns before Shutdown only when it cannot use conn.
-		st.untrackDrops()
-		ts.Shutdown()
-		return fmt.Errorf("serve tftp on %s: %w", laddr, err)
-	case <-ctx.Done():
+	stop := context.AfterFunc(ctx, func() {
+		st.stopping.Store(true)
+		close(st.done)    // requests waiting for a slot give up
+		st.untrackDrops() // read the socket's drops before it closes
+		conn.Close()
+	})
+	defer stop()
+	var transfers sync.WaitGroup
+	defer transfers.Wait()
+	buf := make([]byte, 65536)
+	var backoff time.Duration
+	for {
+		n, in, err := rq.read(buf)
+		if ctx.Err() != nil {
+			transfers.Wait()
+			st.log.Info("tftp server stopped", "ip", laddr.String())
+			return nil
+		}
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				st.untrackDrops()
+				return fmt.Errorf("serve tftp on %s: %w", laddr, err)
+			}
+			// Transient (an ICMP error reported on the socket): back off a
+			// little and carry on.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			st.warn("tftp read error", "err", err, "dur", backoff)
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			continue
+		}
+		backoff = 0
+		st.request(rq, buf[:n], in, &transfers)
 	}
-	st.stopping.Store(true)
-	st.untrackDrops() // read the socket's drops before it closes
-	// Shutdown closes conn, tells pin's loop to stop and waits for the
-	// transfers in flight. Closing conn again here covers a Shutdown that
-	// raced with Serve storing it.
-	ts.Shutdown()
-	conn.Close()
-	<-served
-	st.log.Info("tftp server stopped", "ip", laddr.String())
-	return nil
 }
 
 // state is what one Serve call shares with its handlers.
@@ -315,6 +316,11 @@ type state struct {
 	metrics       *Metrics
 	stopping      atomic.Bool
 	untrackDrops  func()
+	// ns is the server socket's network namespace, where transfer sockets
+	// are opened; -1 when unknown (the calling thread's is used).
+	ns int
+	// done is closed when Serve stops.
+	done chan struct{}
 }
 
 // newState checks the configuration and applies the defaults; it reports
@@ -327,7 +333,8 @@ func (s *Server) newState() (*state, error) {
 		retries:       s.Retries,
 		maxBlockSize:  s.MaxBlockSize,
 		receiveBuffer: s.ReceiveBuffer,
-		admit:         admission{maxTotal: s.MaxTransfers, maxPerClient: s.MaxTransfersPerClient},
+		admit:         admission{maxTotal: s.MaxTransfers, maxPerClient: s.MaxTransfersPerClient, wait: s.QueueWait},
+		done:          make(chan struct{}),
 		observer:      s.Observer,
 		log:           s.Logger,
 		logLimit:      ratelog.Limiter{Interval: logInterval},
@@ -383,6 +390,9 @@ func (s *Server) newState() (*state, error) {
 	if s.ReceiveBuffer == 0 {
 		st.receiveBuffer = DefaultReceiveBuffer
 	}
+	if s.QueueWait == 0 {
+		st.admit.wait = DefaultQueueWait
+	}
 	if st.log == nil {
 		st.log = slog.New(slog.DiscardHandler)
 	}
@@ -392,37 +402,76 @@ func (s *Server) newState() (*state, error) {
 	return st, nil
 }
 
-// handleRead serves one read request. pin calls it on the transfer's own
-// goroutine; when it returns an error that pin has not already reported, pin
-// sends it to the client in an ERROR packet.
-func (st *state) handleRead(filename string, rf io.ReaderFrom) error {
-	ev := Event{Time: time.Now(), File: normalise(filename)}
-	if ot, ok := rf.(pintftp.OutgoingTransfer); ok {
-		ev.Remote = addrPort(ot.RemoteAddr())
+// request handles one datagram that came to the server port: a read
+// request starts a transfer on a goroutine of its own; anything else is
+// refused or dropped from here, with the ERROR sent from the server port,
+// so that a refused request holds nothing.
+func (st *state) request(rq *requestConn, b []byte, in datagram, transfers *sync.WaitGroup) {
+	r, err := parseRequest(b)
+	if err != nil {
+		st.metrics.malformed()
+		st.log.Debug("tftp datagram dropped", "ip", in.peer.Addr().String(), "bytes", len(b), "err", err)
+		return
+	}
+	ev := Event{Time: time.Now(), File: normalise(r.filename), Remote: in.peer}
+	refuse := func(code uint16, err error, res result) {
+		rq.reply(errorPacket(code, err.Error()), in)
+		ev.Err = err
+		st.finish(ev, res)
+	}
+	if r.op == opWRQ {
+		refuse(codeAccess, fmt.Errorf("write %q: %w: server is read-only", ev.File, ErrAccessViolation), resultRefused)
+		return
+	}
+	if r.mode != "octet" && r.mode != "netascii" {
+		refuse(codeIllegal, fmt.Errorf("read %q: %w: transfer mode %q", ev.File, ErrAccessViolation, r.mode), resultRefused)
+		return
 	}
 	if err := st.check(ev.File); err != nil {
-		ev.Err = err
-		st.finish(ev, resultRefused)
-		return err
+		code := uint16(codeNotFound)
+		if errors.Is(err, ErrAccessViolation) {
+			code = codeAccess
+		}
+		refuse(code, err, resultRefused)
+		return
 	}
-	// pin has bound this transfer's socket already (it does so before it
-	// calls the handler); refusing here sends the ERROR from it and closes
-	// it at once, so a refused request holds nothing afterwards.
-	release, err := st.admit.acquire(ev.Remote.Addr())
-	if err != nil {
+	busy := func(err error) {
 		err = fmt.Errorf("read %q: %w", ev.File, err)
-		st.overLimit(ev, err)
-		return err
+		st.overLimit(ev, err) // counted before the client can see the ERROR
+		rq.reply(errorPacket(codeUndefined, err.Error()), in)
 	}
-	defer release()
-	st.metrics.started()
-	defer st.metrics.ended()
+	release, w, err := st.admit.acquire(ev.Remote.Addr())
+	if err != nil {
+		busy(err)
+		return
+	}
+	limit := rq.limit(in, st.maxBlockSize)
+	if w != nil {
+		// Over MaxTransfers: wait for a slot on a goroutine of its own,
+		// so that the server port keeps being read.
+		transfers.Go(func() {
+			start := time.Now()
+			release, err := st.admit.await(w, st.done)
+			st.metrics.queuedFor(time.Since(start))
+			if err != nil {
+				busy(err)
+				return
+			}
+			st.open(ev, r, in, limit, release, refuse)
+		})
+		return
+	}
+	transfers.Go(func() { st.open(ev, r, in, limit, release, refuse) })
+}
 
+// open opens the file of an admitted request and sends it; release gives
+// its slot back.
+func (st *state) open(ev Event, r request, in datagram, limit int, release func(), refuse func(uint16, error, result)) {
+	defer release()
 	f, err := st.root.Open(ev.File)
 	if err != nil {
-		ev.Err = fmt.Errorf("open %s: %w", ev.File, err)
-		st.finish(ev, resultError)
-		return ev.Err
+		refuse(codeNotFound, fmt.Errorf("open %s: %w", ev.File, err), resultError)
+		return
 	}
 	defer f.Close()
 	fi, err := f.Stat()
@@ -430,37 +479,53 @@ func (st *state) handleRead(filename string, rf io.ReaderFrom) error {
 		err = errors.New("not a regular file")
 	}
 	if err != nil {
-		ev.Err = fmt.Errorf("stat %s: %w", ev.File, err)
-		st.finish(ev, resultError)
-		return ev.Err
+		refuse(codeNotFound, fmt.Errorf("stat %s: %w", ev.File, err), resultError)
+		return
 	}
-	// fs.File need not be an io.Seeker, so pin cannot find the size itself.
-	// SetSize only answers a tsize option the client sent.
-	if ot, ok := rf.(pintftp.OutgoingTransfer); ok {
-		ot.SetSize(fi.Size())
-	}
-
-	rd := &reader{r: bufio.NewReaderSize(f, 64<<10), stopping: &st.stopping}
-	n, err := rf.ReadFrom(rd)
-	ev.Bytes, ev.Dur = n, time.Since(ev.Time)
-	if err == nil {
-		st.finish(ev, resultOK)
-		return nil
-	}
-	ev.Err = st.transferError(ev.File, rd, err)
-	st.finish(ev, resultError)
-	return ev.Err
+	st.transfer(ev, r, f, fi.Size(), in, limit)
 }
 
-// handleWrite refuses a write request: the server is read-only.
-func (st *state) handleWrite(filename string, wt io.WriterTo) error {
-	ev := Event{Time: time.Now(), File: normalise(filename)}
-	if it, ok := wt.(pintftp.IncomingTransfer); ok {
-		ev.Remote = addrPort(it.RemoteAddr())
+// transfer sends one file to the client of ev over a socket of its own.
+func (st *state) transfer(ev Event, r request, f io.Reader, size int64, in datagram, limit int) {
+	st.metrics.started()
+	defer st.metrics.ended()
+	n := negotiate(r, limit, size)
+	ev.BlockSize = n.blockSize
+	timeout := st.timeout
+	if n.timeout > 0 {
+		timeout = time.Duration(n.timeout) * time.Second
 	}
-	ev.Err = fmt.Errorf("write %q: %w: server is read-only", ev.File, ErrAccessViolation)
-	st.finish(ev, resultRefused)
-	return ev.Err
+	local := in.dst
+	if local.IsValid() && (local.IsMulticast() || local == netip.AddrFrom4([4]byte{255, 255, 255, 255})) {
+		local = netip.Addr{} // a broadcast request: the kernel picks the source
+	}
+	c, err := dialTransfer(st.ns, local, in.ifindex, ev.Remote, timeout)
+	if err != nil {
+		ev.Err = err
+		st.finish(ev, resultError)
+		return
+	}
+	defer c.close()
+	var src io.Reader = bufio.NewReaderSize(f, 64<<10)
+	if r.mode == "netascii" {
+		src = &netascii{r: src.(*bufio.Reader)}
+	}
+	sd := &sender{c: c, blockSize: n.blockSize, retries: st.retries, stopping: &st.stopping}
+	ev.Bytes, err = sd.run(n.oack, src)
+	ev.Dur = time.Since(ev.Time)
+	ev.Datagrams, ev.Retransmits = sd.datagrams, sd.retransmits
+	if err == nil {
+		st.finish(ev, resultOK)
+		return
+	}
+	var ce clientError
+	switch {
+	case errors.As(err, &ce):
+		ev.Err = fmt.Errorf("send %s: %w: %w", ev.File, ErrAborted, err)
+	default:
+		ev.Err = fmt.Errorf("send %s: %w", ev.File, err)
+	}
+	st.finish(ev, resultError)
 }
 
 // check refuses names that are not clean relative paths or not in the
@@ -484,22 +549,6 @@ func normalise(name string) string {
 	return name
 }
 
-// transferError wraps the error pin's ReadFrom returned. pin reports a TFTP
-// ERROR packet from the client as a plain error, a lost client as a
-// net.Error and passes errors of our reader through, so what is neither of
-// the latter two is the client's abort.
-func (st *state) transferError(name string, rd *reader, err error) error {
-	var ne net.Error
-	switch {
-	case rd.err != nil && errors.Is(err, rd.err):
-		return fmt.Errorf("send %s: %w", name, err)
-	case errors.As(err, &ne):
-		return fmt.Errorf("send %s: %w", name, err)
-	default:
-		return fmt.Errorf("send %s: %w: %w", name, ErrAborted, err)
-	}
-}
-
 // result is the value of the result label of ramboot_tftp_transfers_total.
 type result string
 
@@ -515,9 +564,14 @@ func (st *state) finish(ev Event, res result) {
 		ev.Dur = time.Since(ev.Time)
 	}
 	probe := res == resultError && ev.Bytes == 0 && errors.Is(ev.Err, ErrAborted)
-	st.metrics.finished(res, ev, probe)
+	file := otherFile
+	if st.catalogue[ev.File] {
+		file = ev.File
+	}
+	st.metrics.finished(res, ev, file, probe)
 
-	attrs := []any{"ip", ev.Remote.Addr().String(), "path", ev.File, "bytes", ev.Bytes, "dur", ev.Dur}
+	attrs := []any{"ip", ev.Remote.Addr().String(), "path", ev.File, "bytes", ev.Bytes, "dur", ev.Dur,
+		"blksize", ev.BlockSize, "retransmits", ev.Retransmits}
 	switch {
 	case res == resultOK:
 		st.log.Info("tftp transfer done", attrs...)
@@ -574,39 +628,107 @@ const (
 var errClientBusy = fmt.Errorf("%w: too many transfers from this address", ErrBusy)
 
 // admission counts the transfers in flight, in total and per client
-// address, and refuses those beyond the limits.
+// address, queues requests over the total for up to wait (oldest first),
+// and refuses those beyond the limits.
 type admission struct {
 	maxTotal, maxPerClient int
+	wait                   time.Duration // negative: no queue
 
 	mu        sync.Mutex
 	total     int
-	perClient map[netip.Addr]int
+	perClient map[netip.Addr]int // in flight and waiting
+	queue     []*waiter
 }
 
-// acquire takes a slot for a transfer from ip, or returns an error
-// wrapping ErrBusy. release gives the slot back.
-func (a *admission) acquire(ip netip.Addr) (release func(), err error) {
+// waiter is a request waiting for a slot; ready is closed when it is
+// granted one.
+type waiter struct {
+	ip      netip.Addr
+	ready   chan struct{}
+	granted bool
+}
+
+// acquire takes a slot for a transfer from ip (release gives it back),
+// or queues the request (w, for await) when MaxTransfers are in flight,
+// or returns an error wrapping ErrBusy: the client's limit reached, or
+// the queue full or off. A waiting request counts against its client's
+// limit.
+func (a *admission) acquire(ip netip.Addr) (release func(), w *waiter, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.total >= a.maxTotal {
-		return nil, fmt.Errorf("%w: %d transfers in flight", ErrBusy, a.total)
-	}
 	if a.perClient[ip] >= a.maxPerClient {
-		return nil, errClientBusy
+		return nil, nil, errClientBusy
 	}
 	if a.perClient == nil {
 		a.perClient = map[netip.Addr]int{}
 	}
-	a.total++
+	if a.total < a.maxTotal && len(a.queue) == 0 {
+		a.total++
+		a.perClient[ip]++
+		return a.releaser(ip), nil, nil
+	}
+	if a.wait < 0 {
+		return nil, nil, fmt.Errorf("%w: %d transfers in flight", ErrBusy, a.total)
+	}
+	if len(a.queue) >= a.maxTotal {
+		return nil, nil, fmt.Errorf("%w: %d transfers in flight, %d waiting", ErrBusy, a.total, len(a.queue))
+	}
+	w = &waiter{ip: ip, ready: make(chan struct{})}
+	a.queue = append(a.queue, w)
 	a.perClient[ip]++
+	return nil, w, nil
+}
+
+// releaser returns the function that gives ip's slot back: to the oldest
+// waiting request, if any.
+func (a *admission) releaser(ip netip.Addr) func() {
+	var once sync.Once
 	return func() {
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		a.total--
-		if a.perClient[ip]--; a.perClient[ip] == 0 {
-			delete(a.perClient, ip)
-		}
-	}, nil
+		once.Do(func() {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			a.dropClient(ip)
+			if len(a.queue) > 0 {
+				w := a.queue[0]
+				a.queue[0] = nil
+				a.queue = a.queue[1:]
+				w.granted = true
+				close(w.ready) // the slot passes on: total unchanged
+				return
+			}
+			a.total--
+		})
+	}
+}
+
+// dropClient counts one request of ip less. The lock must be held.
+func (a *admission) dropClient(ip netip.Addr) {
+	if a.perClient[ip]--; a.perClient[ip] <= 0 {
+		delete(a.perClient, ip)
+	}
+}
+
+// await waits until w is granted a slot (release gives it back), a.wait
+// passes or done closes; then it returns an error wrapping ErrBusy.
+func (a *admission) await(w *waiter, done <-chan struct{}) (release func(), err error) {
+	t := time.NewTimer(a.wait)
+	defer t.Stop()
+	select {
+	case <-w.ready:
+		return a.releaser(w.ip), nil
+	case <-t.C:
+	case <-done:
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if w.granted { // granted as the wait ended
+		return a.releaser(w.ip), nil
+	}
+	if i := slices.Index(a.queue, w); i >= 0 {
+		a.queue = slices.Delete(a.queue, i, i+1)
+	}
+	a.dropClient(w.ip)
+	return nil, fmt.Errorf("%w: %d transfers in flight, none ended within %s", ErrBusy, a.total, a.wait)
 }
 
 // inFlight returns the transfers in flight in total and from ip.
@@ -614,53 +736,4 @@ func (a *admission) inFlight(ip netip.Addr) (total, client int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.total, a.perClient[ip]
-}
-
-// hook receives pin's transfer statistics. Transfers are reported by the
-// handlers; the hook only sees datagrams on the server port that are not
-// requests (no remote address in the statistics).
-type hook struct{ st *state }
-
-// OnSuccess implements pintftp.Hook; the handlers report transfers.
-func (hook) OnSuccess(pintftp.TransferStats) {}
-
-// OnFailure implements pintftp.Hook and counts malformed datagrams.
-func (h hook) OnFailure(stats pintftp.TransferStats, err error) {
-	if stats.RemoteAddr != nil || h.st.stopping.Load() {
-		return
-	}
-	// pin reports here, with no address, both a datagram it could not
-	// parse and a request for which it could not open a transfer socket
-	// (for example when the process is out of file descriptors).
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Op == "listen" {
-		h.st.warn("tftp cannot open a transfer socket", "err", err)
-		return
-	}
-	h.st.metrics.malformed()
-	h.st.log.Debug("tftp datagram dropped", "err", err)
-}
-
-// reader feeds a file to pin and ends the transfer when Serve is stopping.
-type reader struct {
-	r        io.Reader
-	stopping *atomic.Bool
-	err      error // the last error other than io.EOF
-}
-
-func (r *reader) Read(p []byte) (int, error) {
-	if r.stopping.Load() {
-		r.err = errStopping
-		return 0, r.err
-	}
-	n, err := r.r.Read(p)
-	if err != nil && err != io.EOF {
-		r.err = err
-	}
-	return n, err
-}
-
-func addrPort(a net.UDPAddr) netip.AddrPort {
-	ap := a.AddrPort()
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }

@@ -184,7 +184,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // commands returns the CLI's commands.
 func commands(g *globals) []*cobra.Command {
 	return []*cobra.Command{serveCmd(g), nodeCmd(g), profileCmd(g), applyCmd(g), exportCmd(g), statusCmd(g), overlayCmd(g),
-		imageCmd(g), stateCmd(g), versionCmd(g)}
+		bootCmd(g), imageCmd(g), stateCmd(g), versionCmd(g)}
 }
 
 // isArgsError tells cobra's argument-count errors, which it returns as

@@ -17,7 +17,8 @@ import (
 
 func nodeCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "node", Short: "Manage nodes (through the daemon's admin API); NAMES is a host list like n[001-128]"}
-	c.AddCommand(nodeAddCmd(g), nodeSetCmd(g), nodeRmCmd(g), nodeListCmd(g), nodeShowCmd(g), nodeTimelineCmd(g))
+	c.AddCommand(nodeAddCmd(g), nodeSetCmd(g), nodeRmCmd(g), nodeListCmd(g), nodeShowCmd(g), nodeTimelineCmd(g),
+		nodeDiscoveredCmd(g), nodeAdoptCmd(g))
 	return c
 }
 

@@ -65,9 +65,10 @@ type Lab struct {
 	Agent   string // path of the built ramboot-agent binary
 	State   string // the daemon's state directory
 
-	procs []*proc
-	nsUp  bool
-	serve *proc // the running `ramboot serve`
+	procs   []*proc
+	nsUp    bool
+	extraNS []string // other hosts' namespaces (the site's DHCP server)
+	serve   *proc    // the running `ramboot serve`
 }
 
 // proc is a process the lab started; done closes when it has been reaped.
@@ -241,6 +242,11 @@ func (l *Lab) netnsUp(ctx context.Context) error {
 // start runs a command inside the namespace in the background, with its
 // output appended to logFile. The lab stops it on Close.
 func (l *Lab) start(logFile string, name string, args ...string) (*proc, error) {
+	return l.startIn(l.ns, logFile, name, args...)
+}
+
+// startIn is start in namespace ns.
+func (l *Lab) startIn(ns, logFile string, name string, args ...string) (*proc, error) {
 	f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open log: %w", err)
@@ -248,7 +254,7 @@ func (l *Lab) start(logFile string, name string, args ...string) (*proc, error) 
 	defer f.Close()
 	// `ip netns exec` execs the command after joining the namespace, so the
 	// pid is the command's own.
-	cmd := exec.Command("ip", append([]string{"netns", "exec", l.ns, name}, args...)...)
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -284,6 +290,15 @@ func (l *Lab) Close() error {
 	}
 	l.procs = nil
 	var errs []error
+	for _, ns := range l.extraNS {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		killAll(ctx, ns)
+		if _, err := run(ctx, "ip", "netns", "del", ns); err != nil {
+			errs = append(errs, err)
+		}
+		cancel()
+	}
+	l.extraNS = nil
 	if l.nsUp {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

@@ -21,6 +21,12 @@ const (
 	// UEFI is OVMF with no option ROM: the firmware's own PXE client gets
 	// snponly.efi over TFTP, which then chains to the script.
 	UEFI Mode = "uefi"
+	// UEFIHTTP is OVMF booting by UEFI HTTP boot: PXE is switched off
+	// (fw_cfg opt/org.tianocore/IPv4PXESupport and IPv6PXESupport), so the
+	// firmware's first network boot option is HTTPv4: it sends option 60
+	// HTTPClient and arch 16, fetches the iPXE binary from the URL in the
+	// answer over HTTP, and that chains to the script.
+	UEFIHTTP Mode = "uefi-http"
 )
 
 // OVMF firmware images (Debian's ovmf package, 4 MiB, no Secure Boot).
@@ -115,7 +121,7 @@ func (l *Lab) Boot(ctx context.Context, opt VMOptions) (*VM, error) {
 		}
 		q = append(q, "-machine", "pc", "-boot", "n", "-fw_cfg", "name=etc/sercon-port,file="+sercon,
 			"-device", opt.NIC+",netdev=net0,mac="+opt.MAC+",bootindex=1")
-	case UEFI:
+	case UEFI, UEFIHTTP:
 		vars := filepath.Join(l.work, fmt.Sprintf("ovmf-vars-%d.fd", id))
 		if _, err := run(ctx, "cp", OVMFVars, vars); err != nil {
 			return nil, err
@@ -128,6 +134,10 @@ func (l *Lab) Boot(ctx context.Context, opt VMOptions) (*VM, error) {
 			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
 			"-drive", "if=pflash,format=raw,unit=1,file="+vars,
 			"-device", nic)
+		if opt.Mode == UEFIHTTP {
+			q = append(q, "-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no",
+				"-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no")
+		}
 	default:
 		return nil, fmt.Errorf("unknown VM mode %q", opt.Mode)
 	}

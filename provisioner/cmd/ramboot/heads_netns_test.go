@@ -219,14 +219,14 @@ state: {backend: etcd, etcd: {endpoints: [` + c.Endpoints()[0] + `], prefix: /li
 		if !strings.Contains(m, "\nramboot_heads 2\n") {
 			t.Errorf("head %d: not two heads registered:\n%s", i+1, grep(m, "ramboot_heads"))
 		}
-		if !strings.Contains(m, `ramboot_dhcp_replies_total{type="offer"} 1`) {
+		if !regexp.MustCompile(`ramboot_dhcp_replies_total\{[^}]*type="offer"[^}]*\} 1\n`).MatchString(m) {
 			t.Errorf("head %d made no offer:\n%s", i+1, grep(m, "ramboot_dhcp_replies_total"))
 		}
 		if strings.Contains(m, "ramboot_dhcp_rival_offers_total{") {
 			t.Errorf("head %d counted its peer as a rival:\n%s", i+1, grep(m, "rival"))
 		}
 	}
-	if m := metrics(other); !strings.Contains(m, `reason="other_server"} 1`) {
+	if m := metrics(other); !regexp.MustCompile(`ramboot_dhcp_ignored_total\{[^}]*reason="other_server"[^}]*\} 1\n`).MatchString(m) {
 		t.Errorf("head %d did not ignore the REQUEST for its peer:\n%s", other+1, grep(m, "ramboot_dhcp_ignored_total"))
 	}
 

@@ -12,6 +12,8 @@ package etcdtest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/http"
@@ -53,6 +55,18 @@ type Options struct {
 	MaxTxnOps int
 	// Args are extra etcd flags for every member.
 	Args []string
+	// TLS, when set, makes the members serve clients over TLS only
+	// (https:// endpoints) with this certificate and key (PEM files),
+	// requiring client certificates signed by CAFile.
+	TLS *TLS
+}
+
+// TLS is the members' client-side TLS: their certificate and key, and the
+// CA their clients' certificates must be signed by. ClientCert and
+// ClientKey are a client's, for the health checks.
+type TLS struct {
+	CertFile, KeyFile, CAFile string
+	ClientCert, ClientKey     string
 }
 
 // Member is one etcd process.
@@ -108,7 +122,11 @@ func Start(t testing.TB, o Options) *Cluster {
 		} else {
 			m.clientPort, m.peerPort = 2379, 2380
 		}
-		m.ClientURL = "http://" + net.JoinHostPort(ip, strconv.Itoa(m.clientPort))
+		scheme := "http://"
+		if o.TLS != nil {
+			scheme = "https://"
+		}
+		m.ClientURL = scheme + net.JoinHostPort(ip, strconv.Itoa(m.clientPort))
 		m.PeerURL = "http://" + net.JoinHostPort(ip, strconv.Itoa(m.peerPort))
 		m.LogFile = filepath.Join(dir, m.Name+".log")
 		initial = append(initial, m.Name+"="+m.PeerURL)
@@ -146,6 +164,9 @@ func (c *Cluster) start(i int, state string) {
 	}
 	if c.opts.MaxTxnOps > 0 {
 		args = append(args, "--max-txn-ops", strconv.Itoa(c.opts.MaxTxnOps))
+	}
+	if t := c.opts.TLS; t != nil {
+		args = append(args, "--cert-file", t.CertFile, "--key-file", t.KeyFile, "--trusted-ca-file", t.CAFile, "--client-cert-auth")
 	}
 	args = append(args, c.opts.Args...)
 	name, argv := c.bin, args
@@ -243,7 +264,15 @@ func (c *Cluster) healthy(m *Member) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, m.ClientURL+"/health", nil)
-	resp, err := http.DefaultClient.Do(req)
+	client := http.DefaultClient
+	if t := c.opts.TLS; t != nil {
+		tc, err := clientTLS(t)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		client = &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return false
 	}
@@ -257,4 +286,18 @@ func (c *Cluster) healthy(m *Member) bool {
 func (c *Cluster) Log(i int) string {
 	b, _ := os.ReadFile(c.Members[i].LogFile)
 	return string(b)
+}
+
+func clientTLS(t *TLS) (*tls.Config, error) {
+	pem, err := os.ReadFile(t.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	cert, err := tls.LoadX509KeyPair(t.ClientCert, t.ClientKey)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }

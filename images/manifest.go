@@ -170,6 +170,16 @@ func (m Manifest) Artifacts() []Artifact {
 	return as
 }
 
+// Size returns the bytes the image's blobs take in a store: every
+// artifact's size (the manifest itself not counted).
+func (m Manifest) Size() int64 {
+	var n int64
+	for _, a := range m.Artifacts() {
+		n += a.Size
+	}
+	return n
+}
+
 // ArtifactName returns a short name for one of the image's artifacts, for
 // progress and errors: "kernel", "rootfs" or "compressed-root".
 func ArtifactName(a Artifact) string {

@@ -373,7 +373,7 @@ func (b *boot) setupRoot(ctx context.Context) error {
 
 func (b *boot) setHostname() error {
 	name := b.cfg.HostnameOrNode()
-	files := etcfiles.Files{Hostname: name, DNS: b.cfg.Interface.DNS}
+	files := etcfiles.Files{Hostname: name, DNS: b.cfg.Interface.DNS, Keep: b.cfg.Provides}
 	if p, err := netip.ParsePrefix(b.cfg.Interface.Address); err == nil {
 		files.Address = p.Addr()
 	}

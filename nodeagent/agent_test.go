@@ -227,6 +227,30 @@ func TestBootReady(t *testing.T) {
 	}
 }
 
+// TestBootKeepsOverlayFiles: the name files the overlay provides (the
+// head's templated, cluster-wide /etc/hosts) are left as the overlay has
+// them; the others are written.
+func TestBootKeepsOverlayFiles(t *testing.T) {
+	head := headapitest.New(t, "tok-n001")
+	n := newNode(t, head)
+	const hosts = "# Written by the ramboot head; changes made on the node are lost at reboot.\n10.77.0.1\thead\n10.77.0.10\tn001\n10.77.0.11\tn002\n"
+	n.write(t, "etc/hosts", hosts)
+	n.cfg.OverlayFiles = []string{"etc/hostname", "etc/hosts", "etc/ssh/ssh_known_hosts"}
+	n.writeConfig(t)
+	if _, err := n.agent().Boot(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.read(t, "etc/hosts"); got != hosts {
+		t.Errorf("etc/hosts = %q, want the overlay's %q", got, hosts)
+	}
+	if got := n.read(t, "etc/resolv.conf"); !strings.Contains(got, "\nnameserver 10.77.0.1\n") {
+		t.Errorf("etc/resolv.conf = %q", got)
+	}
+	if !slices.Equal(n.hostnames, []string{"n001"}) {
+		t.Errorf("sethostname %v", n.hostnames)
+	}
+}
+
 func TestBootFailures(t *testing.T) {
 	tests := []struct {
 		name      string
@@ -448,6 +472,14 @@ func TestHandover(t *testing.T) {
 	unit, _ := os.ReadFile(filepath.Join(root, nodeagent.ServicePath))
 	if !strings.Contains(string(unit), "ExecStart=/init daemon\n") || !strings.Contains(string(unit), "Type=notify\n") {
 		t.Errorf("unit:\n%s", unit)
+	}
+	// The daemon makes cgroups (Delegate), and its restart must leave the
+	// containers it runs alone (KillMode=process; TestDebian restarts it
+	// under a running container).
+	for _, want := range []string{"\nDelegate=yes\n", "\nKillMode=process\n"} {
+		if !strings.Contains(string(unit), want) {
+			t.Errorf("unit lacks %q:\n%s", strings.TrimSpace(want), unit)
+		}
 	}
 	if target, err := os.Readlink(filepath.Join(root, nodeagent.ServiceWant)); err != nil || target != "../"+nodeagent.ServiceName {
 		t.Errorf("wants link -> %q, %v", target, err)

@@ -96,7 +96,13 @@ StandardOutput=journal+console
 StandardError=journal
 # The daemon tells the head when the node goes down: give it the time.
 TimeoutStopSec=15
-KillMode=mixed
+# The daemon and the OCI runtime it starts create cgroups and move
+# processes into them: the unit's cgroup tree is theirs (docs/agent.md).
+Delegate=yes
+# Stopping or restarting the daemon signals the daemon alone: users'
+# containers and their exec sessions keep running and the next daemon
+# takes them over. At shutdown systemd's final kill ends what is left.
+KillMode=process
 
 [Install]
 WantedBy=multi-user.target

@@ -257,6 +257,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	boot := &bootserver.Server{
 		Nodes: heads, Images: store, Agent: agent, Overlays: ovl, BaseURL: baseURL,
 		Logger: log, Metrics: bootserver.NewMetrics(reg),
+		Retry: bootserver.Retry{Attempts: cfg.Boot.Retry.Attempts, MaxWait: time.Duration(cfg.Boot.Retry.MaxWait), FailPause: time.Duration(cfg.Boot.Retry.FailPause)},
 	}
 	if cfg.DHCP.HTTPBoot {
 		boot.NBP, boot.NBPFiles = os.DirFS(cfg.TFTP.Root), cfg.TFTPFiles()

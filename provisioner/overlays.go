@@ -83,6 +83,19 @@ type overlaySnap struct {
 	snap   *overlayrender.Snapshot
 	digest map[string]string // node -> image digest it was made with
 	shared []byte            // zstd(newc(snap.Shared()))
+
+	sharedGzOnce sync.Once // gzip nodes are rare: made at the first
+	sharedGz     []byte    // gzip(newc(snap.Shared()))
+	sharedGzErr  error
+}
+
+// sharedFor returns the shared entries compressed with c.
+func (sn *overlaySnap) sharedFor(c bootserver.Compression) ([]byte, error) {
+	if c != bootserver.Gzip {
+		return sn.shared, nil
+	}
+	sn.sharedGzOnce.Do(func() { sn.sharedGz, sn.sharedGzErr = entries(sn.snap.Shared(), c) })
+	return sn.sharedGz, sn.sharedGzErr
 }
 
 // imageScan is what ScanImage found in one image, computed once.
@@ -359,7 +372,7 @@ func (o *overlays) prepare(ctx context.Context, s *overlaySetup, rev int64) (*ov
 		return nil, err
 	}
 	sn.snap = snap
-	shared, err := entries(snap.Shared())
+	shared, err := entries(snap.Shared(), bootserver.Zstd)
 	if err != nil {
 		return nil, err
 	}
@@ -386,30 +399,22 @@ func renderNode(p plan.Plan) overlayrender.Node {
 	return n
 }
 
-var encoder = func() *zstd.Encoder {
-	e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault))
-	if err != nil {
-		panic(fmt.Sprintf("zstd encoder: %v", err)) // only for invalid options
-	}
-	return e
-}()
-
-// archive returns zstd(newc(files)): a whole archive, with its trailer.
-func archive(files []overlayrender.File) ([]byte, error) {
+// archive returns c(newc(files)): a whole archive, with its trailer.
+func archive(files []overlayrender.File, c bootserver.Compression) ([]byte, error) {
 	o := overlayrender.Overlay{Files: files}
 	var raw bytes.Buffer
 	if err := newc.WriteFiles(&raw, o.NewcFiles()); err != nil {
 		return nil, err
 	}
-	return encoder.EncodeAll(raw.Bytes(), nil), nil
+	return bootserver.Compress(raw.Bytes(), c)
 }
 
-// entries returns zstd of files' newc entries without the trailer: the
+// entries returns c of files' newc entries without the trailer: the
 // first part of an archive that archive() of the rest completes. The
-// two zstd frames decompress to one newc archive, which the kernel (one
-// frame at a time, each ending on an entry's boundary) and any cpio
-// reader unpack as one.
-func entries(files []overlayrender.File) ([]byte, error) {
+// two zstd frames (or gzip members) decompress to one newc archive, which
+// the kernel (one frame at a time, each ending on an entry's boundary) and
+// any cpio reader unpack as one.
+func entries(files []overlayrender.File, c bootserver.Compression) ([]byte, error) {
 	o := overlayrender.Overlay{Files: files}
 	var raw bytes.Buffer
 	w := newc.NewWriter(&raw)
@@ -418,7 +423,7 @@ func entries(files []overlayrender.File) ([]byte, error) {
 			return nil, err
 		}
 	}
-	return encoder.EncodeAll(raw.Bytes(), nil), nil
+	return bootserver.Compress(raw.Bytes(), c)
 }
 
 // render renders node's overlay for one boot.
@@ -450,23 +455,28 @@ func (o *overlays) render(ctx context.Context, node, token string) (*overlayrend
 }
 
 // Overlay implements bootserver.Overlays: the node's overlay archive for
-// one boot: the shared entries (compressed once per snapshot) then its own
-// entries and the trailer, two zstd frames of one newc archive.
-func (o *overlays) Overlay(ctx context.Context, node, token string) ([]byte, error) {
+// one boot, compressed with c: the shared entries (compressed once per
+// snapshot) then its own entries and the trailer, two zstd frames (or
+// gzip members) of one newc archive.
+func (o *overlays) Overlay(ctx context.Context, node, token string, c bootserver.Compression) ([]byte, error) {
 	ov, sn, err := o.render(ctx, node, token)
 	if err != nil {
 		return nil, err
 	}
 	own, withShared := ov.Own()
 	if !withShared {
-		return archive(ov.Files)
+		return archive(ov.Files, c)
 	}
-	ownZ, err := archive(own)
+	shared, err := sn.sharedFor(c)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]byte, 0, len(sn.shared)+len(ownZ))
-	return append(append(out, sn.shared...), ownZ...), nil
+	ownZ, err := archive(own, c)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(shared)+len(ownZ))
+	return append(append(out, shared...), ownZ...), nil
 }
 
 // RuntimeOverlay implements bootserver.Overlays and api.OverlaySource:

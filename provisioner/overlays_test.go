@@ -1,7 +1,9 @@
 package provisioner
 
 import (
+	"bufio"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -54,7 +56,7 @@ func testImage(t *testing.T, st *images.Store) images.Digest {
 		return a
 	}
 	m := images.Manifest{SchemaVersion: 1, Name: "default", Created: time.Unix(1700000000, 0).UTC(), Source: "/test",
-		Kernel: put([]byte("kernel"), images.MediaTypeKernel), Rootfs: put(encoder.EncodeAll(raw.Bytes(), nil), images.MediaTypeRootfs),
+		Kernel: put([]byte("kernel"), images.MediaTypeKernel), Rootfs: put(mustCompress(t, raw.Bytes()), images.MediaTypeRootfs),
 		RootfsUncompressedSize: int64(raw.Len()), ContentDigest: images.DigestOf([]byte("content"))}
 	d, err := st.Commit("default", m)
 	if err != nil {
@@ -178,19 +180,22 @@ func TestOverlayBoot(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, b
 	}
-	rootInitrd := ""
+	rootInitrd, agentURL := "", ""
 	overlayURL := func(c *http.Client, mac string) string {
 		t.Helper()
 		code, script := fetch(c, base+"/boot/ipxe?mac="+mac)
 		if code != 200 {
 			t.Fatalf("script: %d %s", code, script)
 		}
-		m := regexp.MustCompile(`initrd (http://\S+/overlay\.cpio\.zst)`).FindSubmatch(script)
+		m := regexp.MustCompile(`initrd (http://\S+/overlay\.cpio\.(zst|gz))`).FindSubmatch(script)
 		if m == nil {
 			t.Fatalf("no overlay in script:\n%s", script)
 		}
 		if r := regexp.MustCompile(`initrd http://\S+/(rootfs\.[a-z.]+)`).FindSubmatch(script); r != nil {
 			rootInitrd = string(r[1])
+		}
+		if a := regexp.MustCompile(`initrd (http://\S+/agent\.cpio\.[a-z]+)`).FindSubmatch(script); a != nil {
+			agentURL = string(a[1])
 		}
 		return string(m[1])
 	}
@@ -289,4 +294,110 @@ func TestOverlayBoot(t *testing.T) {
 		nc.Root != (overlay.Root{Mode: overlay.RootCompressed, Size: "256m"}) || rootInitrd != bootserver.CompressedRootName {
 		t.Errorf("compressed mode on an image with a compressed root: node.json %+v (%v), root initrd %s", nc, err, rootInitrd)
 	}
+	if !strings.HasSuffix(agentURL, "/"+bootserver.AgentName) {
+		t.Errorf("agent of a zstd image: %s", agentURL)
+	}
+
+	// An image built with --gzip (for kernels older than 5.9, which
+	// unpack no zstd): the agent and the overlay come gzip-compressed too,
+	// the overlay as two gzip members (the shared entries, then the
+	// node's own) of one newc archive.
+	gzRoot, err := bootserver.Compress([]byte("a root"), bootserver.Gzip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := m
+	old.CompressedRoot = nil
+	if old.Rootfs, err = st.Put(context.Background(), bytes.NewReader(gzRoot)); err != nil {
+		t.Fatal(err)
+	}
+	old.Rootfs.MediaType = images.MediaTypeRootfsGzip
+	if _, err := st.Commit("old", old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ChangeInventory(false, func(inv *inventory.Inventory) error {
+		n := inv.Nodes["n1"].Clone()
+		n.Image, n.Root = "old", inventory.Root{Mode: "tmpfs"}
+		inv.Nodes["n1"] = n
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.ClearPins([]string{"n1"}); err != nil {
+		t.Fatal(err)
+	}
+	ovURL := overlayURL(n1, "52:54:00:00:00:01")
+	if !strings.HasSuffix(ovURL, "/"+bootserver.OverlayGzipName) || !strings.HasSuffix(agentURL, "/"+bootserver.AgentGzipName) {
+		t.Fatalf("a gzip image's script: overlay %s, agent %s", ovURL, agentURL)
+	}
+	code, body = fetch(n1, ovURL)
+	if code != 200 {
+		t.Fatalf("gzip overlay of n1: %d %s", code, body)
+	}
+	if members := gzipMembers(t, body); members < 2 {
+		t.Errorf("gzip overlay is %d members, want 2 (the shared entries, then the node's own)", members)
+	}
+	files, archives = unpackGzip(t, body)
+	nc = overlay.Config{}
+	if err := json.Unmarshal(files[overlay.ConfigPath], &nc); err != nil || nc.Image.Name != "old" || archives != 1 ||
+		!strings.Contains(string(files["etc/hosts"]), "127.0.0.22\tn2.cluster.local n2") {
+		t.Errorf("gzip overlay: %d archives, node.json %+v (%v), hosts %q", archives, nc, err, files["etc/hosts"])
+	}
+	code, body = fetch(n1, agentURL)
+	if code != 200 {
+		t.Fatalf("gzip agent: %d", code)
+	}
+	if files, _ := unpackGzip(t, body); string(files["init"]) != "agent" {
+		t.Errorf("gzip agent archive: init = %q", files["init"])
+	}
+}
+
+// gzipMembers counts the gzip members of b.
+func gzipMembers(t *testing.T, b []byte) int {
+	t.Helper()
+	br := bufio.NewReader(bytes.NewReader(b))
+	zr, err := gzip.NewReader(br)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for {
+		zr.Multistream(false)
+		if _, err := io.Copy(io.Discard, zr); err != nil {
+			t.Fatal(err)
+		}
+		n++
+		if err := zr.Reset(br); errors.Is(err, io.EOF) {
+			return n
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// unpackGzip is unpackAll for gzip members.
+func unpackGzip(t *testing.T, b []byte) (map[string][]byte, int) {
+	t.Helper()
+	zr, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	z, err := bootserver.Compress(raw, bootserver.Zstd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return unpackAll(t, z)
+}
+
+func mustCompress(t *testing.T, b []byte) []byte {
+	t.Helper()
+	z, err := bootserver.Compress(b, bootserver.Zstd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return z
 }

@@ -367,8 +367,15 @@ type sftpService struct {
 }
 
 func newSFTPService(cfg config.Config, store *images.Store, log *slog.Logger, reg prometheus.Registerer) *sftpService {
+	minFree := cfg.SFTPMinFreeBytes()
+	if minFree == 0 {
+		minFree = -1 // push.Server: none
+	}
 	return &sftpService{cfg: cfg, log: log, srv: &push.Server{
 		Store: store, AuthorizedKeysFile: cfg.SFTPAuthorizedKeys(), Logger: log, Metrics: push.NewMetrics(reg),
+		HandshakeTimeout: time.Duration(cfg.SFTP.LoginTimeout), IdleTimeout: time.Duration(cfg.SFTP.IdleTimeout),
+		MaxConns: cfg.SFTP.MaxConns, MaxConnsPerClient: cfg.SFTP.MaxConnsPerClient,
+		MaxUploadBytes: cfg.SFTPMaxUploadBytes(), MinFreeBytes: minFree,
 	}}
 }
 

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -63,6 +64,18 @@ type Config struct {
 	// RuntimeOverlay); the agent daemon compares it with the one the head
 	// announces in every heartbeat reply.
 	OverlayGeneration string `json:"overlayGeneration,omitempty"`
+	// OverlayFiles lists the regular files the overlay carries besides
+	// this configuration: paths relative to the root, slash-separated,
+	// sorted. The agent leaves those of its own name files (etc/hostname,
+	// etc/hosts, etc/resolv.conf) that are listed as the overlay has them,
+	// so a templated cluster-wide /etc/hosts is what the node gets.
+	OverlayFiles []string `json:"overlayFiles,omitempty"`
+}
+
+// Provides reports whether the overlay carries the file at path (relative
+// to the root, slash-separated, as in OverlayFiles).
+func (c Config) Provides(path string) bool {
+	return slices.Contains(c.OverlayFiles, path)
 }
 
 // Interface is the static IPv4 configuration of one network interface,

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pkg/sftp"
+	"golang.org/x/sys/unix"
 
 	"github.com/ramboot/ramboot/images"
 )
@@ -116,7 +117,15 @@ func (h *handlers) Filewrite(r *sftp.Request) (io.WriterAt, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &upload{h: h, f: f, digest: d, path: r.Filepath, hash: sha256.New()}, nil
+		u := &upload{h: h, f: f, digest: d, path: r.Filepath, hash: sha256.New()}
+		if _, err := u.room(0); err != nil {
+			f.Close()
+			os.Remove(f.Name())
+			h.srv.Metrics.blob(u.refusal)
+			h.log.Warn("sftp upload refused", "path", r.Filepath, "err", err)
+			return nil, err
+		}
+		return u, nil
 	case manifestsDir:
 		if _, err := images.ParseReference(name); err != nil {
 			return nil, fmt.Errorf("upload %s: %v: %w", r.Filepath, err, errDenied)
@@ -140,10 +149,72 @@ type upload struct {
 	closed  bool
 	hash    hash.Hash // nil once a write came out of order
 	next    int64     // the offset the next in-order write starts at
+	end     int64     // the file's size so far
+	refused error     // a write past a bound: the upload is discarded
+	refusal string    // its metric label
+}
+
+// room checks that writing up to offset end keeps the upload
+// within Server.MaxUploadBytes and leaves Server.MinFreeBytes free in the
+// store's file system, counting the bytes of writes granted but not yet
+// written (see Server.pending); it records the refusal. It returns the
+// bytes it granted, which the caller gives back with release once they
+// are written (or failed). Callers hold u.mu or own u.
+func (u *upload) room(end int64) (int64, error) {
+	if u.refused != nil {
+		return 0, u.refused
+	}
+	srv := u.h.srv
+	if srv.MaxUploadBytes > 0 && end > srv.MaxUploadBytes {
+		u.refusal = "too_large"
+		u.refused = fmt.Errorf("upload %s: larger than the head's limit of %d bytes (sftp.max_upload)", u.path, srv.MaxUploadBytes)
+		return 0, u.refused
+	}
+	reserve := orDefault(srv.MinFreeBytes, DefaultMinFreeBytes)
+	if reserve < 0 {
+		return 0, nil
+	}
+	grow := max(0, end-u.end)
+	srv.space.Lock()
+	defer srv.space.Unlock()
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(u.f.Fd()), &st); err != nil {
+		return 0, fmt.Errorf("upload %s: free space: %w", u.path, err)
+	}
+	free := int64(st.Bavail)*st.Bsize - srv.pending
+	if free-grow < reserve {
+		u.refusal = "no_space"
+		u.refused = fmt.Errorf("upload %s: the head's image store would have less than %d bytes free (sftp.min_free; %d free, %d more to write): %w",
+			u.path, reserve, free, grow, unix.ENOSPC)
+		return 0, u.refused
+	}
+	srv.pending += grow
+	return grow, nil
+}
+
+// release gives back bytes granted by room once they are in the file
+// system (statfs counts them from then on) or their write failed.
+func (srv *Server) release(n int64) {
+	if n == 0 {
+		return
+	}
+	srv.space.Lock()
+	srv.pending -= n
+	srv.space.Unlock()
 }
 
 func (u *upload) WriteAt(p []byte, off int64) (int, error) {
+	u.mu.Lock()
+	end := off + int64(len(p))
+	granted, err := u.room(end)
+	if err != nil {
+		u.mu.Unlock()
+		return 0, err
+	}
+	u.end = max(u.end, end)
+	u.mu.Unlock()
 	n, err := u.f.WriteAt(p, off)
+	u.h.srv.release(granted)
 	u.h.srv.Metrics.received(n)
 	u.mu.Lock()
 	if u.hash != nil {
@@ -174,6 +245,13 @@ func (u *upload) Close() error {
 		return nil
 	}
 	u.closed = true
+	if u.refused != nil {
+		u.f.Close()
+		os.Remove(u.f.Name())
+		u.h.srv.Metrics.blob(u.refusal)
+		u.h.log.Warn("sftp upload refused: discarded", "path", u.path, "err", u.refused)
+		return u.refused
+	}
 	if u.aborted != nil {
 		u.f.Close()
 		os.Remove(u.f.Name())

@@ -444,10 +444,15 @@ func TestPushFullDisk(t *testing.T) {
 	local := newStore(t)
 	addImage(t, local, "img", 4<<20)
 	head := &images.Store{Dir: filepath.Join(mnt, "store")}
-	srv := pushtest.NewServer(t, head)
+	// No reserve: the disk really fills (TestUploadReserve has one).
+	srv := pushtest.NewServerWith(t, head, func(s *push.Server) { s.MinFreeBytes = -1 })
 	c := dial(t, srv)
-	if _, err := c.Push(context.Background(), local, "img", "", nil); err == nil {
+	_, err := c.Push(context.Background(), local, "img", "", nil)
+	if err == nil {
 		t.Fatal("push to a full disk succeeded")
+	}
+	if strings.Contains(err.Error(), "sftp.min_free") {
+		t.Fatalf("refused by the reserve, not by the full disk: %v", err)
 	}
 	if refs, _ := head.List(); len(refs) != 0 {
 		t.Errorf("refs %v", refs)

@@ -40,6 +40,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -51,6 +52,15 @@ import (
 // DefaultPort is the port `ramboot serve` listens on for SFTP: not 22, so
 // the head's own sshd keeps it.
 const DefaultPort = 2222
+
+// Defaults of the Server's bounds.
+const (
+	DefaultMaxConns          = 64
+	DefaultMaxConnsPerClient = 8
+	DefaultHandshakeTimeout  = 30 * time.Second
+	DefaultIdleTimeout       = 5 * time.Minute
+	DefaultMinFreeBytes      = 1 << 30
+)
 
 // Server serves a store over SFTP. Set its fields, then call Serve or
 // ListenAndServe once.
@@ -72,8 +82,39 @@ type Server struct {
 	Logger *slog.Logger
 	// Metrics, if set, counts connections, blobs and bytes.
 	Metrics *Metrics
-	// HandshakeTimeout bounds the SSH handshake. Default 30 s.
+	// HandshakeTimeout bounds the SSH handshake, the login included: a
+	// client that has not logged in by then is disconnected. Default
+	// DefaultHandshakeTimeout (30 s).
 	HandshakeTimeout time.Duration
+	// IdleTimeout disconnects a logged-in client that sends nothing for
+	// that long. Default DefaultIdleTimeout (5 min); negative: never.
+	IdleTimeout time.Duration
+	// MaxConns caps open connections in total, MaxConnsPerClient those
+	// from one IP address; a connection past either is closed at once,
+	// before the handshake. Defaults DefaultMaxConns (64) and
+	// DefaultMaxConnsPerClient (8).
+	MaxConns, MaxConnsPerClient int
+	// MaxUploadBytes caps the size of one uploaded blob; 0 = no cap.
+	MaxUploadBytes int64
+	// MinFreeBytes is the free space uploads must leave in the store's
+	// file system: a write that would take it below is refused before it
+	// is written, and the upload is discarded. Default DefaultMinFreeBytes
+	// (1 GiB); negative: no reserve.
+	MinFreeBytes int64
+
+	// space serializes the free-space check of concurrent writes, and
+	// pending counts the bytes granted to writes not yet in the file
+	// system (an SFTP client keeps many writes in flight, of one upload
+	// and of several): statfs does not see them yet.
+	space   sync.Mutex
+	pending int64
+}
+
+func orDefault[T int | int64 | time.Duration](v, def T) T {
+	if v == 0 {
+		return def
+	}
+	return v
 }
 
 func (s *Server) log() *slog.Logger {
@@ -108,6 +149,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	conns := map[net.Conn]bool{}
+	perIP := map[string]int{}
+	maxConns, maxPerIP := orDefault(s.MaxConns, DefaultMaxConns), orDefault(s.MaxConnsPerClient, DefaultMaxConnsPerClient)
 	stop := context.AfterFunc(ctx, func() {
 		ln.Close()
 		mu.Lock()
@@ -137,14 +180,36 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			break
 		}
 		backoff = 5 * time.Millisecond
+		ip := remoteIP(c)
 		mu.Lock()
-		conns[c] = true
+		over := ""
+		switch {
+		case len(conns) >= maxConns:
+			over = "limit"
+		case perIP[ip] >= maxPerIP:
+			over = "limit_per_client"
+		default:
+			conns[c] = true
+			perIP[ip]++
+		}
+		open := len(conns)
 		mu.Unlock()
+		if over != "" {
+			c.Close()
+			s.Metrics.conn(over)
+			s.log().Warn("sftp connection refused: too many connections", "ip", ip, "limit", over, "open", open)
+			continue
+		}
+		s.Metrics.open(1)
 		wg.Go(func() {
 			s.serveConn(ctx, c, cfg)
 			mu.Lock()
 			delete(conns, c)
+			if perIP[ip]--; perIP[ip] == 0 {
+				delete(perIP, ip)
+			}
 			mu.Unlock()
+			s.Metrics.open(-1)
 		})
 	}
 	ln.Close()
@@ -157,24 +222,63 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return err
 }
 
+// remoteIP is the address c comes from, without its port.
+func remoteIP(c net.Conn) string {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	return c.RemoteAddr().String()
+}
+
+// idleConn is a connection whose reads, once armed (after the login),
+// time out after idle without data: every read pushes the deadline on.
+type idleConn struct {
+	net.Conn
+	idle     time.Duration
+	armed    atomic.Bool
+	timedOut atomic.Bool
+}
+
+func (c *idleConn) Read(p []byte) (int, error) {
+	if c.armed.Load() {
+		c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+	}
+	n, err := c.Conn.Read(p)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		c.timedOut.Store(true)
+	}
+	return n, err
+}
+
 func (s *Server) serveConn(ctx context.Context, c net.Conn, cfg *ssh.ServerConfig) {
 	defer c.Close()
-	timeout := s.HandshakeTimeout
-	if timeout == 0 {
-		timeout = 30 * time.Second
-	}
-	c.SetDeadline(time.Now().Add(timeout))
-	sc, chans, reqs, err := ssh.NewServerConn(c, cfg)
+	ic := &idleConn{Conn: c, idle: orDefault(s.IdleTimeout, DefaultIdleTimeout)}
+	c.SetDeadline(time.Now().Add(orDefault(s.HandshakeTimeout, DefaultHandshakeTimeout)))
+	sc, chans, reqs, err := ssh.NewServerConn(ic, cfg)
 	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			s.Metrics.conn("login_timeout")
+			s.log().Warn("sftp login timed out", "ip", c.RemoteAddr().String(), "dur", orDefault(s.HandshakeTimeout, DefaultHandshakeTimeout))
+			return
+		}
 		s.Metrics.conn("refused")
 		s.log().Warn("sftp login refused", "ip", c.RemoteAddr().String(), "err", err)
 		return
 	}
 	c.SetDeadline(time.Time{})
+	ic.armed.Store(ic.idle > 0)
 	s.Metrics.conn("accepted")
 	log := s.log().With("ip", c.RemoteAddr().String(), "user", sc.User(), "key", sc.Permissions.Extensions["pubkey-fp"])
 	log.Info("sftp login")
-	defer sc.Close()
+	defer func() {
+		sc.Close()
+		if ic.timedOut.Load() {
+			s.Metrics.idle()
+			log.Warn("sftp connection closed: idle", "dur", ic.idle)
+		}
+	}()
 	go ssh.DiscardRequests(reqs)
 	var wg sync.WaitGroup
 	defer wg.Wait()

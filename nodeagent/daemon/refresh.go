@@ -42,7 +42,8 @@ func (d *Daemon) refresh(ctx context.Context, client *headapi.Client) error {
 		}
 	}
 	root := d.root()
-	// Names first: an overlay file (a templated /etc/hosts) wins.
+	// Names first, but those the overlay provides (a templated /etc/hosts):
+	// the overlay's files win.
 	if cfg.HostnameOrNode() != old.HostnameOrNode() || !slices.Equal(cfg.Interface.DNS, old.Interface.DNS) {
 		if err := d.applyNames(root, cfg); err != nil {
 			return err
@@ -93,7 +94,7 @@ func (d *Daemon) applyNames(root string, cfg overlay.Config) error {
 	if err := set(name); err != nil {
 		return fmt.Errorf("set host name %s: %w", name, err)
 	}
-	files := etcfiles.Files{Hostname: name, DNS: cfg.Interface.DNS}
+	files := etcfiles.Files{Hostname: name, DNS: cfg.Interface.DNS, Keep: cfg.Provides}
 	if p, err := netip.ParsePrefix(cfg.Interface.Address); err == nil {
 		files.Address = p.Addr()
 	}

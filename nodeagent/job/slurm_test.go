@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -212,6 +213,22 @@ NodeName=%[1]s CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore
 PartitionName=debug Nodes=%[1]s Default=YES MaxTime=INFINITE State=UP
 `, host, freePort(t), freePort(t), msock, sdir, hook("prolog"), hook("epilog"))
 	os.WriteFile(slurmConf, []byte(conf), 0o644)
+	// Slurm's own OCI support runs steps of `srun --container` with
+	// rootless runc, with the oci.conf of docs/slurm.md: runc's state in
+	// the job's RAM scratch (the prolog makes it, the user's, and the
+	// epilog removes it; Slurm 22.05 has %j, not %U).
+	runc := "runc --rootless=true --root=" + filepath.Join(state, "scratch") + "/%j/.runc"
+	oci := fmt.Sprintf("RunTimeQuery=\"%[1]s state %%n.%%u.%%j.%%s.%%t\"\n"+
+		"RunTimeRun=\"%[1]s run %%n.%%u.%%j.%%s.%%t -b %%b\"\n"+
+		"RunTimeKill=\"%[1]s kill -a %%n.%%u.%%j.%%s.%%t\"\n"+
+		"RunTimeDelete=\"%[1]s delete --force %%n.%%u.%%j.%%s.%%t\"\n", runc)
+	os.WriteFile(filepath.Join(sdir, "oci.conf"), []byte(oci), 0o644)
+	t.Cleanup(func() {
+		if t.Failed() { // slurmstepd's own lines are only in the log file
+			b, _ := os.ReadFile(filepath.Join(sdir, "slurmd.log"))
+			t.Logf("%s:\n%s", filepath.Join(sdir, "slurmd.log"), tailLines(b, 40))
+		}
+	})
 	os.WriteFile(filepath.Join(sdir, "cgroup.conf"), []byte("CgroupPlugin=cgroup/v1\nCgroupMountpoint=/sys/fs/cgroup\nCgroupAutomount=no\nConstrainCores=yes\nConstrainRAMSpace=yes\nConstrainDevices=no\n"), 0o644)
 	env := []string{"SLURM_CONF=" + slurmConf}
 
@@ -251,14 +268,27 @@ PartitionName=debug Nodes=%[1]s Default=YES MaxTime=INFINITE State=UP
 		return ""
 	}
 
-	// A job of user games runs a container through the agent and leaves
-	// a process behind in a session of its own.
-	result := filepath.Join(dir, "out", "result")
-	script := fmt.Sprintf("#!/bin/sh\nexport RAMBOOT_AGENT_SOCKET=%s\nsetsid sleep 1000 </dev/null >/dev/null 2>&1 &\n%s run --tmpfs-size 16M busybox -- sh -c 'echo hello from the container; id -u' > %s 2>&1\necho exit $? >> %s\n",
-		sock, agent, result, result)
+	// A job of user games runs a container through the agent, a step in
+	// a bundle of the agent's through Slurm's own OCI support (srun
+	// --container), and leaves a process behind in a session of its own.
+	result, srunResult := filepath.Join(dir, "out", "result"), filepath.Join(dir, "out", "srun")
+	script := fmt.Sprintf("#!/bin/sh\nexport RAMBOOT_AGENT_SOCKET=%[1]s\nsetsid sleep 1000 </dev/null >/dev/null 2>&1 &\n"+
+		"%[2]s run --tmpfs-size 16M busybox -- sh -c 'echo hello from the container; id -u' > %[3]s 2>&1\necho exit $? >> %[3]s\n"+
+		"b=$(%[2]s bundle --rootless --tmpfs-size 16M busybox 2>>%[4]s) && echo bundle $b >> %[4]s\n"+
+		"srun --container=\"$b\" sh -c 'echo hello from srun; cat /proc/self/uid_map' >> %[4]s 2>&1\necho exit $? >> %[4]s\n",
+		sock, agent, result, srunResult)
 	scriptPath := filepath.Join(dir, "out", "job.sh")
 	os.WriteFile(scriptPath, []byte(script), 0o755)
-	id := submit("--uid="+jobUID, "--gid="+ju.Gid, "--mem=64M", "--output="+filepath.Join(dir, "out", "slurm-%j.out"), scriptPath)
+	id := submit("--uid="+jobUID, "--gid="+ju.Gid, "--mem=1G", "--output="+filepath.Join(dir, "out", "slurm-%j.out"), scriptPath)
+	t.Cleanup(func() { // a job that hangs must not outlive the test
+		if s := jobState(id); s == "RUNNING" || s == "PENDING" {
+			scontrol("cancel", id)
+			cmd := exec.Command("scancel", "--signal=KILL", "--full", id)
+			cmd.Env = append(os.Environ(), env...)
+			cmd.Run()
+			time.Sleep(2 * time.Second) // slurmd delivers it; the steps go
+		}
+	})
 	waitFor(t, "job "+id+" completed", 90*time.Second, func() error {
 		if s := jobState(id); s != "COMPLETED" && s != "FAILED" {
 			return fmt.Errorf("state %q", s)
@@ -269,6 +299,12 @@ PartitionName=debug Nodes=%[1]s Default=YES MaxTime=INFINITE State=UP
 	if !strings.Contains(string(got), "hello from the container\n"+jobUID+"\nexit 0") {
 		slurmOut, _ := os.ReadFile(filepath.Join(dir, "out", "slurm-"+id+".out"))
 		t.Errorf("job output %q (slurm output %q), want the container's output as uid %s", got, slurmOut, jobUID)
+	}
+	// srun --container: slurmstepd ran the step with rootless runc in the
+	// agent's bundle, in a user namespace whose root is the job's user.
+	got, _ = os.ReadFile(srunResult)
+	if !strings.Contains(string(got), "hello from srun\n") || !regexp.MustCompile(`(?m)^\s*0\s+`+jobUID+`\s+1\s*$`).Match(got) || !strings.HasSuffix(string(got), "exit 0\n") {
+		t.Errorf("srun --container output %q, want the step's output in a user namespace of uid %s", got, jobUID)
 	}
 	// The epilog ran: nothing of the job remains.
 	waitFor(t, "the epilog", 30*time.Second, func() error {
@@ -339,4 +375,13 @@ func unmountUnder(dir string) {
 	for i := len(m) - 1; i >= 0; i-- {
 		exec.Command("umount", "-l", m[i]).Run()
 	}
+}
+
+// tailLines returns the last n lines of b.
+func tailLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

@@ -85,11 +85,28 @@ type IO struct {
 	Stderr io.Writer
 }
 
-// command returns the runtime invoked with args after its global flags.
+// command returns the runtime invoked with args after its global flags,
+// in the agent's environment without NOTIFY_SOCKET.
 func (r *Runtime) command(ctx context.Context, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, r.Path, append([]string{"--root", r.root()}, args...)...)
 	cmd.WaitDelay = 5 * time.Second
+	cmd.Env = runtimeEnv(os.Environ())
 	return cmd
+}
+
+// runtimeEnv returns env without NOTIFY_SOCKET. The agent daemon is a
+// Type=notify service: systemd gives it the variable, and a runtime that
+// sees it (runc, crun) passes the socket into the container and waits for
+// the container to send READY=1 before `run` returns or ends, which a
+// container that is not a systemd service never does.
+func runtimeEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "NOTIFY_SOCKET=") {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 // run runs the runtime and returns its error with its stderr.
@@ -111,10 +128,18 @@ func (r *Runtime) run(ctx context.Context, args ...string) ([]byte, error) {
 }
 
 // LastLine returns the last non-empty line of runtime output, stripped of
-// runc's logrus prefix, which is where runc and crun say what failed.
+// runc's logrus prefix, which is where runc and crun say what failed; of
+// runc's log lines, the last at level error (runc may log a warning, such
+// as "signal: killed" for the init it killed, after the error).
 func LastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	l := lines[len(lines)-1]
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], "level=error") || strings.Contains(lines[i], "level=fatal") {
+			l = lines[i]
+			break
+		}
+	}
 	if i := strings.Index(l, `msg="`); i >= 0 {
 		l = strings.TrimSuffix(l[i+5:], `"`)
 	}

@@ -67,7 +67,9 @@ type ProbeOptions struct {
 	Dir string
 	// Root is the runtimes' state directory. Default DefaultRoot.
 	Root string
-	// Timeout bounds each candidate's trial. Default 20 s.
+	// Timeout bounds each candidate's trial. Default 60 s: a node under
+	// load (or an emulated one) may take seconds to start a runtime's
+	// Go binary twice; a working runtime must not be judged broken.
 	Timeout time.Duration
 }
 
@@ -168,7 +170,7 @@ func probeOne(ctx context.Context, name string, o ProbeOptions, c *Candidate) (*
 	}
 	timeout := o.Timeout
 	if timeout <= 0 {
-		timeout = 20 * time.Second
+		timeout = 60 * time.Second
 	}
 	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -224,16 +226,45 @@ func (r *Runtime) trial(ctx context.Context, dir string) error {
 		return err
 	}
 	var stderr bytes.Buffer
-	cmd := r.command(ctx, "run", "--bundle", bundle, id)
+	// --debug: when the trial fails, its log says where (TrialLog).
+	cmd := r.command(ctx, append([]string{"--debug"}, "run", "--bundle", bundle, id)...)
 	cmd.Stderr = &stderr
 	err = cmd.Run()
+	var events []byte
+	if err != nil { // before the runtime removes the cgroup
+		events, _ = os.ReadFile(filepath.Join("/sys/fs/cgroup", spec.Linux.CgroupsPath, "memory.events"))
+	}
 	_ = r.Delete(context.WithoutCancel(ctx), id, true)
 	if err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if msg == "" {
-			msg = err.Error()
+		log := TrialLog(dir, r.Name)
+		_ = os.WriteFile(log, fmt.Appendf(nil, "%s --debug run: %v\n%s\nmemory.events of %s:\n%s", r.Name, err, stderr.Bytes(), spec.Linux.CgroupsPath, events), 0o644)
+		msg := trialError(stderr.String(), err)
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			msg = "no end within the time limit (killed): " + msg
 		}
-		return fmt.Errorf("trial container failed: %s", LastLine(msg))
+		return fmt.Errorf("trial container failed: %s (log: %s)", msg, log)
 	}
 	return nil
+}
+
+// trialError is what a failed trial's runtime said went wrong: runc's last
+// error line, crun's last line, or, when the runtime logged no error (it
+// was killed), err.
+func trialError(stderr string, err error) string {
+	stderr = strings.TrimSpace(stderr)
+	switch {
+	case stderr == "":
+		return err.Error()
+	case !strings.Contains(stderr, "level="): // crun, or a runtime without logrus
+		return LastLine(stderr)
+	case strings.Contains(stderr, "level=error") || strings.Contains(stderr, "level=fatal"):
+		return LastLine(stderr)
+	}
+	return err.Error()
+}
+
+// TrialLog is where a failed trial of runtime name leaves the runtime's
+// debug output, under the probe's Dir.
+func TrialLog(dir, name string) string {
+	return filepath.Join(dir, "probe-"+name+".log")
 }

@@ -48,6 +48,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -69,7 +70,46 @@ const (
 	CompressedRootName = "rootfs.squashfs.cpio"
 	AgentName          = "agent.cpio.zst"
 	OverlayName        = "overlay.cpio.zst"
+	// AgentGzipName and OverlayGzipName are the agent and overlay
+	// archives compressed with gzip, sent with an image whose root is
+	// (images.MediaTypeRootfsGzip: kernels older than 5.9 unpack no zstd).
+	AgentGzipName   = "agent.cpio.gz"
+	OverlayGzipName = "overlay.cpio.gz"
 )
+
+// Retry is the iPXE script's schedule for a file it cannot fetch (see
+// ipxe.Script's fields of the same names).
+type Retry struct {
+	Attempts           int
+	MaxWait, FailPause time.Duration
+}
+
+// Compression is how the agent and overlay archives sent to a node are
+// compressed: as the node's image's root is, so that a kernel that
+// unpacks the image unpacks them too.
+type Compression string
+
+// Compressions.
+const (
+	Zstd Compression = "zstd"
+	Gzip Compression = "gzip"
+)
+
+// CompressionOf returns the compression of m's root file system.
+func CompressionOf(m images.Manifest) Compression {
+	if m.Rootfs.MediaType == images.MediaTypeRootfsGzip {
+		return Gzip
+	}
+	return Zstd
+}
+
+// names returns the agent's and the overlay's file names for c.
+func (c Compression) names() (agent, overlay string) {
+	if c == Gzip {
+		return AgentGzipName, OverlayGzipName
+	}
+	return AgentName, OverlayName
+}
 
 // Nodes is what the boot server needs from the head: each node's boot
 // plan, by the address its requests come from, and the boot's secrets and
@@ -104,7 +144,7 @@ type Nodes interface {
 // for one boot, with token as its report token; and its runtime overlay,
 // what the agent daemon applies to a running node.
 type Overlays interface {
-	Overlay(ctx context.Context, node, token string) ([]byte, error)
+	Overlay(ctx context.Context, node, token string, c Compression) ([]byte, error)
 	RuntimeOverlay(node string) (overlay.RuntimeOverlay, error)
 }
 
@@ -122,6 +162,9 @@ type Server struct {
 	Fetch func(ctx context.Context, ref string) error
 	// Agent is the agent archive; required.
 	Agent *Archive
+	// Retry is the scripts' retry schedule; zero fields take ipxe's
+	// defaults.
+	Retry Retry
 	// Overlays renders the nodes' overlays; nil serves the minimal one
 	// (the agent's configuration and the host name, OverlayFiles).
 	Overlays Overlays
@@ -197,16 +240,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-// Archive is a prebuilt file served with a strong ETag.
+// Archive is a prebuilt file served with a strong ETag, zstd-compressed,
+// and its gzip twin if any.
 type Archive struct {
 	data    []byte
 	etag    string
 	modTime time.Time
+	gz      *Archive
 }
 
 // NewAgentArchive builds the agent archive: a zstd-compressed newc cpio
 // holding the ramboot-agent executable at path as /init, with
-// /dev/console and /dev/null.
+// /dev/console and /dev/null; and the same compressed with gzip.
 func NewAgentArchive(path string) (*Archive, error) {
 	bin, err := os.ReadFile(path)
 	if err != nil {
@@ -221,12 +266,20 @@ func NewAgentArchive(path string) (*Archive, error) {
 	// when it cannot open /dev/null for them: PID 1 would exit and the
 	// kernel panic. Debian's kernels carry both in their built-in
 	// initramfs; other kernels may not.
-	return compressArchive([]newc.File{
+	files := []newc.File{
 		{Name: "dev", Mode: 0o755 | os.ModeDir},
 		{Name: "dev/console", Mode: 0o600 | os.ModeDevice | os.ModeCharDevice, Major: 5, Minor: 1},
 		{Name: "dev/null", Mode: 0o666 | os.ModeDevice | os.ModeCharDevice, Major: 1, Minor: 3},
 		{Name: "init", Mode: 0o755, Data: bin},
-	}, st.ModTime())
+	}
+	a, err := compressArchive(files, st.ModTime(), Zstd)
+	if err != nil {
+		return nil, err
+	}
+	if a.gz, err = compressArchive(files, st.ModTime(), Gzip); err != nil {
+		return nil, err
+	}
+	return a, nil
 }
 
 // encoder compresses every archive the server builds. EncodeAll is safe
@@ -240,14 +293,38 @@ var encoder = func() *zstd.Encoder {
 	return e
 }()
 
-func compressArchive(files []newc.File, mod time.Time) (*Archive, error) {
+func compressArchive(files []newc.File, mod time.Time, c Compression) (*Archive, error) {
 	var raw bytes.Buffer
 	if err := newc.WriteFiles(&raw, files); err != nil {
 		return nil, fmt.Errorf("write archive: %w", err)
 	}
-	data := encoder.EncodeAll(raw.Bytes(), nil)
+	data, err := Compress(raw.Bytes(), c)
+	if err != nil {
+		return nil, fmt.Errorf("write archive: %w", err)
+	}
 	sum := sha256.Sum256(data)
 	return &Archive{data: data, etag: `"sha256:` + hex.EncodeToString(sum[:]) + `"`, modTime: mod}, nil
+}
+
+// Compress returns b compressed with c: one zstd frame, or one gzip
+// member. Frames and members concatenate: the kernel unpacks each in turn.
+func Compress(b []byte, c Compression) ([]byte, error) {
+	if c != Gzip {
+		return encoder.EncodeAll(b, nil), nil
+	}
+	var out bytes.Buffer
+	out.Grow(len(b) / 2)
+	zw, err := gzip.NewWriterLevel(&out, gzip.DefaultCompression)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := zw.Write(b); err != nil {
+		return nil, err
+	}
+	if err := zw.Close(); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
 }
 
 // OverlayFiles returns the files of a node's overlay archive.
@@ -272,7 +349,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /boot/ref/{ref}", s.serveRef)
 	mux.HandleFunc("GET /boot/image/{digest}/{file}", s.serveImage)
 	mux.HandleFunc("GET /boot/"+AgentName, s.serveAgent)
+	mux.HandleFunc("GET /boot/"+AgentGzipName, s.serveAgent)
 	mux.HandleFunc("GET /boot/node/{name}/{nonce}/"+OverlayName, s.serveOverlay)
+	mux.HandleFunc("GET /boot/node/{name}/{nonce}/"+OverlayGzipName, s.serveOverlay)
 	mux.HandleFunc("GET /boot/nbp/{file}", s.serveNBP)
 	mux.HandleFunc("GET /boot/discovery", s.serveDiscovery)
 	return mux
@@ -468,9 +547,10 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 		args += " " + n.KernelArgs
 	}
 	sc := ipxe.Script{
-		Comment: fmt.Sprintf("node %s, image %s %s", n.Node, name, shortDigest(string(d))),
-		Kernel:  ipxe.File{URL: img + KernelName},
-		Args:    args,
+		Comment:  fmt.Sprintf("node %s, image %s %s", n.Node, name, shortDigest(string(d))),
+		Kernel:   ipxe.File{URL: img + KernelName},
+		Args:     args,
+		Attempts: s.Retry.Attempts, MaxWait: s.Retry.MaxWait, FailPause: s.Retry.FailPause,
 	}
 	if _, err := sc.Render(); err != nil { // before a nonce is minted
 		s.fail(w, route, http.StatusInternalServerError, err, "node", n.Node)
@@ -489,10 +569,11 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 	if root.ModeOrDefault() == overlay.RootCompressed {
 		rootfs = CompressedRootName
 	}
+	agentName, overlayName := CompressionOf(m).names()
 	sc.Initrds = []ipxe.File{
 		{URL: img + rootfs},
-		{URL: base + "/boot/" + AgentName},
-		{URL: base + "/boot/node/" + n.Node + "/" + nonce + "/" + OverlayName},
+		{URL: base + "/boot/" + agentName},
+		{URL: base + "/boot/node/" + n.Node + "/" + nonce + "/" + overlayName},
 	}
 	script, err := sc.Render()
 	if err != nil {
@@ -633,9 +714,17 @@ func (s *Server) serveDiscovery(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) serveAgent(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("ETag", s.Agent.etag)
+	a, name := s.Agent, AgentName
+	if strings.HasSuffix(r.URL.Path, "/"+AgentGzipName) {
+		a, name = s.Agent.gz, AgentGzipName
+		if a == nil {
+			s.fail(w, "agent", http.StatusNotFound, errors.New("no gzip agent archive"))
+			return
+		}
+	}
+	w.Header().Set("ETag", a.etag)
 	w.Header().Set("Content-Type", "application/octet-stream")
-	s.serveContent(w, r, "agent", state.StepAgent, AgentName, s.Agent.modTime, bytes.NewReader(s.Agent.data))
+	s.serveContent(w, r, "agent", state.StepAgent, name, a.modTime, bytes.NewReader(a.data))
 }
 
 func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
@@ -672,10 +761,15 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, route, http.StatusNotFound, err, "node", name)
 		return
 	}
+	// The name in the script says the compression: the image's.
+	comp, file := Zstd, OverlayName
+	if strings.HasSuffix(r.URL.Path, "/"+OverlayGzipName) {
+		comp, file = Gzip, OverlayGzipName
+	}
 	token := state.NewToken()
 	var data []byte
 	if s.Overlays != nil {
-		if data, err = s.Overlays.Overlay(r.Context(), name, token); err != nil {
+		if data, err = s.Overlays.Overlay(r.Context(), name, token, comp); err != nil {
 			// A template that fails for this node: its timeline says
 			// why; other nodes are not affected.
 			s.record(name, state.StepOverlay, "overlay not rendered: "+err.Error())
@@ -694,7 +788,7 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, route, http.StatusInternalServerError, err, "node", name)
 			return
 		}
-		a, err := compressArchive(files, time.Now())
+		a, err := compressArchive(files, time.Now(), comp)
 		if err != nil {
 			s.fail(w, route, http.StatusInternalServerError, err, "node", name)
 			return
@@ -718,11 +812,11 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 	if err != nil || nw != len(a.data) {
 		// The nonce stays unspent: iPXE's retry gets a new token.
 		s.log().Debug("overlay not sent whole", "node", name, "ip", ip, "bytes", nw, "err", err)
-		s.record(name, state.StepOverlay, fmt.Sprintf("%s: sent %d of %d bytes: %v", OverlayName, nw, len(a.data), err))
+		s.record(name, state.StepOverlay, fmt.Sprintf("%s: sent %d of %d bytes: %v", file, nw, len(a.data), err))
 		return
 	}
 	err = s.Nodes.ConsumeNonce(name, nonce, token,
-		fmt.Sprintf("%s %s in %s, token minted", OverlayName, humanBytes(int64(nw)), time.Since(start).Round(time.Millisecond)))
+		fmt.Sprintf("%s %s in %s, token minted", file, humanBytes(int64(nw)), time.Since(start).Round(time.Millisecond)))
 	if err != nil {
 		s.log().Warn("overlay sent, but its token could not be made the node's", "node", name, "err", err)
 	}

@@ -31,6 +31,7 @@ import (
 )
 
 type fixture struct {
+	boot    *bootserver.Server
 	db      *state.DB
 	store   *images.Store
 	srv     *httptest.Server
@@ -90,6 +91,7 @@ func newFixture(t *testing.T) *fixture {
 		Subnets: []plan.Subnet{{Prefix: netip.MustParsePrefix("127.0.0.1/8")}},
 	}, "http://"+ln.Addr().String())
 	boot := &bootserver.Server{Nodes: heads, Images: f.store, Agent: agent, BaseURL: "http://" + ln.Addr().String()}
+	f.boot = boot
 	mux.Handle("/boot/", boot.Handler())
 	mux.Handle("/api/", (&api.Node{DB: db, Images: f.store, Plan: heads.Plan, Overlays: boot, Interval: time.Second, DownAfter: 4 * time.Second}).Handler())
 	f.srv.Start()
@@ -325,4 +327,25 @@ func TestBootFlow(t *testing.T) {
 			t.Fatalf("node running unknown content reported as image %s", n.Status.Report.ImageDigest)
 		}
 	})
+}
+
+// TestScriptRetry: the head's retry schedule (boot.retry) reaches the
+// script; the defaults are ipxe's.
+func TestScriptRetry(t *testing.T) {
+	f := newFixture(t)
+	if err := f.db.AddNode(state.Node{Name: "n1", MAC: "52:54:00:00:00:01", IP: netip.MustParseAddr("127.0.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	n1 := client("127.0.0.1")
+	url := f.srv.URL + "/boot/ipxe?mac=52:54:00:00:00:01"
+	if _, script := get(t, n1, url); !bytes.Contains(script, []byte("after 8 attempts")) || !bytes.Contains(script, []byte("rebooting in 30s")) {
+		t.Errorf("default schedule:\n%s", script)
+	}
+	f.boot.Retry = bootserver.Retry{Attempts: 2, MaxWait: time.Second, FailPause: 2 * time.Second}
+	_, script := get(t, n1, url)
+	for _, want := range []string{"after 2 attempts", "iseq ${ramboot-wait} 1 ||", "rebooting in 2s\nsleep 2\nreboot\n"} {
+		if !bytes.Contains(script, []byte(want)) {
+			t.Errorf("short schedule lacks %q:\n%s", want, script)
+		}
+	}
 }

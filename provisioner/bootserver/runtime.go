@@ -38,6 +38,9 @@ func (s *Server) NodeConfig(p plan.Plan, imgName string, m images.Manifest, d im
 	if err != nil {
 		return overlay.Config{}, err
 	}
+	for _, f := range files {
+		c.OverlayFiles = append(c.OverlayFiles, f.Path)
+	}
 	c.OverlayGeneration, err = overlayrender.Generation(c, files)
 	return c, err
 }

@@ -267,6 +267,21 @@ type Boot struct {
 	ConsoleShell bool `yaml:"console_shell"`
 	// StallTimeout marks a boot stalled after that long without progress.
 	StallTimeout Duration `yaml:"stall_timeout"`
+	// Retry is the iPXE script's schedule for a file it cannot fetch.
+	Retry Retry `yaml:"retry"`
+}
+
+// Retry is the iPXE script's retry schedule (pxe/ipxe.Script): the
+// defaults ride out a head restart; shorter ones are for tests.
+type Retry struct {
+	// Attempts is how many times each file is tried.
+	Attempts int `yaml:"attempts"`
+	// MaxWait caps the wait between attempts, which starts at 1 s and
+	// doubles.
+	MaxWait Duration `yaml:"max_wait"`
+	// FailPause is how long the console shows why the boot failed before
+	// iPXE reboots the node.
+	FailPause Duration `yaml:"fail_pause"`
 }
 
 // Root configures the nodes' root file system.
@@ -342,6 +357,43 @@ type SFTP struct {
 	// AuthorizedKeys is the authorized_keys file of the keys that may
 	// push and pull; empty = STATE_DIR/authorized_keys.
 	AuthorizedKeys string `yaml:"authorized_keys"`
+	// MaxConns caps open connections in total, MaxConnsPerClient those
+	// from one address.
+	MaxConns          int `yaml:"max_conns"`
+	MaxConnsPerClient int `yaml:"max_conns_per_client"`
+	// LoginTimeout disconnects a client not logged in by then.
+	LoginTimeout Duration `yaml:"login_timeout"`
+	// IdleTimeout disconnects a client silent that long.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// MaxUpload caps one uploaded blob ("64g"); "0" = no cap.
+	MaxUpload string `yaml:"max_upload"`
+	// MinFree is the free space uploads must leave in the image store's
+	// file system ("1g"); "0" = none.
+	MinFree string `yaml:"min_free"`
+}
+
+// sftpBytes converts sftp.max_upload or sftp.min_free: a size such as
+// 512m or 64g, or 0.
+func sftpBytes(s string) (int64, error) {
+	if s == "0" {
+		return 0, nil
+	}
+	if strings.HasSuffix(s, "%") {
+		return 0, fmt.Errorf("%q: a size such as 512m or 64g, not a percentage", s)
+	}
+	return overlay.SizeBytes(s, 0)
+}
+
+// SFTPMaxUploadBytes returns sftp.max_upload in bytes, 0 = no cap.
+func (c Config) SFTPMaxUploadBytes() int64 {
+	n, _ := sftpBytes(c.SFTP.MaxUpload)
+	return n
+}
+
+// SFTPMinFreeBytes returns sftp.min_free in bytes, 0 = no reserve.
+func (c Config) SFTPMinFreeBytes() int64 {
+	n, _ := sftpBytes(c.SFTP.MinFree)
+	return n
 }
 
 // SFTPAuthorizedKeys returns SFTP.AuthorizedKeys or its default.
@@ -821,6 +873,33 @@ func (c Config) Validate() error {
 	}
 	if c.SFTP.AuthorizedKeys != "" && !filepath.IsAbs(c.SFTP.AuthorizedKeys) {
 		bad("sftp.authorized_keys", "%q must be an absolute path", c.SFTP.AuthorizedKeys)
+	}
+	if c.Boot.Retry.Attempts < 2 || c.Boot.Retry.Attempts > 100 {
+		bad("boot.retry.attempts", "%d is not between 2 and 100", c.Boot.Retry.Attempts)
+	}
+	if r := time.Duration(c.Boot.Retry.MaxWait); r < time.Second || r > 10*time.Minute {
+		bad("boot.retry.max_wait", "%s is not between 1s and 10m", r)
+	}
+	if r := time.Duration(c.Boot.Retry.FailPause); r < 2*time.Second || r > time.Hour {
+		bad("boot.retry.fail_pause", "%s is not between 2s and 1h", r)
+	}
+	if c.SFTP.MaxConnsPerClient < 1 {
+		bad("sftp.max_conns_per_client", "%d: at least 1", c.SFTP.MaxConnsPerClient)
+	}
+	if c.SFTP.MaxConns < c.SFTP.MaxConnsPerClient {
+		bad("sftp.max_conns", "%d is less than sftp.max_conns_per_client (%d)", c.SFTP.MaxConns, c.SFTP.MaxConnsPerClient)
+	}
+	if c.SFTP.LoginTimeout < Duration(time.Second) {
+		bad("sftp.login_timeout", "%s is shorter than 1s", time.Duration(c.SFTP.LoginTimeout))
+	}
+	if c.SFTP.IdleTimeout < Duration(10*time.Second) {
+		bad("sftp.idle_timeout", "%s is shorter than 10s", time.Duration(c.SFTP.IdleTimeout))
+	}
+	if _, err := sftpBytes(c.SFTP.MaxUpload); err != nil {
+		bad("sftp.max_upload", "%v", err)
+	}
+	if _, err := sftpBytes(c.SFTP.MinFree); err != nil {
+		bad("sftp.min_free", "%v", err)
 	}
 	if c.Boot.DefaultImage == "" {
 		bad("boot.default_image", "required")

@@ -132,7 +132,12 @@ func ExampleSnapshot_Render_builtin() {
 	//     "digest": "sha256:0000000000000000000000000000000000000000000000000000000000000001",
 	//     "contentDigest": ""
 	//   },
-	//   "overlayGeneration": "1373dd567c3285cb"
+	//   "overlayGeneration": "b4c77311f8f91434",
+	//   "overlayFiles": [
+	//     "etc/hostname",
+	//     "etc/hosts",
+	//     "etc/systemd/network/10-ramboot-eth0.network"
+	//   ]
 	// }
 }
 

@@ -457,8 +457,14 @@ func (s *Snapshot) Render(ctx context.Context, node, token string) (*Overlay, er
 		o.Files = append(o.Files, d)
 	}
 	slices.SortFunc(o.Files, func(a, b File) int { return strings.Compare(a.Path, b.Path) })
-	// The configuration carries the generation of everything else.
-	if cfg.OverlayGeneration, err = Generation(cfg, o.RuntimeFiles()); err != nil {
+	// The configuration lists the overlay's files, so that the agent
+	// leaves them as they are, and carries the generation of everything
+	// else.
+	runtime := o.RuntimeFiles()
+	for _, f := range runtime {
+		cfg.OverlayFiles = append(cfg.OverlayFiles, f.Path)
+	}
+	if cfg.OverlayGeneration, err = Generation(cfg, runtime); err != nil {
 		return nil, fmt.Errorf("render overlay of %s: %w", node, err)
 	}
 	js, err := encodeConfig(cfg)

@@ -205,6 +205,11 @@ func TestRender(t *testing.T) {
 		cfg.Interface.MAC != "52:54:00:00:00:01" || cfg.Interface.Gateway != "10.0.0.1" || cfg.Image.Name != "debian-12" || cfg.Modules[0] != "virtio_net" {
 		t.Errorf("node config %+v", cfg)
 	}
+	// It lists the overlay's files, so that the agent leaves them alone.
+	if !cfg.Provides("etc/hosts") || !cfg.Provides("etc/hostname") || !cfg.Provides("etc/ssh/ssh_known_hosts") ||
+		cfg.Provides(overlay.ConfigPath) || cfg.Provides("etc") || cfg.Provides("etc/resolv.conf") {
+		t.Errorf("node config lists overlay files %v", cfg.OverlayFiles)
+	}
 	// Sorted, every parent before its children.
 	seen := map[string]bool{}
 	for i, f := range o1.Files {
@@ -236,6 +241,9 @@ func TestRender(t *testing.T) {
 	}
 	if o3.File("etc/hosts") != nil {
 		t.Error("the gpu profile's skip did not remove etc/hosts")
+	}
+	if o3.Config.Provides("etc/hosts") || !o3.Config.Provides("etc/hostname") {
+		t.Errorf("n0003 (no etc/hosts) lists overlay files %v", o3.Config.OverlayFiles)
 	}
 	if _, err := snap.Render(ctx, "n0009", "t"); err == nil {
 		t.Error("render of an unknown node: no error")

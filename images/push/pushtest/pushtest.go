@@ -42,6 +42,13 @@ type Server struct {
 // NewServer starts a server for st; it stops when the test ends.
 func NewServer(t testing.TB, st *images.Store) *Server {
 	t.Helper()
+	return NewServerWith(t, st, nil)
+}
+
+// NewServerWith is NewServer with configure, if not nil, called on the
+// push.Server before it starts (to set its bounds, metrics, logger).
+func NewServerWith(t testing.TB, st *images.Store, configure func(*push.Server)) *Server {
+	t.Helper()
 	dir := t.TempDir()
 	host, err := push.LoadOrCreateHostKey(filepath.Join(dir, "host_key"))
 	if err != nil {
@@ -63,6 +70,9 @@ func NewServer(t testing.TB, st *images.Store) *Server {
 		ClientKey:     signer,
 		ClientKeyFile: file,
 		Dir:           dir,
+	}
+	if configure != nil {
+		configure(s.Server)
 	}
 	s.KnownHostsFile = filepath.Join(dir, "known_hosts")
 	line := "[127.0.0.1]:" + strconv.Itoa(s.Port) + " " + string(ssh.MarshalAuthorizedKey(host.PublicKey()))

@@ -1,6 +1,6 @@
 // Package etcfiles writes the node's name files into its root file system:
 // /etc/hostname, /etc/hosts and /etc/resolv.conf, from the node
-// configuration.
+// configuration, but those the node's overlay provides (Files.Keep).
 //
 //	err := etcfiles.Write("/", etcfiles.Files{
 //		Hostname: "n001",
@@ -29,6 +29,10 @@ type Files struct {
 	// DNS lists name servers. Empty leaves /etc/resolv.conf as the image
 	// has it.
 	DNS []string
+	// Keep reports which of the files (relative to root, slash-separated:
+	// "etc/hosts") to leave alone, because the node's overlay provides
+	// them; nil writes all three.
+	Keep func(path string) bool
 }
 
 // Hosts returns the content of /etc/hosts.
@@ -59,18 +63,39 @@ func (f Files) Resolv() []byte {
 
 // Names returns the paths Write writes under root.
 func (f Files) Names(root string) []string {
-	names := []string{filepath.Join(root, "etc", "hostname"), filepath.Join(root, "etc", "hosts")}
-	if len(f.DNS) > 0 {
-		names = append(names, filepath.Join(root, "etc", "resolv.conf"))
+	var names []string
+	for _, file := range f.files() {
+		names = append(names, filepath.Join(root, filepath.FromSlash(file.path)))
 	}
 	return names
 }
 
+type file struct {
+	path string // relative to the root, slash-separated
+	data []byte
+}
+
+// files returns the files Write writes: the three name files but those
+// that f.Keep keeps, and resolv.conf only with name servers.
+func (f Files) files() []file {
+	all := []file{{"etc/hostname", []byte(f.Hostname + "\n")}, {"etc/hosts", f.Hosts()}}
+	if len(f.DNS) > 0 {
+		all = append(all, file{"etc/resolv.conf", f.Resolv()})
+	}
+	var out []file
+	for _, x := range all {
+		if f.Keep == nil || !f.Keep(x.path) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
 // Write writes etc/hostname, etc/hosts and, when DNS is set,
-// etc/resolv.conf under root, each through a temporary file that is
-// renamed into place (so a symbolic link there, such as systemd-resolved's
-// resolv.conf, is replaced by a plain file). It creates root/etc if
-// needed.
+// etc/resolv.conf under root, but those f.Keep keeps, each through a
+// temporary file that is renamed into place (so a symbolic link there,
+// such as systemd-resolved's resolv.conf, is replaced by a plain file). It
+// creates root/etc if needed.
 func Write(root string, f Files) error {
 	if f.Hostname == "" {
 		return fmt.Errorf("write name files: empty host name")
@@ -79,21 +104,8 @@ func Write(root string, f Files) error {
 	if err := os.MkdirAll(etc, 0o755); err != nil {
 		return fmt.Errorf("write name files: %w", err)
 	}
-	files := []struct {
-		name string
-		data []byte
-	}{
-		{"hostname", []byte(f.Hostname + "\n")},
-		{"hosts", f.Hosts()},
-	}
-	if len(f.DNS) > 0 {
-		files = append(files, struct {
-			name string
-			data []byte
-		}{"resolv.conf", f.Resolv()})
-	}
-	for _, file := range files {
-		if err := WriteFile(filepath.Join(etc, file.name), file.data, 0o644); err != nil {
+	for _, file := range f.files() {
+		if err := WriteFile(filepath.Join(root, filepath.FromSlash(file.path)), file.data, 0o644); err != nil {
 			return err
 		}
 	}

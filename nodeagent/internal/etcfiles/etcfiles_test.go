@@ -91,3 +91,26 @@ func TestWriteErrors(t *testing.T) {
 		t.Error("Write with etc a plain file succeeded")
 	}
 }
+
+// TestWriteKeeps: the files the overlay provides (Keep) are left as they
+// are, the others written.
+func TestWriteKeeps(t *testing.T) {
+	root := t.TempDir()
+	etc := filepath.Join(root, "etc")
+	os.Mkdir(etc, 0o755)
+	const hosts = "# Written by the ramboot head\n10.77.0.1\thead\n10.77.0.10\tn001\n10.77.0.11\tn002\n"
+	os.WriteFile(filepath.Join(etc, "hosts"), []byte(hosts), 0o644)
+	f := etcfiles.Files{Hostname: "n001", Address: netip.MustParseAddr("10.77.0.10"), DNS: []string{"10.77.0.1"},
+		Keep: func(p string) bool { return p == "etc/hosts" }}
+	if got := f.Names(root); len(got) != 2 || got[0] != filepath.Join(etc, "hostname") || got[1] != filepath.Join(etc, "resolv.conf") {
+		t.Errorf("Names = %v, want hostname and resolv.conf", got)
+	}
+	if err := etcfiles.Write(root, f); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"hosts": hosts, "hostname": "n001\n", "resolv.conf": string(f.Resolv())} {
+		if b, err := os.ReadFile(filepath.Join(etc, name)); err != nil || string(b) != want {
+			t.Errorf("%s = %q, %v; want %q", name, b, err, want)
+		}
+	}
+}

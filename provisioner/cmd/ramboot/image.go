@@ -141,6 +141,7 @@ func printManifest(w io.Writer, ref string, d images.Digest, m images.Manifest) 
 	if c := m.CompressedRoot; c != nil {
 		fmt.Fprintf(tw, "Compressed root:\t%s\t%s\t%s\n", strings.TrimPrefix(c.MediaType, "application/vnd.ramboot.rootfs."), c.Digest, mib(c.Size))
 	}
+	fmt.Fprintf(tw, "Size:\t%s in %d blobs\n", mib(m.Size()), len(m.Artifacts()))
 	fmt.Fprintf(tw, "Content:\t%s\n", m.ContentDigest)
 	if len(m.Excludes) > 0 {
 		fmt.Fprintf(tw, "Excluded:\t%s\n", strings.Join(m.Excludes, " "))
@@ -170,7 +171,7 @@ func imageListCmd(g *globals) *cobra.Command {
 			fmt.Fprintln(tw, "NAME\tTAG\tDIGEST\tKERNEL\tSIZE\tCREATED")
 			for _, r := range refs {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Tag, r.Digest.Hex()[:12], orDash(r.Manifest.KernelVersion),
-					mib(r.Manifest.Rootfs.Size+r.Manifest.Kernel.Size), r.Manifest.Created.Local().Format("2006-01-02 15:04"))
+					mib(r.Manifest.Size()), r.Manifest.Created.Local().Format("2006-01-02 15:04"))
 			}
 			return tw.Flush()
 		},

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -184,5 +185,51 @@ func TestParseHead(t *testing.T) {
 	}
 	if _, _, err := parseHead("head:x"); err == nil {
 		t.Error("bad port accepted")
+	}
+}
+
+// TestImageListSize: `image list` counts every artifact of an image, the
+// compressed root too (it counted the kernel and the cpio archive only),
+// and `image show` lists each with the total.
+func TestImageListSize(t *testing.T) {
+	dir := t.TempDir()
+	tree := rootTree(t)
+	// Incompressible data makes the compressed root as large as the
+	// archive, so leaving it out shows in the table's MiB.
+	pad := make([]byte, 3<<20)
+	_, _ = rand.NewChaCha8([32]byte{1}).Read(pad)
+	if err := os.WriteFile(filepath.Join(tree, "bin", "pad"), pad, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := cliErr(t, dir, "image", "build", tree, "--name", "big", "-q"); err != nil {
+		t.Fatal(err)
+	}
+	st := &images.Store{Dir: filepath.Join(dir, "images")}
+	m, _, err := st.Resolve("big")
+	if err != nil || m.CompressedRoot == nil {
+		t.Fatalf("image without its compressed root: %v", err)
+	}
+	var total int64
+	for _, a := range m.Artifacts() {
+		total += a.Size
+	}
+	if total != m.Kernel.Size+m.Rootfs.Size+m.CompressedRoot.Size {
+		t.Fatalf("artifacts %+v", m.Artifacts())
+	}
+	out, _, err := cliErr(t, dir, "image", "list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, " "+mib(total)+" ") {
+		t.Errorf("image list SIZE, want %s (kernel, rootfs and compressed root):\n%s", mib(total), out)
+	}
+	out, _, err = cliErr(t, dir, "image", "show", "big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Kernel:", "Root fs:", "Compressed root:", "Size: " + mib(total) + " in 3 blobs"} {
+		if !strings.Contains(strings.Join(strings.Fields(out), " "), want) {
+			t.Errorf("image show lacks %q:\n%s", want, out)
+		}
 	}
 }

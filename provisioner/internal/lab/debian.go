@@ -24,7 +24,7 @@ import (
 // variant of Suite plus Packages, from the mirror apt uses.
 var (
 	DebianSuite    = "bookworm"
-	DebianPackages = []string{"systemd", "systemd-sysv", "udev", "dbus", "linux-image-amd64"}
+	DebianPackages = []string{"systemd", "systemd-sysv", "udev", "dbus", "linux-image-amd64", "runc"}
 )
 
 // debianPrep names the preparation below; change it when prepareDebian
@@ -268,6 +268,91 @@ func (l *Lab) WithFillUnit(ctx context.Context, dir string) (string, error) {
 		return "", err
 	}
 	return dst, AddUnit(dst, "ramboot-fill.service", FillUnit)
+}
+
+// Markers of ContainerUnit's console lines.
+const (
+	HostsMarker     = "RAMBOOT-HOSTS:"
+	ContainerMarker = "RAMBOOT-CTR:"
+	DiagMarker      = "RAMBOOT-DIAG:"
+	// ContainerName is the detached container ContainerUnit leaves
+	// running for ContainerSeconds.
+	ContainerName    = "e2e-sleep"
+	ContainerSeconds = 240
+)
+
+// ContainerScript is what ContainerUnit runs, once the agent daemon is up
+// and FillUnit is done: it prints the node's /etc/hosts (its first line and
+// the node's own), runs containers of image through the agent as nobody
+// (one in the foreground that prints the image's PRETTY_NAME, then
+// ContainerName detached, a sleep), restarts the daemon and prints its main
+// PID before and after, what `ramboot-agent ps` says of ContainerName, and
+// how long it took.
+func ContainerScript(node, image string) string {
+	return `#!/bin/sh
+exec >/dev/console 2>&1
+t0=$(cut -d" " -f1 /proc/uptime)
+echo "` + HostsMarker + ` first $(head -n 1 /etc/hosts)"
+echo "` + HostsMarker + ` self $(grep -w ` + node + ` /etc/hosts | head -n 1)"
+s=$(cut -d" " -f1 /proc/uptime)
+ramboot-agent run --user 65534:65534 ` + image + ` -- grep PRETTY_NAME /etc/os-release >/tmp/ramboot-e2e-run 2>&1
+sed "s/^/` + ContainerMarker + ` run /" /tmp/ramboot-e2e-run
+echo "` + ContainerMarker + ` first run (image download included) from uptime $s to $(cut -d" " -f1 /proc/uptime)"
+if ! grep -q PRETTY_NAME /tmp/ramboot-e2e-run; then
+	# What went wrong: the cgroups, the daemon's log, and runc by hand.
+	echo "` + DiagMarker + ` load $(cat /proc/loadavg); root subtree_control: $(cat /sys/fs/cgroup/cgroup.subtree_control); daemon cgroup: $(cat /proc/$(systemctl show -P MainPID ramboot-agent)/cgroup)"
+	journalctl -u ramboot-agent --no-pager -n 15 -o cat | sed "s/^/` + DiagMarker + ` journal /"
+	tail -n 40 /run/ramboot/probe-*.log | sed "s/^/` + DiagMarker + ` probe /"
+	dmesg | tail -n 25 | sed "s/^/` + DiagMarker + ` dmesg /"
+	mkdir -p /run/rt/rootfs && mount --rbind / /run/rt/rootfs && cd /run/rt && runc spec &&
+		sed -i -e "s/\"terminal\": true/\"terminal\": false/" -e "s/\"sh\"/\"\/bin\/true\"/" config.json
+	s=$(cut -d" " -f1 /proc/uptime)
+	timeout 120 runc --debug run -b /run/rt diag </dev/null 2>&1 | tail -n 25 | sed "s/^/` + DiagMarker + ` runc /"
+	echo "` + DiagMarker + ` runc by hand from uptime $s to $(cut -d" " -f1 /proc/uptime)"
+	cd /
+fi
+ramboot-agent run -d --name ` + ContainerName + ` --user 65534:65534 ` + image + ` -- sleep ` + fmt.Sprint(ContainerSeconds) + ` 2>&1 | sed "s/^/` + ContainerMarker + ` detached /"
+sleep 6
+a=$(systemctl show -P MainPID ramboot-agent)
+systemctl restart ramboot-agent
+b=$(systemctl show -P MainPID ramboot-agent)
+echo "` + ContainerMarker + ` restart $a -> $b"
+# The new daemon serves its local API once it is ready: give it 30 s.
+for i in $(seq 30); do
+	ramboot-agent ps 2>/dev/null | grep -w ` + ContainerName + ` >/tmp/ramboot-e2e-ps && break
+	sleep 1
+done
+sed "s/^/` + ContainerMarker + ` ps /" /tmp/ramboot-e2e-ps
+echo "` + ContainerMarker + ` done in $(echo "$(cut -d" " -f1 /proc/uptime) $t0" | awk '{print $1 - $2}') s from uptime $t0"
+`
+}
+
+// ContainerUnit runs ContainerScript (at /usr/local/sbin/ramboot-e2e-container)
+// once the daemon is up, without holding up the multi-user target.
+const ContainerUnit = `[Unit]
+Description=ramboot e2e: /etc/hosts and a container through the agent
+After=ramboot-agent.service ramboot-fill.service
+Wants=ramboot-agent.service
+
+[Service]
+Type=exec
+ExecStart=/usr/local/sbin/ramboot-e2e-container
+
+[Install]
+WantedBy=multi-user.target
+`
+
+// WithContainerUnit installs ContainerScript and ContainerUnit in tree (a
+// copy: see CopyTree).
+func WithContainerUnit(tree, node, image string) error {
+	script := filepath.Join(tree, "usr/local/sbin/ramboot-e2e-container")
+	if err := os.MkdirAll(filepath.Dir(script), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(script, []byte(ContainerScript(node, image)), 0o755); err != nil {
+		return err
+	}
+	return AddUnit(tree, "ramboot-e2e-container.service", ContainerUnit)
 }
 
 // CopyTree copies the tree at dir to name under the lab's work directory,

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ramboot/ramboot/provisioner/api"
 	"github.com/ramboot/ramboot/provisioner/internal/lab"
 	"github.com/ramboot/ramboot/provisioner/state"
 )
@@ -63,8 +64,11 @@ func profileSetup(t *testing.T) func(*lab.Lab) []string {
 			t.Fatal(err)
 		}
 		cfg := filepath.Join(l.WorkDir(), "ramboot.yaml")
+		// A short iPXE retry schedule, so that the give-up case takes
+		// seconds (boot.retry's smallest).
 		conf := "overlay: {templates: " + filepath.Join(l.WorkDir(), "overlays") + ", authorized_keys: \"\"}\n" +
-			"cluster: {name: lab, domain: lab.example, values: {lab: yes}}\n"
+			"cluster: {name: lab, domain: lab.example, values: {lab: yes}}\n" +
+			"boot: {retry: {attempts: 2, max_wait: 1s, fail_pause: 2s}}\n"
 		if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -104,7 +108,9 @@ func TestBoot(t *testing.T) {
 		"--kernel-args", "console=tty0 console=ttyS0,115200 panic=30 ramboot.lab=profile"); err != nil {
 		t.Fatal(err)
 	}
-	digest, err := l.BuildImage(ctx, "default")
+	// The BIOS node's image is gzip-compressed (for kernels older than
+	// 5.9): the head sends it the agent and overlay archives in gzip too.
+	digest, err := l.BuildImage(ctx, "default", "--gzip")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,8 +204,77 @@ func TestBoot(t *testing.T) {
 			if err := vm.WaitSerial(ctx, "ramboot-agent: "+tc.node+" ready", 30*time.Second); err != nil {
 				t.Errorf("console: %v", err)
 			}
+			// The gzip image's node got gzip archives; the others zstd.
+			ext := map[string]string{"default": "gz", "oci": "zst"}[tc.image]
+			for _, want := range []string{"agent.cpio." + ext, "overlay.cpio." + ext} {
+				if !slices.ContainsFunc(n.Status.Timeline, func(e api.Event) bool { return strings.HasPrefix(e.Detail, want+" ") }) {
+					t.Errorf("timeline lacks %s", want)
+				}
+			}
 		})
 	}
+
+	// The script's give-up path on real iPXE: a node whose image's root
+	// blob is missing gets 404s, tries twice (boot.retry), says why and
+	// reboots, and its firmware starts again.
+	t.Run("give-up", func(t *testing.T) {
+		start := time.Now()
+		if _, err := l.BuildLargeImage(ctx, "broken", 1); err != nil {
+			t.Fatal(err)
+		}
+		out, err := l.CLI(ctx, "image", "show", "broken", "-o", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m struct {
+			Manifest struct {
+				Rootfs struct{ Digest string } `json:"rootfs"`
+			} `json:"manifest"`
+		}
+		if err := json.Unmarshal(out, &m); err != nil || !strings.HasPrefix(m.Manifest.Rootfs.Digest, "sha256:") {
+			t.Fatalf("image show broken: %v\n%s", err, out)
+		}
+		blob := filepath.Join(l.State, "images", "blobs", "sha256", strings.TrimPrefix(m.Manifest.Rootfs.Digest, "sha256:"))
+		if err := os.Remove(blob); err != nil {
+			t.Fatal(err)
+		}
+		const node, mac = "gone1", "52:54:00:77:00:0c"
+		if err := l.AddNode(ctx, node, mac, "10.77.0.12", "broken"); err != nil {
+			t.Fatal(err)
+		}
+		vm, err := l.Boot(ctx, lab.VMOptions{Mode: lab.BIOS, MAC: mac, Reboot: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer vm.Stop()
+		for _, want := range []string{"ramboot: giving up on ", "ramboot: the boot failed (see above); rebooting in 2s"} {
+			if err := vm.WaitSerial(ctx, want, 5*time.Minute); err != nil {
+				t.Fatalf("%v\nlast serial output:\n%s", err, tail(vm.Serial(), 40))
+			}
+		}
+		failed := time.Now()
+		// The reboot: the firmware's banner again, then a second DHCP
+		// from the node's MAC.
+		banner, dhcp := "SeaBIOS (version", "Configuring (net0 "+mac+")"
+		for deadline := time.Now().Add(3 * time.Minute); strings.Count(string(vm.Serial()), banner) < 2 || strings.Count(string(vm.Serial()), dhcp) < 2; time.Sleep(200 * time.Millisecond) {
+			if time.Now().After(deadline) || vm.Exited() {
+				t.Fatalf("no reboot after the give-up (%d firmware banners, %d DHCP)\nlast serial output:\n%s",
+					strings.Count(string(vm.Serial()), banner), strings.Count(string(vm.Serial()), dhcp), tail(vm.Serial(), 40))
+			}
+		}
+		t.Logf("gave up and rebooted: %.1fs after the VM started, reboot %.1fs after the message; the whole case %.1fs",
+			failed.Sub(vm.Started()).Seconds(), time.Since(failed).Seconds(), time.Since(start).Seconds())
+		n, err := l.Node(ctx, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range n.Status.Timeline {
+			t.Logf("  %-12s %s", e.Step, e.Detail)
+		}
+		if n.Status.State == string(state.StateBooted) {
+			t.Errorf("a node without its root booted: %+v", n.Status)
+		}
+	})
 }
 
 func tail(b []byte, n int) string {

@@ -201,10 +201,10 @@ func MakeRootfs(k Kernel, dir string) error {
 }
 
 // BuildImage prepares the test image's tree and builds it with
-// `ramboot image build` into the daemon's store; it returns the manifest
-// digest the CLI printed.
-func (l *Lab) BuildImage(ctx context.Context, name string) (images.Digest, error) {
-	return l.buildImage(ctx, name, 0)
+// `ramboot image build` (with buildArgs, such as --gzip) into the daemon's
+// store; it returns the manifest digest the CLI printed.
+func (l *Lab) BuildImage(ctx context.Context, name string, buildArgs ...string) (images.Digest, error) {
+	return l.buildImage(ctx, name, 0, buildArgs...)
 }
 
 // BuildLargeImage builds the test image with padMiB of incompressible data
@@ -214,7 +214,7 @@ func (l *Lab) BuildLargeImage(ctx context.Context, name string, padMiB int) (ima
 	return l.buildImage(ctx, name, padMiB)
 }
 
-func (l *Lab) buildImage(ctx context.Context, name string, padMiB int) (images.Digest, error) {
+func (l *Lab) buildImage(ctx context.Context, name string, padMiB int, buildArgs ...string) (images.Digest, error) {
 	k, err := l.FetchKernel(ctx)
 	if err != nil {
 		return "", err
@@ -231,7 +231,7 @@ func (l *Lab) buildImage(ctx context.Context, name string, padMiB int) (images.D
 	}
 	defer os.RemoveAll(tree)
 	l.logf("building image %s from %s (kernel %s)", name, tree, k.Version)
-	out, err := l.CLI(ctx, "image", "build", tree, "--name", name, "-o", "json")
+	out, err := l.CLI(ctx, append([]string{"image", "build", tree, "--name", name, "-o", "json"}, buildArgs...)...)
 	if err != nil {
 		return "", err
 	}

@@ -51,6 +51,9 @@ type VMOptions struct {
 	// to that rate (a token bucket on its tap), like a slow provisioning
 	// network; default unlimited.
 	LinkMbit int
+	// Reboot lets a guest reset start the firmware again; by default
+	// (QEMU's -no-reboot) a reset ends QEMU.
+	Reboot bool
 }
 
 // VM is a running QEMU.
@@ -108,9 +111,12 @@ func (l *Lab) Boot(ctx context.Context, opt VMOptions) (*VM, error) {
 	q := []string{
 		"-qmp", "unix:" + qmp + ",server=on,wait=off",
 		"-name", "ramboot-lab-" + string(opt.Mode), "-accel", "tcg", "-m", fmt.Sprint(opt.MemMiB), "-smp", "1",
-		"-display", "none", "-vga", "none", "-monitor", "none", "-no-reboot", "-nodefaults",
+		"-display", "none", "-vga", "none", "-monitor", "none", "-nodefaults",
 		"-chardev", "file,id=ser0,path=" + serial, "-serial", "chardev:ser0",
 		"-netdev", "tap,id=net0,ifname=" + tap + ",script=no,downscript=no",
+	}
+	if !opt.Reboot {
+		q = append(q, "-no-reboot")
 	}
 	switch opt.Mode {
 	case BIOS:

@@ -17,6 +17,9 @@ DEB_PACKAGES := qemu-system-x86 ipxe-qemu ipxe ovmf busybox-static cpio zstd ipr
 	atftp tftp-hpa curl ca-certificates file dnsmasq-base slurm-client openssh-client gzip \
 	kmod systemd debootstrap runc crun slurm-wlm munge squashfs-tools-ng squashfs-tools nginx-light
 
+# etcd members for the scale-out tests (provisioner/store/etcdtest).
+DEB_PACKAGES += etcd-server
+
 deps: ## install the Debian packages the demo and tests need (root)
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -50,6 +50,10 @@ const (
 	DiscoveryFile = "discovery.json"
 )
 
+// HeadLeaseTTL is how long a dead head stays registered in a shared store
+// (etcd) before its peers stop counting it.
+const HeadLeaseTTL = 10 * time.Second
+
 // Daemon is one running head. Set its fields, then call Run once.
 type Daemon struct {
 	// Config is the validated configuration.
@@ -168,7 +172,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	prefix, headIP, bootFiles, agent, agentPath := chk.prefix, chk.prefix.Addr(), chk.bootFiles, chk.agent, chk.agentPath
 	heads := &Nodes{}
 	heads.SetDefaults(Defaults(cfg, prefix))
-	db, err := OpenState(cfg.StateDir, state.Options{History: cfg.State.BootHistory, Check: heads.Check}, log)
+	db, err := OpenConfiguredState(ctx, cfg, state.Options{History: cfg.State.BootHistory, Check: heads.Check}, log)
 	if err != nil {
 		return err
 	}
@@ -232,6 +236,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 
+	for _, s := range svcs {
+		if d, ok := s.(*dhcpService); ok && d.det != nil {
+			d.det.Peer = db.IsHead // heads on one etcd all answer: not rivals
+		}
+	}
+
 	// The HTTP port is known now (http.port 0 picks a free one).
 	baseURL := "http://" + pub.ln.Addr().String()
 	if port := pub.ln.Addr().(*net.TCPAddr).Port; port == 80 {
@@ -242,6 +252,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		dhcpSvc.setURLs(cfg, baseURL)
 	}
 	ovl := &overlays{db: db, nodes: heads, images: store, log: log.With("svc", "overlay")}
+	ovl.keys = db.SharedHostKeys // nodes' host keys the same from every head
 	ovl.setSetup(newOverlaySetup(cfg, headOf(cfg, headIP, baseURL), slices.Sorted(maps.Keys(db.Profiles())), ovl.log))
 	boot := &bootserver.Server{
 		Nodes: heads, Images: store, Agent: agent, Overlays: ovl, BaseURL: baseURL,
@@ -269,6 +280,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	privMux.Handle("GET /metrics", metrics)
 	privMux.HandleFunc("GET /healthz", healthz)
 	admin.Handle(privMux)
+	boot.Fetch = peerFetch(db, store, baseURL, log, reg) // heads on one etcd: images from the peers
 	if apiSvc != nil {
 		apiSvc.handler = privMux
 	}
@@ -286,6 +298,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		loopService{"backups", bak.run},
 		loopService{"heartbeat watch", func(ctx context.Context) error {
 			return watchHeartbeats(ctx, db, time.Duration(cfg.Agent.DownAfter), started, log.With("svc", "heartbeat"))
+		}},
+		loopService{"head registration", func(ctx context.Context) error {
+			// A shared store (etcd): the peers see this head, and what it
+			// hears from the agents (docs/scale-out.md).
+			host, _ := os.Hostname()
+			h := state.Head{ID: strings.TrimPrefix(baseURL, "http://"), URL: baseURL, IP: headIP.String(), Name: host, Started: started}
+			return db.RunHead(ctx, h, HeadLeaseTTL, min(max(time.Duration(cfg.Agent.DownAfter)/4, time.Second), 5*time.Second))
 		}},
 		loopService{"overlay prepare", func(ctx context.Context) error { return ovl.prepareLoop(ctx, time.Second) }},
 		loopService{"stall watch", func(ctx context.Context) error {

@@ -55,6 +55,11 @@ type overlays struct {
 	snap atomic.Pointer[overlaySnap]
 
 	scans sync.Map // manifest digest -> *imageScan
+
+	// keys, when set, gives the host key store every setup uses in
+	// place of the state directory's (several heads on one etcd: the
+	// keys are shared, state.DB.SharedHostKeys).
+	keys func(local hostkeys.Store) hostkeys.Store
 }
 
 // overlaySetup is what a configuration says about overlays.
@@ -214,6 +219,9 @@ func (s *overlaySetup) Check() error {
 
 // setSetup installs a new setup (start, reload).
 func (o *overlays) setSetup(s *overlaySetup) {
+	if o.keys != nil && s.hostKeys != nil {
+		s.hostKeys = o.keys(s.hostKeys)
+	}
 	o.setup.Store(s)
 	o.snap.Store(nil)
 }

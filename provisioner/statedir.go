@@ -9,11 +9,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ramboot/ramboot/provisioner/config"
 	"github.com/ramboot/ramboot/provisioner/state"
+	"github.com/ramboot/ramboot/provisioner/store"
 )
 
 // BackupFile is the daemon's rolling backup of the database, in the state
@@ -60,6 +63,47 @@ func OpenState(dir string, o state.Options, log *slog.Logger) (*state.DB, error)
 		de.Hint = RecoveryHint(dir)
 	}
 	return db, err
+}
+
+// OpenConfiguredState opens the state cfg names: the state directory's
+// database (state.backend bolt, see OpenState) or the etcd cluster of
+// state.etcd (state.backend etcd), where several heads share it.
+func OpenConfiguredState(ctx context.Context, cfg config.Config, o state.Options, log *slog.Logger) (*state.DB, error) {
+	if cfg.State.Backend != "etcd" {
+		return OpenState(cfg.StateDir, o, log)
+	}
+	st, err := OpenEtcdStore(ctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	db, err := state.OpenStore(st, o)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("state in etcd %s (prefix %s): %w", strings.Join(cfg.State.Etcd.Endpoints, ","), cfg.State.Etcd.Prefix, err)
+	}
+	log.Info("state in etcd", "endpoints", strings.Join(cfg.State.Etcd.Endpoints, ","), "prefix", cfg.State.Etcd.Prefix, "rev", st.Rev())
+	return db, nil
+}
+
+// OpenEtcdStore connects to the etcd cluster of cfg's state.etcd keys.
+func OpenEtcdStore(ctx context.Context, cfg config.Config, log *slog.Logger) (*store.Etcd, error) {
+	e := cfg.State.Etcd
+	o := store.EtcdOptions{
+		Endpoints: e.Endpoints, Prefix: e.Prefix, CAFile: e.CAFile, CertFile: e.CertFile, KeyFile: e.KeyFile,
+		Username: e.Username, DialTimeout: time.Duration(e.DialTimeout), RequestTimeout: time.Duration(e.RequestTimeout),
+		MaxTxnOps: e.MaxTxnOps, Logger: log.With("svc", "etcd"),
+	}
+	if e.PasswordFile != "" {
+		b, err := os.ReadFile(e.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("%sstate.etcd.password_file: %w", cfg.Line("state.etcd.password_file"), err)
+		}
+		pw, _, _ := strings.Cut(string(b), "\n")
+		o.Password = strings.TrimRight(pw, "\r")
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(e.DialTimeout)+time.Duration(e.RequestTimeout))
+	defer cancel()
+	return store.OpenEtcd(ctx, o)
 }
 
 // stateMetrics are the state directory's Prometheus metrics.
@@ -126,6 +170,18 @@ func newStateMetrics(reg prometheus.Registerer, db *state.DB) *stateMetrics {
 	m.backups.WithLabelValues("ok")
 	m.backups.WithLabelValues("error")
 	reg.MustRegister(m.backups, m.lastGood, m.stalled, m.writeFail, newWriterCollector(db))
+	if db.Path() == "" { // a shared store (etcd): its heads, and its retries
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ramboot_heads",
+			Help: "Heads registered in the shared state store (etcd), this one included: fewer than the heads you run means one is down.",
+		}, func() float64 { return float64(len(db.Heads())) }))
+		if r, ok := db.Store().(interface{ Retries() int64 }); ok {
+			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "ramboot_state_etcd_retries_total",
+				Help: "etcd transactions sent again after they got no answer (a member lost, a leader changing).",
+			}, func() float64 { return float64(r.Retries()) }))
+		}
+	}
 	return m
 }
 
@@ -143,6 +199,9 @@ type backups struct {
 
 // once writes a backup if the database changed since the last one.
 func (b *backups) once() {
+	if b.db.Path() == "" {
+		return // a shared store (etcd): no file (docs/scale-out.md)
+	}
 	tx := b.db.TxID()
 	if tx == b.last {
 		return
@@ -161,6 +220,9 @@ func (b *backups) once() {
 
 // run refreshes the backup every interval until ctx ends.
 func (b *backups) run(ctx context.Context) error {
+	if b.db.Path() == "" {
+		return nil
+	}
 	t := time.NewTicker(b.interval)
 	defer t.Stop()
 	for {

@@ -157,6 +157,11 @@ type Server struct {
 	Nodes Nodes
 	// Images is the image store; required.
 	Images *images.Store
+	// Fetch, when set, brings an image this head lacks (a reference, or a
+	// manifest digest "sha256:...") from a peer head, verified, into
+	// Images (several heads on one etcd: docs/scale-out.md); nil means
+	// none.
+	Fetch func(ctx context.Context, ref string) error
 	// Agent is the agent archive; required.
 	Agent *Archive
 	// Retry is the scripts' retry schedule; zero fields take ipxe's
@@ -342,6 +347,8 @@ func OverlayFiles(c overlay.Config) ([]newc.File, error) {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /boot/ipxe", s.serveScript)
+	mux.HandleFunc("GET /boot/blob/{digest}", s.serveBlob) // for peer heads
+	mux.HandleFunc("GET /boot/ref/{ref}", s.serveRef)
 	mux.HandleFunc("GET /boot/image/{digest}/{file}", s.serveImage)
 	mux.HandleFunc("GET /boot/"+AgentName, s.serveAgent)
 	mux.HandleFunc("GET /boot/"+AgentGzipName, s.serveAgent)
@@ -409,23 +416,104 @@ func RootFor(p plan.Plan, m images.Manifest) (root overlay.Root, note string) {
 }
 
 // imageFor returns the node's image: the digest its plan is pinned to,
-// else what its reference resolves to now (the script then pins it).
-func (s *Server) imageFor(p plan.Plan) (string, images.Manifest, images.Digest, error) {
+// else what its reference resolves to now (the script then pins it). An
+// image this head lacks, whole or in part, is fetched from a peer head
+// first (Fetch), verified.
+func (s *Server) imageFor(ctx context.Context, p plan.Plan) (string, images.Manifest, images.Digest, error) {
+	m, d, err := s.localImage(p)
+	if s.Fetch == nil || (err == nil && s.complete(m)) || (err != nil && !errors.Is(err, images.ErrNotFound)) {
+		return p.Image, m, d, err
+	}
+	ref := p.Image
+	if p.Digest != "" {
+		ref = p.Digest
+	}
+	if ferr := s.Fetch(ctx, ref); ferr != nil {
+		if err == nil {
+			err = fmt.Errorf("node %s: image %s: blobs missing here: %w", p.Node, ref, ferr)
+		} else {
+			err = fmt.Errorf("%w; from the peer heads: %v", err, ferr)
+		}
+		return p.Image, images.Manifest{}, "", err
+	}
+	m, d, err = s.localImage(p)
+	return p.Image, m, d, err
+}
+
+// complete reports whether every blob of m is stored here.
+func (s *Server) complete(m images.Manifest) bool {
+	arts := []images.Artifact{m.Kernel, m.Rootfs}
+	if m.CompressedRoot != nil {
+		arts = append(arts, *m.CompressedRoot)
+	}
+	for _, a := range arts {
+		if !s.Images.HasBlob(a) {
+			return false
+		}
+	}
+	return true
+}
+
+// localImage is imageFor from this head's store alone.
+func (s *Server) localImage(p plan.Plan) (images.Manifest, images.Digest, error) {
 	if p.Digest != "" {
 		d, err := images.ParseDigest(p.Digest)
 		if err == nil {
 			var m images.Manifest
 			if m, err = s.Images.ReadManifest(d); err == nil {
-				return p.Image, m, d, nil
+				return m, d, nil
 			}
 		}
-		return p.Image, images.Manifest{}, "", fmt.Errorf("node %s: image %s pinned at %s: %w (move the node: ramboot node set %s --image %s)", p.Node, p.Image, p.Digest, err, p.Node, p.Image)
+		return images.Manifest{}, "", fmt.Errorf("node %s: image %s pinned at %s: %w (move the node: ramboot node set %s --image %s)", p.Node, p.Image, p.Digest, err, p.Node, p.Image)
 	}
 	m, d, err := s.Images.Resolve(p.Image)
 	if err != nil {
-		return p.Image, images.Manifest{}, "", fmt.Errorf("node %s: image %s: %w", p.Node, p.Image, err)
+		return images.Manifest{}, "", fmt.Errorf("node %s: image %s: %w", p.Node, p.Image, err)
 	}
-	return p.Image, m, d, nil
+	return m, d, nil
+}
+
+// serveBlob serves a stored blob (a manifest or an image file) by its
+// digest's hex, to peer heads fetching what they lack; the fetcher
+// verifies the digest. Blobs are content-addressed and public on the
+// provisioning link like the image routes.
+func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request) {
+	const route = "blob"
+	d, err := images.ParseDigest("sha256:" + r.PathValue("digest"))
+	if err != nil {
+		s.fail(w, route, http.StatusNotFound, err)
+		return
+	}
+	f, err := s.Images.OpenBlob(d)
+	if err != nil {
+		s.fail(w, route, http.StatusNotFound, err)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("ETag", `"`+string(d)+`"`)
+	w.Header().Set("Content-Type", "application/octet-stream")
+	cw := &countingWriter{ResponseWriter: w, code: http.StatusOK}
+	http.ServeContent(cw, r, "", time.Time{}, f)
+	s.count(route, cw.code, cw.n)
+}
+
+// serveRef answers the manifest digest a reference resolves to on this
+// head (its own store only: a head never asks its peers on a peer's
+// behalf).
+func (s *Server) serveRef(w http.ResponseWriter, r *http.Request) {
+	const route = "ref"
+	_, d, err := s.Images.Resolve(r.PathValue("ref"))
+	if err != nil {
+		code := http.StatusInternalServerError
+		if errors.Is(err, images.ErrNotFound) {
+			code = http.StatusNotFound
+		}
+		s.fail(w, route, code, err)
+		return
+	}
+	s.count(route, http.StatusOK, 0)
+	w.Header().Set("Content-Type", "text/plain")
+	fmt.Fprintln(w, d)
 }
 
 func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
@@ -445,7 +533,7 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, route, http.StatusForbidden, fmt.Errorf("script for %s is served only to its node's reserved address", mac), "mac", mac, "ip", ip)
 		return
 	}
-	name, m, d, err := s.imageFor(n)
+	name, m, d, err := s.imageFor(r.Context(), n)
 	if err != nil {
 		s.fail(w, route, http.StatusNotFound, err, "node", n.Node)
 		return
@@ -670,7 +758,7 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, route, code, err, "node", name)
 		return
 	}
-	imgName, m, d, err := s.imageFor(n)
+	imgName, m, d, err := s.imageFor(r.Context(), n)
 	if err != nil {
 		s.fail(w, route, http.StatusNotFound, err, "node", name)
 		return

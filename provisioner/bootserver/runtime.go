@@ -1,6 +1,7 @@
 package bootserver
 
 import (
+	"context"
 	"strings"
 
 	"github.com/ramboot/ramboot/images"
@@ -55,7 +56,7 @@ func (s *Server) RuntimeOverlay(name string) (overlay.RuntimeOverlay, error) {
 	if err != nil {
 		return overlay.RuntimeOverlay{}, err
 	}
-	imgName, m, d, err := s.imageFor(p)
+	imgName, m, d, err := s.imageFor(context.Background(), p)
 	if err != nil {
 		return overlay.RuntimeOverlay{}, err
 	}

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -300,6 +301,33 @@ type State struct {
 	// BackupInterval is how often the daemon refreshes its rolling backup
 	// of the database, when it changed.
 	BackupInterval Duration `yaml:"backup_interval"`
+	// Backend is where the state lives: bolt (a file in the state
+	// directory, one head) or etcd (an etcd cluster several heads share).
+	Backend string `yaml:"backend"`
+	// Etcd configures the etcd backend.
+	Etcd Etcd `yaml:"etcd"`
+}
+
+// Etcd configures the etcd state backend (docs/scale-out.md).
+type Etcd struct {
+	// Endpoints are the members' client URLs, http:// or https://.
+	Endpoints []string `yaml:"endpoints"`
+	// Prefix is put before every key: several clusters may share one etcd.
+	Prefix string `yaml:"prefix"`
+	// CAFile is the CA (PEM) that signed the members' certificates;
+	// CertFile and KeyFile are this head's client certificate and key.
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// Username and PasswordFile authenticate with etcd's own users.
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password_file"`
+	// DialTimeout bounds connecting to a member; RequestTimeout one read
+	// or transaction.
+	DialTimeout    Duration `yaml:"dial_timeout"`
+	RequestTimeout Duration `yaml:"request_timeout"`
+	// MaxTxnOps is the members' --max-txn-ops: larger writes are split.
+	MaxTxnOps int `yaml:"max_txn_ops"`
 }
 
 // Agent configures the node agent.
@@ -831,6 +859,7 @@ func (c Config) Validate() error {
 	if c.State.BootHistory < 1 || c.State.BootHistory > 1000 {
 		bad("state.boot_history", "%d is not between 1 and 1000", c.State.BootHistory)
 	}
+	c.validateEtcd(bad)
 	if c.RA.Enabled && c.RA.Interval < Duration(time.Second) {
 		bad("ra.interval", "%s is shorter than 1s", time.Duration(c.RA.Interval))
 	}
@@ -953,6 +982,61 @@ func (c Config) Validate() error {
 		bad("agent.down_after", "%s is shorter than two heartbeat intervals (%s)", time.Duration(c.Agent.DownAfter), time.Duration(2*c.Agent.HeartbeatInterval))
 	}
 	return errors.Join(errs...)
+}
+
+// validateEtcd checks state.backend and, for etcd, state.etcd.*.
+func (c Config) validateEtcd(bad func(path, format string, args ...any)) {
+	switch c.State.Backend {
+	case "bolt":
+		return
+	case "etcd":
+	default:
+		bad("state.backend", "%q is not one of bolt, etcd", c.State.Backend)
+		return
+	}
+	e := c.State.Etcd
+	if len(e.Endpoints) == 0 {
+		bad("state.etcd.endpoints", "required with state.backend etcd (the members' client URLs, e.g. https://10.0.0.1:2379)")
+	}
+	tlsSet := e.CAFile != "" || e.CertFile != "" || e.KeyFile != ""
+	for i, ep := range e.Endpoints {
+		u, err := url.Parse(ep)
+		switch {
+		case err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https"):
+			bad(fmt.Sprintf("state.etcd.endpoints[%d]", i), "%q is not an http:// or https:// URL with a host", ep)
+		case u.Scheme == "https" && !tlsSet:
+			bad(fmt.Sprintf("state.etcd.endpoints[%d]", i), "%q is https: set state.etcd.ca_file (and cert_file, key_file for client certificates)", ep)
+		case u.Scheme == "http" && tlsSet:
+			bad(fmt.Sprintf("state.etcd.endpoints[%d]", i), "%q is plain http while TLS files are set: use https://", ep)
+		}
+	}
+	if !strings.HasPrefix(e.Prefix, "/") || !strings.HasSuffix(e.Prefix, "/") || len(e.Prefix) < 2 {
+		bad("state.etcd.prefix", "%q must start and end with / (e.g. /ramboot/)", e.Prefix)
+	}
+	if (e.CertFile == "") != (e.KeyFile == "") {
+		bad("state.etcd.cert_file", "a client certificate needs both state.etcd.cert_file and state.etcd.key_file")
+	}
+	for _, f := range []struct{ key, v string }{{"state.etcd.ca_file", e.CAFile}, {"state.etcd.cert_file", e.CertFile}, {"state.etcd.key_file", e.KeyFile}, {"state.etcd.password_file", e.PasswordFile}} {
+		if f.v != "" && !filepath.IsAbs(f.v) {
+			bad(f.key, "%q must be an absolute path", f.v)
+		}
+	}
+	if (e.Username == "") != (e.PasswordFile == "") {
+		bad("state.etcd.username", "etcd authentication needs both state.etcd.username and state.etcd.password_file")
+	}
+	for _, d := range []struct {
+		key string
+		v   Duration
+	}{{"state.etcd.dial_timeout", e.DialTimeout}, {"state.etcd.request_timeout", e.RequestTimeout}} {
+		if d.v < Duration(100*time.Millisecond) || d.v > Duration(5*time.Minute) {
+			bad(d.key, "%s is not between 100ms and 5m", time.Duration(d.v))
+		}
+	}
+	// A chunk holds the fence's compare and the mark's write besides its
+	// own operations.
+	if e.MaxTxnOps < 16 {
+		bad("state.etcd.max_txn_ops", "%d is less than 16 (etcd's default --max-txn-ops is 128)", e.MaxTxnOps)
+	}
 }
 
 // reloadable lists the keys a running daemon applies on reload (SIGHUP);

@@ -165,3 +165,63 @@ func TestLoadFile(t *testing.T) {
 		t.Fatal("missing file: no error")
 	}
 }
+
+// TestEtcdBackend: state.backend etcd needs endpoints; every problem of
+// its keys names the key and its line; a good etcd section passes.
+func TestEtcdBackend(t *testing.T) {
+	c, err := Parse("site.yaml", []byte(`interface: eth1
+state:
+  backend: etcd
+  etcd:
+    endpoints: [https://10.0.0.1:2379, "10.0.0.2:2379", http://10.0.0.3:2379]
+    prefix: ramboot
+    ca_file: ca.pem
+    cert_file: /etc/ramboot/etcd.pem
+    username: ramboot
+    dial_timeout: 1ms
+    max_txn_ops: 4
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Validate()
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, w := range []string{
+		`site.yaml:5: state.etcd.endpoints[1]: "10.0.0.2:2379" is not an http:// or https:// URL`,
+		`site.yaml:5: state.etcd.endpoints[2]: "http://10.0.0.3:2379" is plain http while TLS files are set`,
+		`site.yaml:6: state.etcd.prefix`, `site.yaml:7: state.etcd.ca_file: "ca.pem" must be an absolute path`,
+		"site.yaml:8: state.etcd.cert_file: a client certificate needs both", "site.yaml:9: state.etcd.username",
+		"site.yaml:10: state.etcd.dial_timeout", "site.yaml:11: state.etcd.max_txn_ops",
+	} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error lacks %q:\n%v", w, err)
+		}
+	}
+	if strings.Contains(err.Error(), "endpoints[0]") {
+		t.Errorf("a good https endpoint refused:\n%v", err)
+	}
+
+	c, err = Parse("site.yaml", []byte("interface: eth1\nstate:\n  backend: etcd\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "state.etcd.endpoints: required") {
+		t.Errorf("etcd without endpoints: %v", err)
+	}
+	c, err = Parse("site.yaml", []byte("interface: eth1\nstate:\n  backend: sqlite\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), `site.yaml:3: state.backend: "sqlite" is not one of bolt, etcd`) {
+		t.Errorf("unknown backend: %v", err)
+	}
+	c, err = Parse("site.yaml", []byte("interface: eth1\nstate:\n  backend: etcd\n  etcd:\n    endpoints: [http://127.0.0.1:2379, http://127.0.0.2:2379]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Errorf("a good etcd section: %v", err)
+	}
+}

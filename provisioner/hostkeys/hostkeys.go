@@ -277,3 +277,7 @@ func Ensure(ctx context.Context, s Store, nodes []string, types []Type) (map[str
 	}
 	return out, nil
 }
+
+// ParseKey reads a private key file of type t, as PrivateFile wrote it: for
+// stores other than Dir (keys shared by several heads).
+func ParseKey(t Type, b []byte) (Key, error) { return parseKey(t, b) }

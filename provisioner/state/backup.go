@@ -17,12 +17,24 @@ import (
 // one read transaction, while writers go on. size, if not nil, is called
 // with the copy's size before its first byte is written.
 func (d *DB) WriteSnapshot(w io.Writer, size func(int64)) (int64, error) {
-	return d.st.WriteSnapshot(w, size)
+	if d.bolt == nil {
+		return 0, ErrShared
+	}
+	return d.bolt.WriteSnapshot(w, size)
 }
 
+// ErrShared means a file operation (a backup of the database file) was
+// asked of a database kept in a shared store (etcd).
+var ErrShared = errors.New("the state is in a shared store (etcd): back it up with `ramboot state export` or etcd's own snapshots (etcdctl snapshot save)")
+
 // TxID returns the ID of the last committed transaction; it changes with
-// every write.
-func (d *DB) TxID() int { return d.st.TxID() }
+// every write. For a shared store it is the store's revision.
+func (d *DB) TxID() int {
+	if d.bolt == nil {
+		return int(d.st.Rev())
+	}
+	return d.bolt.TxID()
+}
 
 // Backup writes a verified copy of the open database to path, atomically
 // (see WriteFileAtomic).

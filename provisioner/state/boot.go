@@ -42,6 +42,9 @@ type Event struct {
 	Step Step `json:"step"`
 	// Detail says more: file names, bytes, reasons.
 	Detail string `json:"detail,omitempty"`
+	// Head is the head that recorded it, when several share the state
+	// (its ID: host:port of its boot URL); empty with one head.
+	Head string `json:"head,omitempty"`
 }
 
 // Report is what the head recorded from the agent daemon's first

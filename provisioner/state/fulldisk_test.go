@@ -79,7 +79,7 @@ func TestFullDisk(t *testing.T) {
 	// A long read transaction (an online backup does this) keeps bbolt
 	// from reusing pages freed after it began: every write then needs new
 	// pages. Use up the pages that were free before it, then fill the disk.
-	rtx, err := db.st.DB().Begin(false)
+	rtx, err := db.bolt.DB().Begin(false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func TestFailedWriteChangesNothing(t *testing.T) {
 	}
 	tok := boot(t, db, "n1")
 	before, _ := db.Get("n1")
-	db.st.DB().Close()
+	db.bolt.DB().Close()
 	if _, err := db.Register("n1", tok, addr("10.0.0.11"), Report{State: "ready"}, Agent{}); err == nil {
 		t.Fatal("write to a closed database succeeded")
 	}

@@ -312,6 +312,10 @@ func (d *DB) MarkDown(now, since time.Time, after time.Duration) ([]string, erro
 		if a := d.live[r.Node.Name]; a != nil {
 			last, what = a.LastSeen, "since "+a.LastSeen.Format(time.TimeOnly)
 		}
+		// Another head may hear it (shared store: heads.go).
+		if peer := d.heardLast(r.Node.Name); peer.After(last) {
+			last, what = peer, "since "+peer.Format(time.TimeOnly)+", heard by another head"
+		}
 		return last, what, now.Sub(last) > after
 	}
 	d.mu.Lock()

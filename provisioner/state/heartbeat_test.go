@@ -170,7 +170,7 @@ func TestHeartbeatAfterReopen(t *testing.T) {
 // visible in memory.
 func TestHeartbeatMemoryFollowsDisk(t *testing.T) {
 	db, tok := registered(t, filepath.Join(t.TempDir(), "s.db"))
-	db.st.DB().Close() // every write fails from now on
+	db.bolt.DB().Close() // every write fails from now on
 	if _, err := db.MarkDown(time.Now().Add(time.Hour), time.Now(), time.Second); err == nil {
 		t.Fatal("MarkDown with a closed database: no error")
 	}
@@ -320,7 +320,7 @@ func TestHeartbeatFullDisk(t *testing.T) {
 		t.Fatal(err) // n2 is up again: the one that stays up below
 	}
 
-	rtx, err := db.st.DB().Begin(false) // keeps bbolt from reusing freed pages
+	rtx, err := db.bolt.DB().Begin(false) // keeps bbolt from reusing freed pages
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -71,7 +71,19 @@ func (d *DB) StartScript(name string, e Event, pin *Pin) (string, error) {
 
 // CheckNonce reports whether nonce is node name's unspent boot nonce,
 // changing nothing: an error wrapping ErrBadToken when it is not.
+//
+// With a shared store the script may have come from another head a moment
+// ago: a nonce memory does not know makes the head catch up with the store
+// (Sync) and look again before it refuses.
 func (d *DB) CheckNonce(name, nonce string) error {
+	err := d.checkNonce(name, nonce)
+	if err != nil && d.shared() && d.Sync() == nil {
+		err = d.checkNonce(name, nonce)
+	}
+	return err
+}
+
+func (d *DB) checkNonce(name, nonce string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	r, ok := d.nodes[name]
@@ -83,6 +95,9 @@ func (d *DB) CheckNonce(name, nonce string) error {
 	}
 	return nil
 }
+
+// shared reports whether other heads write the store too.
+func (d *DB) shared() bool { return d.bolt == nil }
 
 // ConsumeNonce spends node name's boot nonce and makes token the node's
 // report token for its current boot, recording e (the overlay step) in the
@@ -132,7 +147,12 @@ func (r *record) authenticate(token string, from netip.Addr) error {
 // ErrWrongAddress, ErrBadToken or ErrConflict. A token whose overlay is
 // still being committed (ExpectToken) waits for the outcome, at most
 // tokenWait.
+//
+// With a shared store the token may have been minted by another head a
+// moment ago: a token memory does not know makes the head catch up with
+// the store (Sync) and look again before it refuses.
 func (d *DB) Authenticate(name, token string, from netip.Addr) (NodeStatus, error) {
+	synced := !d.shared()
 	for waited := false; ; waited = true {
 		d.mu.Lock()
 		r, ok := d.nodes[name]
@@ -148,6 +168,12 @@ func (d *DB) Authenticate(name, token string, from netip.Addr) (NodeStatus, erro
 		}
 		p := d.pending[name]
 		d.mu.Unlock()
+		if !synced && (errors.Is(err, ErrBadToken) || errors.Is(err, ErrConflict)) && (p == nil || !equalSecret(hashHex(token), p.hash)) {
+			synced = true
+			if d.Sync() == nil {
+				continue
+			}
+		}
 		if waited || !errors.Is(err, ErrBadToken) || p == nil || !equalSecret(hashHex(token), p.hash) {
 			return NodeStatus{}, fmt.Errorf("request of node %s: %w", name, err)
 		}

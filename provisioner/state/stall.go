@@ -17,7 +17,7 @@ func (d *DB) MarkStalled(timeout time.Duration, busy func(Node) bool) ([]string,
 	d.mu.Lock()
 	var cands []*record
 	for _, r := range d.nodes {
-		if r.Node.Name != "" && stale(r) {
+		if r.Node.Name != "" && stale(r) && !d.stalledElsewhere(&r.Status.Boot) {
 			cands = append(cands, r)
 		}
 	}

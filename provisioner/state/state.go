@@ -193,7 +193,8 @@ type Options struct {
 // DB is the open state database: an in-memory view that follows the
 // store's changes. Its methods are safe for concurrent use.
 type DB struct {
-	st      *store.Bolt
+	st      store.Store
+	bolt    *store.Bolt // nil when the store is shared (etcd)
 	path    string
 	history int
 	now     func() time.Time
@@ -205,6 +206,7 @@ type DB struct {
 	applied  sync.Cond // broadcast when rev advances
 	rev      int64     // the store revision memory reflects
 	watchErr error     // set when the watch ended
+	reloads  int       // times memory was rebuilt from a listing (ErrCompacted)
 	invRev   int64     // revision of keyInventory
 	inv      *inventory.Inventory
 	nodes    map[string]*record // by name; published records are never changed
@@ -219,6 +221,39 @@ type DB struct {
 	live map[string]*Agent
 	// pending are the tokens of overlays being sent (ExpectToken).
 	pending map[string]*pendingToken
+	// open is the inventory change being applied in chunks (chunked.go),
+	// nil when none; held are its events, applied together when it
+	// closes.
+	open     *openChange
+	held     []store.Event
+	openSeen time.Time // when memory last saw the open change move
+	// heads are the heads registered in a shared store, by ID; peerLive
+	// what each published hearing from the agents, by "ID/shard"; self
+	// is this head's ID (heads.go).
+	heads    map[string]Head
+	peerLive map[string]map[string]int64
+	self     string
+	hostKeys map[string][]byte // node -> its stored host keys (hostkeys.go)
+	bg       sync.WaitGroup
+}
+
+// staleChange is how long a chunked inventory change may sit open,
+// unmoving, before another head finishes it.
+const staleChange = 30 * time.Second
+
+// finishLoop finishes chunked inventory changes whose head died mid-way,
+// until ctx ends.
+func (d *DB) finishLoop(ctx context.Context) {
+	t := time.NewTicker(staleChange / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			_ = d.finishStale(staleChange) // tried again at the next tick
+		}
+	}
 }
 
 // Open opens the database at path with default options; see OpenWith.
@@ -230,12 +265,6 @@ func Open(path string) (*DB, error) { return OpenWith(path, Options{}) }
 // process may hold the database; a second one fails after a second with an
 // error wrapping ErrInUse.
 func OpenWith(path string, o Options) (*DB, error) {
-	if o.History <= 0 {
-		o.History = DefaultHistory
-	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
 	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
 		if err := store.CreateBolt(path); err != nil {
 			return nil, err
@@ -246,56 +275,147 @@ func OpenWith(path string, o Options) (*DB, error) {
 	if _, err := Verify(path); err != nil {
 		return nil, err
 	}
-	d := &DB{path: path, history: o.History, now: o.Now, check: o.Check, inv: inventory.New(), live: map[string]*Agent{},
-		nodes: map[string]*record{}, byMAC: map[string]string{}, byID: map[string]string{}, byIP: map[netip.Addr]string{}}
-	d.applied.L = &d.mu
-	var kvs []store.KV
+	var st *store.Bolt
 	err := contained(func() error {
-		st, err := store.OpenBolt(path, store.BoltOptions{InitialMmapSize: o.mmapSize})
+		var err error
+		st, err = store.OpenBolt(path, store.BoltOptions{InitialMmapSize: o.mmapSize})
 		if err != nil {
 			return err
 		}
-		d.st = st
-		if err := migrate(st); err != nil {
-			return err
-		}
-		kvs, d.rev, err = st.List(context.Background(), "")
-		return err
+		return migrate(st)
 	})
 	if err != nil {
-		if d.st != nil {
-			d.st.Close()
+		if st != nil {
+			st.Close()
 		}
 		if errors.Is(err, store.ErrInUse) {
 			return nil, fmt.Errorf("state database %s: %w (is a ramboot daemon serving this state directory?)", path, ErrInUse)
 		}
 		return nil, fmt.Errorf("load state database %s: %w", path, err)
 	}
-	for _, kv := range kvs {
-		if err := d.apply(store.Event{KV: kv}); err != nil {
-			d.st.Close()
-			return nil, fmt.Errorf("load state database %s: %w", path, err)
-		}
+	var d *DB
+	err = contained(func() error {
+		var err error
+		d, err = openStore(st, o)
+		return err
+	})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("load state database %s: %w", path, err)
+	}
+	d.path, d.bolt = path, st
+	return d, nil
+}
+
+// OpenStore opens the database kept in st, a store several heads may
+// share (etcd): memory is loaded from a listing and follows the store's
+// watch from then on, and an inventory change another head left half
+// applied is finished first (chunked.go). Close closes st.
+func OpenStore(st store.Store, o Options) (*DB, error) {
+	if err := finishOpenChange(context.Background(), st); err != nil {
+		return nil, fmt.Errorf("load the state store: %w", err)
+	}
+	d, err := openStore(st, o)
+	if err != nil {
+		return nil, fmt.Errorf("load the state store: %w", err)
+	}
+	return d, nil
+}
+
+func openStore(st store.Store, o Options) (*DB, error) {
+	if o.History <= 0 {
+		o.History = DefaultHistory
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	d := &DB{st: st, history: o.History, now: o.Now, check: o.Check, live: map[string]*Agent{}}
+	d.applied.L = &d.mu
+	if err := d.load(context.Background()); err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d.stop, d.done = cancel, make(chan struct{})
-	go d.follow(ctx, d.st.Watch(ctx, "", d.rev))
+	go d.follow(ctx)
+	if st.Limits().MaxOps > 0 {
+		d.bg.Go(func() { d.finishLoop(ctx) })
+	}
 	d.w = newWriter()
 	go d.runWriter()
 	return d, nil
 }
 
-// follow applies the store's changes to memory, in order, until ctx ends.
-func (d *DB) follow(ctx context.Context, ch <-chan store.Change) {
-	defer close(d.done)
-	for c := range ch {
-		d.mu.Lock()
-		var err error
-		if c.Err != nil {
-			err = c.Err
+// load rebuilds memory from a listing of the whole store. Agents' live
+// views are kept for the nodes still there.
+func (d *DB) load(ctx context.Context) error {
+	kvs, rev, err := d.st.List(ctx, "")
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.inv, d.nodes = inventory.New(), map[string]*record{}
+	d.byMAC, d.byID, d.byIP = map[string]string{}, map[string]string{}, map[netip.Addr]string{}
+	d.open, d.held = nil, nil
+	d.heads, d.peerLive, d.hostKeys = map[string]Head{}, map[string]map[string]int64{}, map[string][]byte{}
+	d.rev = rev
+	for _, kv := range kvs {
+		if err := d.fold(store.Event{KV: kv}); err != nil {
+			return err
 		}
+	}
+	for name := range d.live {
+		if _, ok := d.nodes[name]; !ok {
+			delete(d.live, name)
+		}
+	}
+	d.applied.Broadcast()
+	return nil
+}
+
+// follow applies the store's changes to memory, in order, until ctx ends.
+// When the store no longer keeps the revisions the watch needs (etcd
+// compacted them while the watch was away), memory is rebuilt from a new
+// listing and the watch starts again from there.
+func (d *DB) follow(ctx context.Context) {
+	defer close(d.done)
+	for {
+		err := d.followFrom(ctx, d.st.Watch(ctx, "", d.rev))
+		if ctx.Err() != nil || !errors.Is(err, store.ErrCompacted) {
+			break
+		}
+		for ctx.Err() == nil {
+			if err = d.load(ctx); err == nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+		d.mu.Lock()
+		d.reloads++
+		d.mu.Unlock()
+	}
+	d.mu.Lock()
+	if d.watchErr == nil {
+		d.watchErr = store.ErrClosed
+	}
+	d.applied.Broadcast()
+	d.mu.Unlock()
+}
+
+// followFrom folds one watch stream into memory; it returns the error
+// that ended it (nil when ctx ended or the stream closed).
+func (d *DB) followFrom(ctx context.Context, ch <-chan store.Change) error {
+	for c := range ch {
+		if errors.Is(c.Err, store.ErrCompacted) {
+			return c.Err
+		}
+		d.mu.Lock()
+		err := c.Err
 		for _, e := range c.Events {
-			if aerr := d.apply(e); aerr != nil && err == nil {
+			if aerr := d.fold(e); aerr != nil && err == nil {
 				err = aerr
 			}
 		}
@@ -308,12 +428,7 @@ func (d *DB) follow(ctx context.Context, ch <-chan store.Change) {
 		d.applied.Broadcast()
 		d.mu.Unlock()
 	}
-	d.mu.Lock()
-	if d.watchErr == nil {
-		d.watchErr = store.ErrClosed
-	}
-	d.applied.Broadcast()
-	d.mu.Unlock()
+	return nil
 }
 
 // apply folds one stored key into memory; d.mu is held (or memory not yet
@@ -384,6 +499,8 @@ func (d *DB) apply(e store.Event) error {
 		}
 		r.statusRecord, r.statusRev = s, e.Rev
 		d.nodes[name] = r
+	default:
+		d.applyShared(e)
 	}
 	return nil
 }
@@ -431,7 +548,15 @@ func (d *DB) waitRev(rev int64) error {
 	return nil
 }
 
-// Close closes the database.
+// Reloads returns how many times memory was rebuilt from a listing
+// because the store had compacted the revisions its watch needed.
+func (d *DB) Reloads() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.reloads
+}
+
+// Close closes the database and its store.
 func (d *DB) Close() error {
 	if d.w != nil {
 		d.closeWriter()
@@ -440,11 +565,12 @@ func (d *DB) Close() error {
 	if d.stop != nil {
 		d.stop()
 		<-d.done
+		d.bg.Wait()
 	}
 	return err
 }
 
-// Path returns the database file's path.
+// Path returns the database file's path; "" for a shared store.
 func (d *DB) Path() string { return d.path }
 
 // Store returns the store the database lives in.
@@ -490,8 +616,60 @@ func (d *DB) commit(cmps []store.Cmp, ops []store.Op) error {
 	return d.waitRev(rev)
 }
 
-// catchUp waits until memory reflects everything the store committed.
+// catchUp waits until memory reflects everything the store committed
+// that this head knows of (a conflict's revision included).
 func (d *DB) catchUp() error { return d.waitRev(d.st.Rev()) }
+
+// syncTimeout bounds Sync.
+const syncTimeout = 5 * time.Second
+
+// Sync waits until memory reflects every transaction committed anywhere
+// before the call: with a shared store, what another head wrote a moment
+// ago (a node's nonce, its token). It costs one linearizable read.
+func (d *DB) Sync() error {
+	ctx, cancel := context.WithTimeout(context.Background(), syncTimeout)
+	defer cancel()
+	rev, err := d.st.Current(ctx)
+	if err != nil {
+		return fmt.Errorf("sync with the state store: %w", err)
+	}
+	if p, ok := d.st.(interface{ RequestProgress(context.Context) error }); ok {
+		d.mu.Lock()
+		behind := d.rev < rev
+		d.mu.Unlock()
+		if behind {
+			// Revisions other programs made under other prefixes never
+			// come through this head's watch: ask etcd to say how far
+			// the watch has come.
+			_ = p.RequestProgress(ctx)
+		}
+	}
+	return d.waitRevFor(rev, syncTimeout)
+}
+
+// waitRevFor is waitRev with a time limit.
+func (d *DB) waitRevFor(rev int64, limit time.Duration) error {
+	timedOut := false
+	t := time.AfterFunc(limit, func() {
+		d.mu.Lock()
+		timedOut = true
+		d.applied.Broadcast()
+		d.mu.Unlock()
+	})
+	defer t.Stop()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for d.rev < rev && d.watchErr == nil && !timedOut {
+		d.applied.Wait()
+	}
+	switch {
+	case d.rev >= rev:
+		return nil
+	case d.watchErr != nil:
+		return fmt.Errorf("follow the state store: %w", d.watchErr)
+	}
+	return fmt.Errorf("follow the state store: revision %d not seen within %s (at %d)", rev, limit, d.rev)
+}
 
 // ValidName checks that name can be a node name: a host name label.
 func ValidName(name string) error { return inventory.ValidName("node", name) }
@@ -523,6 +701,9 @@ func (c Change) Empty() bool {
 // by fn clearing its pin with ClearPin.
 func (d *DB) ChangeInventory(dryRun bool, fn func(inv *inventory.Inventory) error) (Change, error) {
 	for range maxRetries {
+		if err := d.finishStale(0); err != nil {
+			return Change{}, fmt.Errorf("finish the inventory change another head left open: %w", err)
+		}
 		d.mu.Lock()
 		old := d.inv
 		next := old.Copy()
@@ -565,8 +746,12 @@ func (d *DB) ChangeInventory(dryRun bool, fn func(inv *inventory.Inventory) erro
 		if dryRun || len(ops) == 0 {
 			return ch, nil
 		}
-		ops = append(ops, store.Put(keyInventory, []byte(strconv.FormatInt(rev+1, 10))))
-		err = d.commit([]store.Cmp{{Key: keyInventory, Rev: rev}}, ops)
+		mark := store.Put(keyInventory, []byte(strconv.FormatInt(rev+1, 10)))
+		if fits(d.st.Limits(), 1, append(ops, mark)) {
+			err = d.commit([]store.Cmp{{Key: keyInventory, Rev: rev}}, append(ops, mark))
+		} else {
+			err = d.commitChunked(rev, ops)
+		}
 		if errors.Is(err, store.ErrConflict) {
 			if err := d.catchUp(); err != nil {
 				return Change{}, err
@@ -891,7 +1076,7 @@ func (d *DB) recordFn(e Event, newBoot bool) func(r *record, a *archive) error {
 	}
 	return func(r *record, a *archive) error {
 		st := &r.Status
-		if e.Step == StepDHCPOffer && (newBoot || st.reached(StepScript) || st.ID == 0) {
+		if e.Step == StepDHCPOffer && (newBoot || st.reached(StepScript) || st.ID == 0) && !d.sameExchange(&st.Boot, e) {
 			// (StepLease, a node OS's DHCP, never starts a boot.)
 			d.startBoot(r, a, e.Time)
 		}

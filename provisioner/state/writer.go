@@ -157,108 +157,34 @@ type work struct {
 	dirt bool
 }
 
-// writeBatch applies jobs in order and commits them in one transaction,
-// retrying on a conflict (another writer of the same store) with the newer
-// records.
+// writeBatch applies jobs in order and commits them: in one transaction
+// when the store takes it, else in as few as its limits allow (each
+// node's changes always in one). Nodes whose transaction met a conflict
+// (another head wrote the same node) are done again on the newer records.
 func (d *DB) writeBatch(jobs []job) {
 	results := make([]error, len(jobs))
-	var lives []func() // memory-only changes, once their writes committed
-	var err error
-	for range maxRetries {
-		var cmps []store.Cmp
-		var ops []store.Op
-		nodes := map[string]*work{}
-		var order []string
-		d.mu.Lock()
-		lives = lives[:0]
-		var noChangeLives []func()
-		for i, j := range jobs {
-			results[i] = nil
-			if j.name == "" {
-				continue // Flush
-			}
-			wk := nodes[j.name]
-			if wk == nil {
-				cur, ok := d.nodes[j.name]
-				if !ok || cur.Node.Name == "" {
-					results[i] = ErrNotFound
-					continue
-				}
-				wk = &work{rec: cur.clone(), rev: cur.statusRev}
-				nodes[j.name] = wk
-				order = append(order, j.name)
-			}
-			nr := wk.rec.clone()
-			var a archive
-			if ferr := j.fn(nr, &a); ferr != nil {
-				if !errors.Is(ferr, errNoChange) {
-					results[i] = ferr
-				} else if a.live != nil {
-					noChangeLives = append(noChangeLives, a.live)
-				}
-				continue
-			}
-			if a.live != nil {
-				lives = append(lives, a.live)
-			}
-			wk.rec, wk.dirt = nr, true
-			if a.put != nil {
-				old, merr := json.Marshal(a.put)
-				if merr != nil {
-					results[i] = merr
-					continue
-				}
-				wk.ops = append(wk.ops, store.Put(bootKey(j.name, a.put.ID), old))
-			}
-			for _, id := range a.drop {
-				wk.ops = append(wk.ops, store.Delete(bootKey(j.name, id)))
-			}
-		}
-		// Memory-only changes that go with no write apply now (a
-		// heartbeat: no disk write per heartbeat).
-		for _, f := range noChangeLives {
-			f()
-		}
-		d.mu.Unlock()
-		n := 0
-		for _, name := range order {
-			wk := nodes[name]
-			if !wk.dirt {
-				continue
-			}
-			b, merr := json.Marshal(wk.rec.statusRecord)
-			if merr != nil {
-				err = merr
-				break
-			}
-			cmps = append(cmps, store.Cmp{Key: statusKey(name), Rev: wk.rev})
-			ops = append(ops, store.Put(statusKey(name), b))
-			ops = append(ops, wk.ops...)
-			n++
-		}
-		if err != nil {
+	final := make([]bool, len(jobs)) // the job's outcome is known
+	var lives []func()               // memory-only changes, once their writes committed
+	for attempt := 0; ; attempt++ {
+		retry, l, err := d.tryBatch(jobs, results, final)
+		lives = append(lives, l...)
+		if len(retry) == 0 {
 			break
-		}
-		if len(ops) == 0 {
-			break
-		}
-		err = d.commit(cmps, ops)
-		if errors.Is(err, store.ErrConflict) {
-			if err = d.catchUp(); err != nil {
-				break
-			}
-			err = store.ErrConflict
-			continue
 		}
 		if err == nil {
-			d.w.mu.Lock()
-			d.w.batches++
-			d.w.changes += len(jobs)
-			d.w.mu.Unlock()
+			err = d.catchUp()
 		}
-		break
+		if err != nil || attempt+1 >= maxRetries {
+			if err == nil {
+				err = fmt.Errorf("%w, %d times", store.ErrConflict, maxRetries)
+			}
+			for _, i := range retry {
+				results[i], final[i] = fmt.Errorf("write node %s: %w", jobs[i].name, err), true
+			}
+			break
+		}
 	}
-	if err == nil && len(lives) > 0 {
+	if len(lives) > 0 {
 		d.mu.Lock()
 		for _, f := range lives {
 			f()
@@ -267,15 +193,10 @@ func (d *DB) writeBatch(jobs []job) {
 	}
 	lost := 0
 	for i, j := range jobs {
-		r := results[i]
-		if err != nil && r == nil && j.name != "" {
-			r = fmt.Errorf("write node %s: %w", j.name, err)
-			if j.done == nil {
-				lost++
-			}
-		}
 		if j.done != nil {
-			j.done <- r
+			j.done <- results[i]
+		} else if results[i] != nil && !errors.Is(results[i], ErrNotFound) && j.name != "" {
+			lost++
 		}
 	}
 	if lost > 0 {
@@ -283,6 +204,140 @@ func (d *DB) writeBatch(jobs []job) {
 		d.w.lost += lost
 		d.w.mu.Unlock()
 	}
+}
+
+// tryBatch applies the jobs whose outcome is not final to copies of the
+// records and commits them. It returns the jobs to try again (their
+// node's transaction met a conflict), with the error that stops retrying
+// if any, and the memory-only changes of the jobs that committed.
+func (d *DB) tryBatch(jobs []job, results []error, final []bool) (retry []int, lives []func(), err error) {
+	nodes := map[string]*work{}
+	var order []string
+	jobsOf := map[string][]int{}
+	liveOf := map[string][]func(){}
+	d.mu.Lock()
+	for i, j := range jobs {
+		if final[i] {
+			continue
+		}
+		results[i] = nil
+		if j.name == "" {
+			final[i] = true // Flush
+			continue
+		}
+		wk := nodes[j.name]
+		if wk == nil {
+			cur, ok := d.nodes[j.name]
+			if !ok || cur.Node.Name == "" {
+				results[i], final[i] = ErrNotFound, true
+				continue
+			}
+			wk = &work{rec: cur.clone(), rev: cur.statusRev}
+			nodes[j.name] = wk
+			order = append(order, j.name)
+		}
+		nr := wk.rec.clone()
+		var a archive
+		boot, events := nr.Status.ID, len(nr.Status.Timeline)
+		ferr := j.fn(nr, &a)
+		if ferr == nil {
+			d.stampHead(nr, boot, events)
+		}
+		if ferr != nil {
+			if !errors.Is(ferr, errNoChange) {
+				results[i], final[i] = ferr, true
+			} else {
+				// Memory-only changes that go with no write apply now
+				// (a heartbeat: no disk write per heartbeat).
+				if a.live != nil {
+					a.live()
+				}
+				final[i] = true
+			}
+			continue
+		}
+		jobsOf[j.name] = append(jobsOf[j.name], i)
+		if a.live != nil {
+			liveOf[j.name] = append(liveOf[j.name], a.live)
+		}
+		wk.rec, wk.dirt = nr, true
+		if a.put != nil {
+			old, merr := json.Marshal(a.put)
+			if merr != nil {
+				results[i], final[i] = merr, true
+				continue
+			}
+			wk.ops = append(wk.ops, store.Put(bootKey(j.name, a.put.ID), old))
+		}
+		for _, id := range a.drop {
+			wk.ops = append(wk.ops, store.Delete(bootKey(j.name, id)))
+		}
+	}
+	d.mu.Unlock()
+
+	// One group per node: its compare, its status, its boots.
+	type group struct {
+		name string
+		cmp  store.Cmp
+		ops  []store.Op
+	}
+	var groups []group
+	for _, name := range order {
+		wk := nodes[name]
+		if !wk.dirt {
+			continue
+		}
+		b, merr := json.Marshal(wk.rec.statusRecord)
+		if merr != nil {
+			for _, i := range jobsOf[name] {
+				results[i], final[i] = merr, true
+			}
+			continue
+		}
+		groups = append(groups, group{name, store.Cmp{Key: statusKey(name), Rev: wk.rev}, append([]store.Op{store.Put(statusKey(name), b)}, wk.ops...)})
+	}
+	limits := d.st.Limits()
+	for len(groups) > 0 {
+		var cmps []store.Cmp
+		var ops []store.Op
+		n := 0
+		for n < len(groups) {
+			g := groups[n]
+			if n > 0 && !fits(limits, len(cmps)+1, append(ops[:len(ops):len(ops)], g.ops...)) {
+				break
+			}
+			cmps, ops = append(cmps, g.cmp), append(ops, g.ops...)
+			n++
+		}
+		batch := groups[:n]
+		groups = groups[n:]
+		cerr := d.commit(cmps, ops)
+		if cerr == nil {
+			changes := 0
+			for _, g := range batch {
+				for _, i := range jobsOf[g.name] {
+					final[i] = true
+				}
+				changes += len(jobsOf[g.name])
+				lives = append(lives, liveOf[g.name]...)
+			}
+			d.w.mu.Lock()
+			d.w.batches++
+			d.w.changes += changes
+			d.w.mu.Unlock()
+			continue
+		}
+		for _, g := range batch {
+			for _, i := range jobsOf[g.name] {
+				if errors.Is(cerr, store.ErrConflict) {
+					retry = append(retry, i)
+				} else {
+					results[i], final[i] = fmt.Errorf("write node %s: %w", g.name, cerr), true
+				}
+			}
+		}
+	}
+	return retry, lives, nil
 }
 
 // closeWriter lets the writer commit what is queued, then stops it.

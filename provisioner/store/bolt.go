@@ -323,6 +323,13 @@ func (b *Bolt) Rev() int64 {
 	return b.rev
 }
 
+// Current implements Store: one process holds the file, so its last
+// revision is everyone's.
+func (b *Bolt) Current(context.Context) (int64, error) { return b.Rev(), nil }
+
+// Limits implements Store: a bbolt transaction has no bound.
+func (b *Bolt) Limits() Limits { return Limits{} }
+
 // TxID returns bbolt's ID of the last committed transaction.
 func (b *Bolt) TxID() int {
 	var id int

@@ -11,6 +11,10 @@
 // publishes the change to watchers: a watcher's view never holds anything
 // the disk does not.
 //
+// Etcd is the shared implementation for several heads (etcd.go): the same
+// semantics on an etcd cluster, whose transactions are bounded (Limits),
+// and whose watch resumes by itself after the loss of a member.
+//
 //	s, err := store.OpenBolt(path, store.BoltOptions{})
 //	kvs, rev, err := s.List(ctx, "nodes/")
 //	ch := s.Watch(ctx, "", rev) // every change after rev
@@ -110,8 +114,17 @@ type Store interface {
 	// transactions after revision rev, until ctx ends (then the channel
 	// closes) or the stream fails (a Change with Err, then it closes).
 	Watch(ctx context.Context, prefix string, rev int64) <-chan Change
-	// Rev returns the revision of the last committed transaction.
+	// Rev returns the revision of the last committed transaction this
+	// store handle knows of.
 	Rev() int64
+	// Current returns the revision of the last transaction committed by
+	// anyone (with a shared store, a linearizable read): a reader that
+	// waits for its view to reach it reads every write made before the
+	// call, on whichever head.
+	Current(ctx context.Context) (int64, error)
+	// Limits returns the bounds of one transaction; callers split larger
+	// writes.
+	Limits() Limits
 	// Close closes the store; watches end.
 	Close() error
 }

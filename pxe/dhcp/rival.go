@@ -56,6 +56,10 @@ type RivalDetector struct {
 	// Metrics, if set, counts rival and other offers; it may be the
 	// Server's.
 	Metrics *Metrics
+	// Peer, if set, reports whether an address is a peer head's: several
+	// heads serving one cluster from a shared inventory all answer, and
+	// their offers are not a rival's.
+	Peer func(netip.Addr) bool
 }
 
 // ListenAndServe opens the watching socket on iface with ListenRivals and
@@ -147,7 +151,7 @@ func (d *RivalDetector) observe(ctx context.Context, reply *dhcpv4.DHCPv4, src n
 		server = src
 	}
 	self := d.ServerIP.Unmap()
-	if server == self || src == self {
+	if server == self || src == self || d.Peer != nil && (d.Peer(server) || d.Peer(src)) {
 		return
 	}
 	log := d.logger()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -11,11 +12,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ramboot/ramboot/provisioner"
+	"github.com/ramboot/ramboot/provisioner/config"
 )
 
 func stateCmd(g *globals) *cobra.Command {
-	c := &cobra.Command{Use: "state", Short: "Back up, restore and check the state database (the inventory and boot history)"}
-	c.AddCommand(stateBackupCmd(g), stateRestoreCmd(g), stateCheckCmd(g))
+	c := &cobra.Command{Use: "state", Short: "Back up, restore, check, export and import the state (the inventory and boot history)"}
+	c.AddCommand(stateBackupCmd(g), stateRestoreCmd(g), stateCheckCmd(g), stateExportCmd(g), stateImportCmd(g))
 	return c
 }
 
@@ -154,4 +156,125 @@ consistent copy taken through the daemon.`,
 			return g.printState("ok", stateResult{File: g.dbPath(), Online: true, StateSummary: sum})
 		},
 	}
+}
+
+// stateConfig loads the configuration the state commands find the state
+// backend in: --config over the embedded default, with --state-dir.
+func (g *globals) stateConfig(cmd *cobra.Command, cfgPath string) (config.Config, error) {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return cfg, err
+	}
+	if cmd.Flags().Changed("state-dir") || cfgPath == "" {
+		cfg.StateDir = g.stateDir
+	}
+	cfg.Interface = "-" // not needed here; Validate checks the rest
+	if err := cfg.Validate(); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// exportResult is what export and import print with -o json.
+type exportResult struct {
+	// Backend is the state backend read or written: bolt, etcd, or file
+	// (export --from).
+	Backend string `json:"backend"`
+	provisioner.ExportSummary
+}
+
+func (g *globals) printExport(w io.Writer, verb string, r exportResult) error {
+	if g.output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	_, err := fmt.Fprintf(w, "%s %d keys (%s): %d nodes, %d profiles, %d earlier boots, %d bytes, source revision %d\n",
+		verb, r.Keys, r.Backend, r.Nodes, r.Profiles, r.Boots, r.Bytes, r.Rev)
+	return err
+}
+
+func stateExportCmd(g *globals) *cobra.Command {
+	var cfgPath, from string
+	c := &cobra.Command{
+		Use:   "export",
+		Short: "Write the whole state to stdout as a checked stream, for `ramboot state import`",
+		Long: `export writes the inventory, every node's status (tokens included) and the
+boot histories to stdout as JSON lines ending in a trailer with the key count
+and a SHA-256, whatever the backend (state.backend in --config): read at one
+revision from etcd, or from a verified copy of the bbolt database (taken
+through the running daemon while one serves the state directory). --from
+exports a database file instead, such as a backup. The summary goes to
+stderr. Moving a single head to etcd:
+
+  ramboot state export | ramboot state import --config /etc/ramboot/etcd.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := g.stateConfig(cmd, cfgPath)
+			if err != nil {
+				return err
+			}
+			var fill func(io.Writer) error
+			backend := cfg.State.Backend
+			switch {
+			case from != "":
+				backend = "file"
+			case backend == "bolt" && g.daemonUp():
+				fill = func(w io.Writer) error {
+					_, err := g.client().Backup(cmd.Context(), w)
+					return err
+				}
+			}
+			sum, err := provisioner.ExportState(cmd.Context(), cfg, from, fill, g.stdout)
+			if err != nil {
+				return err
+			}
+			return g.printExport(g.stderr, "exported", exportResult{Backend: backend, ExportSummary: sum})
+		},
+	}
+	c.Flags().StringVarP(&cfgPath, "config", "c", "", "the daemon's configuration file (its state.backend and state.etcd keys)")
+	c.Flags().StringVar(&from, "from", "", "export this bbolt database file (a backup) instead of the configured state")
+	return c
+}
+
+func stateImportCmd(g *globals) *cobra.Command {
+	var cfgPath string
+	c := &cobra.Command{
+		Use:   "import [FILE]",
+		Short: "Load a `ramboot state export` stream (FILE or stdin) into an empty state",
+		Long: `import reads a stream written by ` + "`ramboot state export`" + ` from FILE or
+stdin and writes it to the state backend of --config (state.backend): the
+etcd cluster, or a new database in the state directory. The target must
+hold no state. The whole stream is read and checked first (its format,
+every record, the trailer's key count and checksum): a truncated or edited
+stream changes nothing. On etcd the keys go in as one inventory change,
+in chunks under a fence: heads serving the cluster meanwhile see all of it
+or none.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := g.stateConfig(cmd, cfgPath)
+			if err != nil {
+				return err
+			}
+			if cfg.State.Backend == "bolt" && g.daemonUp() {
+				return fmt.Errorf("a ramboot daemon serves %s: stop it before importing into its database", g.stateDir)
+			}
+			var r io.Reader = os.Stdin
+			if len(args) == 1 && args[0] != "-" {
+				f, err := os.Open(args[0])
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				r = f
+			}
+			sum, err := provisioner.ImportState(cmd.Context(), cfg, r)
+			if err != nil {
+				return err
+			}
+			return g.printExport(g.stdout, "imported", exportResult{Backend: cfg.State.Backend, ExportSummary: sum})
+		},
+	}
+	c.Flags().StringVarP(&cfgPath, "config", "c", "", "the daemon's configuration file (its state.backend and state.etcd keys)")
+	return c
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -92,16 +93,23 @@ func TestImageLifecycle(t *testing.T) {
 	if _, _, err := cliErr(t, dir, "image", "rm", "compute:v1", "compute"); err != nil {
 		t.Fatal(err)
 	}
+	// Kernel, root, compressed root and manifest; the --no-cache rebuild
+	// adds a second manifest when it ran in another second than the first
+	// build (the manifest's Created), an orphan since v1 moved to it.
+	st := &images.Store{Dir: filepath.Join(dir, "images")}
+	blobs, _ := st.Blobs()
+	if n := len(blobs); n != 4 && n != 5 {
+		t.Fatalf("%d blobs before gc: %v", n, blobs)
+	}
 	out, _, err = cliErr(t, dir, "image", "gc", "--min-age", "0")
-	if err != nil || !strings.Contains(out, "would remove 4 blobs") || !strings.Contains(out, "--yes") {
+	if err != nil || !strings.Contains(out, fmt.Sprintf("would remove %d blobs", len(blobs))) || !strings.Contains(out, "--yes") {
 		t.Errorf("gc dry run:\n%s %v", out, err)
 	}
-	st := &images.Store{Dir: filepath.Join(dir, "images")}
-	if bs, _ := st.Blobs(); len(bs) != 4 {
+	if bs, _ := st.Blobs(); len(bs) != len(blobs) {
 		t.Errorf("dry run removed blobs: %d left", len(bs))
 	}
 	out, _, err = cliErr(t, dir, "image", "gc", "--min-age", "0", "--yes")
-	if err != nil || !strings.Contains(out, "removed 4 blobs") {
+	if err != nil || !strings.Contains(out, fmt.Sprintf("removed %d blobs", len(blobs))) {
 		t.Errorf("gc:\n%s %v", out, err)
 	}
 	if bs, _ := st.Blobs(); len(bs) != 0 {

@@ -53,7 +53,6 @@ func TestThreeHeadsBoot(t *testing.T) {
 	// A short iPXE retry schedule: the node whose head dies gives up
 	// within seconds and reboots (boot.retry's smallest).
 	conf := `interface: eth0
-ra: {enabled: false}
 sftp: {enabled: false}
 boot: {default_image: default, kernel_args: "console=tty0 console=ttyS0,115200 panic=30", retry: {attempts: 2, max_wait: 1s, fail_pause: 2s}}
 state: {backend: etcd, etcd: {endpoints: [` + strings.Join(c.Endpoints(), ", ") + `], prefix: /lab/}}

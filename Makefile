@@ -43,8 +43,8 @@ check: ## gofmt, go vet, staticcheck, go mod tidy must be clean
 	@cp go.mod /tmp/ramboot-go.mod.bak; cp go.sum /tmp/ramboot-go.sum.bak; $(GO) mod tidy; \
 	if ! git diff --quiet -- go.mod go.sum; then git diff -- go.mod go.sum; cp /tmp/ramboot-go.mod.bak go.mod; cp /tmp/ramboot-go.sum.bak go.sum; echo "go mod tidy is not clean"; exit 1; fi
 
-e2e: deps ## boot QEMU nodes (busybox: BIOS, UEFI, head killed mid-download; proxy mode next to dnsmasq; UEFI HTTP boot; Debian 12 with systemd) from ramboot serve in a network namespace (root)
-	$(GO) test -tags e2e -count=1 -timeout 40m -v -run 'TestBoot$$|TestHeadKilledMidDownload|TestProxyMode|TestHTTPBoot|TestDebian' ./provisioner/internal/lab/
+e2e: deps ## boot QEMU nodes (busybox: BIOS, UEFI, head killed mid-download; through 3 heads on etcd, one killed; proxy mode next to dnsmasq; UEFI HTTP boot; Debian 12 with systemd) from ramboot serve in a network namespace (root)
+	$(GO) test -tags e2e -count=1 -timeout 40m -v -run 'TestBoot$$|TestHeadKilledMidDownload|TestThreeHeadsBoot|TestProxyMode|TestHTTPBoot|TestDebian' ./provisioner/internal/lab/
 	@# The image builder's own boot check, on the kernel the lab fetched.
 	RAMBOOT_TEST_KERNEL=$$(ls /var/cache/ramboot-lab/kernel/*/boot/vmlinuz-* | head -n 1) \
 		$(GO) test -count=1 -v -run TestBootQEMU ./images/build/

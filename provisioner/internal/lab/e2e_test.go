@@ -29,6 +29,21 @@ func (w testLog) Write(p []byte) (int, error) {
 // flags for `ramboot serve`.
 func serveLab(ctx context.Context, t *testing.T, setup ...func(*lab.Lab) []string) *lab.Lab {
 	t.Helper()
+	l := newLab(ctx, t)
+	var extra []string
+	for _, f := range setup {
+		extra = append(extra, f(l)...)
+	}
+	if err := l.Serve(ctx, extra...); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// newLab makes a lab (its namespace and bridge, no head yet), closed
+// when the test ends.
+func newLab(ctx context.Context, t *testing.T) *lab.Lab {
+	t.Helper()
 	l, err := lab.New(ctx, lab.Options{Log: testLog{t}, Keep: os.Getenv("RAMBOOT_LAB_KEEP") != ""})
 	if err != nil {
 		t.Fatal(err)
@@ -38,13 +53,6 @@ func serveLab(ctx context.Context, t *testing.T, setup ...func(*lab.Lab) []strin
 			t.Errorf("close lab: %v", err)
 		}
 	})
-	var extra []string
-	for _, f := range setup {
-		extra = append(extra, f(l)...)
-	}
-	if err := l.Serve(ctx, extra...); err != nil {
-		t.Fatal(err)
-	}
 	return l
 }
 

@@ -204,17 +204,19 @@ func MakeRootfs(k Kernel, dir string) error {
 // `ramboot image build` (with buildArgs, such as --gzip) into the daemon's
 // store; it returns the manifest digest the CLI printed.
 func (l *Lab) BuildImage(ctx context.Context, name string, buildArgs ...string) (images.Digest, error) {
-	return l.buildImage(ctx, name, 0, buildArgs...)
+	return l.buildImage(ctx, l.State, name, 0, buildArgs...)
 }
 
 // BuildLargeImage builds the test image with padMiB of incompressible data
 // in /var/lib/ramboot-pad.bin, so that downloading it takes a while: long
 // enough to do something to the head in the middle.
 func (l *Lab) BuildLargeImage(ctx context.Context, name string, padMiB int) (images.Digest, error) {
-	return l.buildImage(ctx, name, padMiB)
+	return l.buildImage(ctx, l.State, name, padMiB)
 }
 
-func (l *Lab) buildImage(ctx context.Context, name string, padMiB int, buildArgs ...string) (images.Digest, error) {
+// buildImage builds the test image into the store of the daemon of state
+// directory dir.
+func (l *Lab) buildImage(ctx context.Context, dir, name string, padMiB int, buildArgs ...string) (images.Digest, error) {
 	k, err := l.FetchKernel(ctx)
 	if err != nil {
 		return "", err
@@ -231,7 +233,7 @@ func (l *Lab) buildImage(ctx context.Context, name string, padMiB int, buildArgs
 	}
 	defer os.RemoveAll(tree)
 	l.logf("building image %s from %s (kernel %s)", name, tree, k.Version)
-	out, err := l.CLI(ctx, append([]string{"image", "build", tree, "--name", name, "-o", "json"}, buildArgs...)...)
+	out, err := l.cliAt(ctx, dir, append([]string{"image", "build", tree, "--name", name, "-o", "json"}, buildArgs...)...)
 	if err != nil {
 		return "", err
 	}

@@ -329,25 +329,35 @@ func (l *Lab) Close() error {
 // admin API answers.
 func (l *Lab) Serve(ctx context.Context, extra ...string) error {
 	logFile := filepath.Join(l.work, "ramboot-serve.log")
-	args := append([]string{"serve", "--interface", l.bridge, "--state-dir", l.State, "--log-level", "debug"}, extra...)
-	p, err := l.start(logFile, l.Ramboot, args...)
+	p, err := l.serveIn(ctx, l.ns, l.bridge, l.State, logFile, extra...)
 	if err != nil {
 		return err
 	}
 	l.serve = p
-	l.logf("ramboot serve running in %s (pid %d), log %s", l.ns, p.cmd.Process.Pid, logFile)
+	return nil
+}
+
+// serveIn starts `ramboot serve` in namespace ns on interface iface and
+// state directory stateDir, and waits until its admin API answers.
+func (l *Lab) serveIn(ctx context.Context, ns, iface, stateDir, logFile string, extra ...string) (*Proc, error) {
+	args := append([]string{"serve", "--interface", iface, "--state-dir", stateDir, "--log-level", "debug"}, extra...)
+	p, err := l.startIn(ns, logFile, l.Ramboot, args...)
+	if err != nil {
+		return nil, err
+	}
+	l.logf("ramboot serve running in %s (pid %d), log %s", ns, p.cmd.Process.Pid, logFile)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if _, err := l.CLI(ctx, "node", "list"); err == nil {
-			return nil
+		if _, err := l.cliAt(ctx, stateDir, "node", "list"); err == nil {
+			return p, nil
 		}
 		if p.Exited() || time.Now().After(deadline) {
 			b, _ := os.ReadFile(logFile)
-			return fmt.Errorf("ramboot serve did not come up; log:\n%s", b)
+			return nil, fmt.Errorf("ramboot serve did not come up in %s; log:\n%s", ns, b)
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil, ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -387,7 +397,12 @@ func (l *Lab) KillServe() error {
 // its standard output. (The admin API is a unix socket: no namespace
 // needed.)
 func (l *Lab) CLI(ctx context.Context, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, l.Ramboot, append(args, "--state-dir", l.State)...)
+	return l.cliAt(ctx, l.State, args...)
+}
+
+// cliAt runs the ramboot CLI against the daemon of state directory dir.
+func (l *Lab) cliAt(ctx context.Context, dir string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, l.Ramboot, append(args, "--state-dir", dir)...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
@@ -408,7 +423,12 @@ func (l *Lab) AddNode(ctx context.Context, name, mac, ip, image string, extra ..
 
 // Node returns `ramboot node show NAME -o json`.
 func (l *Lab) Node(ctx context.Context, name string) (api.NodeStatus, error) {
-	out, err := l.CLI(ctx, "node", "show", name, "-o", "json")
+	return l.nodeAt(ctx, l.State, name)
+}
+
+// nodeAt is Node on the daemon of state directory dir.
+func (l *Lab) nodeAt(ctx context.Context, dir, name string) (api.NodeStatus, error) {
+	out, err := l.cliAt(ctx, dir, "node", "show", name, "-o", "json")
 	if err != nil {
 		return api.NodeStatus{}, err
 	}
@@ -422,9 +442,14 @@ func (l *Lab) Node(ctx context.Context, name string) (api.NodeStatus, error) {
 // WaitBooted polls `ramboot node show` until the node is booted or failed,
 // the VM exits, or the deadline passes.
 func (l *Lab) WaitBooted(ctx context.Context, name string, vm *VM, timeout time.Duration) (api.NodeStatus, error) {
+	return l.waitBooted(ctx, l.State, name, vm, timeout)
+}
+
+// waitBooted is WaitBooted on the daemon of state directory dir.
+func (l *Lab) waitBooted(ctx context.Context, dir, name string, vm *VM, timeout time.Duration) (api.NodeStatus, error) {
 	deadline := time.Now().Add(timeout)
 	for {
-		n, err := l.Node(ctx, name)
+		n, err := l.nodeAt(ctx, dir, name)
 		if err == nil && (n.Status.State == string(state.StateBooted) || n.Status.State == string(state.StateFailed)) {
 			return n, nil
 		}

@@ -22,21 +22,9 @@ type SiteHost struct {
 // the lab bridge by a veth pair, at the subnet's .2. The lab stops it and
 // deletes the namespace on Close.
 func (l *Lab) StartSiteDHCP(ctx context.Context, hosts []SiteHost) error {
-	ns := l.ns + "-site"
-	if _, err := run(ctx, "ip", "netns", "add", ns); err != nil {
+	ns, err := l.Host(ctx, "site", l.opt.Subnet+".2/24")
+	if err != nil {
 		return err
-	}
-	l.extraNS = append(l.extraNS, ns)
-	for _, args := range [][]string{
-		{"-n", ns, "link", "set", "lo", "up"},
-		{"-n", l.ns, "link", "add", "rbsite0", "type", "veth", "peer", "name", "eth0", "netns", ns},
-		{"-n", l.ns, "link", "set", "rbsite0", "master", l.bridge, "up"},
-		{"-n", ns, "addr", "add", l.opt.Subnet + ".2/24", "dev", "eth0"},
-		{"-n", ns, "link", "set", "eth0", "up"},
-	} {
-		if _, err := run(ctx, "ip", args...); err != nil {
-			return err
-		}
 	}
 	dir := filepath.Join(l.work, "site-dhcp")
 	if err := os.MkdirAll(dir, 0o755); err != nil {

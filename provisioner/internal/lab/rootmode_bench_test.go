@@ -151,7 +151,7 @@ func benchBoot(t *testing.T, ctx context.Context, l *lab.Lab, node, mac, image, 
 	if _, err := l.WaitBooted(ctx, node, vm, 20*time.Minute); err != nil {
 		return "", fmt.Errorf("%s: %w", node, err)
 	}
-	n := waitNode(t, ctx, l, node, vm, 15*time.Minute, "systemd running", func(n api.NodeStatus) bool {
+	waitNode(t, ctx, l, node, vm, 15*time.Minute, "systemd running", func(n api.NodeStatus) bool {
 		return n.Agent != nil && n.Agent.SystemState == "running" && n.Status.Report.ReadySeconds > 0
 	})
 	match, err := vm.WaitSerialMatch(ctx, readRE, 5*time.Minute)
@@ -162,7 +162,7 @@ func benchBoot(t *testing.T, ctx context.Context, l *lab.Lab, node, mac, image, 
 	// Let the node settle (udev, timers), then take a fresh heartbeat.
 	time.Sleep(20 * time.Second)
 	settled := time.Now()
-	n = waitNode(t, ctx, l, node, vm, time.Minute, "a heartbeat after settling", func(n api.NodeStatus) bool {
+	n := waitNode(t, ctx, l, node, vm, time.Minute, "a heartbeat after settling", func(n api.NodeStatus) bool {
 		return n.Agent != nil && n.Agent.LastSeen.After(settled)
 	})
 	phases, err := lab.BootPhases(vm.Started(), n)

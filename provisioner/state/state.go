@@ -242,7 +242,11 @@ type DB struct {
 	peerLive map[string]map[string]int64
 	self     string
 	hostKeys map[string][]byte // node -> its stored host keys (hostkeys.go)
-	bg       sync.WaitGroup
+	// prepared are the status records the writer is committing, by key
+	// (writer.go).
+	prepared      map[string]*prepared
+	preparedTaken int // prepared records memory took (tests)
+	bg            sync.WaitGroup
 }
 
 // staleChange is how long a chunked inventory change may sit open,
@@ -337,7 +341,7 @@ func openStore(st store.Store, o Options) (*DB, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	d := &DB{st: st, history: o.History, now: o.Now, check: o.Check, live: map[string]*Agent{}}
+	d := &DB{st: st, history: o.History, now: o.Now, check: o.Check, live: map[string]*Agent{}, prepared: map[string]*prepared{}}
 	d.applied.L = &d.mu
 	if err := d.load(context.Background()); err != nil {
 		return nil, err
@@ -503,9 +507,11 @@ func (d *DB) apply(e store.Event) error {
 			}
 			return nil
 		}
-		var s statusRecord
-		if err := decodeStatus(name, e.Value, &s); err != nil {
-			return err
+		s, ok := d.takePrepared(e)
+		if !ok {
+			if err := decodeStatus(name, e.Value, &s); err != nil {
+				return err
+			}
 		}
 		r := &record{}
 		if old != nil {
@@ -1133,7 +1139,7 @@ func (d *DB) Record(name string, e Event, newBoot bool) error {
 // reply never waits for the disk; a crash can lose what was posted and
 // not yet committed (docs/state.md).
 func (d *DB) Post(name string, e Event, newBoot bool) {
-	d.post(name, d.recordFn(e, newBoot))
+	d.postCanon(name, d.recordFn(e, newBoot))
 }
 
 // PostRepeat posts an event that answers a request the node repeated (a
@@ -1144,7 +1150,8 @@ func (d *DB) PostRepeat(name string, e Event) {
 	if e.Time.IsZero() {
 		e.Time = d.now()
 	}
-	d.post(name, func(r *record, a *archive) error {
+	e = canonical(e)
+	d.postCanon(name, func(r *record, a *archive) error {
 		if r.Status.ID == 0 {
 			d.startBoot(r, a, e.Time)
 		}
@@ -1157,6 +1164,7 @@ func (d *DB) recordFn(e Event, newBoot bool) func(r *record, a *archive) error {
 	if e.Time.IsZero() {
 		e.Time = d.now()
 	}
+	e = canonical(e) // the same in memory as decoded from the store
 	return func(r *record, a *archive) error {
 		st := &r.Status
 		if e.Step == StepDHCPOffer && (newBoot || st.reached(StepScript) || st.ID == 0) && !d.sameExchange(&st.Boot, e) {

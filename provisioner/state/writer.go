@@ -399,13 +399,18 @@ func (d *DB) tryBatch(jobs []job, results []error, final []bool) (retry []int, l
 	for len(groups) > 0 {
 		var cmps []store.Cmp
 		var ops []store.Op
-		n := 0
+		n, size := 0, 0
 		for n < len(groups) {
 			g := groups[n]
-			if n > 0 && !fits(limits, len(cmps)+1, append(ops[:len(ops):len(ops)], g.ops...)) {
+			// What fits(limits, cmps, ops+g.ops) says, counted as the
+			// groups are added (not by copying the ops for each group:
+			// quadratic in a 2,048-change batch).
+			gsize := opsSize(g.ops)
+			if n > 0 && limits.MaxOps > 0 && (len(cmps)+1 > limits.MaxOps || len(ops)+len(g.ops) > limits.MaxOps ||
+				limits.MaxBytes > 0 && size+gsize > limits.MaxBytes) {
 				break
 			}
-			cmps, ops = append(cmps, g.cmp), append(ops, g.ops...)
+			cmps, ops, size = append(cmps, g.cmp), append(ops, g.ops...), size+gsize
 			n++
 		}
 		batch := groups[:n]

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"sync"
 	"sync/atomic"
 
 	"github.com/ramboot/ramboot/provisioner/config"
@@ -29,7 +30,29 @@ type Nodes struct {
 	baseURL  string
 	// discovery holds the DHCP discovery ranges, if any.
 	discovery atomic.Pointer[[]dhcp.Range]
+	// reservations caches Lookup's answers by client key (see
+	// cachedReservation).
+	reservations sync.Map
+	cached       atomic.Int64 // entries in reservations, about
 }
+
+// cachedReservation is a DHCP reservation with everything it was
+// resolved from: it is served only while all of them are still the
+// state's and the configuration's (the node's entry, its pin, the
+// profiles, the defaults), so a node set, a profile change, a pin and a
+// reload are served at the next packet.
+type cachedReservation struct {
+	node        string
+	gen         uint64
+	pin         state.Pin
+	profilesGen uint64
+	defaults    *plan.Defaults
+	res         dhcp.Reservation
+}
+
+// maxCachedReservations bounds the reservation cache: past it (interfaces
+// of deleted nodes, MACs moved), it starts again empty.
+const maxCachedReservations = 1 << 18
 
 // NewNodes returns the seam over db with defaults d; baseURL is the HTTP
 // base URL nodes reach the head at (for DHCP's script URLs).
@@ -169,15 +192,45 @@ func (h *Nodes) Post(node string, step state.Step, detail string) {
 // reservation; an interface without one gets none (proxy mode needs none;
 // reservation mode refuses it). The script URL names the node's first MAC
 // (the boot server serves it only to the node's reserved address).
+//
+// The answer is cached per interface, keyed on what it was resolved from
+// (cachedReservation): a packet of a node whose entry, pin, profiles and
+// defaults did not change since costs a map lookup, not a plan.
 func (h *Nodes) Lookup(_ context.Context, c dhcp.Client) (dhcp.Reservation, error) {
-	n, ifc, err := h.lookup(c)
+	in, ifc, err := h.lookup(c)
 	if errors.Is(err, state.ErrNotFound) {
 		return dhcp.Reservation{}, fmt.Errorf("%s: %w", clientName(c), dhcp.ErrUnknown)
 	}
 	if err != nil {
 		return dhcp.Reservation{}, err
 	}
-	p, err := h.resolve(n)
+	d := h.defaults.Load()
+	key := ifc.MAC
+	if key == "" {
+		key = "id " + ifc.ClientID
+	}
+	if v, ok := h.reservations.Load(key); ok {
+		e := v.(*cachedReservation)
+		if e.node == in.Node.Name && e.gen == in.Gen && e.pin == in.Pin && e.profilesGen == in.ProfilesGen && e.defaults == d {
+			return e.res, nil
+		}
+	}
+	r, err := h.reservation(d, in, ifc, c)
+	if err != nil {
+		return r, err
+	}
+	if h.cached.Add(1) > maxCachedReservations {
+		h.reservations.Clear()
+		h.cached.Store(1)
+	}
+	h.reservations.Store(key, &cachedReservation{node: in.Node.Name, gen: in.Gen, pin: in.Pin, profilesGen: in.ProfilesGen, defaults: d, res: r})
+	return r, nil
+}
+
+// reservation resolves the reservation of interface ifc of the node in.
+func (h *Nodes) reservation(d *plan.Defaults, in state.PlanInput, ifc inventory.Interface, c dhcp.Client) (dhcp.Reservation, error) {
+	inv := &inventory.Inventory{Profiles: in.Profiles}
+	p, err := d.Resolve(inv, in.Node, plan.Pin{Ref: in.Pin.Ref, Digest: in.Pin.Digest, Boot: in.Pin.Boot})
 	if err != nil {
 		return dhcp.Reservation{}, err
 	}
@@ -206,25 +259,26 @@ func (h *Nodes) Lookup(_ context.Context, c dhcp.Client) (dhcp.Reservation, erro
 }
 
 // lookup finds the node and interface a DHCP client is.
-func (h *Nodes) lookup(c dhcp.Client) (state.NodeStatus, inventory.Interface, error) {
+func (h *Nodes) lookup(c dhcp.Client) (state.PlanInput, inventory.Interface, error) {
 	if len(c.MAC) == 6 {
-		n, err := h.db.ByMAC(c.MAC)
+		mac := c.MAC.String()
+		n, err := h.db.PlanInputByMAC(mac)
 		if err == nil {
-			return n, inventory.Interface{MAC: c.MAC.String()}, nil
+			return n, inventory.Interface{MAC: mac}, nil
 		}
 		if !errors.Is(err, state.ErrNotFound) || len(c.ClientID) == 0 {
 			return n, inventory.Interface{}, err
 		}
 	}
 	if len(c.ClientID) == 0 {
-		return state.NodeStatus{}, inventory.Interface{}, state.ErrNotFound
+		return state.PlanInput{}, inventory.Interface{}, state.ErrNotFound
 	}
 	ids := []string{hexColons(c.ClientID)}
 	if guid, ok := c.GUID(); ok {
 		ids = append(ids, hexColons(guid))
 	}
 	for _, id := range ids {
-		n, err := h.db.ByClientID(id)
+		n, err := h.db.PlanInputByClientID(id)
 		if err == nil {
 			return n, inventory.Interface{ClientID: id}, nil
 		}
@@ -232,7 +286,7 @@ func (h *Nodes) lookup(c dhcp.Client) (state.NodeStatus, inventory.Interface, er
 			return n, inventory.Interface{}, err
 		}
 	}
-	return state.NodeStatus{}, inventory.Interface{}, state.ErrNotFound
+	return state.PlanInput{}, inventory.Interface{}, state.ErrNotFound
 }
 
 // hexColons writes b as inventory.NormalizeClientID does: lower-case hex

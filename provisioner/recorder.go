@@ -55,26 +55,27 @@ func (r *recorder) repeatedOffer(node string, xid uint32, firmware bool) bool {
 	return false
 }
 
-// node returns the inventory node a DHCP client is: by MAC, else by client
-// id (whole, or its GUID).
-func (r *recorder) node(e dhcp.Event) (state.NodeStatus, bool) {
+// node returns the name of the inventory node a DHCP client is: by MAC,
+// else by client id (whole, or its GUID). It copies no node: it runs for
+// every DHCP event.
+func (r *recorder) node(e dhcp.Event) (string, bool) {
 	if len(e.MAC) == 6 {
-		if n, err := r.db.ByMAC(e.MAC); err == nil {
+		if n, ok := r.db.NameByMAC(e.MAC); ok {
 			return n, true
 		}
 	}
 	if len(e.ClientID) == 0 {
-		return state.NodeStatus{}, false
+		return "", false
 	}
-	if n, err := r.db.ByClientID(hexColons(e.ClientID)); err == nil {
+	if n, ok := r.db.NameByClientID(hexColons(e.ClientID)); ok {
 		return n, true
 	}
 	if guid, ok := (dhcp.Client{ClientID: e.ClientID}).GUID(); ok {
-		if n, err := r.db.ByClientID(hexColons(guid)); err == nil {
+		if n, ok := r.db.NameByClientID(hexColons(guid)); ok {
 			return n, true
 		}
 	}
-	return state.NodeStatus{}, false
+	return "", false
 }
 
 // dhcp records a DHCP event in the client's events and, for a node, its
@@ -83,7 +84,7 @@ func (r *recorder) dhcp(e dhcp.Event) {
 	if r.events != nil {
 		r.events.dhcp(e)
 	}
-	n, ok := r.node(e)
+	name, ok := r.node(e)
 	if !ok {
 		return // not a node: the DHCP server logged why it ignored it
 	}
@@ -127,12 +128,12 @@ func (r *recorder) dhcp(e dhcp.Event) {
 	// head may answer after the node got its script with the first
 	// answer, is not a new boot: it would void the script's nonce, and the
 	// node's overlay would be refused (found by the boot storm).
-	if ev.Step == state.StepDHCPOffer && r.repeatedOffer(n.Name, e.XID, e.NetBoot && !e.IPXE) {
+	if ev.Step == state.StepDHCPOffer && r.repeatedOffer(name, e.XID, e.NetBoot && !e.IPXE) {
 		ev.Detail += " (repeated request)"
-		r.db.PostRepeat(n.Name, ev)
+		r.db.PostRepeat(name, ev)
 		return
 	}
-	r.db.Post(n.Name, ev, e.NetBoot && !e.IPXE)
+	r.db.Post(name, ev, e.NetBoot && !e.IPXE)
 }
 
 // tftp records a TFTP transfer in the client's events and the timeline of

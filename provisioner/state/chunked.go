@@ -134,11 +134,16 @@ func fits(l store.Limits, cmps int, ops []store.Op) bool {
 	if cmps > l.MaxOps || len(ops) > l.MaxOps {
 		return false
 	}
+	return l.MaxBytes == 0 || opsSize(ops) <= l.MaxBytes
+}
+
+// opsSize is the size fits counts for ops.
+func opsSize(ops []store.Op) int {
 	size := 0
 	for _, op := range ops {
 		size += len(op.Key) + len(op.Value) + 16
 	}
-	return l.MaxBytes == 0 || size <= l.MaxBytes
+	return size
 }
 
 // commitChunked commits the inventory change ops, checked against the

@@ -113,6 +113,9 @@ type record struct {
 	Node Node
 	statusRecord
 	statusRev int64
+	// nodeGen changes whenever the node's inventory entry is applied
+	// (DB.gen): what a cache of anything derived from Node keys on.
+	nodeGen uint64
 }
 
 // statusRecord is what is stored at a node's status key: its boot status
@@ -208,13 +211,18 @@ type DB struct {
 	watchErr error     // set when the watch ended
 	reloads  int       // times memory was rebuilt from a listing (ErrCompacted)
 	invRev   int64     // revision of keyInventory
-	inv      *inventory.Inventory
-	nodes    map[string]*record // by name; published records are never changed
-	byMAC    map[string]string  // MAC -> name, every interface
-	byID     map[string]string  // client id -> name
-	byIP     map[netip.Addr]string
-	fails    int // writes that did not commit
-	check    func(*inventory.Inventory, map[string]bool) error
+	// gen counts the inventory entries applied to memory, never reset
+	// (not even by a reload): each node record and the profiles map take
+	// a new value of it when they change (record.nodeGen, profGen).
+	gen     uint64
+	profGen uint64
+	inv     *inventory.Inventory
+	nodes   map[string]*record // by name; published records are never changed
+	byMAC   map[string]string  // MAC -> name, every interface
+	byID    map[string]string  // client id -> name
+	byIP    map[netip.Addr]string
+	fails   int // writes that did not commit
+	check   func(*inventory.Inventory, map[string]bool) error
 	// live is each node's agent daemon's last registration or
 	// heartbeat: memory only, never written (heartbeat.go). Published
 	// values are never changed.
@@ -234,7 +242,11 @@ type DB struct {
 	peerLive map[string]map[string]int64
 	self     string
 	hostKeys map[string][]byte // node -> its stored host keys (hostkeys.go)
-	bg       sync.WaitGroup
+	// prepared are the status records the writer is committing, by key
+	// (writer.go).
+	prepared      map[string]*prepared
+	preparedTaken int // prepared records memory took (tests)
+	bg            sync.WaitGroup
 }
 
 // staleChange is how long a chunked inventory change may sit open,
@@ -329,7 +341,7 @@ func openStore(st store.Store, o Options) (*DB, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	d := &DB{st: st, history: o.History, now: o.Now, check: o.Check, live: map[string]*Agent{}}
+	d := &DB{st: st, history: o.History, now: o.Now, check: o.Check, live: map[string]*Agent{}, prepared: map[string]*prepared{}}
 	d.applied.L = &d.mu
 	if err := d.load(context.Background()); err != nil {
 		return nil, err
@@ -355,6 +367,8 @@ func (d *DB) load(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.inv, d.nodes = inventory.New(), map[string]*record{}
+	d.gen++
+	d.profGen = d.gen // a new, empty profiles map
 	d.byMAC, d.byID, d.byIP = map[string]string{}, map[string]string{}, map[netip.Addr]string{}
 	d.open, d.held = nil, nil
 	d.heads, d.peerLive, d.hostKeys = map[string]Head{}, map[string]map[string]int64{}, map[string][]byte{}
@@ -441,6 +455,8 @@ func (d *DB) apply(e store.Event) error {
 		name := strings.TrimPrefix(e.Key, keyProfiles)
 		m := maps.Clone(d.inv.Profiles) // published maps are never changed
 		d.inv.Profiles = m
+		d.gen++
+		d.profGen = d.gen
 		if e.Deleted {
 			delete(m, name)
 			return nil
@@ -475,6 +491,8 @@ func (d *DB) apply(e store.Event) error {
 			*r = *old
 		}
 		r.Node = n
+		d.gen++
+		r.nodeGen = d.gen
 		d.nodes[name] = r
 		d.inv.Nodes[name] = &r.Node
 		d.index(&n)
@@ -489,9 +507,11 @@ func (d *DB) apply(e store.Event) error {
 			}
 			return nil
 		}
-		var s statusRecord
-		if err := decodeStatus(name, e.Value, &s); err != nil {
-			return err
+		s, ok := d.takePrepared(e)
+		if !ok {
+			if err := decodeStatus(name, e.Value, &s); err != nil {
+				return err
+			}
 		}
 		r := &record{}
 		if old != nil {
@@ -898,6 +918,75 @@ func (d *DB) ByMAC(mac net.HardwareAddr) (NodeStatus, error) {
 	return d.view(d.nodes[name]), nil
 }
 
+// PlanInput is what a node's plan depends on in the state, shared with
+// memory and never to be changed: the DHCP path reads it without copying
+// the node. Gen and ProfilesGen change whenever the node's inventory
+// entry, respectively any profile, changes (a reload included), so a
+// cache of a plan keyed on (Gen, ProfilesGen, Pin) and the defaults is
+// never stale.
+type PlanInput struct {
+	// Node is the node's inventory entry: shared, never to be changed.
+	Node *Node
+	// Gen identifies this version of Node.
+	Gen uint64
+	// Pin is the node's image pin (zero when none).
+	Pin Pin
+	// Profiles are every profile by name: shared, never to be changed.
+	Profiles map[string]*Profile
+	// ProfilesGen identifies this version of Profiles.
+	ProfilesGen uint64
+}
+
+// PlanInputByMAC returns what the plan of the node with that MAC (lower
+// case, colons) depends on, without copying the node.
+func (d *DB) PlanInputByMAC(mac string) (PlanInput, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	name, ok := d.byMAC[mac]
+	if !ok {
+		return PlanInput{}, fmt.Errorf("mac %s: %w", mac, ErrNotFound)
+	}
+	return d.planInput(d.nodes[name]), nil
+}
+
+// PlanInputByClientID is PlanInputByMAC by DHCP client identifier.
+func (d *DB) PlanInputByClientID(id string) (PlanInput, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	name, ok := d.byID[id]
+	if !ok {
+		return PlanInput{}, fmt.Errorf("client id %s: %w", id, ErrNotFound)
+	}
+	return d.planInput(d.nodes[name]), nil
+}
+
+// planInput returns r's PlanInput; d.mu is held.
+func (d *DB) planInput(r *record) PlanInput {
+	in := PlanInput{Node: &r.Node, Gen: r.nodeGen, Profiles: d.inv.Profiles, ProfilesGen: d.profGen}
+	if p := r.Status.Pin; p != nil {
+		in.Pin = *p
+	}
+	return in
+}
+
+// NameByMAC returns the name of the node with that MAC, without copying
+// anything (the recorder's lookup for every DHCP event).
+func (d *DB) NameByMAC(mac net.HardwareAddr) (string, bool) {
+	k := mac.String()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	name, ok := d.byMAC[k]
+	return name, ok
+}
+
+// NameByClientID is NameByMAC by DHCP client identifier.
+func (d *DB) NameByClientID(id string) (string, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	name, ok := d.byID[id]
+	return name, ok
+}
+
 // ByClientID returns the node with that DHCP client identifier (hex
 // with colons, as inventory.NormalizeClientID writes it).
 func (d *DB) ByClientID(id string) (NodeStatus, error) {
@@ -1050,7 +1139,7 @@ func (d *DB) Record(name string, e Event, newBoot bool) error {
 // reply never waits for the disk; a crash can lose what was posted and
 // not yet committed (docs/state.md).
 func (d *DB) Post(name string, e Event, newBoot bool) {
-	d.post(name, d.recordFn(e, newBoot))
+	d.postCanon(name, d.recordFn(e, newBoot))
 }
 
 // PostRepeat posts an event that answers a request the node repeated (a
@@ -1061,7 +1150,8 @@ func (d *DB) PostRepeat(name string, e Event) {
 	if e.Time.IsZero() {
 		e.Time = d.now()
 	}
-	d.post(name, func(r *record, a *archive) error {
+	e = canonical(e)
+	d.postCanon(name, func(r *record, a *archive) error {
 		if r.Status.ID == 0 {
 			d.startBoot(r, a, e.Time)
 		}
@@ -1074,6 +1164,7 @@ func (d *DB) recordFn(e Event, newBoot bool) func(r *record, a *archive) error {
 	if e.Time.IsZero() {
 		e.Time = d.now()
 	}
+	e = canonical(e) // the same in memory as decoded from the store
 	return func(r *record, a *archive) error {
 		st := &r.Status
 		if e.Step == StepDHCPOffer && (newBoot || st.reached(StepScript) || st.ID == 0) && !d.sameExchange(&st.Boot, e) {

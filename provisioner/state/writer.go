@@ -1,10 +1,15 @@
 package state
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"reflect"
 	"sync"
+	"time"
+	"unicode/utf8"
 
 	"github.com/ramboot/ramboot/provisioner/store"
 )
@@ -26,7 +31,31 @@ type job struct {
 	name string
 	fn   func(r *record, a *archive) error
 	done chan error
+	// canon says fn changes the record only in ways the store's JSON
+	// gives back unchanged (canonical): a boot event posted by the
+	// serving path (Post, PostRepeat). See prepared.
+	canon bool
 }
+
+// prepared is a node's status as the writer committed it, with the bytes
+// it wrote: when the watch delivers exactly these bytes at that key, the
+// record is taken as is instead of decoded from them (the serving path's
+// boot events are most of the head's writes under a boot storm, and
+// decoding each back cost more than the rest of the packet). It is only
+// made from records whose every change was canonical (job.canon) on a
+// record memory already held (itself decoded, or prepared), so it equals
+// what decoding the bytes gives; the tests of this package decode and
+// compare every one (verifyPrepared). Keyed by content, it is right with
+// a store several heads share too: bytes another head wrote are decoded,
+// and identical bytes decode to an identical record.
+type prepared struct {
+	value []byte
+	rec   statusRecord
+}
+
+// verifyPrepared makes apply decode every prepared record and panic if
+// it differs from the decoded one (set by this package's tests).
+var verifyPrepared bool
 
 // writer is the one goroutine that writes nodes' status: it takes every
 // change queued since its last commit, applies them in order to copies of
@@ -110,6 +139,48 @@ func (d *DB) post(name string, fn func(r *record, a *archive) error) {
 	d.w.submit(job{name: name, fn: fn})
 }
 
+// postCanon is post for a change that is canonical (job.canon).
+func (d *DB) postCanon(name string, fn func(r *record, a *archive) error) {
+	d.w.submit(job{name: name, fn: fn, canon: true})
+}
+
+// canonical returns e as the store's JSON gives it back: its time
+// without the monotonic clock reading and in the location decoding
+// gives, its detail valid UTF-8 as the encoder writes it.
+func canonical(e Event) Event {
+	if b, err := e.Time.MarshalJSON(); err == nil {
+		var t time.Time
+		if t.UnmarshalJSON(b) == nil {
+			e.Time = t
+		}
+	}
+	for _, s := range []*string{&e.Detail, (*string)(&e.Step), &e.Head} {
+		if !utf8.ValidString(*s) {
+			b, _ := json.Marshal(*s)
+			_ = json.Unmarshal(b, s)
+		}
+	}
+	return e
+}
+
+// takePrepared returns the record the writer prepared for e, if e
+// carries its bytes; d.mu is held.
+func (d *DB) takePrepared(e store.Event) (statusRecord, bool) {
+	p := d.prepared[e.Key]
+	if p == nil || !bytes.Equal(p.value, e.Value) {
+		return statusRecord{}, false
+	}
+	delete(d.prepared, e.Key)
+	d.preparedTaken++
+	if verifyPrepared {
+		var s statusRecord
+		if err := decodeStatus(e.Key, e.Value, &s); err != nil || !reflect.DeepEqual(s, p.rec) {
+			panic(fmt.Sprintf("state: prepared status %s differs from its bytes (%v):\nprepared %#v\ndecoded  %#v", e.Key, err, p.rec, s))
+		}
+	}
+	return p.rec, true
+}
+
 // Flush waits until every change posted before it is committed (or
 // failed).
 func (d *DB) Flush() {
@@ -151,10 +222,11 @@ func (d *DB) runWriter() {
 
 // work is one node's record while a batch is applied.
 type work struct {
-	rec  *record
-	rev  int64
-	ops  []store.Op
-	dirt bool
+	rec   *record
+	rev   int64
+	ops   []store.Op
+	dirt  bool
+	canon bool // every change applied was canonical (job.canon)
 }
 
 // writeBatch applies jobs in order and commits them: in one transaction
@@ -232,7 +304,7 @@ func (d *DB) tryBatch(jobs []job, results []error, final []bool) (retry []int, l
 				results[i], final[i] = ErrNotFound, true
 				continue
 			}
-			wk = &work{rec: cur.clone(), rev: cur.statusRev}
+			wk = &work{rec: cur.clone(), rev: cur.statusRev, canon: true}
 			nodes[j.name] = wk
 			order = append(order, j.name)
 		}
@@ -260,7 +332,7 @@ func (d *DB) tryBatch(jobs []job, results []error, final []bool) (retry []int, l
 		if a.live != nil {
 			liveOf[j.name] = append(liveOf[j.name], a.live)
 		}
-		wk.rec, wk.dirt = nr, true
+		wk.rec, wk.dirt, wk.canon = nr, true, wk.canon && j.canon
 		if a.put != nil {
 			old, merr := json.Marshal(a.put)
 			if merr != nil {
@@ -282,6 +354,7 @@ func (d *DB) tryBatch(jobs []job, results []error, final []bool) (retry []int, l
 		ops  []store.Op
 	}
 	var groups []group
+	var preps map[string]*prepared
 	for _, name := range order {
 		wk := nodes[name]
 		if !wk.dirt {
@@ -295,18 +368,49 @@ func (d *DB) tryBatch(jobs []job, results []error, final []bool) (retry []int, l
 			continue
 		}
 		groups = append(groups, group{name, store.Cmp{Key: statusKey(name), Rev: wk.rev}, append([]store.Op{store.Put(statusKey(name), b)}, wk.ops...)})
+		if wk.canon {
+			rec := wk.rec.statusRecord
+			if len(rec.Status.History) == 0 {
+				rec.Status.History = nil // omitempty: decoded as nil
+			}
+			if preps == nil {
+				preps = map[string]*prepared{}
+			}
+			preps[statusKey(name)] = &prepared{value: b, rec: rec}
+		}
+	}
+	if len(preps) > 0 {
+		d.mu.Lock()
+		maps.Copy(d.prepared, preps)
+		d.mu.Unlock()
+		defer func() {
+			// What the watch did not take (a failed commit, a conflict)
+			// goes.
+			d.mu.Lock()
+			for k, p := range preps {
+				if d.prepared[k] == p {
+					delete(d.prepared, k)
+				}
+			}
+			d.mu.Unlock()
+		}()
 	}
 	limits := d.st.Limits()
 	for len(groups) > 0 {
 		var cmps []store.Cmp
 		var ops []store.Op
-		n := 0
+		n, size := 0, 0
 		for n < len(groups) {
 			g := groups[n]
-			if n > 0 && !fits(limits, len(cmps)+1, append(ops[:len(ops):len(ops)], g.ops...)) {
+			// What fits(limits, cmps, ops+g.ops) says, counted as the
+			// groups are added (not by copying the ops for each group:
+			// quadratic in a 2,048-change batch).
+			gsize := opsSize(g.ops)
+			if n > 0 && limits.MaxOps > 0 && (len(cmps)+1 > limits.MaxOps || len(ops)+len(g.ops) > limits.MaxOps ||
+				limits.MaxBytes > 0 && size+gsize > limits.MaxBytes) {
 				break
 			}
-			cmps, ops = append(cmps, g.cmp), append(ops, g.ops...)
+			cmps, ops, size = append(cmps, g.cmp), append(ops, g.ops...), size+gsize
 			n++
 		}
 		batch := groups[:n]

@@ -30,8 +30,8 @@ var (
 
 var metaRev = []byte("rev")
 
-// keepChanges is how many recent changes a Bolt keeps for watchers that
-// start from an earlier revision.
+// keepChanges is how many recent changes (at least; up to a quarter
+// more) a Bolt keeps for watchers that start from an earlier revision.
 const keepChanges = 4096
 
 // BoltOptions configure OpenBolt.
@@ -395,7 +395,11 @@ func (b *Bolt) publish(c Change) {
 	defer b.mu.Unlock()
 	b.rev = c.Rev
 	b.recent = append(b.recent, c)
-	if len(b.recent) > keepChanges {
+	// Trimmed back to keepChanges once it holds a quarter more: trimming
+	// at every commit copied (and allocated) 4,096 changes per commit:
+	// 7 % of ramboot serve's CPU under 4,000 DHCP exchanges a second
+	// (perf), and garbage for the collector.
+	if len(b.recent) > keepChanges+keepChanges/4 {
 		b.recent = append(b.recent[:0:0], b.recent[len(b.recent)-keepChanges:]...)
 	}
 	for s := range b.subs {

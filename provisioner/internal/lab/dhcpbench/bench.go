@@ -129,6 +129,9 @@ func (b *bench) measure(ctx context.Context, name string, rate int) (result, err
 	if err := b.waitReady(ctx, srv); err != nil {
 		return result{}, err
 	}
+	if err := waitQuiet(ctx, srv); err != nil {
+		return result{}, err
+	}
 	cpu0, err := cpuTicks(srv.pid())
 	if err != nil {
 		return result{}, err
@@ -170,6 +173,43 @@ func (b *bench) waitReady(ctx context.Context, srv *server) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s did not answer within 60 s (%v); log:\n%s", srv.name, err, srv.log())
 		}
+	}
+}
+
+// Quiet is what waitQuiet waits for: the server's CPU over a second below
+// quietPercent of a core, at most quietLimit.
+const (
+	quietPercent = 5
+	quietLimit   = 180 * time.Second
+)
+
+// waitQuiet waits until srv finished the work it does when it starts
+// (ramboot: its overlay prepare of every node, which makes their SSH host
+// keys the first time; Kea: loading its reservations), so that the run
+// measures the CPU the DHCP load costs and not the start-up.
+func waitQuiet(ctx context.Context, srv *server) error {
+	deadline := time.Now().Add(quietLimit)
+	prev, err := cpuTicks(srv.pid())
+	if err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+		cur, err := cpuTicks(srv.pid())
+		if err != nil {
+			return fmt.Errorf("%s exited while starting: %w; log:\n%s", srv.name, err, srv.log())
+		}
+		if 100*float64(cur-prev)/clockTicks < quietPercent {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s still busy (%.0f %% of a core) %s after it answered", srv.name, 100*float64(cur-prev)/clockTicks, quietLimit)
+		}
+		prev = cur
 	}
 }
 

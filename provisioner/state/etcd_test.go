@@ -424,6 +424,15 @@ func TestOffersOfSeveralHeadsOneBoot(t *testing.T) {
 	if err := a.CheckNonce("n1", nonce); err != nil {
 		t.Fatalf("a late offer of the same exchange revoked the script's nonce: %v", err)
 	}
+	// A slower head answers the same DISCOVER after the node fetched its
+	// script from the fastest (3-head storms lost nodes to it).
+	offer(b, 250*time.Millisecond)
+	if err := a.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.CheckNonce("n1", nonce); err != nil {
+		t.Fatalf("a slower head's offer to the same DISCOVER, after the script, revoked the script's nonce: %v", err)
+	}
 	offer(b, time.Minute) // the node reboots
 	if err := a.Sync(); err != nil {
 		t.Fatal(err)

@@ -45,7 +45,8 @@ type StormNet struct {
 	// Nodes is the node address range.
 	Nodes netip.Prefix
 
-	up []string // namespaces created
+	up      []string // namespaces created
+	bridged bool     // the generator's end is on a bridge (AddHost)
 }
 
 var stormCounter atomic.Int32
@@ -105,6 +106,49 @@ func (n *StormNet) Close() error {
 	}
 	n.up = nil
 	return errors.Join(errs...)
+}
+
+// AddHost adds a namespace on the storm's link, for another head or an
+// etcd member: the first call moves the generator's address onto a
+// bridge in the generator's namespace (the first head's veth is plugged
+// into it), and each host gets a veth on that bridge with addr (its
+// prefix the link's) and, like the head, a route to the nodes via the
+// generator. It returns the namespace and the host's interface; Close
+// deletes it with the others.
+func (n *StormNet) AddHost(ctx context.Context, name string, addr netip.Addr) (ns, iface string, err error) {
+	const bridge = "sbr0"
+	gen := netip.PrefixFrom(n.GenIP, n.HeadIP.Bits()).String()
+	var steps [][]string
+	if !n.bridged {
+		steps = append(steps,
+			[]string{"-n", n.Gen, "link", "add", bridge, "type", "bridge"},
+			[]string{"-n", n.Gen, "addr", "del", gen, "dev", n.GenIface},
+			[]string{"-n", n.Gen, "link", "set", n.GenIface, "master", bridge},
+			[]string{"-n", n.Gen, "addr", "add", gen, "dev", bridge},
+			[]string{"-n", n.Gen, "link", "set", bridge, "up"},
+		)
+	}
+	ns = strings.Replace(n.Gen, "rbsg-", "rbs"+name+"-", 1)
+	iface = "s" + name
+	if _, err := run(ctx, "ip", "netns", "add", ns); err != nil {
+		return "", "", err
+	}
+	n.up = append(n.up, ns)
+	steps = append(steps,
+		[]string{"-n", ns, "link", "set", "lo", "up"},
+		[]string{"link", "add", iface, "netns", ns, "type", "veth", "peer", "name", "g" + name, "netns", n.Gen},
+		[]string{"-n", n.Gen, "link", "set", "g" + name, "master", bridge, "up"},
+		[]string{"-n", ns, "addr", "add", netip.PrefixFrom(addr, n.HeadIP.Bits()).String(), "dev", iface},
+		[]string{"-n", ns, "link", "set", iface, "up"},
+		[]string{"-n", ns, "route", "add", n.Nodes.String(), "via", n.GenIP.String()},
+	)
+	for _, args := range steps {
+		if _, err := run(ctx, "ip", args...); err != nil {
+			return "", "", err
+		}
+	}
+	n.bridged = true
+	return ns, iface, nil
 }
 
 // FirstNode is the first node address.
@@ -192,6 +236,13 @@ type StormHeadOptions struct {
 	Config string
 	// LogLevel is the head's log level; default info.
 	LogLevel string
+	// Netns, Iface and Addr place the head on a host of AddHost; the
+	// default is the storm's own head namespace, veth and address.
+	Netns, Iface string
+	Addr         netip.Addr
+	// NoImage starts the head without building an image: a head of
+	// several that shares its peers' store gets it from them.
+	NoImage bool
 }
 
 // StormHead is `ramboot serve` in the storm's head namespace, with a
@@ -211,17 +262,47 @@ type StormHead struct {
 	Blobs string
 }
 
-// StartStormHead builds the default image and starts `ramboot serve` in
-// the head's namespace, waiting until it answers.
+// StartStormHead builds the default image (unless opt.NoImage) and starts
+// `ramboot serve` in the head's namespace (or opt.Netns), waiting until it
+// answers.
 func StartStormHead(ctx context.Context, n *StormNet, opt StormHeadOptions) (*StormHead, error) {
 	if opt.LogLevel == "" {
 		opt.LogLevel = "info"
 	}
+	if opt.Netns == "" {
+		opt.Netns, opt.Iface, opt.Addr = n.Head, n.HeadIface, n.HeadIP.Addr()
+	}
 	h := &StormHead{State: filepath.Join(opt.Dir, "state"), Log: filepath.Join(opt.Dir, "ramboot-serve.log")}
+	if !opt.NoImage {
+		if err := stormImage(ctx, opt, h); err != nil {
+			return nil, err
+		}
+	}
+	cfg := filepath.Join(opt.Dir, "serve.yaml")
+	yaml := "log_level: " + opt.LogLevel + "\ndhcp:\n  detect_rivals: false\nra:\n  enabled: false\nsftp:\n  enabled: false\n" + opt.Config
+	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+		return nil, err
+	}
+	var err error
+	h.Proc, err = n.Start(opt.Netns, h.Log, opt.Ramboot, "serve", "--interface", opt.Iface, "--state-dir", h.State, "--config", cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitHTTP(ctx, n, net.JoinHostPort(opt.Addr.String(), "80"), h.Proc); err != nil {
+		h.Stop()
+		b, _ := os.ReadFile(h.Log)
+		return nil, fmt.Errorf("ramboot serve did not come up: %w; log:\n%s", err, b)
+	}
+	return h, nil
+}
+
+// stormImage builds the head's default image: a small tree with an
+// incompressible payload, and a kernel, of the options' sizes.
+func stormImage(ctx context.Context, opt StormHeadOptions, h *StormHead) error {
 	tree := filepath.Join(opt.Dir, "tree")
 	for _, d := range []string{"bin", "usr", "etc", "data"} {
 		if err := os.MkdirAll(filepath.Join(tree, d), 0o755); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	// The kernel stays out of the tree, so the image is the payload (and
@@ -229,36 +310,22 @@ func StartStormHead(ctx context.Context, n *StormNet, opt StormHeadOptions) (*St
 	kernel := filepath.Join(opt.Dir, "vmlinuz-6.1.0-storm")
 	for path, mib := range map[string]int{kernel: opt.KernelMiB, filepath.Join(tree, "data", "payload"): opt.ImageMiB} {
 		if err := writeRandom(path, int64(mib)<<20); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if err := os.WriteFile(filepath.Join(tree, "etc", "hostname"), []byte("storm\n"), 0o644); err != nil {
-		return nil, err
+		return err
 	}
 	if _, err := run(ctx, opt.Ramboot, "image", "build", tree, "--name", "default", "--state-dir", h.State, "-q", "--kernel", kernel); err != nil {
-		return nil, err
+		return err
 	}
 	store := &images.Store{Dir: filepath.Join(h.State, "images")}
 	m, d, err := store.Resolve("default")
 	if err != nil {
-		return nil, fmt.Errorf("storm image: %w", err)
+		return fmt.Errorf("storm image: %w", err)
 	}
 	h.Image, h.ImageDigest, h.Blobs = m, d, filepath.Join(store.Dir, "blobs")
-	cfg := filepath.Join(opt.Dir, "serve.yaml")
-	yaml := "log_level: " + opt.LogLevel + "\ndhcp:\n  detect_rivals: false\nra:\n  enabled: false\nsftp:\n  enabled: false\n" + opt.Config
-	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
-		return nil, err
-	}
-	h.Proc, err = n.Start(n.Head, h.Log, opt.Ramboot, "serve", "--interface", n.HeadIface, "--state-dir", h.State, "--config", cfg)
-	if err != nil {
-		return nil, err
-	}
-	if err := waitHTTP(ctx, n, net.JoinHostPort(n.HeadIP.Addr().String(), "80"), h.Proc); err != nil {
-		h.Stop()
-		b, _ := os.ReadFile(h.Log)
-		return nil, fmt.Errorf("ramboot serve did not come up: %w; log:\n%s", err, b)
-	}
-	return h, nil
+	return nil
 }
 
 // waitHTTP waits until something answers HTTP at addr (host:port) from

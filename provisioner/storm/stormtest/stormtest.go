@@ -3,7 +3,8 @@
 // generator's, joined by a veth, the node range routed to the generator)
 // and deletes them when the test ends; Binaries builds ramboot and
 // ramboot-agent once per test binary; Head starts `ramboot serve` with a
-// default image in the head's namespace until the test ends.
+// default image in the head's namespace until the test ends; EtcdHeads
+// starts an etcd cluster and several heads on it, on the same link.
 //
 //	n := stormtest.New(t) // skips unless root
 //	ramboot := stormtest.Binaries(t)
@@ -17,6 +18,8 @@ package stormtest
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +28,7 @@ import (
 	"testing"
 
 	"github.com/ramboot/ramboot/provisioner/internal/lab"
+	"github.com/ramboot/ramboot/provisioner/store/etcdtest"
 )
 
 // New creates the storm's namespaces and deletes them when t ends. It
@@ -112,4 +116,43 @@ func Output(t testing.TB, cmd *exec.Cmd) ([]byte, error) {
 		t.Logf("%s: stderr:\n%s", strings.Join(cmd.Args[3:], " "), lastLines(errb.Bytes(), 40))
 	}
 	return out.Bytes(), err
+}
+
+// EtcdHeads starts an etcd cluster of members members and heads heads
+// sharing it, all on the storm's link (lab.StormNet.AddHost): members at
+// 10.88.0.241 and up, heads at n.HeadIP and then 10.88.0.3 and up. The
+// first head builds the image; the others fetch it from it on first use
+// (image replication by digest). opt.Config is appended to every head's
+// configuration after the state section. Everything is stopped, by pid,
+// when t ends.
+func EtcdHeads(t testing.TB, n *lab.StormNet, members, heads int, opt lab.StormHeadOptions) ([]*lab.StormHead, *etcdtest.Cluster) {
+	t.Helper()
+	ctx := context.Background()
+	var ens, eips []string
+	for i := range members {
+		ip := netip.AddrFrom4([4]byte{10, 88, 0, byte(241 + i)})
+		ns, _, err := n.AddHost(ctx, fmt.Sprintf("e%d", i+1), ip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ens, eips = append(ens, ns), append(eips, ip.String())
+	}
+	c := etcdtest.Start(t, etcdtest.Options{Members: members, Netns: ens, IPs: eips,
+		Args: []string{"--auto-compaction-mode=revision", "--auto-compaction-retention=10000"}})
+	opt.Config = "state: {backend: etcd, etcd: {endpoints: [" + strings.Join(c.Endpoints(), ", ") + "], prefix: /storm/}}\n" + opt.Config
+	var hs []*lab.StormHead
+	for i := range heads {
+		o := opt
+		o.Dir = ""
+		if i > 0 {
+			ip := netip.AddrFrom4([4]byte{10, 88, 0, byte(2 + i)})
+			ns, iface, err := n.AddHost(ctx, fmt.Sprintf("h%d", i+1), ip)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o.Netns, o.Iface, o.Addr, o.NoImage = ns, iface, ip, true
+		}
+		hs = append(hs, Head(t, n, o))
+	}
+	return hs, c
 }

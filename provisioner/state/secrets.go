@@ -158,6 +158,13 @@ func (d *DB) Authenticate(name, token string, from netip.Addr) (NodeStatus, erro
 		r, ok := d.nodes[name]
 		if !ok || r.Node.Name == "" {
 			d.mu.Unlock()
+			// Another head may have added the node a moment ago.
+			if !synced {
+				synced = true
+				if d.Sync() == nil {
+					continue
+				}
+			}
 			return NodeStatus{}, fmt.Errorf("node %s: %w", name, ErrNotFound)
 		}
 		err := r.authenticate(token, from)

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -146,7 +147,11 @@ func (a *Admin) deleteImage(w http.ResponseWriter, r *http.Request) {
 			ref, errInUse, len(nodes), shorten(nodes))})
 		return
 	}
-	d, err := a.Images.Remove(ref.String())
+	remove := a.RemoveImage
+	if remove == nil {
+		remove = func(_ context.Context, ref string) (images.Digest, error) { return a.Images.Remove(ref) }
+	}
+	d, err := remove(r.Context(), ref.String())
 	if err != nil {
 		writeError(w, err)
 		return

@@ -337,15 +337,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		}
 		if dhcpSvc != nil {
-			// subnets, dhcp.router and dhcp.dns: the DHCP server's too
-			// (dhcp.discovery needs a restart).
-			sc := nc
-			sc.DHCP.Discovery = cfg.DHCP.Discovery
-			subnets := dhcpSubnets(sc, prefix, disc != nil)
+			// subnets, dhcp.router, dhcp.dns and the discovery pool's
+			// ranges: the DHCP server's too. The pool itself is open or
+			// not as at start (dhcp.discovery.enabled needs a restart).
+			subnets := dhcpSubnets(nc, prefix, disc != nil)
 			if err := dhcpSvc.srv.SetSubnets(subnets); err != nil {
 				return nil, fmt.Errorf("reload refused, the running configuration stays:\n%w", err)
 			}
 			heads.SetDiscoveryRanges(discoveryRanges(subnets))
+			if disc != nil {
+				disc.SetLimits(time.Duration(nc.DHCP.Discovery.LeaseTime), nc.DHCP.Discovery.MaxMachines)
+			}
 		}
 		heads.SetDefaults(Defaults(nc, prefix))
 		ovl.setSetup(setup)

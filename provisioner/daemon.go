@@ -267,7 +267,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Interval: time.Duration(cfg.Agent.HeartbeatInterval), DownAfter: time.Duration(cfg.Agent.DownAfter),
 		RequirePrivilegedPort: cfg.Agent.RequirePrivilegedPort, Logger: log, Metrics: api.NewMetrics(reg),
 	}
-	removals := headImageRemovals(db, store, baseURL, log.With("svc", "images"))
+	removals := headImageRemovals(db, store, baseURL, log.With("svc", "images"), reg)
 	adminAPI := &api.Admin{DB: db, Images: store, Plan: heads.Plan, Render: ovl.Render, Discovery: disc, BootEvents: rec.events.get, Logger: log,
 		RemoveImage: removals.Remove}
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})

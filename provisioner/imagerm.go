@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/provisioner/state"
 	"github.com/ramboot/ramboot/provisioner/store"
@@ -67,6 +69,7 @@ type imageRemovals struct {
 	// when: never taken for an admin's rewrite.
 	fetched  map[string]time.Time
 	inflight map[string]int
+	m        *prometheus.CounterVec
 }
 
 type storedRemoval struct {
@@ -76,20 +79,32 @@ type storedRemoval struct {
 
 // headImageRemovals returns the removals of a head on db: shared through
 // db's store when heads share it (etcd), this head's store only otherwise.
-func headImageRemovals(db *state.DB, is *images.Store, self string, log *slog.Logger) *imageRemovals {
+func headImageRemovals(db *state.DB, is *images.Store, self string, log *slog.Logger, reg prometheus.Registerer) *imageRemovals {
 	var st store.Store
 	if db.Path() == "" {
 		st = db.Store()
 	}
-	return newImageRemovals(st, is, self, log)
+	r := newImageRemovals(st, is, self, log)
+	if reg != nil {
+		reg.MustRegister(r.m)
+	}
+	return r
 }
 
 func newImageRemovals(st store.Store, is *images.Store, self string, log *slog.Logger) *imageRemovals {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &imageRemovals{st: st, images: is, self: self, log: log, now: time.Now, sweepEvery: 5 * time.Second,
-		removed: map[string]storedRemoval{}, fetched: map[string]time.Time{}, inflight: map[string]int{}}
+	r := &imageRemovals{st: st, images: is, self: self, log: log, now: time.Now, sweepEvery: 5 * time.Second,
+		removed: map[string]storedRemoval{}, fetched: map[string]time.Time{}, inflight: map[string]int{},
+		m: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ramboot_image_removals_total",
+			Help: "Image references removed from this head's store: by an admin here (local), or carried out for a removal on another head (other_head).",
+		}, []string{"origin"}),
+	}
+	r.m.WithLabelValues("local")
+	r.m.WithLabelValues("other_head")
+	return r
 }
 
 // Remove removes reference ref from this head's store and, with a shared
@@ -102,7 +117,11 @@ func (r *imageRemovals) Remove(ctx context.Context, ref string) (images.Digest, 
 		return "", err
 	}
 	if r.st == nil {
-		return r.images.Remove(rf.String())
+		d, err := r.images.Remove(rf.String())
+		if err == nil {
+			r.m.WithLabelValues("local").Inc()
+		}
+		return d, err
 	}
 	_, d, err := r.images.Resolve(rf.String())
 	if err != nil && !errors.Is(err, images.ErrNotFound) {
@@ -128,6 +147,7 @@ func (r *imageRemovals) Remove(ctx context.Context, ref string) (images.Digest, 
 	if err != nil {
 		return "", err
 	}
+	r.m.WithLabelValues("local").Inc()
 	return ld, nil
 }
 
@@ -280,6 +300,7 @@ func (r *imageRemovals) sweep(ctx context.Context) {
 			if err != nil {
 				r.log.Warn("image removals: remove", "image", s.Ref, "err", err)
 			} else if ok {
+				r.m.WithLabelValues("other_head").Inc()
 				r.mu.Lock()
 				delete(r.fetched, s.Ref)
 				r.mu.Unlock()

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/ramboot/ramboot/images"
 	"github.com/ramboot/ramboot/provisioner/store"
 	"github.com/ramboot/ramboot/provisioner/store/etcdtest"
@@ -61,6 +63,12 @@ func TestImageRemovalsShared(t *testing.T) {
 		}
 	}
 	waitGone("removal")
+	if got := testutil.ToFloat64(rb.m.WithLabelValues("other_head")); got != 1 {
+		t.Errorf("head b counted %v removals for another head, want 1", got)
+	}
+	if got := testutil.ToFloat64(ra.m.WithLabelValues("local")); got != 1 {
+		t.Errorf("head a counted %v local removals, want 1", got)
+	}
 
 	// A peer still holding it: not fetched back.
 	peer, _ := peerHead(t, stale, nil)

@@ -77,36 +77,8 @@ func TestDiscoveryAdopt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	ready := make(chan provisioner.Head, 1)
-	done := make(chan error, 1)
-	d := &provisioner.Daemon{Config: cfg, Ready: func(h provisioner.Head) { ready <- h }}
-	go func() { done <- d.Run(ctx) }()
-	var head provisioner.Head
-	select {
-	case head = <-ready:
-	case err := <-done:
-		t.Fatalf("daemon stopped: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("daemon not ready after 20 s")
-	}
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("daemon after cancel: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Error("daemon did not stop within 15 s")
-		}
-	}
-	defer stop()
+	ctx := t.Context()
+	head, d, stop := startDaemon(t, cfg)
 	c := apiclient.New(head.Socket)
 	const mac = "52:54:00:d1:5c:01"
 

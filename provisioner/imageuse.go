@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net/netip"
@@ -64,11 +65,21 @@ func RecordBackend(cfg config.Config, cfgPath string) error {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("create state directory: %w", err)
 	}
-	f, err := os.CreateTemp(cfg.StateDir, ".state-backend-*")
+	return WritePrivateFile(p, func(w io.Writer) error { _, err := w.Write(append(b, '\n')); return err })
+}
+
+// WritePrivateFile writes path through fill: into a temporary file beside
+// it, mode 0600, synced, and renamed over path only once fill succeeded,
+// so that path is never seen half-written nor readable by others.
+func WritePrivateFile(path string, fill func(io.Writer) error) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(append(b, '\n'))
+	err = f.Chmod(0o600)
+	if err == nil {
+		err = fill(f)
+	}
 	if err == nil {
 		err = f.Sync()
 	}
@@ -76,7 +87,7 @@ func RecordBackend(cfg config.Config, cfgPath string) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(f.Name(), p)
+		err = os.Rename(f.Name(), path)
 	}
 	if err != nil {
 		os.Remove(f.Name())

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -42,7 +40,7 @@ func TestImageRemovalAcrossHeads(t *testing.T) {
 			}
 		}
 	}
-	ha := daemon(t, a, etcdConf)
+	daemon(t, a, etcdConf)
 	hb := daemon(t, b, etcdConf)
 	h3d := daemon(t, h3, etcdConf)
 	rb(t, a, "node", "add", "n1", "--mac", "52:54:00:78:00:01", "--ip", "127.0.0.21", "--image", "img1").ok(t)
@@ -112,17 +110,9 @@ func TestImageRemovalAcrossHeads(t *testing.T) {
 		t.Fatalf("the rebuilt image was removed: %q", out)
 	}
 	rb(t, b, "node", "add", "n2", "--mac", "52:54:00:78:00:02", "--ip", "127.0.0.22", "--image", "img1").ok(t)
-	node := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.22")}}).DialContext}}
-	resp, err := node.Get(headURL(t, hb) + "/boot/ipxe?mac=52:54:00:78:00:02")
-	if err != nil {
-		t.Fatal(err)
+	if status, script := nodeScript(t, hb, "127.0.0.22", "52:54:00:78:00:02"); status != http.StatusOK || !strings.Contains(script, "/boot/image/") {
+		t.Fatalf("script from head b for the rebuilt image: %d\n%s", status, script)
 	}
-	script, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || !strings.Contains(string(script), "/boot/image/") {
-		t.Fatalf("script from head b for the rebuilt image: %s\n%s", resp.Status, script)
-	}
-	_ = ha
 }
 
 // stop stops the daemon s on dir (SIGTERM, by pid) and waits until it no

@@ -232,7 +232,7 @@ stdout is redirected to is set to mode 0600 too.`,
 			}
 			var sum provisioner.ExportSummary
 			if file != "" {
-				err = writeSecretFile(file, func(w io.Writer) error {
+				err = provisioner.WritePrivateFile(file, func(w io.Writer) error {
 					sum, err = provisioner.ExportState(cmd.Context(), cfg, from, fill, w)
 					return err
 				})
@@ -298,30 +298,4 @@ or none.`,
 	}
 	c.Flags().StringVarP(&cfgPath, "config", "c", "", "the daemon's configuration file (its state.backend and state.etcd keys)")
 	return c
-}
-
-// writeSecretFile writes path through fill: into a temporary file beside
-// it, mode 0600, synced, renamed over path only once fill succeeded.
-func writeSecretFile(path string, fill func(io.Writer) error) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	err = f.Chmod(0o600)
-	if err == nil {
-		err = fill(f)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-	}
-	return err
 }

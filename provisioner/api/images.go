@@ -56,7 +56,7 @@ type GCResponse struct {
 //	GET    /api/v1/images             list image references
 //	GET    /api/v1/images/{ref}       one reference, with the nodes assigned it
 //	POST   /api/v1/images/{ref}/tags  tag the image (TagRequest) -> 201 Image
-//	DELETE /api/v1/images/{ref}       remove a reference; 409 while nodes are assigned it, unless ?force=true
+//	DELETE /api/v1/images/{ref}       remove a reference (RemoveImage); 409 while nodes are assigned it, unless ?force=true
 //	POST   /api/v1/images/gc          remove unused blobs (GCRequest) -> GCResponse
 func (a *Admin) imageRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/images", a.listImages)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 )
 
 // DefaultTag is the tag of a reference that names none.
@@ -415,4 +416,69 @@ func (s *Store) references() ([]Reference, error) {
 		return strings.Compare(a.Tag, b.Tag)
 	})
 	return out, nil
+}
+
+// RefTime returns the digest reference ref points to and when its file
+// was last written (the modification time of refs/name:tag): what a head
+// compares with the time a reference was removed on another head. The
+// error wraps ErrNotFound when there is no such reference.
+func (s *Store) RefTime(ref string) (Digest, time.Time, error) {
+	r, err := ParseReference(ref)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("image %s: %w", ref, err)
+	}
+	for _, p := range s.refPaths(r) {
+		fi, err := os.Stat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return "", time.Time{}, fmt.Errorf("image %s: %w", r, err)
+		}
+		_, d, err := s.resolve(r)
+		if err != nil {
+			d = "" // a damaged reference has a time all the same
+		}
+		return d, fi.ModTime(), nil
+	}
+	return "", time.Time{}, fmt.Errorf("image %s: %w", r, ErrNotFound)
+}
+
+// RemoveWrittenBefore removes the reference ref if its file was written
+// at or before t (see RefTime), and reports whether it did: a reference
+// written again since (a rebuild, a tag, a push) is kept. It holds the
+// store's exclusive lock, so no commit of ref slips between the check and
+// the removal. No such reference is not an error.
+func (s *Store) RemoveWrittenBefore(ref string, t time.Time) (Digest, bool, error) {
+	r, err := ParseReference(ref)
+	if err != nil {
+		return "", false, fmt.Errorf("remove image: %w", err)
+	}
+	unlock, err := s.lock(true)
+	if err != nil {
+		return "", false, err
+	}
+	defer unlock()
+	_, d, _ := s.resolve(r)
+	removed := false
+	for _, p := range s.refPaths(r) {
+		fi, err := os.Stat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return "", false, fmt.Errorf("remove image %s: %w", r, err)
+		}
+		if fi.ModTime().After(t) {
+			return d, false, nil
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return "", false, fmt.Errorf("remove image %s: %w", r, err)
+		}
+		removed = true
+	}
+	if !removed {
+		return "", false, nil
+	}
+	return d, true, syncDir(s.refDir())
 }

@@ -462,3 +462,33 @@ func TestStoreCompressedRoot(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreRemoveWrittenBefore removes a reference written before a time
+// and keeps one written after it (a removal on another head against a
+// rebuild here).
+func TestStoreRemoveWrittenBefore(t *testing.T) {
+	s := newStore(t)
+	d1, err := s.Commit("compute:v1", testManifest(t, s, "compute", "rootfs v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, at, err := s.RefTime("compute:v1")
+	if err != nil || d != d1 || at.IsZero() {
+		t.Fatalf("RefTime = %s %v %v", d, at, err)
+	}
+	if _, ok, err := s.RemoveWrittenBefore("compute:v1", at.Add(-time.Second)); err != nil || ok {
+		t.Fatalf("RemoveWrittenBefore a time before the reference was written = %v, %v; want kept", ok, err)
+	}
+	if _, _, err := s.Resolve("compute:v1"); err != nil {
+		t.Fatalf("the reference written after the time was removed: %v", err)
+	}
+	if d, ok, err := s.RemoveWrittenBefore("compute:v1", at); err != nil || !ok || d != d1 {
+		t.Fatalf("RemoveWrittenBefore its own time = %s %v %v; want removed", d, ok, err)
+	}
+	if _, _, err := s.RefTime("compute:v1"); !errors.Is(err, images.ErrNotFound) {
+		t.Fatalf("RefTime after the removal = %v, want ErrNotFound", err)
+	}
+	if _, ok, err := s.RemoveWrittenBefore("compute:v1", at); err != nil || ok {
+		t.Fatalf("RemoveWrittenBefore of no reference = %v, %v", ok, err)
+	}
+}

@@ -267,7 +267,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Interval: time.Duration(cfg.Agent.HeartbeatInterval), DownAfter: time.Duration(cfg.Agent.DownAfter),
 		RequirePrivilegedPort: cfg.Agent.RequirePrivilegedPort, Logger: log, Metrics: api.NewMetrics(reg),
 	}
-	adminAPI := &api.Admin{DB: db, Images: store, Plan: heads.Plan, Render: ovl.Render, Discovery: disc, BootEvents: rec.events.get, Logger: log}
+	removals := headImageRemovals(db, store, baseURL, log.With("svc", "images"), reg)
+	adminAPI := &api.Admin{DB: db, Images: store, Plan: heads.Plan, Render: ovl.Render, Discovery: disc, BootEvents: rec.events.get, Logger: log,
+		RemoveImage: removals.Remove}
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	pubMux := http.NewServeMux()
 	pubMux.Handle("/boot/", boot.Handler())
@@ -280,7 +282,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	privMux.Handle("GET /metrics", metrics)
 	privMux.HandleFunc("GET /healthz", healthz)
 	admin.Handle(privMux)
-	boot.Fetch = peerFetch(db, store, baseURL, log, reg) // heads on one etcd: images from the peers
+	boot.Fetch = peerFetch(db, store, baseURL, removals, log, reg) // heads on one etcd: images from the peers
 	if apiSvc != nil {
 		apiSvc.handler = privMux
 	}
@@ -296,6 +298,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	svcs = append(svcs,
 		loopService{"backups", bak.run},
+		loopService{"image removals", removals.Run},
 		loopService{"heartbeat watch", func(ctx context.Context) error {
 			return watchHeartbeats(ctx, db, time.Duration(cfg.Agent.DownAfter), started, log.With("svc", "heartbeat"))
 		}},
@@ -334,15 +337,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		}
 		if dhcpSvc != nil {
-			// subnets, dhcp.router and dhcp.dns: the DHCP server's too
-			// (dhcp.discovery needs a restart).
-			sc := nc
-			sc.DHCP.Discovery = cfg.DHCP.Discovery
-			subnets := dhcpSubnets(sc, prefix, disc != nil)
+			// subnets, dhcp.router, dhcp.dns and the discovery pool's
+			// ranges: the DHCP server's too. The pool itself is open or
+			// not as at start (dhcp.discovery.enabled needs a restart).
+			subnets := dhcpSubnets(nc, prefix, disc != nil)
 			if err := dhcpSvc.srv.SetSubnets(subnets); err != nil {
 				return nil, fmt.Errorf("reload refused, the running configuration stays:\n%w", err)
 			}
 			heads.SetDiscoveryRanges(discoveryRanges(subnets))
+			if disc != nil {
+				disc.SetLimits(time.Duration(nc.DHCP.Discovery.LeaseTime), nc.DHCP.Discovery.MaxMachines)
+			}
 		}
 		heads.SetDefaults(Defaults(nc, prefix))
 		ovl.setSetup(setup)

@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -102,6 +103,44 @@ func TestDaemonRefusesDamagedState(t *testing.T) {
 	}
 }
 
+// startDaemon runs a daemon on cfg until the returned stop is called (at
+// the latest when the test ends) and returns the head it serves once it
+// is ready. stop waits for Run to return, at most 15 s, and fails the
+// test if it returned an error.
+func startDaemon(t *testing.T, cfg config.Config) (provisioner.Head, *provisioner.Daemon, func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan provisioner.Head, 1)
+	done := make(chan error, 1)
+	d := &provisioner.Daemon{Config: cfg, Ready: func(h provisioner.Head) { ready <- h }}
+	go func() { done <- d.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("daemon after cancel: %v", err)
+				}
+			case <-time.After(15 * time.Second):
+				t.Error("daemon did not stop within 15 s of cancel")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	select {
+	case head := <-ready:
+		return head, d, stop
+	case err := <-done:
+		once.Do(cancel)
+		t.Fatalf("daemon stopped: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("daemon not ready after 20 s")
+	}
+	return provisioner.Head{}, nil, nil
+}
+
 func freePort(t *testing.T) int {
 	t.Helper()
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -146,19 +185,8 @@ func TestDaemonOnLoopback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan provisioner.Head, 1)
-	done := make(chan error, 1)
-	d := &provisioner.Daemon{Config: cfg, Ready: func(h provisioner.Head) { ready <- h }}
-	go func() { done <- d.Run(ctx) }()
-	var head provisioner.Head
-	select {
-	case head = <-ready:
-	case err := <-done:
-		t.Fatalf("daemon stopped: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("daemon not ready after 20s")
-	}
+	ctx := t.Context()
+	head, _, stop := startDaemon(t, cfg)
 	if head.IP.String() != "127.0.0.1" || head.Subnet.Bits() != 8 || head.TFTP.Port() == 0 || head.TFTP.Port() == 69 {
 		t.Errorf("head %+v", head)
 	}
@@ -295,15 +323,7 @@ func TestDaemonOnLoopback(t *testing.T) {
 
 	testPushToDaemon(t, dir, head)
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Run after cancel: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("daemon did not stop within 15s of cancel")
-	}
+	stop()
 	if _, err := os.Stat(head.Socket); !os.IsNotExist(err) {
 		t.Errorf("admin socket left behind: %v", err)
 	}

@@ -77,36 +77,8 @@ func TestDiscoveryAdopt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	ready := make(chan provisioner.Head, 1)
-	done := make(chan error, 1)
-	d := &provisioner.Daemon{Config: cfg, Ready: func(h provisioner.Head) { ready <- h }}
-	go func() { done <- d.Run(ctx) }()
-	var head provisioner.Head
-	select {
-	case head = <-ready:
-	case err := <-done:
-		t.Fatalf("daemon stopped: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("daemon not ready after 20 s")
-	}
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("daemon after cancel: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Error("daemon did not stop within 15 s")
-		}
-	}
-	defer stop()
+	ctx := t.Context()
+	head, d, stop := startDaemon(t, cfg)
 	c := apiclient.New(head.Socket)
 	const mac = "52:54:00:d1:5c:01"
 
@@ -183,6 +155,34 @@ func TestDiscoveryAdopt(t *testing.T) {
 	lease = runUDHCPC(t, udhcpc, client, dir)
 	if !strings.HasPrefix(lease["ip"], "10.219.0.20") || lease["boot_file"] != "" {
 		t.Errorf("unknown OS's lease: %v", lease)
+	}
+
+	// Reloaded (SIGHUP's path): a new range and lease time apply to the
+	// next unknown machine without a restart, and the node check follows
+	// the range; switching the pool on or off needs a restart.
+	moved := cfg
+	moved.DHCP.Discovery.Range = "10.219.0.220-10.219.0.229"
+	moved.DHCP.Discovery.LeaseTime = config.Duration(2 * time.Minute)
+	moved.DHCP.Discovery.MaxMachines = 100
+	restart, err := d.Reload(moved)
+	if err != nil || len(restart) != 0 {
+		t.Fatalf("reload of dhcp.discovery: restart %v, %v; want applied", restart, err)
+	}
+	ip("-n", client, "link", "set", "node1", "address", "52:54:00:d1:5c:03")
+	lease = runUDHCPC(t, udhcpc, client, dir, "-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x5d:0000")
+	if !strings.HasPrefix(lease["ip"], "10.219.0.22") || lease["lease"] != "120" {
+		t.Errorf("unknown machine's lease after the reload: %v, want 10.219.0.22x for 120 s", lease)
+	}
+	if _, err := c.AddNodes(ctx, api.AddNodesRequest{Names: "other", MAC: "52:54:00:d1:5c:99", IP: "10.219.0.225"}); !errors.Is(err, apiclient.ErrInvalid) {
+		t.Errorf("node inside the reloaded discovery range: %v", err)
+	}
+	if _, err := c.AddNodes(ctx, api.AddNodesRequest{Names: "other", MAC: "52:54:00:d1:5c:99", IP: "10.219.0.205"}); err != nil {
+		t.Errorf("node inside the old discovery range after the reload: %v", err)
+	}
+	off := moved
+	off.DHCP.Discovery.Enabled = false
+	if restart, err := d.Reload(off); err != nil || strings.Join(restart, " ") != "dhcp.discovery.enabled" {
+		t.Errorf("reload turning the pool off: restart %v, %v; want dhcp.discovery.enabled", restart, err)
 	}
 	stop()
 	b, err := os.ReadFile(filepath.Join(stateDir, provisioner.DiscoveryFile))

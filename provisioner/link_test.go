@@ -102,28 +102,8 @@ func TestSecondDaemonOnLinkFails(t *testing.T) {
 		return &provisioner.Daemon{Config: cfg, Ready: func(h provisioner.Head) { ready <- h }}, ready
 	}
 
-	first, ready := daemon("first")
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- first.Run(ctx) }()
-	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatalf("first daemon: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("first daemon not ready after 20 s")
-	}
-	defer func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("first daemon after cancel: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Error("first daemon did not stop within 15 s")
-		}
-	}()
+	first, _ := daemon("first")
+	startDaemon(t, first.Config)
 
 	self, _ := os.ReadFile("/proc/self/comm")
 	holder := fmt.Sprintf("(pid %d (%s))", os.Getpid(), strings.TrimSpace(string(self)))

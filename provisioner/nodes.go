@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -78,6 +79,7 @@ func Defaults(cfg config.Config, prefix netip.Prefix) *plan.Defaults {
 		Modules:      cfg.Boot.Modules,
 		Root:         inventory.Root{Mode: cfg.Boot.Root.Mode, Size: cfg.Boot.Root.Size},
 		ConsoleShell: cfg.Boot.ConsoleShell,
+		BootFiles:    cfg.TFTPFiles(),
 	}
 	own := plan.Subnet{Prefix: prefix, From: "subnet " + prefix.Masked().String() + " (the provisioning interface; dhcp.router, dhcp.dns)"}
 	if cfg.DHCP.Router != "" {
@@ -106,12 +108,11 @@ func Defaults(cfg config.Config, prefix netip.Prefix) *plan.Defaults {
 // anyway, but the range is the admin's promise of free addresses).
 func (h *Nodes) Check(inv *inventory.Inventory, changed map[string]bool) error {
 	d := h.defaults.Load()
-	err := inv.ValidateChange(d.Prefixes(), changed)
+	errs := []error{inv.ValidateChange(d.Prefixes(), changed), h.checkBootFiles(d, inv, changed)}
 	rs := h.discovery.Load()
 	if rs == nil {
-		return err
+		return errors.Join(errs...)
 	}
-	errs := []error{err}
 	for _, name := range slices.Sorted(maps.Keys(changed)) {
 		n := inv.Nodes[name]
 		if n == nil {
@@ -123,6 +124,39 @@ func (h *Nodes) Check(inv *inventory.Inventory, changed map[string]bool) error {
 					errs = append(errs, fmt.Errorf("node %s: interfaces[%d].ip %s is in the discovery range %s-%s (dhcp.discovery): give it an address outside", name, i, ifc.IP, r.First, r.Last))
 				}
 			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkBootFiles refuses a boot_file the head does not serve on the
+// nodes of changed and on the profiles added or changed: the node would
+// get a boot file name its firmware cannot fetch. Entries stored before
+// are left alone (a tftp.files changed since is the configuration's
+// business, not this change's).
+func (h *Nodes) checkBootFiles(d *plan.Defaults, inv *inventory.Inventory, changed map[string]bool) error {
+	if d.BootFiles == nil {
+		return nil
+	}
+	var errs []error
+	check := func(what, f string) {
+		if f != "" && !slices.Contains(d.BootFiles, f) {
+			errs = append(errs, fmt.Errorf("%s: boot_file %q is not in the TFTP catalogue (tftp.files): want one of %s", what, f, strings.Join(d.BootFiles, ", ")))
+		}
+	}
+	var stored map[string]*state.Profile
+	if h.db != nil {
+		stored = h.db.Profiles()
+	}
+	for _, name := range slices.Sorted(maps.Keys(inv.Profiles)) {
+		if old, ok := stored[name]; ok && old.BootFile == inv.Profiles[name].BootFile {
+			continue
+		}
+		check("profile "+name, inv.Profiles[name].BootFile)
+	}
+	for _, name := range slices.Sorted(maps.Keys(changed)) {
+		if n := inv.Nodes[name]; n != nil {
+			check("node "+name, n.BootFile)
 		}
 	}
 	return errors.Join(errs...)

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -19,6 +20,87 @@ import (
 	"github.com/ramboot/ramboot/pxe/dhcp"
 )
 
+// recorderHead is one node's head as ramboot serve wires it for a DHCP
+// packet: the DHCP server's decision, then the recorder, on a state.
+type recorderHead struct {
+	db  *state.DB
+	rec *recorder
+	srv *dhcp.Server
+	hw  net.HardwareAddr
+	ip  netip.Addr
+}
+
+// newRecorderHead makes a head on 10.77.0.1/24 with one node, name, with
+// mac and ip.
+func newRecorderHead(t *testing.T, name, mac, ip string) *recorderHead {
+	t.Helper()
+	db, err := state.Open(filepath.Join(t.TempDir(), DBFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	h := &recorderHead{db: db, rec: newRecorder(db, nil), ip: netip.MustParseAddr(ip)}
+	if err := db.AddNode(state.Node{Name: name, Interfaces: []inventory.Interface{{MAC: mac, IP: h.ip}}}); err != nil {
+		t.Fatal(err)
+	}
+	heads := NewNodes(db, &plan.Defaults{Image: "default", Subnets: []plan.Subnet{{Prefix: netip.MustParsePrefix("10.77.0.1/24")}}}, "http://10.77.0.1")
+	h.srv = &dhcp.Server{
+		ServerIP:  netip.MustParseAddr("10.77.0.1"),
+		Inventory: heads,
+		BootFiles: map[pxe.Arch]string{pxe.Arch(0): "undionly.kpxe", pxe.Arch(7): "snponly.efi"},
+	}
+	h.hw, _ = net.ParseMAC(mac)
+	return h
+}
+
+// send answers req and records the event, as the daemon does, and waits
+// for the write (the recorder posts: the reply does not wait for it).
+func (h *recorderHead) send(t *testing.T, req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
+	t.Helper()
+	reply, ev, err := h.srv.Handle(context.Background(), dhcp.Request{Msg: req})
+	if err != nil || reply == nil {
+		t.Fatalf("%s not answered: %v", req.MessageType(), err)
+	}
+	h.rec.dhcp(ev)
+	h.db.Flush()
+	return reply
+}
+
+// discover returns a DHCPDISCOVER of the node's UEFI x64 firmware (vendor
+// class "PXEClient:Arch:00007:UNDI:003016") or of another client with
+// vendor class and extra options.
+func (h *recorderHead) discover(t *testing.T, vendorClass string, opts ...dhcpv4.Modifier) *dhcpv4.DHCPv4 {
+	t.Helper()
+	mods := []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier(vendorClass))}
+	if strings.Contains(vendorClass, "Arch:00007") {
+		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64)))
+	}
+	m, err := dhcpv4.NewDiscovery(h.hw, append(mods, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// booted runs node name's boot on to booted: script, overlay, the agent's
+// registration.
+func (h *recorderHead) booted(t *testing.T, name string, r state.Report) {
+	t.Helper()
+	nonce, err := h.db.NewBootNonce(name, state.Event{Step: state.StepScript})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := state.NewToken()
+	if err := h.db.ConsumeNonce(name, nonce, tok, state.Event{Step: state.StepOverlay}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.db.Register(name, tok, h.ip, r, state.Agent{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+const uefiFirmware = "PXEClient:Arch:00007:UNDI:003016"
+
 // TestSpoofedDiscoverKeepsHistory sends a firmware DHCPDISCOVER with a
 // booted node's MAC through the DHCP server's decision and the recorder,
 // as ramboot serve does with a packet: the head offers (it cannot tell a
@@ -26,56 +108,16 @@ import (
 // its timeline and its report stay, and the node's token still works for
 // nothing but that boot.
 func TestSpoofedDiscoverKeepsHistory(t *testing.T) {
-	db, err := state.Open(filepath.Join(t.TempDir(), DBFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	const mac = "52:54:00:00:00:01"
-	if err := db.AddNode(state.Node{Name: "n1", Interfaces: []inventory.Interface{{MAC: mac, IP: netip.MustParseAddr("10.77.0.11")}}}); err != nil {
-		t.Fatal(err)
-	}
-	rec := newRecorder(db, nil)
-	heads := NewNodes(db, &plan.Defaults{Image: "default", Subnets: []plan.Subnet{{Prefix: netip.MustParsePrefix("10.77.0.1/24")}}}, "http://10.77.0.1")
-	srv := &dhcp.Server{
-		ServerIP:  netip.MustParseAddr("10.77.0.1"),
-		Inventory: heads,
-		BootFiles: map[pxe.Arch]string{pxe.Arch(7): "snponly.efi"},
-	}
-	hw, _ := net.ParseMAC(mac)
-	discover := func(t *testing.T) {
-		t.Helper()
-		req, err := dhcpv4.NewDiscovery(hw,
-			dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003016")),
-			dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		reply, ev, err := srv.Handle(context.Background(), dhcp.Request{Msg: req})
-		if err != nil || reply == nil {
-			t.Fatalf("DISCOVER not answered: %v", err)
-		}
-		rec.dhcp(ev)
-		db.Flush() // the recorder posts: the reply did not wait for the write
-	}
+	h := newRecorderHead(t, "n1", "52:54:00:00:00:01", "10.77.0.11")
+	db := h.db
 
 	// Boot 1 runs to booted.
-	discover(t)
-	nonce, err := db.NewBootNonce("n1", state.Event{Step: state.StepScript})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok := state.NewToken()
-	if err := db.ConsumeNonce("n1", nonce, tok, state.Event{Step: state.StepOverlay}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Register("n1", tok, netip.MustParseAddr("10.77.0.11"), state.Report{State: "ready", Kernel: "6.1"}, state.Agent{}); err != nil {
-		t.Fatal(err)
-	}
+	h.send(t, h.discover(t, uefiFirmware))
+	h.booted(t, "n1", state.Report{State: "ready", Kernel: "6.1"})
 	booted, _ := db.Get("n1")
 
 	// The spoofed DISCOVER.
-	discover(t)
+	h.send(t, h.discover(t, uefiFirmware))
 	n, _ := db.Get("n1")
 	if n.Status.ID != 2 || !slices.Equal(n.Status.History, []int{1}) {
 		t.Fatalf("after the DISCOVER: %+v", n.Status)
@@ -94,44 +136,14 @@ func TestSpoofedDiscoverKeepsHistory(t *testing.T) {
 // address and no boot file, and starts no boot record: the node stays
 // booted.
 func TestOSDHCPStartsNoBoot(t *testing.T) {
-	db, err := state.Open(filepath.Join(t.TempDir(), DBFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	const mac = "52:54:00:00:00:02"
-	if err := db.AddNode(state.Node{Name: "n2", Interfaces: []inventory.Interface{{MAC: mac, IP: netip.MustParseAddr("10.77.0.12")}}}); err != nil {
-		t.Fatal(err)
-	}
-	rec := newRecorder(db, nil)
-	heads := NewNodes(db, &plan.Defaults{Image: "default", Subnets: []plan.Subnet{{Prefix: netip.MustParsePrefix("10.77.0.1/24")}}}, "http://10.77.0.1")
-	srv := &dhcp.Server{ServerIP: netip.MustParseAddr("10.77.0.1"), Inventory: heads}
-	hw, _ := net.ParseMAC(mac)
-	send := func(t *testing.T, req *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
-		t.Helper()
-		reply, ev, err := srv.Handle(context.Background(), dhcp.Request{Msg: req})
-		if err != nil || reply == nil {
-			t.Fatalf("not answered: %v", err)
-		}
-		rec.dhcp(ev)
-		db.Flush()
-		return reply
-	}
-	fw, _ := dhcpv4.NewDiscovery(hw, dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001")), dhcpv4.WithOption(dhcpv4.OptClientArch(iana.INTEL_X86PC)))
-	send(t, fw)
-	nonce, _ := db.NewBootNonce("n2", state.Event{Step: state.StepScript})
-	tok := state.NewToken()
-	if err := db.ConsumeNonce("n2", nonce, tok, state.Event{Step: state.StepOverlay}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Register("n2", tok, netip.MustParseAddr("10.77.0.12"), state.Report{State: "ready"}, state.Agent{}); err != nil {
-		t.Fatal(err)
-	}
-	osReq, _ := dhcpv4.NewDiscovery(hw)
-	if reply := send(t, osReq); reply.BootFileName != "" || reply.Options.Has(dhcpv4.OptionBootfileName) {
+	h := newRecorderHead(t, "n2", "52:54:00:00:00:02", "10.77.0.12")
+	h.send(t, h.discover(t, "PXEClient:Arch:00000:UNDI:002001", dhcpv4.WithOption(dhcpv4.OptClientArch(iana.INTEL_X86PC))))
+	h.booted(t, "n2", state.Report{State: "ready"})
+	osReq, _ := dhcpv4.NewDiscovery(h.hw)
+	if reply := h.send(t, osReq); reply.BootFileName != "" || reply.Options.Has(dhcpv4.OptionBootfileName) {
 		t.Errorf("the OS's DHCP got boot file %q", reply.BootFileName)
 	}
-	n, _ := db.Get("n2")
+	n, _ := h.db.Get("n2")
 	if n.Status.ID != 1 || n.Status.State != state.StateBooted || n.Status.Timeline[len(n.Status.Timeline)-1].Step != state.StepLease {
 		t.Fatalf("after the OS's DISCOVER: boot %d %s, timeline %v", n.Status.ID, n.Status.State, n.Status.Timeline)
 	}
@@ -145,32 +157,8 @@ func TestOSDHCPStartsNoBoot(t *testing.T) {
 // it); a DISCOVER of a new transaction after the script still starts one.
 // The firmware's own retransmission starts no second boot either.
 func TestRepeatedDiscoverKeepsNonce(t *testing.T) {
-	db, err := state.Open(filepath.Join(t.TempDir(), DBFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	const mac = "52:54:00:00:00:03"
-	if err := db.AddNode(state.Node{Name: "n3", Interfaces: []inventory.Interface{{MAC: mac, IP: netip.MustParseAddr("10.77.0.13")}}}); err != nil {
-		t.Fatal(err)
-	}
-	rec := newRecorder(db, nil)
-	heads := NewNodes(db, &plan.Defaults{Image: "default", Subnets: []plan.Subnet{{Prefix: netip.MustParsePrefix("10.77.0.1/24")}}}, "http://10.77.0.1")
-	srv := &dhcp.Server{
-		ServerIP:  netip.MustParseAddr("10.77.0.1"),
-		Inventory: heads,
-		BootFiles: map[pxe.Arch]string{pxe.Arch(7): "snponly.efi"},
-	}
-	hw, _ := net.ParseMAC(mac)
-	send := func(t *testing.T, req *dhcpv4.DHCPv4) {
-		t.Helper()
-		reply, ev, err := srv.Handle(context.Background(), dhcp.Request{Msg: req})
-		if err != nil || reply == nil {
-			t.Fatalf("DISCOVER not answered: %v", err)
-		}
-		rec.dhcp(ev)
-		db.Flush()
-	}
+	h := newRecorderHead(t, "n3", "52:54:00:00:00:03", "10.77.0.13")
+	db := h.db
 	boot := func(t *testing.T) int {
 		t.Helper()
 		n, err := db.Get("n3")
@@ -179,36 +167,23 @@ func TestRepeatedDiscoverKeepsNonce(t *testing.T) {
 		}
 		return n.Status.ID
 	}
-	fw, err := dhcpv4.NewDiscovery(hw,
-		dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003016")),
-		dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	fw := h.discover(t, uefiFirmware)
 	ipxe := func(t *testing.T) *dhcpv4.DHCPv4 {
-		t.Helper()
-		m, err := dhcpv4.NewDiscovery(hw,
-			dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003010")),
-			dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64)),
-			dhcpv4.WithOption(dhcpv4.OptUserClass("iPXE")))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return m
+		return h.discover(t, "PXEClient:Arch:00007:UNDI:003010", dhcpv4.WithOption(dhcpv4.OptUserClass("iPXE")))
 	}
 
-	send(t, fw)
-	send(t, fw) // the firmware's retransmission, answered too
+	h.send(t, fw)
+	h.send(t, fw) // the firmware's retransmission, answered too
 	if id := boot(t); id != 1 {
 		t.Fatalf("after the firmware's DISCOVER and its retransmission: boot %d, want 1", id)
 	}
 	first := ipxe(t)
-	send(t, first)
+	h.send(t, first)
 	nonce, err := db.NewBootNonce("n3", state.Event{Step: state.StepScript})
 	if err != nil {
 		t.Fatal(err)
 	}
-	send(t, first) // iPXE's retransmission, answered after the script
+	h.send(t, first) // iPXE's retransmission, answered after the script
 	if err := db.CheckNonce("n3", nonce); err != nil {
 		t.Fatalf("after a late answer to a retransmitted DISCOVER: %v", err)
 	}
@@ -216,7 +191,7 @@ func TestRepeatedDiscoverKeepsNonce(t *testing.T) {
 		t.Errorf("after a late answer to a retransmitted DISCOVER: boot %d, want 1", id)
 	}
 
-	send(t, ipxe(t)) // a new transaction: iPXE started again (a reboot into an iPXE ROM)
+	h.send(t, ipxe(t)) // a new transaction: iPXE started again (a reboot into an iPXE ROM)
 	if id := boot(t); id != 2 {
 		t.Errorf("after a new DISCOVER past the script: boot %d, want 2", id)
 	}

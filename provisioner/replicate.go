@@ -36,6 +36,9 @@ type replicator struct {
 	wait   time.Duration
 	log    *slog.Logger
 	m      *prometheus.CounterVec
+	// removals, when set, names the references removed on some head:
+	// never fetched back from a peer that still has them.
+	removals *imageRemovals
 
 	mu       sync.Mutex
 	inflight map[string]*fetchCall
@@ -52,11 +55,11 @@ const replicateWait = 30 * time.Second
 
 // peerFetch returns the boot server's Fetch for a head on a shared store
 // (its peers are the other registered heads), nil for a single head.
-func peerFetch(db *state.DB, st *images.Store, self string, log *slog.Logger, reg prometheus.Registerer) func(context.Context, string) error {
+func peerFetch(db *state.DB, st *images.Store, self string, removals *imageRemovals, log *slog.Logger, reg prometheus.Registerer) func(context.Context, string) error {
 	if db.Path() != "" {
 		return nil
 	}
-	return newReplicator(st, func() []string {
+	r := newReplicator(st, func() []string {
 		var urls []string
 		for _, h := range db.Heads() {
 			if h.URL != self {
@@ -64,7 +67,9 @@ func peerFetch(db *state.DB, st *images.Store, self string, log *slog.Logger, re
 			}
 		}
 		return urls
-	}, log.With("svc", "replicate"), reg).Fetch
+	}, log.With("svc", "replicate"), reg)
+	r.removals = removals
+	return r.Fetch
 }
 
 func newReplicator(st *images.Store, peers func() []string, log *slog.Logger, reg prometheus.Registerer) *replicator {
@@ -117,6 +122,10 @@ func (r *replicator) Fetch(ctx context.Context, ref string) error {
 
 // fetch tries every peer in turn.
 func (r *replicator) fetch(ctx context.Context, ref string) error {
+	if rm, ok := r.removals.Removed(ref); ok {
+		r.m.WithLabelValues("error").Inc()
+		return fmt.Errorf("image %s: removed (on %s at %s): not fetched from the peer heads", ref, rm.Head, rm.Time.Format(time.RFC3339))
+	}
 	peers := r.peers()
 	if len(peers) == 0 {
 		r.m.WithLabelValues("error").Inc()
@@ -184,9 +193,15 @@ func (r *replicator) fetchFrom(ctx context.Context, base, ref string) (int64, er
 	// The manifest last: it names blobs that are all here now.
 	if strings.HasPrefix(ref, "sha256:") {
 		_, err = r.images.PutVerified(ctx, strings.NewReader(string(mb)), images.Artifact{Digest: d, Size: int64(len(mb))})
-	} else {
-		_, err = r.images.CommitManifest(ref, mb)
+		return total, err
 	}
+	done := r.removals.Fetching(ref)
+	if rm, ok := r.removals.Removed(ref); ok { // removed while it was fetched
+		done(false)
+		return total, fmt.Errorf("image %s: removed (on %s) while it was fetched", ref, rm.Head)
+	}
+	_, err = r.images.CommitManifest(ref, mb)
+	done(err == nil)
 	return total, err
 }
 

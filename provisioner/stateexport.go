@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 
 	"github.com/ramboot/ramboot/provisioner/config"
+	"github.com/ramboot/ramboot/provisioner/hostkeys"
 	"github.com/ramboot/ramboot/provisioner/state"
 )
 
@@ -21,7 +22,8 @@ type ExportSummary = state.ExportSummary
 var ErrStateNotEmpty = state.ErrNotEmpty
 
 // ExportState writes the state cfg names (state.backend) to w as an export
-// stream (see state.Export). For bbolt the stream is read from a verified
+// stream (see state.Export), the nodes' SSH host keys included (in etcd,
+// or the state directory's ssh-host-keys/ for bbolt). For bbolt the stream is read from a verified
 // copy of the database: the one fill writes (through the running daemon,
 // `ramboot state backup`'s path) when fill is not nil, else a copy of the
 // state directory's file. from, when set, is a database file to export
@@ -33,7 +35,7 @@ func ExportState(ctx context.Context, cfg config.Config, from string, fill func(
 			return ExportSummary{}, err
 		}
 		defer st.Close()
-		return state.Export(ctx, st, w)
+		return state.Export(ctx, st, w, state.ExportOptions{}) // host keys are in etcd
 	}
 	tmp, err := os.MkdirTemp("", "ramboot-export-")
 	if err != nil {
@@ -61,7 +63,8 @@ func ExportState(ctx context.Context, cfg config.Config, from string, fill func(
 		return ExportSummary{}, err
 	}
 	defer db.Close()
-	return db.Export(ctx, w)
+	// A single head keeps the nodes' host keys in its state directory.
+	return db.Export(ctx, w, state.ExportOptions{HostKeys: &hostkeys.Dir{Path: filepath.Join(cfg.StateDir, HostKeysDir)}})
 }
 
 // ImportState reads an export stream from r into the state cfg names,
@@ -74,12 +77,12 @@ func ImportState(ctx context.Context, cfg config.Config, r io.Reader) (ExportSum
 			return ExportSummary{}, err
 		}
 		defer st.Close()
-		return state.Import(ctx, st, r)
+		return state.Import(ctx, st, r, state.ImportOptions{})
 	}
 	db, err := OpenState(cfg.StateDir, state.Options{}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return ExportSummary{}, err
 	}
 	defer db.Close()
-	return state.Import(ctx, db.Store(), r)
+	return state.Import(ctx, db.Store(), r, state.ImportOptions{HostKeys: &hostkeys.Dir{Path: filepath.Join(cfg.StateDir, HostKeysDir)}})
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -168,6 +169,10 @@ type Admin struct {
 	// BootEvents returns the recent DHCP and TFTP events of the client
 	// with a MAC or client id (GET /api/v1/boot/events); nil serves none.
 	BootEvents func(id string) ([]BootEvent, bool)
+	// RemoveImage removes an image reference (DELETE /api/v1/images/{ref},
+	// once no node is assigned it); with several heads it is where the
+	// removal reaches the others. nil means Images.Remove.
+	RemoveImage func(ctx context.Context, ref string) (images.Digest, error)
 	// Logger logs inventory changes at Info; nil = discard.
 	Logger *slog.Logger
 }

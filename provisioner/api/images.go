@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -55,7 +56,7 @@ type GCResponse struct {
 //	GET    /api/v1/images             list image references
 //	GET    /api/v1/images/{ref}       one reference, with the nodes assigned it
 //	POST   /api/v1/images/{ref}/tags  tag the image (TagRequest) -> 201 Image
-//	DELETE /api/v1/images/{ref}       remove a reference; 409 while nodes are assigned it, unless ?force=true
+//	DELETE /api/v1/images/{ref}       remove a reference (RemoveImage); 409 while nodes are assigned it, unless ?force=true
 //	POST   /api/v1/images/gc          remove unused blobs (GCRequest) -> GCResponse
 func (a *Admin) imageRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/images", a.listImages)
@@ -146,7 +147,11 @@ func (a *Admin) deleteImage(w http.ResponseWriter, r *http.Request) {
 			ref, errInUse, len(nodes), shorten(nodes))})
 		return
 	}
-	d, err := a.Images.Remove(ref.String())
+	remove := a.RemoveImage
+	if remove == nil {
+		remove = func(_ context.Context, ref string) (images.Digest, error) { return a.Images.Remove(ref) }
+	}
+	d, err := remove(r.Context(), ref.String())
 	if err != nil {
 		writeError(w, err)
 		return

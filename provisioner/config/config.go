@@ -1041,7 +1041,7 @@ func (c Config) validateEtcd(bad func(path, format string, args ...any)) {
 
 // reloadable lists the keys a running daemon applies on reload (SIGHUP);
 // every other key needs a restart.
-var reloadable = []string{"log_level", "boot", "subnets", "cluster", "overlay", "api.tls_cert", "api.tls_key", "api.tokens", "dhcp.router", "dhcp.dns"}
+var reloadable = []string{"log_level", "boot", "subnets", "cluster", "overlay", "api.tls_cert", "api.tls_key", "api.tokens", "dhcp.router", "dhcp.dns", "dhcp.discovery"}
 
 // RestartKeys returns the top-level sections and keys that differ between
 // old and next and that a running daemon does not apply on reload.
@@ -1074,6 +1074,11 @@ func RestartKeys(old, next Config) []string {
 		if !reflect.DeepEqual(ov.Field(i).Interface(), nv.Field(i).Interface()) {
 			out = append(out, tag)
 		}
+	}
+	// The discovery pool's ranges, lease time and cap are reloaded; the
+	// pool is open or not as at start.
+	if old.DHCP.Discovery.Enabled != next.DHCP.Discovery.Enabled {
+		out = append(out, "dhcp.discovery.enabled")
 	}
 	return out
 }

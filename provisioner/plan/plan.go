@@ -58,6 +58,10 @@ type Defaults struct {
 	// Subnets are every subnet nodes may have addresses on, the
 	// provisioning interface's own first.
 	Subnets []Subnet
+	// BootFiles are the boot files the head serves (the TFTP catalogue,
+	// tftp.files): a node's or profile's boot_file must be one of them
+	// when it is set or changed. nil checks nothing.
+	BootFiles []string
 }
 
 // Pin is the image digest a node was given at an earlier script.

@@ -10,9 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/ramboot/ramboot/provisioner/hostkeys"
 	"github.com/ramboot/ramboot/provisioner/store"
 )
 
@@ -26,8 +30,10 @@ import (
 //	{"end":true,"keys":30001,"sha256":"..."}
 //
 // It holds the inventory, every node's status (tokens and nonces
-// included: a node booted before the move keeps working) and the boot
-// histories. It leaves out what belongs to one store: meta/inventory (the
+// included: a node booted before the move keeps working), the boot
+// histories and the nodes' SSH host keys (hostkeys/NAME: private keys, so
+// the stream is a secret), so that known_hosts entries survive the move.
+// It leaves out what belongs to one store: meta/inventory (the
 // inventory's compare-and-swap key, written again by the import), the
 // journals of chunked changes, and the keys heads hold under a lease.
 const (
@@ -65,6 +71,8 @@ type ExportSummary struct {
 	Nodes    int `json:"nodes"`
 	Profiles int `json:"profiles"`
 	Boots    int `json:"boots"`
+	// HostKeys counts the nodes whose SSH host keys it carried.
+	HostKeys int `json:"hostKeys"`
 	// Bytes is the stream's size.
 	Bytes int64 `json:"bytes"`
 	// Rev is the source store's revision the export was read at.
@@ -80,12 +88,14 @@ func (s *ExportSummary) count(key string) {
 		s.Profiles++
 	case strings.HasPrefix(key, keyBoots):
 		s.Boots++
+	case strings.HasPrefix(key, keyHostKeys):
+		s.HostKeys++
 	}
 }
 
 // exported reports whether key belongs in an export.
 func exported(key string) bool {
-	for _, p := range []string{keyNodes, keyProfiles, keyStatus, keyBoots} {
+	for _, p := range []string{keyNodes, keyProfiles, keyStatus, keyBoots, keyHostKeys} {
 		if strings.HasPrefix(key, p) {
 			return true
 		}
@@ -93,14 +103,23 @@ func exported(key string) bool {
 	return false
 }
 
+// ExportOptions are the parts of a state kept outside its store.
+type ExportOptions struct {
+	// HostKeys, when set, is where the nodes' SSH host keys are kept
+	// instead of the store (a single head: the state directory's
+	// ssh-host-keys/): the keys of every node of the inventory found there
+	// go into the stream as hostkeys/NAME, as a shared store holds them.
+	HostKeys hostkeys.Store
+}
+
 // Export writes the state, read at one revision, to w as an export stream.
 // An inventory change another head left half applied is finished first.
-func (d *DB) Export(ctx context.Context, w io.Writer) (ExportSummary, error) {
-	return Export(ctx, d.st, w)
+func (d *DB) Export(ctx context.Context, w io.Writer, o ExportOptions) (ExportSummary, error) {
+	return Export(ctx, d.st, w, o)
 }
 
 // Export writes the state kept in st to w; see DB.Export.
-func Export(ctx context.Context, st store.Store, w io.Writer) (ExportSummary, error) {
+func Export(ctx context.Context, st store.Store, w io.Writer, o ExportOptions) (ExportSummary, error) {
 	var sum ExportSummary
 	var kvs []store.KV
 	for try := 0; ; try++ {
@@ -117,6 +136,12 @@ func Export(ctx context.Context, st store.Store, w io.Writer) (ExportSummary, er
 		}
 		if try == 10 {
 			return sum, errors.New("export: inventory changes keep being applied; try again")
+		}
+	}
+	if o.HostKeys != nil {
+		var err error
+		if kvs, err = withHostKeys(ctx, kvs, o.HostKeys); err != nil {
+			return sum, fmt.Errorf("export: %w", err)
 		}
 	}
 	cw := &countWriter{w: bufio.NewWriterSize(w, 1<<16)}
@@ -156,6 +181,36 @@ func Export(ctx context.Context, st store.Store, w io.Writer) (ExportSummary, er
 	return sum, nil
 }
 
+// withHostKeys adds to kvs the host keys ks holds for the nodes of kvs,
+// in key order.
+func withHostKeys(ctx context.Context, kvs []store.KV, ks hostkeys.Store) ([]store.KV, error) {
+	var extra []store.KV
+	for _, kv := range kvs {
+		if !strings.HasPrefix(kv.Key, keyNodes) {
+			continue
+		}
+		name := strings.TrimPrefix(kv.Key, keyNodes)
+		keys, err := ks.Load(ctx, name)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // no overlay rendered yet: made at its first
+		}
+		if err != nil {
+			return nil, err
+		}
+		b, err := encodeKeys(keys)
+		if err != nil {
+			return nil, fmt.Errorf("host keys of %s: %w", name, err)
+		}
+		extra = append(extra, store.KV{Key: keyHostKeys + name, Value: b})
+	}
+	if len(extra) == 0 {
+		return kvs, nil
+	}
+	out := append(slices.Clip(kvs), extra...)
+	slices.SortStableFunc(out, func(a, b store.KV) int { return strings.Compare(a.Key, b.Key) })
+	return out, nil
+}
+
 // openIn reports whether a listing holds an open chunked change.
 func openIn(kvs []store.KV) bool {
 	for _, kv := range kvs {
@@ -180,6 +235,14 @@ func (c *countWriter) Write(p []byte) (int, error) {
 // ErrNotEmpty means an import found state already in the target store.
 var ErrNotEmpty = errors.New("the target already holds state")
 
+// ImportOptions are the parts of a state kept outside its store.
+type ImportOptions struct {
+	// HostKeys, when set, receives the nodes' SSH host keys of the stream
+	// instead of the store (a single head keeps them in its state
+	// directory). Keys it already holds for a node must be the stream's.
+	HostKeys hostkeys.Store
+}
+
 // Import reads an export stream from r and writes it to st, which must
 // hold no state (ErrNotEmpty otherwise). The whole stream is read and
 // checked (format, every record, the key count and checksum of the
@@ -189,7 +252,7 @@ var ErrNotEmpty = errors.New("the target already holds state")
 // serving the store meanwhile sees all of it or none, and if the import
 // dies after its commit point, the first head that opens the store
 // finishes it.
-func Import(ctx context.Context, st store.Store, r io.Reader) (ExportSummary, error) {
+func Import(ctx context.Context, st store.Store, r io.Reader, o ImportOptions) (ExportSummary, error) {
 	ops, sum, err := readExport(r)
 	if err != nil {
 		return sum, fmt.Errorf("import: %w", err)
@@ -201,6 +264,12 @@ func Import(ctx context.Context, st store.Store, r io.Reader) (ExportSummary, er
 	for _, kv := range kvs {
 		if exported(kv.Key) || kv.Key == keyInventory {
 			return sum, fmt.Errorf("import: %w (key %s): import only into an empty state", ErrNotEmpty, kv.Key)
+		}
+	}
+	if o.HostKeys != nil {
+		// Before the state: a node is never served without its keys.
+		if ops, err = importHostKeys(ctx, ops, o.HostKeys); err != nil {
+			return sum, fmt.Errorf("import: %w", err)
 		}
 	}
 	if fits(st.Limits(), 1, append(ops, store.Put(keyInventory, []byte("1")))) {
@@ -215,6 +284,60 @@ func Import(ctx context.Context, st store.Store, r io.Reader) (ExportSummary, er
 		return sum, fmt.Errorf("import: %w", err)
 	}
 	return sum, nil
+}
+
+// importHostKeys stores the host keys of ops in ks and returns the other
+// ops. Keys ks already holds for a node must be the same: a node's keys
+// are never replaced.
+func importHostKeys(ctx context.Context, ops []store.Op, ks hostkeys.Store) ([]store.Op, error) {
+	batch := map[string]hostkeys.Keys{}
+	want := map[string][]byte{}
+	rest := ops[:0:0]
+	for _, op := range ops {
+		if !strings.HasPrefix(op.Key, keyHostKeys) {
+			rest = append(rest, op)
+			continue
+		}
+		name := strings.TrimPrefix(op.Key, keyHostKeys)
+		keys, err := decodeKeys(name, op.Value)
+		if err != nil {
+			return nil, err
+		}
+		batch[name], want[name] = keys, op.Value
+	}
+	if len(batch) == 0 {
+		return rest, nil
+	}
+	same := func(got map[string]hostkeys.Keys) error {
+		for _, name := range slices.Sorted(maps.Keys(got)) {
+			b, err := encodeKeys(got[name])
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(b, want[name]) {
+				return fmt.Errorf("host keys of %s: the target already holds other keys for this node (remove them to take the stream's)", name)
+			}
+		}
+		return nil
+	}
+	// Checked whole before anything is written.
+	have := map[string]hostkeys.Keys{}
+	for name := range batch {
+		keys, err := ks.Load(ctx, name)
+		if err == nil {
+			have[name] = keys
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+	}
+	if err := same(have); err != nil {
+		return nil, err
+	}
+	got, err := ks.Create(ctx, batch)
+	if err != nil {
+		return nil, err
+	}
+	return rest, same(got)
 }
 
 // readExport reads and checks a whole export stream.
@@ -301,6 +424,10 @@ func checkImported(key string, v []byte) error {
 			return fmt.Errorf("profile %s: not a profile record (%v)", key, err)
 		}
 		return nil
+	}
+	if strings.HasPrefix(key, keyHostKeys) {
+		_, err := decodeKeys(strings.TrimPrefix(key, keyHostKeys), v)
+		return err
 	}
 	return checkValue(key, v, &Summary{})
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ramboot/ramboot/provisioner/hostkeys"
 	"github.com/ramboot/ramboot/provisioner/inventory"
 	"github.com/ramboot/ramboot/provisioner/store"
 	"github.com/ramboot/ramboot/provisioner/store/etcdtest"
@@ -49,13 +50,20 @@ func TestExportImportBoltToEtcd(t *testing.T) {
 	if err := src.ConsumeNonce("r00007", nonce, tok, ev(StepOverlay)); err != nil {
 		t.Fatal(err)
 	}
-	var buf bytes.Buffer
-	sum, err := src.Export(context.Background(), &buf)
+	// The single head's host keys, in its state directory: two nodes had
+	// their overlays, and a node no longer in the inventory left keys.
+	srcKeys := &hostkeys.Dir{Path: filepath.Join(t.TempDir(), "ssh-host-keys")}
+	keys, err := hostkeys.Ensure(context.Background(), srcKeys, []string{"r00007", "r00100", "gone"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sum.Nodes != n || sum.Profiles != 1 || sum.Boots != 2 || sum.Bytes != int64(buf.Len()) {
-		t.Fatalf("export summary %+v, want %d nodes, 1 profile, 2 earlier boots, %d bytes", sum, n, buf.Len())
+	var buf bytes.Buffer
+	sum, err := src.Export(context.Background(), &buf, ExportOptions{HostKeys: srcKeys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Nodes != n || sum.Profiles != 1 || sum.Boots != 2 || sum.HostKeys != 2 || sum.Bytes != int64(buf.Len()) {
+		t.Fatalf("export summary %+v, want %d nodes, 1 profile, 2 earlier boots, 2 nodes' host keys, %d bytes", sum, n, buf.Len())
 	}
 	stream := buf.Bytes()
 
@@ -77,7 +85,7 @@ func TestExportImportBoltToEtcd(t *testing.T) {
 		"empty":              nil,
 		"data after the end": append(bytes.Clone(stream), []byte("{}\n")...),
 	} {
-		if _, err := Import(context.Background(), st, bytes.NewReader(bad)); err == nil {
+		if _, err := Import(context.Background(), st, bytes.NewReader(bad), ImportOptions{}); err == nil {
 			t.Fatalf("%s stream imported", name)
 		} else {
 			t.Logf("%s: %v", name, err)
@@ -102,7 +110,7 @@ func TestExportImportBoltToEtcd(t *testing.T) {
 			seen[len(watcher.Inventory().Nodes)] = true
 		}
 	}()
-	isum, err := Import(context.Background(), st, bytes.NewReader(stream))
+	isum, err := Import(context.Background(), st, bytes.NewReader(stream), ImportOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,10 +144,33 @@ func TestExportImportBoltToEtcd(t *testing.T) {
 	if kvs, _, _ := st.List(context.Background(), keyJournal); len(kvs) != 0 {
 		t.Fatalf("journal left: %d keys", len(kvs))
 	}
+	sameKeys := func(where string, ks hostkeys.Store, node string) {
+		t.Helper()
+		got, err := ks.Load(context.Background(), node)
+		if err != nil {
+			t.Fatalf("%s: host keys of %s: %v", where, node, err)
+		}
+		if len(got) != len(keys[node]) {
+			t.Fatalf("%s: %d host keys of %s, want %d", where, len(got), node, len(keys[node]))
+		}
+		for i := range got {
+			a, _ := got[i].PrivateFile()
+			b, _ := keys[node][i].PrivateFile()
+			if got[i].Type != keys[node][i].Type || !bytes.Equal(a, b) {
+				t.Fatalf("%s: host key %s of %s differs from the old head's", where, got[i].Type, node)
+			}
+		}
+	}
+	for _, node := range []string{"r00007", "r00100"} {
+		sameKeys("etcd", dst.SharedHostKeys(nil), node)
+	}
+	if _, err := dst.SharedHostKeys(nil).Load(context.Background(), "r00001"); err == nil {
+		t.Fatal("a node without keys on the old head has keys after the move")
+	}
 
 	// Exported again from etcd: the same keys and values.
 	var again bytes.Buffer
-	if _, err := dst.Export(context.Background(), &again); err != nil {
+	if _, err := dst.Export(context.Background(), &again, ExportOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	body := func(b []byte) string { // without header and trailer
@@ -150,8 +181,45 @@ func TestExportImportBoltToEtcd(t *testing.T) {
 		t.Fatal("etcd's export differs from bbolt's")
 	}
 
+	// Back to a single head: the keys go to its state directory.
+	back, err := Open(filepath.Join(t.TempDir(), "ramboot.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer back.Close()
+	backKeys := &hostkeys.Dir{Path: filepath.Join(t.TempDir(), "ssh-host-keys")}
+	// Other keys already there for a node: refused, nothing imported.
+	if _, err := hostkeys.Ensure(context.Background(), backKeys, []string{"r00100"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Import(context.Background(), back.Store(), bytes.NewReader(again.Bytes()), ImportOptions{HostKeys: backKeys}); err == nil || !strings.Contains(err.Error(), "r00100") {
+		t.Fatalf("import over other host keys of a node: %v, want refused naming it", err)
+	}
+	if len(back.List()) != 0 {
+		t.Fatal("a refused import left nodes")
+	}
+	if _, err := backKeys.Load(context.Background(), "r00007"); err == nil {
+		t.Fatal("a refused import left host keys")
+	}
+	if err := backKeys.Delete(context.Background(), "r00100"); err != nil {
+		t.Fatal(err)
+	}
+	bsum, err := Import(context.Background(), back.Store(), bytes.NewReader(again.Bytes()), ImportOptions{HostKeys: backKeys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bsum.HostKeys != 2 {
+		t.Fatalf("import summary %+v, want 2 nodes' host keys", bsum)
+	}
+	for _, node := range []string{"r00007", "r00100"} {
+		sameKeys("bbolt", backKeys, node)
+	}
+	if kvs, _, _ := back.Store().List(context.Background(), keyHostKeys); len(kvs) != 0 {
+		t.Fatalf("host keys written into the bbolt database (%d keys): a single head reads them from its directory", len(kvs))
+	}
+
 	// A second import into a store that holds state: refused.
-	if _, err := Import(context.Background(), st, bytes.NewReader(stream)); !errors.Is(err, ErrNotEmpty) {
+	if _, err := Import(context.Background(), st, bytes.NewReader(stream), ImportOptions{}); !errors.Is(err, ErrNotEmpty) {
 		t.Fatalf("import into a store holding state: %v, want ErrNotEmpty", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -82,6 +83,9 @@ type Discovery struct {
 
 	path string
 	now  func() time.Time
+	// lease and max, when above zero, replace LeaseTime and MaxMachines
+	// (SetLimits, while the Server uses it).
+	lease, max atomic.Int64
 
 	mu       sync.Mutex
 	leases   map[string]*lease     // by client key
@@ -193,7 +197,19 @@ func OpenDiscovery(path string) (*Discovery, error) {
 	return d, nil
 }
 
+// SetLimits replaces LeaseTime and MaxMachines while the Server uses the
+// pool (a configuration reload); zero keeps the field's value. Leases
+// already lent keep their expiry; machines already kept over a lower
+// maximum stay, and new ones are dropped until fewer are kept.
+func (d *Discovery) SetLimits(leaseTime time.Duration, maxMachines int) {
+	d.lease.Store(int64(leaseTime))
+	d.max.Store(int64(maxMachines))
+}
+
 func (d *Discovery) leaseTime() time.Duration {
+	if v := d.lease.Load(); v > 0 {
+		return time.Duration(v)
+	}
 	if d.LeaseTime > 0 {
 		return d.LeaseTime
 	}
@@ -208,6 +224,9 @@ func (d *Discovery) declineHold() time.Duration {
 }
 
 func (d *Discovery) maxMachines() int {
+	if v := d.max.Load(); v > 0 {
+		return int(v)
+	}
 	if d.MaxMachines > 0 {
 		return d.MaxMachines
 	}

@@ -100,15 +100,8 @@ func TestMoveToEtcdAndTwoHeads(t *testing.T) {
 		t.Fatal(err)
 	}
 	rb(t, b, "node", "add", "n5", "--mac", "52:54:00:77:00:05", "--ip", "127.0.0.15").ok(t)
-	node := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.15")}}).DialContext}}
-	resp, err := node.Get(headURL(t, hb) + "/boot/ipxe?mac=52:54:00:77:00:05")
-	if err != nil {
-		t.Fatal(err)
-	}
-	script, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || !strings.Contains(string(script), "/boot/image/") {
-		t.Fatalf("script from head b for an image only head a had: %s\n%s", resp.Status, script)
+	if status, script := nodeScript(t, hb, "127.0.0.15", "52:54:00:77:00:05"); status != http.StatusOK || !strings.Contains(script, "/boot/image/") {
+		t.Fatalf("script from head b for an image only head a had: %d\n%s", status, script)
 	}
 	if out := rb(t, b, "image", "list").ok(t); !strings.Contains(out, "default") {
 		t.Fatalf("head b's images after the fetch: %q", out)
@@ -126,6 +119,24 @@ func TestMoveToEtcdAndTwoHeads(t *testing.T) {
 	if body(again) != body(stream) {
 		t.Fatalf("etcd's export differs from bbolt's:\n%s\n---\n%s", again, stream)
 	}
+}
+
+// nodeScript fetches the iPXE script of the node with mac from head s, as
+// the node does (from its address ip, on loopback), and returns the HTTP
+// status and the script.
+func nodeScript(t *testing.T, s *served, ip, mac string) (int, string) {
+	t.Helper()
+	node := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}).DialContext}}
+	resp, err := node.Get(headURL(t, s) + "/boot/ipxe?mac=" + mac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	script, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(script)
 }
 
 // headURL returns the boot URL a running daemon logged.

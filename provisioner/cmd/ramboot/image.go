@@ -207,8 +207,9 @@ func imageShowCmd(g *globals) *cobra.Command {
 					if img, err := c.GetImage(cmd.Context(), r.String()); err == nil {
 						nodes = img.Nodes
 					}
-				} else if use, err := provisioner.OfflineImageUse(g.stateDir); err == nil {
+				} else if use, err := provisioner.OfflineImageUse(cmd.Context(), g.stateDir, ""); err == nil {
 					nodes = use.Assigned(r)
+					use.Close()
 				}
 			}
 			if files {
@@ -312,22 +313,31 @@ func (g *globals) printRef(ref string, d images.Digest) error {
 
 func imageRmCmd(g *globals) *cobra.Command {
 	var force bool
+	var cfgPath string
 	c := &cobra.Command{
 		Use:     "rm NAME[:TAG]...",
 		Aliases: []string{"remove"},
 		Short:   "Remove image references (the blobs go at the next gc)",
 		Long: `rm removes references. It refuses a reference that nodes are assigned
 (by name or as boot.default_image) unless --force. The blobs stay until
-` + "`ramboot image gc`" + `, which keeps what nodes still run.`,
+` + "`ramboot image gc`" + `, which keeps what nodes still run.
+
+On heads sharing etcd (state.backend etcd) the nodes checked are the whole
+cluster's, and the removal reaches every head: each removes its own copy
+of the reference, a head that is down does so when it starts, and no head
+fetches it back from a peer (docs/scale-out.md). Without a daemon, rm
+reads the inventory from etcd through --config, or the configuration the
+head's daemon last ran with.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := g.daemon(cmd.Context())
 			var use *provisioner.ImageUse
 			if c == nil {
 				var err error
-				if use, err = provisioner.OfflineImageUse(g.stateDir); err != nil {
+				if use, err = provisioner.OfflineImageUse(cmd.Context(), g.stateDir, cfgPath); err != nil {
 					return err
 				}
+				defer use.Close()
 			}
 			for _, a := range args {
 				r, err := images.ParseReference(a)
@@ -342,7 +352,7 @@ func imageRmCmd(g *globals) *cobra.Command {
 					if ns := use.Assigned(r); len(ns) > 0 && !force {
 						return fmt.Errorf("remove image %s: assigned to node(s) %s (move them first, or --force)", r, strings.Join(ns, " "))
 					}
-					if _, err := g.store().Remove(r.String()); err != nil {
+					if _, err := use.Remove(cmd.Context(), g.store(), r); err != nil {
 						return err
 					}
 				}
@@ -354,11 +364,13 @@ func imageRmCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().BoolVar(&force, "force", false, "remove even if nodes are assigned the image")
+	c.Flags().StringVarP(&cfgPath, "config", "c", "", "without a daemon: the daemon's configuration file (where the inventory is: state.backend)")
 	return c
 }
 
 func imageGCCmd(g *globals) *cobra.Command {
 	var yes bool
+	var cfgPath string
 	var minAge time.Duration
 	c := &cobra.Command{
 		Use:   "gc [--yes]",
@@ -367,7 +379,10 @@ func imageGCCmd(g *globals) *cobra.Command {
 reference names and no node runs or is assigned; with --yes it removes them.
 Blobs written in the last --min-age are kept (a build or push in progress).
 With the daemon running, gc goes through it, so what nodes use comes from
-the live inventory.`,
+the live inventory. Without one, the inventory is read as by ` + "`image rm`" + `
+(etcd through --config or the daemon's last configuration). gc acts on
+this head's blobs only; on several heads, run it on each (every head
+judges by the whole cluster's nodes).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			req := api.GCRequest{DryRun: !yes, MinAge: minAge.String()}
@@ -378,10 +393,11 @@ the live inventory.`,
 					return err
 				}
 			} else {
-				use, err := provisioner.OfflineImageUse(g.stateDir)
+				use, err := provisioner.OfflineImageUse(cmd.Context(), g.stateDir, cfgPath)
 				if err != nil {
 					return err
 				}
+				defer use.Close()
 				opt := images.GCOptions{DryRun: !yes, MinAge: minAge, InUse: use.InUse(g.store())}
 				if minAge == 0 {
 					opt.MinAge = -1
@@ -411,6 +427,7 @@ the live inventory.`,
 	}
 	c.Flags().BoolVarP(&yes, "yes", "y", false, "remove the blobs (without it, only list them)")
 	c.Flags().DurationVar(&minAge, "min-age", time.Hour, "keep blobs written more recently than this (0 keeps none for their age)")
+	c.Flags().StringVarP(&cfgPath, "config", "c", "", "without a daemon: the daemon's configuration file (where the inventory is: state.backend)")
 	return c
 }
 

@@ -48,6 +48,10 @@ configuration (see docs/config.md); --config overrides it key by key.`,
 			// Run checks everything first and reports every problem at once.
 			level := levelVar(cfg.LogLevel)
 			log := newLogger(g.stderr, level)
+			// Offline commands (image rm, gc) find an etcd inventory by it.
+			if err := provisioner.RecordBackend(cfg, cfgPath); err != nil {
+				log.Warn("record the state backend in the state directory", "err", err)
+			}
 			d := &provisioner.Daemon{Config: cfg, Logger: log, Level: level}
 			d.Ready = func(h provisioner.Head) {
 				if _, err := sdnotify.Send(sdnotify.Ready, "STATUS=serving "+cfg.Interface+" ("+h.BaseURL+")"); err != nil {

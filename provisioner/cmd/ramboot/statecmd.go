@@ -189,25 +189,30 @@ func (g *globals) printExport(w io.Writer, verb string, r exportResult) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(r)
 	}
-	_, err := fmt.Fprintf(w, "%s %d keys (%s): %d nodes, %d profiles, %d earlier boots, %d bytes, source revision %d\n",
-		verb, r.Keys, r.Backend, r.Nodes, r.Profiles, r.Boots, r.Bytes, r.Rev)
+	_, err := fmt.Fprintf(w, "%s %d keys (%s): %d nodes, %d profiles, %d earlier boots, %d nodes' SSH host keys, %d bytes, source revision %d\n",
+		verb, r.Keys, r.Backend, r.Nodes, r.Profiles, r.Boots, r.HostKeys, r.Bytes, r.Rev)
 	return err
 }
 
 func stateExportCmd(g *globals) *cobra.Command {
-	var cfgPath, from string
+	var cfgPath, from, file string
 	c := &cobra.Command{
 		Use:   "export",
-		Short: "Write the whole state to stdout as a checked stream, for `ramboot state import`",
-		Long: `export writes the inventory, every node's status (tokens included) and the
-boot histories to stdout as JSON lines ending in a trailer with the key count
-and a SHA-256, whatever the backend (state.backend in --config): read at one
-revision from etcd, or from a verified copy of the bbolt database (taken
-through the running daemon while one serves the state directory). --from
-exports a database file instead, such as a backup. The summary goes to
-stderr. Moving a single head to etcd:
+		Short: "Write the whole state to stdout (or --file) as a checked stream, for `ramboot state import`",
+		Long: `export writes the inventory, every node's status (tokens included), the
+boot histories and the nodes' SSH host keys to stdout as JSON lines ending in
+a trailer with the key count and a SHA-256, whatever the backend
+(state.backend in --config): read at one revision from etcd, or from a
+verified copy of the bbolt database (taken through the running daemon while
+one serves the state directory) with the host keys of the state directory's
+ssh-host-keys/. --from exports a database file instead, such as a backup.
+The summary goes to stderr. Moving a single head to etcd:
 
-  ramboot state export | ramboot state import --config /etc/ramboot/etcd.yaml`,
+  ramboot state export | ramboot state import --config /etc/ramboot/etcd.yaml
+
+The stream holds private keys and tokens: it is a secret. --file writes it
+mode 0600 (through a temporary file, renamed once complete); a regular file
+stdout is redirected to is set to mode 0600 too.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := g.stateConfig(cmd, cfgPath)
@@ -225,13 +230,29 @@ stderr. Moving a single head to etcd:
 					return err
 				}
 			}
-			sum, err := provisioner.ExportState(cmd.Context(), cfg, from, fill, g.stdout)
+			var sum provisioner.ExportSummary
+			if file != "" {
+				err = provisioner.WritePrivateFile(file, func(w io.Writer) error {
+					sum, err = provisioner.ExportState(cmd.Context(), cfg, from, fill, w)
+					return err
+				})
+			} else {
+				if f, ok := g.stdout.(*os.File); ok {
+					if fi, serr := f.Stat(); serr == nil && fi.Mode().IsRegular() {
+						if err := f.Chmod(0o600); err != nil {
+							return fmt.Errorf("export to %s: make it private (mode 0600): %w", f.Name(), err)
+						}
+					}
+				}
+				sum, err = provisioner.ExportState(cmd.Context(), cfg, from, fill, g.stdout)
+			}
 			if err != nil {
 				return err
 			}
 			return g.printExport(g.stderr, "exported", exportResult{Backend: backend, ExportSummary: sum})
 		},
 	}
+	c.Flags().StringVarP(&file, "file", "f", "", "write the stream to this file, mode 0600, instead of stdout")
 	c.Flags().StringVarP(&cfgPath, "config", "c", "", "the daemon's configuration file (its state.backend and state.etcd keys)")
 	c.Flags().StringVar(&from, "from", "", "export this bbolt database file (a backup) instead of the configured state")
 	return c

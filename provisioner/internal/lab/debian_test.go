@@ -5,7 +5,6 @@ package lab_test
 import (
 	"bytes"
 	"context"
-	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -50,22 +49,7 @@ func TestDebian(t *testing.T) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	l, err := lab.New(ctx, lab.Options{Log: testLog{t}, Keep: os.Getenv("RAMBOOT_LAB_KEEP") != ""})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := l.Close(); err != nil {
-			t.Errorf("close lab: %v", err)
-		}
-	})
-	cfg, err := l.WriteConfig("debian.yaml", debianHead)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Serve(ctx, "--config", cfg); err != nil {
-		t.Fatal(err)
-	}
+	l := serveLabConfig(ctx, t, "debian.yaml", debianHead)
 	stage := time.Now()
 	tree, err := l.DebianTree(ctx)
 	if err != nil {

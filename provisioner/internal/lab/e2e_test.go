@@ -40,6 +40,19 @@ func serveLab(ctx context.Context, t *testing.T, setup ...func(*lab.Lab) []strin
 	return l
 }
 
+// serveLabConfig starts a lab whose `ramboot serve` runs on configuration
+// conf (written into the lab as name), closed when the test ends.
+func serveLabConfig(ctx context.Context, t *testing.T, name, conf string) *lab.Lab {
+	t.Helper()
+	return serveLab(ctx, t, func(l *lab.Lab) []string {
+		cfg, err := l.WriteConfig(name, conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []string{"--config", cfg}
+	})
+}
+
 // newLab makes a lab (its namespace and bridge, no head yet), closed
 // when the test ends.
 func newLab(ctx context.Context, t *testing.T) *lab.Lab {

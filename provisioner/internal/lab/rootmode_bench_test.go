@@ -44,22 +44,7 @@ func TestRootModeBench(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Minute)
 	defer cancel()
-	l, err := lab.New(ctx, lab.Options{Log: testLog{t}, Keep: os.Getenv("RAMBOOT_LAB_KEEP") != ""})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := l.Close(); err != nil {
-			t.Errorf("close lab: %v", err)
-		}
-	})
-	cfg, err := l.WriteConfig("bench.yaml", benchHead)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Serve(ctx, "--config", cfg); err != nil {
-		t.Fatal(err)
-	}
+	l := serveLabConfig(ctx, t, "bench.yaml", benchHead)
 	tree, err := l.DebianTree(ctx)
 	if err != nil {
 		t.Fatal(err)

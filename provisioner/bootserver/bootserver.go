@@ -127,6 +127,11 @@ type Nodes interface {
 	// CheckNonce reports whether nonce is the node's unspent boot nonce
 	// (an error wrapping state.ErrBadToken when not).
 	CheckNonce(node, nonce string) error
+	// ReserveToken makes token the node's report token for this boot if
+	// nonce is its unspent boot nonce (an error wrapping
+	// state.ErrBadToken when not), leaving the nonce unspent: called
+	// before the overlay carrying token is sent.
+	ReserveToken(node, nonce, token string) error
 	// ExpectToken says an overlay carrying token is being sent to the
 	// node: until release, the node's requests with it wait for
 	// ConsumeNonce instead of failing (state.DB.ExpectToken).
@@ -800,6 +805,17 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 	size := 0
 	for _, p := range parts {
 		size += len(p)
+	}
+	// The token is the node's before the first byte leaves: a node that
+	// has the overlay can register with any head, even if this one dies
+	// before it records the overlay step below.
+	if err := s.Nodes.ReserveToken(name, nonce, token); err != nil {
+		code := http.StatusInternalServerError
+		if errors.Is(err, state.ErrBadToken) {
+			code = http.StatusForbidden
+		}
+		s.fail(w, route, code, err, "node", name)
+		return
 	}
 	defer s.transfer(r)()
 	// The node may use the token the moment it has the last byte, before

@@ -578,6 +578,11 @@ func TestReservedTokenOnPeer(t *testing.T) {
 	if err := b.ReserveToken("n1", nonce, second); err != nil {
 		t.Fatalf("a retry's reservation on the peer: %v", err)
 	}
+	// Head a learns of the replacement through its watch, a moment later:
+	// caught up, it refuses the first token.
+	if err := a.Sync(); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := a.Authenticate("n1", first, from); !errors.Is(err, ErrBadToken) {
 		t.Errorf("the replaced token: %v, want ErrBadToken", err)
 	}

@@ -2,8 +2,11 @@ package bootserver_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -29,13 +32,13 @@ func newSecretsFixture(t *testing.T) *secretsFixture {
 	return newSecretsFixtureWith(t, nil)
 }
 
-// newSecretsFixtureWith is newSecretsFixture with the server's Nodes
-// replaced by wrap's (when not nil) before any request.
-func newSecretsFixtureWith(t *testing.T, wrap func(bootserver.Nodes) bootserver.Nodes) *secretsFixture {
+// newSecretsFixtureWith is newSecretsFixture with the server changed by
+// change (when not nil) before any request.
+func newSecretsFixtureWith(t *testing.T, change func(*bootserver.Server)) *secretsFixture {
 	t.Helper()
 	f := newFixture(t)
-	if wrap != nil {
-		f.boot.Nodes = wrap(f.boot.Nodes)
+	if change != nil {
+		change(f.boot)
 	}
 	for _, n := range []state.Node{
 		{Name: "n1", MAC: "52:54:00:00:00:01", IP: netip.MustParseAddr("127.0.0.1")},
@@ -154,11 +157,11 @@ func (h *headDiesAfterSend) ConsumeNonce(node, nonce, token, detail string) erro
 	return h.Nodes.ConsumeNonce(node, nonce, token, detail)
 }
 
-func dyingHead(h **headDiesAfterSend) func(bootserver.Nodes) bootserver.Nodes {
-	return func(n bootserver.Nodes) bootserver.Nodes {
-		*h = &headDiesAfterSend{Nodes: n}
+func dyingHead(h **headDiesAfterSend) func(*bootserver.Server) {
+	return func(s *bootserver.Server) {
+		*h = &headDiesAfterSend{Nodes: s.Nodes}
 		(*h).dies.Store(true)
-		return *h
+		s.Nodes = *h
 	}
 }
 
@@ -214,6 +217,48 @@ func TestOverlayRetryReplacesToken(t *testing.T) {
 	}
 	if _, code := f.token(t, f.n1, f.urls[3]); code != http.StatusForbidden {
 		t.Errorf("a third overlay GET after one was recorded: %d, want 403 (the nonce is spent)", code)
+	}
+}
+
+// refusingHead refuses every token reservation: the nonce replaced
+// meanwhile.
+type refusingHead struct{ bootserver.Nodes }
+
+func (refusingHead) ReserveToken(node, nonce, token string) error {
+	return fmt.Errorf("token for node %s: replaced meanwhile: %w", node, state.ErrBadToken)
+}
+
+// twoParts renders an overlay in two parts, the token in the second only,
+// as provisioner's overlays do (the shared part, then the node's own).
+type twoParts struct{}
+
+func (twoParts) Overlay(_ context.Context, node, token string, _ bootserver.Compression) ([][]byte, error) {
+	return [][]byte{bytes.Repeat([]byte("shared "), 1<<14), []byte("node " + node + " token " + token)}, nil
+}
+
+func (twoParts) RuntimeOverlay(string) (overlay.RuntimeOverlay, error) {
+	return overlay.RuntimeOverlay{}, errors.New("not used")
+}
+
+// TestOverlayCutWhenTokenNotCommitted: the token is committed while the
+// overlay's shared part is sent; when the commit fails, the node never
+// gets the part that carries the token: the transfer is cut (its retry
+// asks again), and a single-part overlay is refused before anything is
+// sent.
+func TestOverlayCutWhenTokenNotCommitted(t *testing.T) {
+	f := newSecretsFixtureWith(t, func(s *bootserver.Server) { s.Nodes = refusingHead{s.Nodes} })
+	if _, code := f.token(t, f.n1, f.urls[3]); code != http.StatusForbidden {
+		t.Errorf("one part, the token refused: %d, want 403", code)
+	}
+	f2 := newSecretsFixtureWith(t, func(s *bootserver.Server) { s.Nodes, s.Overlays = refusingHead{s.Nodes}, twoParts{} })
+	resp, err := f2.n1.Get(f2.urls[3])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil || bytes.Contains(b, []byte("token")) {
+		t.Errorf("two parts, the token refused: %d, %d bytes, read error %v: want a cut transfer without the token", resp.StatusCode, len(b), err)
 	}
 }
 

@@ -253,7 +253,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	ovl := &overlays{db: db, nodes: heads, images: store, log: log.With("svc", "overlay")}
 	ovl.keys = db.SharedHostKeys // nodes' host keys the same from every head
-	ovl.setSetup(newOverlaySetup(cfg, headOf(cfg, headIP, baseURL), slices.Sorted(maps.Keys(db.Profiles())), ovl.log))
+	ovl.setSetup(newOverlaySetup(cfg, headOf(cfg, headIP, baseURL, db), slices.Sorted(maps.Keys(db.Profiles())), ovl.log))
 	boot := &bootserver.Server{
 		Nodes: heads, Images: store, Agent: agent, Overlays: ovl, BaseURL: baseURL,
 		Logger: log, Metrics: bootserver.NewMetrics(reg),
@@ -325,7 +325,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if err := nc.Validate(); err != nil {
 			return nil, fmt.Errorf("reload refused, the running configuration stays:\n%w", err)
 		}
-		setup := newOverlaySetup(nc, headOf(nc, headIP, baseURL), slices.Sorted(maps.Keys(db.Profiles())), ovl.log)
+		setup := newOverlaySetup(nc, headOf(nc, headIP, baseURL, db), slices.Sorted(maps.Keys(db.Profiles())), ovl.log)
 		if err := setup.Check(); err != nil {
 			return nil, fmt.Errorf("reload refused, the running configuration stays:\n%w", err)
 		}
@@ -453,14 +453,28 @@ func Check(cfg config.Config, log *slog.Logger) (checked, error) {
 }
 
 // headOf returns the head as overlays show it.
-func headOf(cfg config.Config, ip netip.Addr, baseURL string) overlayrender.Head {
+func headOf(cfg config.Config, ip netip.Addr, baseURL string, db *state.DB) overlayrender.Head {
 	name := cfg.Cluster.HeadName
 	if name == "" {
 		if h, err := os.Hostname(); err == nil {
 			name, _, _ = strings.Cut(h, ".")
 		}
 	}
-	return overlayrender.Head{Name: name, Addresses: []netip.Addr{ip}, URL: baseURL}
+	h := overlayrender.Head{Name: name, Addresses: []netip.Addr{ip}, URL: baseURL}
+	if db != nil {
+		// The live heads of a shared store (heads/), this one left out:
+		// the agent's fall-over list.
+		h.Peers = func() []string {
+			var out []string
+			for _, p := range db.Heads() {
+				if p.URL != baseURL {
+					out = append(out, p.URL)
+				}
+			}
+			return out
+		}
+	}
+	return h
 }
 
 func healthz(w http.ResponseWriter, _ *http.Request) {

@@ -206,6 +206,11 @@ func (h *Nodes) StartScript(node, detail, ref, digest string) (string, error) {
 // CheckNonce implements bootserver.Nodes.
 func (h *Nodes) CheckNonce(node, nonce string) error { return h.db.CheckNonce(node, nonce) }
 
+// ReserveToken implements bootserver.Nodes.
+func (h *Nodes) ReserveToken(node, nonce, token string) error {
+	return h.db.ReserveToken(node, nonce, token)
+}
+
 // ExpectToken implements bootserver.Nodes.
 func (h *Nodes) ExpectToken(node, token string) func() { return h.db.ExpectToken(node, token) }
 

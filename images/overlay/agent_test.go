@@ -2,6 +2,7 @@ package overlay_test
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -94,5 +95,44 @@ func TestScheduleDurations(t *testing.T) {
 	}
 	if s.Interval() != 2500*time.Millisecond || s.DownAfter() != 10*time.Second || s.HeadTime.Nanosecond() != 5e8 {
 		t.Errorf("schedule %+v: interval %v, down after %v", s, s.Interval(), s.DownAfter())
+	}
+}
+
+func TestConfigHeads(t *testing.T) {
+	c := overlay.Config{Node: "n7", HeadURL: "http://10.0.0.1/", Peers: []string{"http://10.0.0.2", "http://10.0.0.1", "http://10.0.0.3/"}}
+	if got, want := c.Heads(), []string{"http://10.0.0.1", "http://10.0.0.2", "http://10.0.0.3"}; !slices.Equal(got, want) {
+		t.Errorf("Heads = %v, want %v", got, want)
+	}
+	o := c.OnHead("http://10.0.0.2")
+	if o.HeadURL != "http://10.0.0.2" || !slices.Equal(o.Peers, []string{"http://10.0.0.1", "http://10.0.0.3"}) {
+		t.Errorf("OnHead: head %s, peers %v", o.HeadURL, o.Peers)
+	}
+	if got := o.URL(overlay.RegisterPath); got != "http://10.0.0.2/api/v1/nodes/n7/register" {
+		t.Errorf("URL after OnHead = %s", got)
+	}
+	if got := (overlay.Config{HeadURL: "http://h"}).Heads(); !slices.Equal(got, []string{"http://h"}) {
+		t.Errorf("Heads without peers = %v", got)
+	}
+}
+
+// TestConfigPeersCompatible: a configuration without peers (one head, or
+// an older head) reads as before and encodes without the key; a bad peer
+// URL is named.
+func TestConfigPeersCompatible(t *testing.T) {
+	base := `{"node":"n1","headURL":"http://10.0.0.1","token":"t","interface":{"mac":"52:54:00:00:00:01","address":"10.0.0.2/24"},"image":{"name":"i","digest":"d","contentDigest":"c"}`
+	c, err := overlay.ParseConfig([]byte(base + `}`))
+	if err != nil || len(c.Peers) != 0 {
+		t.Fatalf("config without peers: %v, peers %v", err, c.Peers)
+	}
+	b, err := json.Marshal(c)
+	if err != nil || strings.Contains(string(b), "peers") {
+		t.Errorf("encoded without peers: %s (%v)", b, err)
+	}
+	c, err = overlay.ParseConfig([]byte(base + `,"peers":["http://10.0.0.3"]}`))
+	if err != nil || !slices.Equal(c.Peers, []string{"http://10.0.0.3"}) {
+		t.Errorf("config with peers: %v, peers %v", err, c.Peers)
+	}
+	if _, err := overlay.ParseConfig([]byte(base + `,"peers":["ftp://x"]}`)); err == nil || !strings.Contains(err.Error(), "peers[0]") {
+		t.Errorf("bad peer: %v", err)
 	}
 }

@@ -43,6 +43,13 @@ type Config struct {
 	// HeadURL is the base URL of the head's HTTP server, e.g.
 	// "http://10.77.0.1:80".
 	HeadURL string `json:"headURL"`
+	// Peers are the base URLs of the other heads serving the cluster
+	// (several heads on one shared store), live when the overlay was
+	// rendered. The agent daemon calls them, in order, when HeadURL does
+	// not answer (no connection, or none in time): a node's token is
+	// good on every head. Empty with a single head, and then left out of
+	// node.json, which stays as before.
+	Peers []string `json:"peers,omitempty"`
 	// Token authenticates the node's reports (HTTP bearer token). It is
 	// minted by the head for this boot only.
 	Token string `json:"token"`
@@ -111,6 +118,11 @@ func (c Config) Validate() error {
 	if !strings.HasPrefix(c.HeadURL, "http://") && !strings.HasPrefix(c.HeadURL, "https://") {
 		errs = append(errs, fmt.Errorf("headURL: %q is not an http(s) URL", c.HeadURL))
 	}
+	for i, p := range c.Peers {
+		if !strings.HasPrefix(p, "http://") && !strings.HasPrefix(p, "https://") {
+			errs = append(errs, fmt.Errorf("peers[%d]: %q is not an http(s) URL", i, p))
+		}
+	}
 	if c.Token == "" {
 		errs = append(errs, errors.New("token: empty"))
 	}
@@ -148,6 +160,35 @@ func (c Config) HostnameOrNode() string {
 // with "{node}" replaced by c.Node.
 func (c Config) URL(route string) string {
 	return strings.TrimRight(c.HeadURL, "/") + strings.ReplaceAll(route, "{node}", c.Node)
+}
+
+// Heads returns the heads the node may call, in the order to try them:
+// HeadURL, then each of Peers not already listed, without trailing
+// slashes.
+func (c Config) Heads() []string {
+	out := make([]string, 0, 1+len(c.Peers))
+	for _, u := range append([]string{c.HeadURL}, c.Peers...) {
+		u = strings.TrimRight(u, "/")
+		if u != "" && !slices.Contains(out, u) {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// OnHead returns c calling head first: HeadURL is head, and Peers the
+// other heads of Heads in their order (the one HeadURL was included).
+// The agent daemon moves to a peer so when its head stops answering.
+func (c Config) OnHead(head string) Config {
+	head = strings.TrimRight(head, "/")
+	var peers []string
+	for _, u := range c.Heads() {
+		if u != head {
+			peers = append(peers, u)
+		}
+	}
+	c.HeadURL, c.Peers = head, peers
+	return c
 }
 
 // ReadConfig reads and validates the node configuration at ConfigPath in

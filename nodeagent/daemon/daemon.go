@@ -223,6 +223,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	default:
 		client = headapi.NewClient(cfg, "ramboot-agent/"+d.Version, d.SourceAddr)
 	}
+	if client.OnFailOver == nil {
+		// Its head died: the peers the overlay names (several heads on
+		// one store) take the node's calls, its token being good on all.
+		client.OnFailOver = func(from, to string, why error) {
+			log.Warn("head does not answer; moved to a peer head", "from", from, "to", to, "err", why)
+			d.update(func(s *Status) { s.Head = to })
+		}
+	}
 
 	socket := d.Socket
 	if socket == "" {

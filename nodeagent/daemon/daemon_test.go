@@ -214,6 +214,32 @@ func TestHeadRestart(t *testing.T) {
 	}
 }
 
+// TestHeadDiesPeerTakesOver: the overlay names peer heads (several heads
+// on one store); the node's head dies (stopped, for good) and the daemon
+// heartbeats to the peer, without a reboot, and says so in its log and
+// its status.
+func TestHeadDiesPeerTakesOver(t *testing.T) {
+	head, peer := fastHead(t), fastHead(t)
+	n := newNode(t, head)
+	n.cfg.Peers = []string{peer.URL}
+	js, _ := json.Marshal(n.cfg)
+	n.write(t, overlay.ConfigPath, string(js))
+	d := &daemon.Daemon{}
+	n.run(t, d)
+	waitFor(t, "a heartbeat", func() bool { return len(head.Heartbeats()) >= 1 })
+	if peer.Requests() != 0 {
+		t.Errorf("the peer was called while the head answered")
+	}
+	head.Stop()
+	waitFor(t, "heartbeats to the peer", func() bool { return len(peer.Heartbeats()) >= 3 })
+	if st := d.Status(); st.Head != peer.URL {
+		t.Errorf("status names head %s, want the peer %s", st.Head, peer.URL)
+	}
+	if !strings.Contains(n.log.String(), "moved to a peer head") || strings.Contains(n.log.String(), token) {
+		t.Errorf("log:\n%s", n.log.String())
+	}
+}
+
 // TestRegisterAgain: a head that does not know the boot any more (409)
 // gets a new registration.
 func TestRegisterAgain(t *testing.T) {

@@ -15,13 +15,17 @@
 //
 // Retrying is the caller's: [Backoff] gives exponential waits with full
 // jitter, so that thousands of nodes that lost the head at once come back
-// spread over the whole wait instead of in step.
+// spread over the whole wait instead of in step. Falling over is the
+// client's: when the head does not answer at all, each call tries the
+// peer heads the configuration names (overlay.Config.Peers), and the
+// first that answers becomes the client's head.
 package headapi
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -54,6 +58,10 @@ type Client struct {
 	AttemptTimeout time.Duration
 	// UserAgent is sent as User-Agent. Empty means "ramboot-agent".
 	UserAgent string
+	// OnFailOver, when set, is told when the client moves to a peer head
+	// (overlay.Config.Peers) because its head (from) did not answer
+	// (why); to is its head from then on.
+	OnFailOver func(from, to string, why error)
 
 	dialer *Dialer // NewClient's, for Privileged
 
@@ -161,8 +169,45 @@ func (c *Client) Time(ctx context.Context) (time.Time, time.Duration, error) {
 }
 
 // do makes one request to route with in as its JSON body (if not nil) and
-// decodes a 2xx answer into out (if not nil).
+// decodes a 2xx answer into out (if not nil). When the head does not
+// answer (no connection, or none within AttemptTimeout) and the
+// configuration names peers, the request goes to each of them in turn;
+// the first that answers, whatever its answer, is the head from then on
+// (failOver). An answer, a refusal (4xx) or an error (5xx) included, is
+// never taken as a reason to try another head: the head is there, and
+// would say the same of the node's token as any other.
 func (c *Client) do(ctx context.Context, method, route string, auth bool, in, out any) error {
+	var b []byte
+	if in != nil {
+		var err error
+		if b, err = json.Marshal(in); err != nil {
+			return fmt.Errorf("encode %s body: %w", route, err)
+		}
+	}
+	cfg := c.NodeConfig()
+	heads := cfg.Heads()
+	var errs []error
+	for i, head := range heads {
+		resp, url, err := c.attempt(ctx, cfg.OnHead(head), method, route, auth, b)
+		if err != nil {
+			errs = append(errs, err)
+			if ctx.Err() != nil || i+1 == len(heads) {
+				break
+			}
+			continue
+		}
+		if i > 0 {
+			c.failOver(cfg, head, errors.Join(errs...))
+		}
+		return c.answer(resp, method, url, route, out)
+	}
+	return errors.Join(errs...)
+}
+
+// attempt sends one request to the head cfg names first; an error means
+// that head did not answer. The answer's body is read whole, within the
+// attempt's time.
+func (c *Client) attempt(ctx context.Context, cfg overlay.Config, method, route string, auth bool, b []byte) (*answer, string, error) {
 	timeout := c.AttemptTimeout
 	if timeout <= 0 {
 		timeout = DefaultAttemptTimeout
@@ -170,20 +215,15 @@ func (c *Client) do(ctx context.Context, method, route string, auth bool, in, ou
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("encode %s body: %w", route, err)
-		}
+	if b != nil {
 		body = bytes.NewReader(b)
 	}
-	cfg := c.NodeConfig()
 	url := cfg.URL(route)
 	req, err := http.NewRequestWithContext(ctx, method, url, body)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, route, err)
+		return nil, url, fmt.Errorf("%s %s: %w", method, route, err)
 	}
-	if in != nil {
+	if b != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if auth {
@@ -191,31 +231,63 @@ func (c *Client) do(ctx context.Context, method, route string, auth bool, in, ou
 	}
 	resp, err := c.send(req)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, url, err)
+		return nil, url, fmt.Errorf("%s %s: %w", method, url, err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
 	if err != nil {
-		return fmt.Errorf("%s %s: read the answer: %w", method, url, err)
+		return nil, url, fmt.Errorf("%s %s: read the answer: %w", method, url, err)
 	}
-	if resp.StatusCode/100 != 2 {
-		se := &StatusError{Route: route, Code: resp.StatusCode}
+	return &answer{code: resp.StatusCode, body: data}, url, nil
+}
+
+// answer is a head's answer, read whole.
+type answer struct {
+	code int
+	body []byte
+}
+
+// answer decodes a 2xx answer into out (if not nil), or returns the
+// StatusError of another.
+func (c *Client) answer(a *answer, method, url, route string, out any) error {
+	if a.code/100 != 2 {
+		se := &StatusError{Route: route, Code: a.code}
 		var e struct {
 			Error string `json:"error"`
 		}
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+		if json.Unmarshal(a.body, &e) == nil && e.Error != "" {
 			se.Message = e.Error
 		} else {
-			se.Message = strings.TrimSpace(string(b[:min(len(b), 256)]))
+			se.Message = strings.TrimSpace(string(a.body[:min(len(a.body), 256)]))
 		}
 		return se
 	}
 	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
+		if err := json.Unmarshal(a.body, out); err != nil {
 			return fmt.Errorf("%s %s: decode the answer: %w", method, url, err)
 		}
 	}
 	return nil
+}
+
+// failOver makes head, a peer that answered when the head of was did not
+// (why), the client's head from now on, unless the configuration was
+// replaced meanwhile (SetConfig), and tells OnFailOver.
+func (c *Client) failOver(was overlay.Config, head string, why error) {
+	c.mu.Lock()
+	cur := c.Config
+	if c.cfg != nil {
+		cur = *c.cfg
+	}
+	moved := cur.HeadURL == was.HeadURL
+	if moved {
+		next := cur.OnHead(head)
+		c.cfg = &next
+	}
+	c.mu.Unlock()
+	if moved && c.OnFailOver != nil {
+		c.OnFailOver(was.HeadURL, head, why)
+	}
 }
 
 // send sends req with the client's User-Agent through its HTTP client.

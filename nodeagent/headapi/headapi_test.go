@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -146,5 +147,90 @@ func TestBackoff(t *testing.T) {
 		if n < 10000/16/2 || n > 10000/16*2 {
 			t.Errorf("second %d of the 16 s window got %d of 10000 retries: not spread", i, n)
 		}
+	}
+}
+
+// deadHead returns the URL of a port nothing listens on any more
+// (connection refused) and of one that accepts but never answers.
+func deadHeads(t *testing.T) (refused, silent string) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused = "http://" + l.Addr().String()
+	l.Close()
+	s, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	go func() {
+		for {
+			c, err := s.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() }) // held open, never answered
+		}
+	}()
+	return refused, "http://" + s.Addr().String()
+}
+
+// TestFailOverToPeer: a head that refuses connections or never answers
+// is passed over for the next peer the configuration names; the peer that
+// answered is the client's head from then on (the next call goes there
+// first), and OnFailOver says so once.
+func TestFailOverToPeer(t *testing.T) {
+	refused, silent := deadHeads(t)
+	peer := headapitest.New(t, token)
+	c := &headapi.Client{Config: overlay.Config{Node: "n001", HeadURL: refused, Peers: []string{silent, peer.URL}, Token: token},
+		AttemptTimeout: 300 * time.Millisecond}
+	var moves []string
+	c.OnFailOver = func(from, to string, why error) { moves = append(moves, from+" -> "+to+": "+why.Error()) }
+	ctx := context.Background()
+	if _, err := c.Register(ctx, overlay.Report{State: overlay.StateReady, Kernel: "6.1"}); err != nil {
+		t.Fatalf("register with the heads down but one: %v", err)
+	}
+	if len(peer.Registrations()) != 1 {
+		t.Fatalf("the peer got %d registrations", len(peer.Registrations()))
+	}
+	cfg := c.NodeConfig()
+	if cfg.HeadURL != peer.URL || !slices.Equal(cfg.Peers, []string{refused, silent}) {
+		t.Errorf("after the fall-over: head %s, peers %v", cfg.HeadURL, cfg.Peers)
+	}
+	if len(moves) != 1 || !strings.Contains(moves[0], "refused") || !strings.Contains(moves[0], "deadline") {
+		t.Errorf("OnFailOver calls: %q", moves)
+	}
+	start := time.Now()
+	if _, err := c.Heartbeat(ctx, overlay.Heartbeat{UptimeSeconds: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 250*time.Millisecond || len(peer.Heartbeats()) != 1 || len(moves) != 1 {
+		t.Errorf("the heartbeat after the fall-over took %s (it must go to the peer first), %d moves", d, len(moves))
+	}
+	// Every head down: the errors of each, and the client stays on the one
+	// it had.
+	c2 := &headapi.Client{Config: overlay.Config{Node: "n001", HeadURL: refused, Peers: []string{silent}, Token: token}, AttemptTimeout: 200 * time.Millisecond}
+	_, err := c2.Heartbeat(ctx, overlay.Heartbeat{})
+	if err == nil || !strings.Contains(err.Error(), refused) || !strings.Contains(err.Error(), silent) || c2.NodeConfig().HeadURL != refused {
+		t.Errorf("every head down: %v, head %s", err, c2.NodeConfig().HeadURL)
+	}
+}
+
+// TestNoFailOverOnAnswer: a head that answers, a refusal (401) included,
+// is the answer: the peer is not asked.
+func TestNoFailOverOnAnswer(t *testing.T) {
+	head := headapitest.New(t, "another-token")
+	peer := headapitest.New(t, token)
+	c := &headapi.Client{Config: overlay.Config{Node: "n001", HeadURL: head.URL, Peers: []string{peer.URL}, Token: token}}
+	c.OnFailOver = func(from, to string, _ error) { t.Errorf("fell over from %s to %s on an answer", from, to) }
+	_, err := c.Register(context.Background(), overlay.Report{State: overlay.StateReady})
+	var se *headapi.StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusUnauthorized {
+		t.Fatalf("register with a refusing head: %v", err)
+	}
+	if len(peer.Registrations()) != 0 || c.NodeConfig().HeadURL != head.URL {
+		t.Errorf("the peer was asked (%d registrations), head now %s", len(peer.Registrations()), c.NodeConfig().HeadURL)
 	}
 }

@@ -2,6 +2,7 @@ package headapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -31,20 +32,34 @@ func (c *Client) JobEvent(ctx context.Context, ev overlay.JobEvent) error {
 // image's root file system, overlay.NodeImage.RootfsPath). The boot routes
 // are public: no token is sent. Only ctx bounds the transfer (not
 // AttemptTimeout: an image takes what it takes); the caller closes the
-// body and checks what it read.
+// body and checks what it read. A head that does not answer is passed
+// over for the next of the configuration's peers, as by every call.
 func (c *Client) Download(ctx context.Context, path string) (io.ReadCloser, error) {
-	u := strings.TrimRight(c.NodeConfig().HeadURL, "/") + path
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return nil, fmt.Errorf("GET %s: %w", u, err)
+	cfg := c.NodeConfig()
+	var errs []error
+	for i, head := range cfg.Heads() {
+		u := head + path
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return nil, fmt.Errorf("GET %s: %w", u, err)
+		}
+		resp, err := c.send(req)
+		if err != nil {
+			// No answer: the next head, if the configuration names peers.
+			errs = append(errs, fmt.Errorf("GET %s: %w", u, err))
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		if i > 0 {
+			c.failOver(cfg, head, errors.Join(errs...))
+		}
+		if resp.StatusCode != http.StatusOK {
+			resp.Body.Close()
+			return nil, &StatusError{Route: path, Code: resp.StatusCode, Message: resp.Status}
+		}
+		return resp.Body, nil
 	}
-	resp, err := c.send(req)
-	if err != nil {
-		return nil, fmt.Errorf("GET %s: %w", u, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		return nil, &StatusError{Route: path, Code: resp.StatusCode, Message: resp.Status}
-	}
-	return resp.Body, nil
+	return nil, errors.Join(errs...)
 }

@@ -127,6 +127,11 @@ type Nodes interface {
 	// CheckNonce reports whether nonce is the node's unspent boot nonce
 	// (an error wrapping state.ErrBadToken when not).
 	CheckNonce(node, nonce string) error
+	// ReserveToken makes token the node's report token for this boot if
+	// nonce is its unspent boot nonce (an error wrapping
+	// state.ErrBadToken when not), leaving the nonce unspent: called
+	// before the overlay carrying token is sent.
+	ReserveToken(node, nonce, token string) error
 	// ExpectToken says an overlay carrying token is being sent to the
 	// node: until release, the node's requests with it wait for
 	// ConsumeNonce instead of failing (state.DB.ExpectToken).
@@ -143,8 +148,9 @@ type Nodes interface {
 // newc, possibly several concatenated: the kernel unpacks them in order)
 // for one boot, with token as its report token, in parts the server sends
 // one after the other (so that the part every node shares, compressed
-// once, is not copied for each request); and its runtime overlay, what
-// the agent daemon applies to a running node.
+// once, is not copied for each request), the token in the last part only
+// (the server sends the others while the token is being committed); and
+// its runtime overlay, what the agent daemon applies to a running node.
 type Overlays interface {
 	Overlay(ctx context.Context, node, token string, c Compression) ([][]byte, error)
 	RuntimeOverlay(node string) (overlay.RuntimeOverlay, error)
@@ -769,6 +775,15 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 		comp, file = Gzip, OverlayGzipName
 	}
 	token := state.NewToken()
+	// The token is the node's before the overlay carrying it leaves: a
+	// node that has the overlay can register with any head, even if this
+	// one dies before it records the overlay step below. The commit runs
+	// while the overlay is rendered and its shared part sent: made first,
+	// it held the first byte back for a whole commit, and under a storm
+	// nodes gave up on the overlay (a stall) while the head went on to
+	// send it and spend the nonce (their retries were refused).
+	reserved := make(chan error, 1)
+	go func() { reserved <- s.Nodes.ReserveToken(name, nonce, token) }()
 	var parts [][]byte
 	if s.Overlays != nil {
 		if parts, err = s.Overlays.Overlay(r.Context(), name, token, comp); err != nil {
@@ -801,6 +816,25 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 	for _, p := range parts {
 		size += len(p)
 	}
+	// The parts before the last carry no token (Overlays): with none, the
+	// commit is waited for before anything is sent, and a refusal is an
+	// answer.
+	if len(parts) == 0 {
+		s.fail(w, route, http.StatusInternalServerError, fmt.Errorf("overlay of node %s: rendered empty", name), "node", name)
+		return
+	}
+	pre, last := parts[:len(parts)-1], parts[len(parts)-1]
+	if len(pre) == 0 {
+		if err := <-reserved; err != nil {
+			code := http.StatusInternalServerError
+			if errors.Is(err, state.ErrBadToken) {
+				code = http.StatusForbidden
+			}
+			s.fail(w, route, code, err, "node", name)
+			return
+		}
+		reserved <- nil
+	}
 	defer s.transfer(r)()
 	// The node may use the token the moment it has the last byte, before
 	// ConsumeNonce below committed it: its requests wait until then.
@@ -810,13 +844,26 @@ func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", fmt.Sprint(size))
 	var nw int
-	for _, p := range parts {
-		k, werr := w.Write(p)
-		nw += k
-		if err = werr; err != nil {
-			break
+	write := func(p []byte) {
+		if err == nil {
+			var k int
+			k, err = w.Write(p)
+			nw += k
 		}
 	}
+	for _, p := range pre {
+		write(p)
+	}
+	if rerr := <-reserved; rerr != nil {
+		// Headers and the shared part are gone: cut the transfer. The
+		// node's retry (iPXE) asks again, and is refused if the nonce
+		// was spent or replaced meanwhile.
+		s.count(route, http.StatusOK, int64(nw))
+		s.log().Debug("overlay cut: its token could not be committed", "node", name, "ip", ip, "err", rerr)
+		s.record(name, state.StepOverlay, fmt.Sprintf("%s: cut after %d of %d bytes: token not committed: %v", file, nw, size, rerr))
+		panic(http.ErrAbortHandler)
+	}
+	write(last)
 	if err == nil {
 		err = http.NewResponseController(w).Flush()
 	}

@@ -2,13 +2,20 @@ package bootserver_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ramboot/ramboot/images/overlay"
+	"github.com/ramboot/ramboot/provisioner/bootserver"
 	"github.com/ramboot/ramboot/provisioner/state"
 )
 
@@ -22,7 +29,17 @@ type secretsFixture struct {
 
 func newSecretsFixture(t *testing.T) *secretsFixture {
 	t.Helper()
+	return newSecretsFixtureWith(t, nil)
+}
+
+// newSecretsFixtureWith is newSecretsFixture with the server changed by
+// change (when not nil) before any request.
+func newSecretsFixtureWith(t *testing.T, change func(*bootserver.Server)) *secretsFixture {
+	t.Helper()
 	f := newFixture(t)
+	if change != nil {
+		change(f.boot)
+	}
 	for _, n := range []state.Node{
 		{Name: "n1", MAC: "52:54:00:00:00:01", IP: netip.MustParseAddr("127.0.0.1")},
 		{Name: "n2", MAC: "52:54:00:00:00:02", IP: netip.MustParseAddr("127.0.0.2")},
@@ -121,6 +138,127 @@ func TestOverlayOnlyWhole(t *testing.T) {
 	}
 	if tok, code := f.token(t, f.n1, f.urls[3]); code != http.StatusOK || f.report(t, f.n1, tok, ready) != http.StatusOK {
 		t.Fatalf("the refused requests spent the nonce: GET %d", code)
+	}
+}
+
+// headDiesAfterSend is a head that, while dies is set, dies the moment it
+// has sent an overlay: it never records it (ConsumeNonce).
+type headDiesAfterSend struct {
+	bootserver.Nodes
+	dies  atomic.Bool
+	calls atomic.Int32 // ConsumeNonce calls
+}
+
+func (h *headDiesAfterSend) ConsumeNonce(node, nonce, token, detail string) error {
+	defer h.calls.Add(1)
+	if h.dies.Load() {
+		return errors.New("killed after the overlay's last byte")
+	}
+	return h.Nodes.ConsumeNonce(node, nonce, token, detail)
+}
+
+func dyingHead(h **headDiesAfterSend) func(*bootserver.Server) {
+	return func(s *bootserver.Server) {
+		*h = &headDiesAfterSend{Nodes: s.Nodes}
+		(*h).dies.Store(true)
+		s.Nodes = *h
+	}
+}
+
+// TestTokenGoodOnceOverlaySent: the token in an overlay is the node's as
+// soon as the node has the overlay, even when the head that sent it never
+// records the overlay (killed right after the last byte): the node's
+// registration, with this head or a peer on a shared store, is taken.
+// Before, the token was made the node's only after the send, and a head
+// killed in between left a node that had booted with a token no head
+// would ever take (401 at every registration: TestStormThreeHeadsKills).
+// The nonce stays unspent until an overlay is recorded as sent whole.
+func TestTokenGoodOnceOverlaySent(t *testing.T) {
+	var h *headDiesAfterSend
+	f := newSecretsFixtureWith(t, dyingHead(&h))
+	tok, code := f.token(t, f.n1, f.urls[3])
+	if code != http.StatusOK || tok == "" {
+		t.Fatalf("overlay GET: %d", code)
+	}
+	if code := f.report(t, f.n1, tok, ready); code != http.StatusOK {
+		t.Fatalf("registration with the token of an overlay sent by a head that died before recording it: %d, want 200", code)
+	}
+	if _, err := f.db.Authenticate("n1", tok, netip.MustParseAddr("127.0.0.1")); err != nil {
+		t.Errorf("the token after the registration: %v", err)
+	}
+}
+
+// TestOverlayRetryReplacesToken: an overlay GET that never recorded its
+// overlay (not sent whole) leaves the nonce to iPXE's retry, whose new
+// token replaces the first: one token per boot.
+func TestOverlayRetryReplacesToken(t *testing.T) {
+	var h *headDiesAfterSend
+	f := newSecretsFixtureWith(t, dyingHead(&h))
+	first, code := f.token(t, f.n1, f.urls[3])
+	if code != http.StatusOK {
+		t.Fatalf("first overlay GET: %d", code)
+	}
+	// The head records the overlay after the node has it: wait for that.
+	for deadline := time.Now().Add(10 * time.Second); h.calls.Load() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the overlay was never recorded")
+		}
+	}
+	h.dies.Store(false)
+	second, code := f.token(t, f.n1, f.urls[3])
+	if code != http.StatusOK || second == first {
+		t.Fatalf("retried overlay GET: %d (the same token: %v)", code, second == first)
+	}
+	if code := f.report(t, f.n1, first, ready); code != http.StatusUnauthorized {
+		t.Errorf("registration with the replaced token: %d, want 401", code)
+	}
+	if code := f.report(t, f.n1, second, ready); code != http.StatusOK {
+		t.Errorf("registration with the retry's token: %d, want 200", code)
+	}
+	if _, code := f.token(t, f.n1, f.urls[3]); code != http.StatusForbidden {
+		t.Errorf("a third overlay GET after one was recorded: %d, want 403 (the nonce is spent)", code)
+	}
+}
+
+// refusingHead refuses every token reservation: the nonce replaced
+// meanwhile.
+type refusingHead struct{ bootserver.Nodes }
+
+func (refusingHead) ReserveToken(node, nonce, token string) error {
+	return fmt.Errorf("token for node %s: replaced meanwhile: %w", node, state.ErrBadToken)
+}
+
+// twoParts renders an overlay in two parts, the token in the second only,
+// as provisioner's overlays do (the shared part, then the node's own).
+type twoParts struct{}
+
+func (twoParts) Overlay(_ context.Context, node, token string, _ bootserver.Compression) ([][]byte, error) {
+	return [][]byte{bytes.Repeat([]byte("shared "), 1<<14), []byte("node " + node + " token " + token)}, nil
+}
+
+func (twoParts) RuntimeOverlay(string) (overlay.RuntimeOverlay, error) {
+	return overlay.RuntimeOverlay{}, errors.New("not used")
+}
+
+// TestOverlayCutWhenTokenNotCommitted: the token is committed while the
+// overlay's shared part is sent; when the commit fails, the node never
+// gets the part that carries the token: the transfer is cut (its retry
+// asks again), and a single-part overlay is refused before anything is
+// sent.
+func TestOverlayCutWhenTokenNotCommitted(t *testing.T) {
+	f := newSecretsFixtureWith(t, func(s *bootserver.Server) { s.Nodes = refusingHead{s.Nodes} })
+	if _, code := f.token(t, f.n1, f.urls[3]); code != http.StatusForbidden {
+		t.Errorf("one part, the token refused: %d, want 403", code)
+	}
+	f2 := newSecretsFixtureWith(t, func(s *bootserver.Server) { s.Nodes, s.Overlays = refusingHead{s.Nodes}, twoParts{} })
+	resp, err := f2.n1.Get(f2.urls[3])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil || bytes.Contains(b, []byte("token")) {
+		t.Errorf("two parts, the token refused: %d, %d bytes, read error %v: want a cut transfer without the token", resp.StatusCode, len(b), err)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"net"
 	"slices"
@@ -108,6 +109,7 @@ func nodeConfig(c *Cluster, n *Node, token string) (overlay.Config, error) {
 		Image:        overlay.ImageRef{Name: n.Image.Name, Digest: n.Image.Digest, ContentDigest: n.Image.ContentDigest},
 		Root:         n.Root,
 		ConsoleShell: n.ConsoleShell,
+		Peers:        peersFor(c.Head, n.Name),
 	}
 	if len(n.Interfaces) > 0 {
 		ifc := n.Interfaces[0]
@@ -123,6 +125,32 @@ func nodeConfig(c *Cluster, n *Node, token string) (overlay.Config, error) {
 		return overlay.Config{}, fmt.Errorf("agent configuration: %w", err)
 	}
 	return cfg, nil
+}
+
+// peersFor returns the peer heads of h as node name's agent gets them:
+// without h itself and duplicates, sorted, then rotated by a hash of the
+// node's name (every node of a dead head calling the same peer first
+// would move its whole load to that one).
+func peersFor(h Head, name string) []string {
+	if h.Peers == nil {
+		return nil
+	}
+	self := strings.TrimRight(h.URL, "/")
+	var out []string
+	for _, p := range h.Peers() {
+		p = strings.TrimRight(p, "/")
+		if p != "" && p != self && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	if len(out) < 2 {
+		return out
+	}
+	slices.Sort(out)
+	f := fnv.New32a()
+	f.Write([]byte(name))
+	k := int(f.Sum32() % uint32(len(out)))
+	return slices.Concat(out[k:], out[:k])
 }
 
 // encodeConfig returns the agent's configuration as node.json holds it.
@@ -147,7 +175,7 @@ func Generation(c overlay.Config, files []overlay.File) (string, error) {
 // megabytes in a large cluster) once, not at every render, which every
 // registration and heartbeat asks for.
 func generation(c overlay.Config, files []overlay.File, sum func([]byte) [32]byte) (string, error) {
-	c.Token, c.OverlayGeneration = "", ""
+	c.Token, c.OverlayGeneration, c.Peers = "", "", nil
 	js, err := json.Marshal(c)
 	if err != nil {
 		return "", fmt.Errorf("overlay generation of node %s: %w", c.Node, err)

@@ -2,9 +2,13 @@ package overlayrender_test
 
 import (
 	"context"
+	"fmt"
 	"runtime"
+	"slices"
+	"strings"
 	"testing"
 
+	"github.com/ramboot/ramboot/images/overlay"
 	"github.com/ramboot/ramboot/provisioner/hostkeys"
 	"github.com/ramboot/ramboot/provisioner/overlayrender"
 )
@@ -75,4 +79,62 @@ func TestGenerationSharedOnce(t *testing.T) {
 	if want != c1.OverlayGeneration {
 		t.Errorf("render's generation %s, Generation's %s", c1.OverlayGeneration, want)
 	}
+}
+
+// TestPeersInConfig: the live peer heads, asked at each render, go into
+// the agent's configuration without this head, in an order that depends
+// on the node (the nodes of a dead head spread over the others), and are
+// not part of the generation: a head coming or going changes no node's
+// content. Without peers node.json has no such key.
+func TestPeersInConfig(t *testing.T) {
+	ctx := context.Background()
+	c := testCluster(64)
+	peers := []string{}
+	c.Head.Peers = func() []string { return peers }
+	r := newRenderer(t, &hostkeys.Dir{Path: t.TempDir()}, headSet(t))
+	snap, err := r.Prepare(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alone, err := snap.Render(ctx, "n0001", "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if alone.Config.Peers != nil || strings.Contains(string(fileData(alone, overlay.ConfigPath)), "peers") {
+		t.Errorf("one head: peers %v in the configuration", alone.Config.Peers)
+	}
+	self := strings.TrimRight(c.Head.URL, "/")
+	peers = []string{"http://10.0.0.3/", self, "http://10.0.0.2"}
+	first := map[string]int{}
+	for i := 1; i <= 64; i++ {
+		o, err := snap.Render(ctx, fmt.Sprintf("n%04d", i), "t")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := o.Config.Peers
+		if len(p) != 2 || slices.Contains(p, self) || !slices.Contains(p, "http://10.0.0.2") || !slices.Contains(p, "http://10.0.0.3") {
+			t.Fatalf("node %d: peers %v", i, p)
+		}
+		first[p[0]]++
+		if i == 1 {
+			if o.Config.OverlayGeneration != alone.Config.OverlayGeneration {
+				t.Errorf("the peers changed the generation")
+			}
+			if cfg, err := overlay.ParseConfig(fileData(o, overlay.ConfigPath)); err != nil || !slices.Equal(cfg.Peers, p) {
+				t.Errorf("node.json: %v, peers %v", err, cfg.Peers)
+			}
+		}
+	}
+	if first["http://10.0.0.2"] < 16 || first["http://10.0.0.3"] < 16 {
+		t.Errorf("the first peer of 64 nodes: %v, want both often", first)
+	}
+}
+
+func fileData(o *overlayrender.Overlay, path string) []byte {
+	for _, f := range o.Files {
+		if f.Path == path {
+			return f.Data
+		}
+	}
+	return nil
 }

@@ -46,6 +46,15 @@ type Head struct {
 	// URL is the base URL of the head's HTTP server, e.g.
 	// "http://10.0.0.1"; it becomes the agent's headURL.
 	URL string
+	// Peers, when set, returns the base URLs of the other live heads
+	// serving the cluster (several heads on one shared store); it is
+	// asked at each render, so a node's overlay names the heads alive
+	// when it booted. They become the agent's peers, the heads it calls
+	// when its own does not answer, in an order rotated by the node's
+	// name so that the nodes of a dead head spread over the others.
+	// They are not part of the overlay's generation: a head coming or
+	// going changes no node's content.
+	Peers func() []string
 }
 
 // Node is one node, with every value resolved from its profiles and the

@@ -550,3 +550,49 @@ func TestLaggingHeadAuthenticates(t *testing.T) {
 		t.Fatalf("registration on a lagging head: %v", err)
 	}
 }
+
+// TestReservedTokenOnPeer: the token of an overlay is good on every head
+// from its reservation on, before (and without) the overlay being
+// recorded: the head that sent it may die right after. A retry's token
+// replaces it; the first overlay recorded spends the nonce, and the
+// reservation of a spent nonce is refused.
+func TestReservedTokenOnPeer(t *testing.T) {
+	c := etcdtest.Start(t, etcdtest.Options{Members: 1})
+	a, b := openShared(t, c.Endpoints(), "/r/"), openShared(t, c.Endpoints(), "/r/")
+	if err := a.AddNode(node("n1", "52:54:00:00:00:01", "10.0.0.11")); err != nil {
+		t.Fatal(err)
+	}
+	from := netip.MustParseAddr("10.0.0.11")
+	nonce, err := a.NewBootNonce("n1", ev(StepScript))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := NewToken()
+	if err := a.ReserveToken("n1", nonce, first); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Authenticate("n1", first, from); err != nil {
+		t.Fatalf("the reserved token on the peer head: %v", err)
+	}
+	second := NewToken()
+	if err := b.ReserveToken("n1", nonce, second); err != nil {
+		t.Fatalf("a retry's reservation on the peer: %v", err)
+	}
+	// Head a learns of the replacement through its watch, a moment later:
+	// caught up, it refuses the first token.
+	if err := a.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Authenticate("n1", first, from); !errors.Is(err, ErrBadToken) {
+		t.Errorf("the replaced token: %v, want ErrBadToken", err)
+	}
+	if err := b.ConsumeNonce("n1", nonce, second, ev(StepOverlay)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Authenticate("n1", second, from); err != nil {
+		t.Errorf("the recorded token: %v", err)
+	}
+	if err := a.ReserveToken("n1", nonce, NewToken()); !errors.Is(err, ErrBadToken) {
+		t.Errorf("a reservation with the spent nonce: %v, want ErrBadToken", err)
+	}
+}

@@ -12,10 +12,14 @@ import (
 //
 //   - A script carries a boot nonce in its overlay URL. Serving a new
 //     script mints a new nonce and revokes the previous boot's token at once.
-//   - The first full overlay GET with the nonce consumes it and makes the
-//     token in that overlay the node's token for this boot; the nonce is
-//     then spent. A new boot (a DHCP offer to firmware) voids an unspent
-//     nonce.
+//   - An overlay GET with the nonce mints a token and makes it the node's
+//     token for this boot before the overlay is sent (ReserveToken), so
+//     that a node that has its overlay has a token every head takes, even
+//     if the head that sent it dies before it records anything more. The
+//     first overlay sent whole spends the nonce (ConsumeNonce); a GET
+//     that did not send it whole leaves it for iPXE's retry, whose new
+//     token replaces the first. A new boot (a DHCP offer to firmware)
+//     voids an unspent nonce.
 //   - Every request of the node's agent (registration, heartbeat,
 //     shutdown, runtime overlay, images, jobs) needs the current token,
 //     from the node's reserved address, for the boot the token was minted
@@ -123,6 +127,27 @@ func (d *DB) ConsumeNonce(name, nonce, token string, e Event) error {
 	return nil
 }
 
+// ReserveToken makes token node name's report token for its current boot
+// if nonce is still its unspent boot nonce, and leaves the nonce unspent.
+// Call it before the overlay carrying token is sent: once the node has the
+// overlay's last byte its token is good on every head, whatever becomes
+// of the head that sent it. (Committed only after the send, a head killed
+// between the two left the node with a token no head would ever take.)
+// It fails with ErrBadToken when the nonce was spent or replaced.
+func (d *DB) ReserveToken(name, nonce, token string) error {
+	err := d.update(name, func(r *record, _ *archive) error {
+		if !equalSecret(nonce, r.BootNonce) {
+			return fmt.Errorf("boot nonce spent or replaced meanwhile: %w", ErrBadToken)
+		}
+		r.TokenHash, r.TokenBoot = hashHex(token), r.Status.ID
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("token for node %s: %w", name, err)
+	}
+	return nil
+}
+
 // authenticate checks a node's request against r: it must come from the
 // node's reserved address (from), with the node's current token, minted in
 // the node's current boot. It returns an error wrapping ErrWrongAddress,
@@ -152,6 +177,20 @@ func (r *record) authenticate(token string, from netip.Addr) error {
 // moment ago: a token memory does not know makes the head catch up with
 // the store (Sync) and look again before it refuses.
 func (d *DB) Authenticate(name, token string, from netip.Addr) (NodeStatus, error) {
+	// The token's overlay still being sent by this head: its request
+	// waits for the overlay step to be recorded, so that the boot's
+	// timeline has the overlay before what the node says next.
+	d.mu.Lock()
+	p := d.pending[name]
+	d.mu.Unlock()
+	if p != nil && equalSecret(hashHex(token), p.hash) {
+		t := time.NewTimer(tokenWait)
+		select {
+		case <-p.done:
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	synced := !d.shared()
 	for waited := false; ; waited = true {
 		d.mu.Lock()

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -101,7 +102,10 @@ func privilegedDialer(local netip.Addr, timeout time.Duration) func(context.Cont
 // register does what the agent does once the node is up: it reads the
 // head's clock, then posts its report with the token of its overlay,
 // retrying (exponential waits with full jitter, as the agent does) while
-// the head answers 5xx or not at all.
+// the head answers 5xx or not at all. A head that does not answer (no
+// connection, or a stall) is passed over for the next of the overlay's
+// peer heads at once, as the agent's client does; the waits come after
+// every head was tried. An answer, a refusal included, moves nothing.
 func (r *runner) register(ctx context.Context, n *nodeRun, cfg overlay.Config) error {
 	hc := r.agentClient(n.spec.IP)
 	defer hc.CloseIdleConnections()
@@ -122,7 +126,9 @@ func (r *runner) register(ctx context.Context, n *nodeRun, cfg overlay.Config) e
 	if err != nil {
 		return phaseErr(PhaseRegister, "encode", err)
 	}
-	wait := time.Second
+	cfg = cfg.OnHead(cfg.HeadURL)
+	heads := cfg.Heads()
+	wait, silent := time.Second, 0
 	for {
 		err := r.agentCall(ctx, hc, http.MethodGet, cfg.URL(overlay.TimePath), "", nil)
 		if err == nil {
@@ -142,6 +148,16 @@ func (r *runner) register(ctx context.Context, n *nodeRun, cfg overlay.Config) e
 			return err
 		}
 		n.lastErr = pe
+		if noAnswer(pe) && len(heads) > 1 {
+			silent++
+			next := heads[(slices.Index(heads, cfg.HeadURL)+1)%len(heads)]
+			cfg = cfg.OnHead(next)
+			n.retry(PhaseRegister, "fail-over", 1)
+			if silent < len(heads) {
+				continue // the next head at once
+			}
+		}
+		silent = 0
 		n.retry(PhaseRegister, pe.Reason, 1)
 		if err := sleep(ctx, rand.N(wait)+time.Millisecond); err != nil {
 			return n.lastErr
@@ -149,6 +165,10 @@ func (r *runner) register(ctx context.Context, n *nodeRun, cfg overlay.Config) e
 		wait = min(wait*2, 30*time.Second)
 	}
 }
+
+// noAnswer reports whether a call failed without an answer from the head
+// (connection refused or reset, a stall): the agent then tries a peer.
+func noAnswer(pe *PhaseError) bool { return pe.Reason == "connection" || pe.Reason == "stall" }
 
 // agentCall makes one call of the node API and drains the answer.
 func (r *runner) agentCall(ctx context.Context, hc *http.Client, method, url, token string, body []byte) error {

@@ -45,6 +45,10 @@ type Event struct {
 	// Head is the head that recorded it, when several share the state
 	// (its ID: host:port of its boot URL); empty with one head.
 	Head string `json:"head,omitempty"`
+	// XID is the DHCP transaction an offer answered (0: none or not
+	// known): offers of one transaction, a retransmitted DISCOVER's or
+	// several heads' answers to one, belong to one boot (recordFn).
+	XID uint32 `json:"xid,omitempty"`
 }
 
 // Report is what the head recorded from the agent daemon's first

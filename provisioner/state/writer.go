@@ -334,7 +334,7 @@ func (d *DB) tryBatch(jobs []job, results []error, final []bool) (retry []int, l
 		}
 		wk.rec, wk.dirt, wk.canon = nr, true, wk.canon && j.canon
 		if a.put != nil {
-			old, merr := json.Marshal(a.put)
+			old, merr := encodeBoot(a.put)
 			if merr != nil {
 				results[i], final[i] = merr, true
 				continue
@@ -360,7 +360,7 @@ func (d *DB) tryBatch(jobs []job, results []error, final []bool) (retry []int, l
 		if !wk.dirt {
 			continue
 		}
-		b, merr := json.Marshal(wk.rec.statusRecord)
+		b, merr := encodeStatus(&wk.rec.statusRecord)
 		if merr != nil {
 			for _, i := range jobsOf[name] {
 				results[i], final[i] = merr, true

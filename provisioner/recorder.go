@@ -3,8 +3,6 @@ package provisioner
 import (
 	"fmt"
 	"log/slog"
-	"slices"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,39 +18,10 @@ type recorder struct {
 	db     *state.DB
 	log    *slog.Logger
 	events *bootEvents
-
-	mu      sync.Mutex
-	offered map[string][]uint32 // by node: the DHCP transactions offered in its current boot, the last few
 }
 
 func newRecorder(db *state.DB, log *slog.Logger) *recorder {
-	return &recorder{db: db, log: log, events: newBootEvents(), offered: map[string][]uint32{}}
-}
-
-// maxOffered is how many transactions of a node's boot the recorder keeps:
-// the firmware's and iPXE's, and a few more for a script that runs dhcp.
-const maxOffered = 4
-
-// repeatedOffer reports whether an offer to node in transaction xid
-// answers a transaction offered before in the node's current boot (a
-// retransmitted DISCOVER), and otherwise remembers xid; an offer to
-// firmware starts the list again (a new boot).
-func (r *recorder) repeatedOffer(node string, xid uint32, firmware bool) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	xs := r.offered[node]
-	if slices.Contains(xs, xid) {
-		return true
-	}
-	if firmware {
-		xs = xs[:0]
-	}
-	xs = append(xs, xid)
-	if len(xs) > maxOffered {
-		xs = xs[len(xs)-maxOffered:]
-	}
-	r.offered[node] = xs
-	return false
+	return &recorder{db: db, log: log, events: newBootEvents()}
 }
 
 // node returns the name of the inventory node a DHCP client is: by MAC,
@@ -105,7 +74,7 @@ func (r *recorder) dhcp(e dhcp.Event) {
 		// The node's own OS (no PXE options): its address, no boot.
 		ev = state.Event{Step: state.StepLease, Detail: fmt.Sprintf("os: %s %s", e.Reply, e.IP)}
 	case e.Reply == dhcp.ReplyOffer:
-		ev = state.Event{Step: state.StepDHCPOffer, Detail: fmt.Sprintf("%s: %s, boot %s", who, addr, e.BootFile)}
+		ev = state.Event{Step: state.StepDHCPOffer, Detail: fmt.Sprintf("%s: %s, boot %s", who, addr, e.BootFile), XID: e.XID}
 	case e.Reply == dhcp.ReplyAck:
 		ev = state.Event{Step: state.StepDHCPAck, Detail: fmt.Sprintf("%s: %s", who, addr)}
 		if e.Proxy {
@@ -123,16 +92,9 @@ func (r *recorder) dhcp(e dhcp.Event) {
 		ev.Time = time.Now()
 	}
 	// A reply never waits for the disk. A firmware's offer (a proxy offer
-	// too) starts a new boot record; so does iPXE's after the script. An
-	// offer that answers a DISCOVER the node retransmitted, which a busy
-	// head may answer after the node got its script with the first
-	// answer, is not a new boot: it would void the script's nonce, and the
-	// node's overlay would be refused (found by the boot storm).
-	if ev.Step == state.StepDHCPOffer && r.repeatedOffer(name, e.XID, e.NetBoot && !e.IPXE) {
-		ev.Detail += " (repeated request)"
-		r.db.PostRepeat(name, ev)
-		return
-	}
+	// too) starts a new boot record; so does iPXE's after the script;
+	// an offer in a transaction the boot already answered does not
+	// (state.DB.Record).
 	r.db.Post(name, ev, e.NetBoot && !e.IPXE)
 }
 

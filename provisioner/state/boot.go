@@ -99,6 +99,20 @@ func (b *Boot) reached(step Step) bool {
 	return slices.ContainsFunc(b.Timeline, func(e Event) bool { return e.Step == step })
 }
 
+// offer returns the boot's offer in DHCP transaction xid, if any (0:
+// none, never matched).
+func (b *Boot) offer(xid uint32) (Event, bool) {
+	if xid == 0 {
+		return Event{}, false
+	}
+	for _, x := range b.Timeline {
+		if x.Step == StepDHCPOffer && x.XID == xid {
+			return x, true
+		}
+	}
+	return Event{}, false
+}
+
 // lastProgress returns the time of the boot's last event.
 func (b *Boot) lastProgress() time.Time {
 	if len(b.Timeline) == 0 {

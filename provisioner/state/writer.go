@@ -22,6 +22,15 @@ const (
 	// posted beyond it are dropped and counted (a disk that stopped
 	// answering must not make the head run out of memory).
 	maxQueued = 100_000
+	// groupGap is the least time between the starts of two commits of
+	// posted changes only: under a steady stream of boot events (a DHCP
+	// load, a boot storm) the writer gathers them for up to this long
+	// rather than committing each handful as it comes, so the commit's
+	// fixed costs (the fsync, the meta page, the tree's upper pages) are
+	// paid a hundred times a second, not a thousand. An event arriving
+	// after a quiet spell is committed at once, and a change someone
+	// waits for (update: a nonce, a token, a report) ends the wait.
+	groupGap = 10 * time.Millisecond
 )
 
 // job is one status change for the writer: fn works on a copy of the
@@ -68,10 +77,12 @@ type writer struct {
 	wake    chan struct{}
 	closing bool
 	done    chan struct{}
-	dropped int // events refused because the queue was full
-	lost    int // posted events whose commit failed
-	batches int // transactions committed
-	changes int // changes committed
+	dropped int       // events refused because the queue was full
+	lost    int       // posted events whose commit failed
+	batches int       // transactions committed
+	changes int       // changes committed
+	waiters int       // queued jobs with done (someone waits for them)
+	last    time.Time // when the last group was taken
 }
 
 func newWriter() *writer {
@@ -90,26 +101,62 @@ func (w *writer) submit(j job) bool {
 		return false
 	}
 	w.queue = append(w.queue, j)
+	if j.done != nil {
+		w.waiters++
+	}
+	// The writer waits for the first job, or lingers over posted ones
+	// (take): only what ends either wakes it.
+	wake := len(w.queue) == 1 || j.done != nil || len(w.queue) == maxBatch
 	w.mu.Unlock()
-	select {
-	case w.wake <- struct{}{}:
-	default:
+	if wake {
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
 	}
 	return true
 }
 
 // take returns up to maxBatch queued jobs, waiting for one; ok is false
-// once the writer is closing and the queue is empty.
+// once the writer is closing and the queue is empty. Jobs that are all
+// posted wait until groupGap after the last group was taken (or a full
+// batch, or a job someone waits for, or Close).
 func (w *writer) take() (jobs []job, ok bool) {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
 		w.mu.Lock()
 		if len(w.queue) > 0 {
+			wait := groupGap - time.Since(w.last)
+			if wait > 0 && w.waiters == 0 && len(w.queue) < maxBatch && !w.closing {
+				w.mu.Unlock()
+				if timer == nil {
+					timer = time.NewTimer(wait)
+				} else {
+					timer.Reset(wait)
+				}
+				select {
+				case <-timer.C:
+				case <-w.wake:
+				}
+				continue
+			}
 			n := min(len(w.queue), maxBatch)
 			jobs = w.queue[:n:n]
 			w.queue = w.queue[n:]
 			if len(w.queue) == 0 {
 				w.queue = nil
 			}
+			for _, j := range jobs {
+				if j.done != nil {
+					w.waiters--
+				}
+			}
+			w.last = time.Now()
 			w.mu.Unlock()
 			return jobs, true
 		}

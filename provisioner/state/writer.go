@@ -195,7 +195,12 @@ func (d *DB) postCanon(name string, fn func(r *record, a *archive) error) {
 // without the monotonic clock reading and in the location decoding
 // gives, its detail valid UTF-8 as the encoder writes it.
 func canonical(e Event) Event {
-	if b, err := e.Time.MarshalJSON(); err == nil {
+	if _, off := e.Time.Zone(); off == 0 && e.Time.Year() >= 0 && e.Time.Year() <= 9999 {
+		// What the round trip below gives, without it (every boot event
+		// takes this path on a head whose zone is UTC): RFC 3339 says "Z",
+		// which decodes in UTC.
+		e.Time = e.Time.Round(0).UTC()
+	} else if b, err := e.Time.MarshalJSON(); err == nil {
 		var t time.Time
 		if t.UnmarshalJSON(b) == nil {
 			e.Time = t
@@ -355,7 +360,13 @@ func (d *DB) tryBatch(jobs []job, results []error, final []bool) (retry []int, l
 			nodes[j.name] = wk
 			order = append(order, j.name)
 		}
-		nr := wk.rec.clone()
+		// A change that may fail works on a copy, so that its failure
+		// leaves the record as it was; a canonical one (a posted boot
+		// event) never fails, and changes the group's copy directly.
+		nr := wk.rec
+		if !j.canon {
+			nr = wk.rec.clone()
+		}
 		var a archive
 		boot, events := nr.Status.ID, len(nr.Status.Timeline)
 		ferr := j.fn(nr, &a)

@@ -3,6 +3,7 @@ package provisioner
 import (
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,16 +58,17 @@ func (r *recorder) dhcp(e dhcp.Event) {
 	if !ok {
 		return // not a node: the DHCP server logged why it ignored it
 	}
-	who := "firmware " + e.Arch.String()
-	switch {
-	case e.IPXE:
-		who = "iPXE"
-	case e.Stage == dhcp.StageHTTPBoot:
-		who = "HTTP boot " + e.Arch.String()
-	}
-	addr := e.IP.String()
+	// The offer's and the ack's details are built in one buffer (they are
+	// two per exchange, on the reply path); the rest use fmt.
+	var buf [160]byte
+	head := appendWho(buf[:0], e)
+	head = append(head, ": "...)
 	if e.Proxy {
-		addr = fmt.Sprintf("proxy (port %d)", e.Port)
+		head = append(head, "proxy (port "...)
+		head = strconv.AppendInt(head, int64(e.Port), 10)
+		head = append(head, ')')
+	} else {
+		head = e.IP.AppendTo(head)
 	}
 	var ev state.Event
 	switch {
@@ -74,16 +76,16 @@ func (r *recorder) dhcp(e dhcp.Event) {
 		// The node's own OS (no PXE options): its address, no boot.
 		ev = state.Event{Step: state.StepLease, Detail: fmt.Sprintf("os: %s %s", e.Reply, e.IP)}
 	case e.Reply == dhcp.ReplyOffer:
-		ev = state.Event{Step: state.StepDHCPOffer, Detail: fmt.Sprintf("%s: %s, boot %s", who, addr, e.BootFile), XID: e.XID}
+		ev = state.Event{Step: state.StepDHCPOffer, Detail: string(append(append(head, ", boot "...), e.BootFile...)), XID: e.XID}
 	case e.Reply == dhcp.ReplyAck:
-		ev = state.Event{Step: state.StepDHCPAck, Detail: fmt.Sprintf("%s: %s", who, addr)}
 		if e.Proxy {
-			ev.Detail += ", boot " + e.BootFile
+			head = append(append(head, ", boot "...), e.BootFile...)
 		}
+		ev = state.Event{Step: state.StepDHCPAck, Detail: string(head)}
 	case e.Reply == dhcp.ReplyNak:
-		ev = state.Event{Step: state.StepIgnored, Detail: fmt.Sprintf("%s: %s refused (NAK)", who, e.Request)}
+		ev = state.Event{Step: state.StepIgnored, Detail: fmt.Sprintf("%s: %s refused (NAK)", appendWho(nil, e), e.Request)}
 	case e.Ignored != "":
-		ev = state.Event{Step: state.StepIgnored, Detail: fmt.Sprintf("%s: %s: %s", who, e.Request, e.Ignored)}
+		ev = state.Event{Step: state.StepIgnored, Detail: fmt.Sprintf("%s: %s: %s", appendWho(nil, e), e.Request, e.Ignored)}
 	default:
 		return
 	}
@@ -96,6 +98,20 @@ func (r *recorder) dhcp(e dhcp.Event) {
 	// an offer in a transaction the boot already answered does not
 	// (state.DB.Record).
 	r.db.Post(name, ev, e.NetBoot && !e.IPXE)
+}
+
+// appendWho appends who sent e's request: "firmware ARCH", "iPXE" or
+// "HTTP boot ARCH".
+func appendWho(b []byte, e dhcp.Event) []byte {
+	switch {
+	case e.IPXE:
+		return append(b, "iPXE"...)
+	case e.Stage == dhcp.StageHTTPBoot:
+		b = append(b, "HTTP boot "...)
+	default:
+		b = append(b, "firmware "...)
+	}
+	return append(b, e.Arch.String()...)
 }
 
 // tftp records a TFTP transfer in the client's events and the timeline of

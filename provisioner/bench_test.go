@@ -100,7 +100,8 @@ func BenchmarkHandleDiscover(b *testing.B) {
 // BenchmarkRecordDHCP is the head's other share of a firmware's DHCP
 // exchange with 10,000 nodes: the recorder's work for its OFFER and ACK
 // events (the client's boot events, the node found by MAC, two timeline
-// steps posted to the state writer, the OFFER starting a new boot record),
+// steps posted to the state writer, the OFFER of a new transaction
+// starting a new boot record and archiving the previous one),
 // the writer's commits included. cpu-ns/op is the process's CPU time
 // (user and system, every goroutine: the writer's encoding and commits
 // and the watch that brings them to memory) per exchange, the posted
@@ -120,7 +121,7 @@ func BenchmarkRecordDHCP(b *testing.B) {
 		mac := macs[i*37%len(macs)]
 		ip := netip.AddrFrom4([4]byte{10, 0, byte(i*37%len(macs)/250 + 1), byte(i*37%len(macs)%250 + 1)})
 		for _, reply := range []dhcp.ReplyType{dhcp.ReplyOffer, dhcp.ReplyAck} {
-			rec.dhcp(dhcp.Event{MAC: mac, Request: dhcp.RequestDiscover, Reply: reply, NetBoot: true, Stage: dhcp.StageFirmware,
+			rec.dhcp(dhcp.Event{MAC: mac, XID: uint32(i + 1), Request: dhcp.RequestDiscover, Reply: reply, NetBoot: true, Stage: dhcp.StageFirmware,
 				Arch: 7, HasArch: true, IP: ip, BootFile: "snponly.efi", Port: 67})
 		}
 		i++

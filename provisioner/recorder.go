@@ -3,8 +3,7 @@ package provisioner
 import (
 	"fmt"
 	"log/slog"
-	"slices"
-	"sync"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,39 +19,10 @@ type recorder struct {
 	db     *state.DB
 	log    *slog.Logger
 	events *bootEvents
-
-	mu      sync.Mutex
-	offered map[string][]uint32 // by node: the DHCP transactions offered in its current boot, the last few
 }
 
 func newRecorder(db *state.DB, log *slog.Logger) *recorder {
-	return &recorder{db: db, log: log, events: newBootEvents(), offered: map[string][]uint32{}}
-}
-
-// maxOffered is how many transactions of a node's boot the recorder keeps:
-// the firmware's and iPXE's, and a few more for a script that runs dhcp.
-const maxOffered = 4
-
-// repeatedOffer reports whether an offer to node in transaction xid
-// answers a transaction offered before in the node's current boot (a
-// retransmitted DISCOVER), and otherwise remembers xid; an offer to
-// firmware starts the list again (a new boot).
-func (r *recorder) repeatedOffer(node string, xid uint32, firmware bool) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	xs := r.offered[node]
-	if slices.Contains(xs, xid) {
-		return true
-	}
-	if firmware {
-		xs = xs[:0]
-	}
-	xs = append(xs, xid)
-	if len(xs) > maxOffered {
-		xs = xs[len(xs)-maxOffered:]
-	}
-	r.offered[node] = xs
-	return false
+	return &recorder{db: db, log: log, events: newBootEvents()}
 }
 
 // node returns the name of the inventory node a DHCP client is: by MAC,
@@ -88,16 +58,17 @@ func (r *recorder) dhcp(e dhcp.Event) {
 	if !ok {
 		return // not a node: the DHCP server logged why it ignored it
 	}
-	who := "firmware " + e.Arch.String()
-	switch {
-	case e.IPXE:
-		who = "iPXE"
-	case e.Stage == dhcp.StageHTTPBoot:
-		who = "HTTP boot " + e.Arch.String()
-	}
-	addr := e.IP.String()
+	// The offer's and the ack's details are built in one buffer (they are
+	// two per exchange, on the reply path); the rest use fmt.
+	var buf [160]byte
+	head := appendWho(buf[:0], e)
+	head = append(head, ": "...)
 	if e.Proxy {
-		addr = fmt.Sprintf("proxy (port %d)", e.Port)
+		head = append(head, "proxy (port "...)
+		head = strconv.AppendInt(head, int64(e.Port), 10)
+		head = append(head, ')')
+	} else {
+		head = e.IP.AppendTo(head)
 	}
 	var ev state.Event
 	switch {
@@ -105,16 +76,16 @@ func (r *recorder) dhcp(e dhcp.Event) {
 		// The node's own OS (no PXE options): its address, no boot.
 		ev = state.Event{Step: state.StepLease, Detail: fmt.Sprintf("os: %s %s", e.Reply, e.IP)}
 	case e.Reply == dhcp.ReplyOffer:
-		ev = state.Event{Step: state.StepDHCPOffer, Detail: fmt.Sprintf("%s: %s, boot %s", who, addr, e.BootFile)}
+		ev = state.Event{Step: state.StepDHCPOffer, Detail: string(append(append(head, ", boot "...), e.BootFile...)), XID: e.XID}
 	case e.Reply == dhcp.ReplyAck:
-		ev = state.Event{Step: state.StepDHCPAck, Detail: fmt.Sprintf("%s: %s", who, addr)}
 		if e.Proxy {
-			ev.Detail += ", boot " + e.BootFile
+			head = append(append(head, ", boot "...), e.BootFile...)
 		}
+		ev = state.Event{Step: state.StepDHCPAck, Detail: string(head)}
 	case e.Reply == dhcp.ReplyNak:
-		ev = state.Event{Step: state.StepIgnored, Detail: fmt.Sprintf("%s: %s refused (NAK)", who, e.Request)}
+		ev = state.Event{Step: state.StepIgnored, Detail: fmt.Sprintf("%s: %s refused (NAK)", appendWho(nil, e), e.Request)}
 	case e.Ignored != "":
-		ev = state.Event{Step: state.StepIgnored, Detail: fmt.Sprintf("%s: %s: %s", who, e.Request, e.Ignored)}
+		ev = state.Event{Step: state.StepIgnored, Detail: fmt.Sprintf("%s: %s: %s", appendWho(nil, e), e.Request, e.Ignored)}
 	default:
 		return
 	}
@@ -123,17 +94,24 @@ func (r *recorder) dhcp(e dhcp.Event) {
 		ev.Time = time.Now()
 	}
 	// A reply never waits for the disk. A firmware's offer (a proxy offer
-	// too) starts a new boot record; so does iPXE's after the script. An
-	// offer that answers a DISCOVER the node retransmitted, which a busy
-	// head may answer after the node got its script with the first
-	// answer, is not a new boot: it would void the script's nonce, and the
-	// node's overlay would be refused (found by the boot storm).
-	if ev.Step == state.StepDHCPOffer && r.repeatedOffer(name, e.XID, e.NetBoot && !e.IPXE) {
-		ev.Detail += " (repeated request)"
-		r.db.PostRepeat(name, ev)
-		return
-	}
+	// too) starts a new boot record; so does iPXE's after the script;
+	// an offer in a transaction the boot already answered does not
+	// (state.DB.Record).
 	r.db.Post(name, ev, e.NetBoot && !e.IPXE)
+}
+
+// appendWho appends who sent e's request: "firmware ARCH", "iPXE" or
+// "HTTP boot ARCH".
+func appendWho(b []byte, e dhcp.Event) []byte {
+	switch {
+	case e.IPXE:
+		return append(b, "iPXE"...)
+	case e.Stage == dhcp.StageHTTPBoot:
+		b = append(b, "HTTP boot "...)
+	default:
+		b = append(b, "firmware "...)
+	}
+	return append(b, e.Arch.String()...)
 }
 
 // tftp records a TFTP transfer in the client's events and the timeline of

@@ -199,3 +199,51 @@ func TestRepeatedDiscoverKeepsNonce(t *testing.T) {
 		t.Errorf("the first boot's nonce after a new boot: %v, want ErrBadToken", err)
 	}
 }
+
+// TestRecorderDetails: the timeline details of DHCP events, built without
+// fmt on the reply path, read as they always did: who asked (firmware and
+// its architecture, iPXE, HTTP boot), the address or the proxy's port, the
+// boot file of an offer (and of a proxy's ack), and the xid on offers only.
+func TestRecorderDetails(t *testing.T) {
+	db, err := state.Open(filepath.Join(t.TempDir(), DBFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	const mac = "52:54:00:00:00:07"
+	if err := db.AddNode(state.Node{Name: "n7", Interfaces: []inventory.Interface{{MAC: mac, IP: netip.MustParseAddr("10.77.0.17")}}}); err != nil {
+		t.Fatal(err)
+	}
+	hw, _ := net.ParseMAC(mac)
+	rec := newRecorder(db, nil)
+	ip := netip.MustParseAddr("10.77.0.17")
+	for i, c := range []struct {
+		e    dhcp.Event
+		step state.Step
+		want string
+	}{
+		{dhcp.Event{Reply: dhcp.ReplyOffer, NetBoot: true, Arch: 7, IP: ip, BootFile: "snponly.efi", XID: 0x1234}, state.StepDHCPOffer, "firmware " + pxe.Arch(7).String() + ": 10.77.0.17, boot snponly.efi"},
+		{dhcp.Event{Reply: dhcp.ReplyAck, NetBoot: true, Arch: 7, IP: ip, BootFile: "snponly.efi", XID: 0x1234}, state.StepDHCPAck, "firmware " + pxe.Arch(7).String() + ": 10.77.0.17"},
+		{dhcp.Event{Reply: dhcp.ReplyOffer, NetBoot: true, Arch: 0, Proxy: true, Port: 4011, BootFile: "undionly.kpxe", XID: 0x99}, state.StepDHCPOffer, "firmware " + pxe.Arch(0).String() + ": proxy (port 4011), boot undionly.kpxe"},
+		{dhcp.Event{Reply: dhcp.ReplyAck, NetBoot: true, Arch: 0, Proxy: true, Port: 4011, BootFile: "undionly.kpxe"}, state.StepDHCPAck, "firmware " + pxe.Arch(0).String() + ": proxy (port 4011), boot undionly.kpxe"},
+		{dhcp.Event{Reply: dhcp.ReplyOffer, NetBoot: true, IPXE: true, Arch: 7, IP: ip, BootFile: "http://h/boot/ipxe", XID: 0x55}, state.StepDHCPOffer, "iPXE: 10.77.0.17, boot http://h/boot/ipxe"},
+		{dhcp.Event{Reply: dhcp.ReplyOffer, NetBoot: true, Stage: dhcp.StageHTTPBoot, Arch: 16, IP: ip, BootFile: "http://h/x.efi", XID: 0x66}, state.StepDHCPOffer, "HTTP boot " + pxe.Arch(16).String() + ": 10.77.0.17, boot http://h/x.efi"},
+		{dhcp.Event{Reply: dhcp.ReplyNak, NetBoot: true, IPXE: true, Request: dhcp.RequestRequest}, state.StepIgnored, "iPXE: " + string(dhcp.RequestRequest) + " refused (NAK)"},
+	} {
+		c.e.MAC = hw
+		rec.dhcp(c.e)
+		db.Flush()
+		n, err := db.Get("n7")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := n.Status.Timeline[len(n.Status.Timeline)-1]
+		wantXID := uint32(0)
+		if c.step == state.StepDHCPOffer {
+			wantXID = c.e.XID
+		}
+		if got.Step != c.step || got.Detail != c.want || got.XID != wantXID {
+			t.Errorf("event %d: %s %q xid %#x, want %s %q xid %#x", i, got.Step, got.Detail, got.XID, c.step, c.want, wantXID)
+		}
+	}
+}

@@ -45,6 +45,10 @@ type Event struct {
 	// Head is the head that recorded it, when several share the state
 	// (its ID: host:port of its boot URL); empty with one head.
 	Head string `json:"head,omitempty"`
+	// XID is the DHCP transaction an offer answered (0: none or not
+	// known): offers of one transaction, a retransmitted DISCOVER's or
+	// several heads' answers to one, belong to one boot (recordFn).
+	XID uint32 `json:"xid,omitempty"`
 }
 
 // Report is what the head recorded from the agent daemon's first
@@ -93,6 +97,20 @@ func (b *Boot) add(e Event) {
 // reached reports whether the boot saw step.
 func (b *Boot) reached(step Step) bool {
 	return slices.ContainsFunc(b.Timeline, func(e Event) bool { return e.Step == step })
+}
+
+// offer returns the boot's offer in DHCP transaction xid, if any (0:
+// none, never matched).
+func (b *Boot) offer(xid uint32) (Event, bool) {
+	if xid == 0 {
+		return Event{}, false
+	}
+	for _, x := range b.Timeline {
+		if x.Step == StepDHCPOffer && x.XID == xid {
+			return x, true
+		}
+	}
+	return Event{}, false
 }
 
 // lastProgress returns the time of the boot's last event.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -385,60 +386,78 @@ func TestHeadsShareLiveness(t *testing.T) {
 }
 
 // TestOffersOfSeveralHeadsOneBoot: every head answers a node's DISCOVER
-// and records its offer, asynchronously. The offers make one boot, not
-// one per head; an offer recorded late, after the node fetched its script
-// from another head, does not start a new boot (which would revoke the
-// script's nonce, and the node's overlay would be refused); a DISCOVER
-// after the script is a new boot.
+// and records its offer, asynchronously, with the DISCOVER's transaction
+// id. The offers make one boot, not one per head; an offer recorded late,
+// after the node fetched its script from another head, does not start a
+// new boot (which would revoke the script's nonce, and the node's overlay
+// would be refused), however late; a DISCOVER of another transaction
+// starts a new boot, before the script as after it, however soon.
 func TestOffersOfSeveralHeadsOneBoot(t *testing.T) {
 	c := etcdtest.Start(t, etcdtest.Options{Members: 1})
 	a, b := openShared(t, c.Endpoints(), "/o/"), openShared(t, c.Endpoints(), "/o/")
+	for db, id := range map[*DB]string{a: "a:80", b: "b:80"} {
+		db.mu.Lock()
+		db.self = id // as RunHead sets it
+		db.mu.Unlock()
+	}
 	if err := a.AddNode(node("n1", "52:54:00:00:00:01", "10.0.0.11")); err != nil {
 		t.Fatal(err)
 	}
 	within(t, time.Second, "b sees n1", func() bool { _, err := b.Get("n1"); return err == nil })
 	t0 := time.Now()
-	offer := func(db *DB, at time.Duration) {
+	offer := func(db *DB, xid uint32, at time.Duration) {
 		t.Helper()
-		if err := db.Record("n1", Event{Step: StepDHCPOffer, Time: t0.Add(at)}, true); err != nil {
+		if err := db.Record("n1", Event{Step: StepDHCPOffer, Time: t0.Add(at), XID: xid}, true); err != nil {
 			t.Fatal(err)
 		}
 	}
-	offer(a, 0)
-	offer(b, time.Millisecond)
-	if err := b.Sync(); err != nil {
-		t.Fatal(err)
+	boot := func(db *DB) Status {
+		t.Helper()
+		if err := db.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		ns, err := db.Get("n1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ns.Status
 	}
-	if ns, _ := b.Get("n1"); ns.Status.ID != 1 || ns.Status.Boots != 1 {
-		t.Fatalf("two heads' offers to one DISCOVER: boot %d of %d, want one boot", ns.Status.ID, ns.Status.Boots)
+	offer(a, 0x1111, 0)
+	offer(b, 0x1111, time.Millisecond)
+	if st := boot(b); st.ID != 1 || st.Boots != 1 || len(st.Timeline) != 2 {
+		t.Fatalf("two heads' offers to one DISCOVER: boot %d of %d, timeline %v, want one boot of two offers", st.ID, st.Boots, st.Timeline)
+	} else if d := st.Timeline[1].Detail; strings.Contains(d, "repeated") {
+		t.Errorf("another head's answer to the DISCOVER marked as a repeated request: %q", d)
+	}
+	offer(a, 0x1111, 3*time.Millisecond) // a's answer to the retransmitted DISCOVER
+	if st := boot(a); st.ID != 1 || !strings.Contains(st.Timeline[2].Detail, "repeated request") {
+		t.Fatalf("a head's second answer to one transaction: boot %d, timeline %v, want boot 1 marked repeated", st.ID, st.Timeline)
 	}
 	a.now = func() time.Time { return t0.Add(200 * time.Millisecond) }
 	nonce, err := a.NewBootNonce("n1", ev(StepScript))
 	if err != nil {
 		t.Fatal(err)
 	}
-	offer(b, 2*time.Millisecond) // a third head's offer, recorded late
-	if err := a.Sync(); err != nil {
-		t.Fatal(err)
-	}
+	offer(b, 0x1111, 2*time.Millisecond) // a third head's offer, recorded late
+	boot(a)
 	if err := a.CheckNonce("n1", nonce); err != nil {
 		t.Fatalf("a late offer of the same exchange revoked the script's nonce: %v", err)
 	}
 	// A slower head answers the same DISCOVER after the node fetched its
-	// script from the fastest (3-head storms lost nodes to it).
-	offer(b, 250*time.Millisecond)
-	if err := a.Sync(); err != nil {
-		t.Fatal(err)
-	}
+	// script from the fastest (3-head storms lost nodes to it), even long
+	// after.
+	offer(b, 0x1111, 10*time.Second)
+	boot(a)
 	if err := a.CheckNonce("n1", nonce); err != nil {
 		t.Fatalf("a slower head's offer to the same DISCOVER, after the script, revoked the script's nonce: %v", err)
 	}
-	offer(b, time.Minute) // the node reboots
-	if err := a.Sync(); err != nil {
-		t.Fatal(err)
+	offer(b, 0x2222, 10*time.Second) // the node reboots
+	if st := boot(a); st.ID != 2 {
+		t.Fatalf("a DISCOVER of another transaction after the script: boot %d, want a new boot (2)", st.ID)
 	}
-	if ns, _ := a.Get("n1"); ns.Status.ID != 2 {
-		t.Fatalf("a DISCOVER after the script: boot %d, want a new boot (2)", ns.Status.ID)
+	offer(a, 0x3333, 10*time.Second+time.Millisecond) // its firmware gave up and starts again at once
+	if st := boot(a); st.ID != 3 {
+		t.Fatalf("a firmware DISCOVER of another transaction right after one: boot %d, want a new boot (3)", st.ID)
 	}
 }
 

@@ -194,45 +194,6 @@ func (d *DB) IsHead(ip netip.Addr) bool {
 	return false
 }
 
-// exchangeWindow is how far apart the offers several heads make to one
-// DHCP DISCOVER may be recorded and still belong to one boot.
-const exchangeWindow = 5 * time.Second
-
-// sameExchange reports, with a shared store, whether the DHCP offer e
-// belongs to boot b already: several heads answer one DISCOVER, and each
-// records its offer, asynchronously. The first to commit starts the boot;
-// the others join it: an offer handled before the boot's script was
-// fetched (recorded late, it must not revoke the script's nonce) or
-// within sameDiscover of the boot's last offer (a slower head answering
-// the same DISCOVER after the node fetched its script), or, the
-// boot having no script yet, an offer within exchangeWindow of the boot's
-// first offer.
-func (d *DB) sameExchange(b *Boot, e Event) bool {
-	if !d.shared() || b.ID == 0 || len(b.Timeline) == 0 {
-		return false
-	}
-	var lastOffer time.Time
-	for _, x := range b.Timeline {
-		if x.Step == StepScript {
-			// A slower head may answer the DISCOVER after the node fetched
-			// its script from the fastest: an offer close to the boot's
-			// last one answers the same DISCOVER. A node that really
-			// starts again does so after its script's retries and a
-			// reboot, seconds later.
-			return e.Time.Before(x.Time) || (!lastOffer.IsZero() && e.Time.Sub(lastOffer) < sameDiscover)
-		}
-		if x.Step == StepDHCPOffer && x.Time.After(lastOffer) {
-			lastOffer = x.Time
-		}
-	}
-	first := b.Timeline[0]
-	return first.Step == StepDHCPOffer && e.Time.Sub(first.Time).Abs() < exchangeWindow
-}
-
-// sameDiscover is how long after a boot's last offer before its script
-// another head's offer is taken as an answer to the same DISCOVER.
-const sameDiscover = 2 * time.Second
-
 // stampHead marks the events a change added to r's current boot (it was
 // boot, with events events, before) with this head's ID, when several
 // heads share the store: the head that recorded a boot's last step is the

@@ -35,9 +35,9 @@ func TestPreparedMatchesDisk(t *testing.T) {
 		name := []string{"a", "b"}[i%2]
 		switch {
 		case i%50 == 0:
-			db.Post(name, Event{Step: StepDHCPOffer, Detail: "firmware"}, true) // time.Now(): monotonic, Local
+			db.Post(name, Event{Step: StepDHCPOffer, Detail: "firmware", XID: uint32(i/50 + 1)}, true) // time.Now(): monotonic, Local
 		case i%7 == 0:
-			db.PostRepeat(name, Event{Time: time.Now().In(zone), Step: StepDHCPOffer, Detail: "repeated \xff\xfe bytes"})
+			db.Post(name, Event{Time: time.Now().In(zone), Step: StepDHCPOffer, Detail: "repeated \xff\xfe bytes", XID: uint32(i/50 + 1)}, true)
 		default:
 			db.Post(name, Event{Time: time.Now().In(zone), Step: StepTFTP, Detail: fmt.Sprintf("file %d", i)}, false)
 		}

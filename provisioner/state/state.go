@@ -1142,24 +1142,6 @@ func (d *DB) Post(name string, e Event, newBoot bool) {
 	d.postCanon(name, d.recordFn(e, newBoot))
 }
 
-// PostRepeat posts an event that answers a request the node repeated (a
-// retransmitted DHCPDISCOVER answered late): it goes to the current boot
-// and never starts a new one, so it cannot void the nonce of the script
-// the node already has (the node's overlay request would then be refused).
-func (d *DB) PostRepeat(name string, e Event) {
-	if e.Time.IsZero() {
-		e.Time = d.now()
-	}
-	e = canonical(e)
-	d.postCanon(name, func(r *record, a *archive) error {
-		if r.Status.ID == 0 {
-			d.startBoot(r, a, e.Time)
-		}
-		r.Status.add(e)
-		return nil
-	})
-}
-
 func (d *DB) recordFn(e Event, newBoot bool) func(r *record, a *archive) error {
 	if e.Time.IsZero() {
 		e.Time = d.now()
@@ -1167,9 +1149,22 @@ func (d *DB) recordFn(e Event, newBoot bool) func(r *record, a *archive) error {
 	e = canonical(e) // the same in memory as decoded from the store
 	return func(r *record, a *archive) error {
 		st := &r.Status
-		if e.Step == StepDHCPOffer && (newBoot || st.reached(StepScript) || st.ID == 0) && !d.sameExchange(&st.Boot, e) {
-			// (StepLease, a node OS's DHCP, never starts a boot.)
-			d.startBoot(r, a, e.Time)
+		e := e // fn may run again (a conflict's retry)
+		if e.Step == StepDHCPOffer {
+			if x, ok := st.offer(e.XID); ok {
+				// An answer to a transaction the boot already answered:
+				// a retransmitted DISCOVER (answered late by a busy head,
+				// possibly after the node fetched its script), or the
+				// same DISCOVER answered by several heads. It is not a new
+				// boot: that would void the script's nonce, and the
+				// node's overlay would be refused.
+				if x.Head == d.self {
+					e.Detail += " (repeated request)"
+				}
+			} else if newBoot || st.reached(StepScript) || st.ID == 0 {
+				// (StepLease, a node OS's DHCP, never starts a boot.)
+				d.startBoot(r, a, e.Time)
+			}
 		}
 		st.add(e)
 		return nil

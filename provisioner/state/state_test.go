@@ -600,3 +600,59 @@ func TestPostBatches(t *testing.T) {
 		t.Errorf("%d changes in %d transactions: not batched", committed, batches)
 	}
 }
+
+// TestPostStreamGrouped: under a steady stream of posted boot events (a
+// DHCP load) the writer commits at most one group per groupGap rather
+// than one per handful of events, and a change someone waits for is not
+// held back by the gathering: a nonce is made while the stream goes on.
+func TestPostStreamGrouped(t *testing.T) {
+	db := open(t, filepath.Join(t.TempDir(), "s.db"))
+	const nodes = 50
+	for i := range nodes {
+		if err := db.AddNode(node(fmt.Sprintf("n%d", i), fmt.Sprintf("52:54:00:aa:02:%02x", i), fmt.Sprintf("10.0.2.%d", 10+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Flush()
+	before := db.WriterStats()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for k := range 10 {
+				db.Post(fmt.Sprintf("n%d", (i*10+k)%nodes), Event{Step: StepTFTP, Detail: fmt.Sprint(i)}, false)
+			}
+			time.Sleep(time.Millisecond) // under 10,000 events a second
+		}
+	})
+	start := time.Now()
+	var waited []time.Duration
+	for range 5 {
+		time.Sleep(60 * time.Millisecond)
+		t0 := time.Now()
+		if _, err := db.NewBootNonce("n1", ev(StepScript)); err != nil {
+			t.Fatal(err)
+		}
+		waited = append(waited, time.Since(t0))
+	}
+	close(stop)
+	wg.Wait()
+	elapsed := time.Since(start)
+	db.Flush()
+	after := db.WriterStats()
+	changes, batches := after.Changes-before.Changes, after.Batches-before.Batches
+	t.Logf("%d changes in %d transactions over %v; the nonces waited %v", changes, batches, elapsed.Round(time.Millisecond), waited)
+	// At most 100 groups a second (groupGap); the nonces and the flush
+	// may each take a group of their own.
+	if most := int(elapsed/(10*time.Millisecond)) + 1 + 5 + 1; batches > most {
+		t.Errorf("%d transactions in %v: more than one per 10 ms (%d)", batches, elapsed, most)
+	}
+	if changes < 500 {
+		t.Errorf("only %d changes committed in %v", changes, elapsed)
+	}
+}

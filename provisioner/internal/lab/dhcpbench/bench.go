@@ -136,6 +136,17 @@ func (b *bench) measure(ctx context.Context, name string, rate int) (result, err
 	if err != nil {
 		return result{}, err
 	}
+	if b.o.perf != "" {
+		// The server's profile over the measured run (perf's own CPU is
+		// not the server's: utime+stime stay its own).
+		out := filepath.Join(b.o.perf, fmt.Sprintf("%s-%d-%d.data", name, rate, srv.pid()))
+		perf := exec.CommandContext(ctx, "perf", "record", "-q", "-F", "499", "-g", "-p", strconv.Itoa(srv.pid()), "-o", out,
+			"--", "sleep", strconv.Itoa(int(b.o.dur.Seconds())))
+		if err := perf.Start(); err != nil {
+			return result{}, fmt.Errorf("perf: %w", err)
+		}
+		defer perf.Wait()
+	}
 	var lr loadResult
 	switch b.o.loadKind {
 	case "perfdhcp":

@@ -70,6 +70,7 @@ func main() {
 	flag.StringVar(&o.jsonOut, "json", "", "write every run as JSON to this file")
 	flag.StringVar(&o.keaThreads, "kea-threads", "2", "Kea's packet-processing threads (0: multi-threading off)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
+	flag.StringVar(&o.perf, "perf", "", "record each measured run of each server with perf record -g into this directory (SERVER-RATE-PID.data)")
 	flag.Parse()
 	o.servers = strings.Split(*servers, ",")
 	for _, r := range strings.Split(*rates, ",") {
@@ -101,6 +102,7 @@ type options struct {
 	jsonOut    string
 	keaThreads string
 	keep       bool
+	perf       string
 }
 
 // result is one run: one server at one rate.

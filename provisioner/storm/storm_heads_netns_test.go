@@ -165,6 +165,9 @@ func TestStormThreeHeadsKills(t *testing.T) {
 	}
 	t.Log(line)
 	if dir := os.Getenv("RAMBOOT_STORM_OUT"); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
 		var table strings.Builder
 		_ = rep.WriteTable(&table)
 		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("kills-%d.txt", nodes)), []byte(line+"\n\n"+table.String()), 0o644); err != nil {
@@ -252,6 +255,8 @@ func TestStormScaleOut(t *testing.T) {
 	dir := os.Getenv("RAMBOOT_STORM_OUT")
 	if dir == "" {
 		dir = t.TempDir()
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
 	}
 	spread := os.Getenv("RAMBOOT_STORM_SPREAD")
 	if spread == "" {

@@ -177,8 +177,20 @@ func TestStormThreeHeadsKills(t *testing.T) {
 	if rep.Lost != 0 || rep.Completed != nodes {
 		t.Fatalf("completed %d of %d, lost %d (exit %v): %+v\nstderr:\n%s", rep.Completed, nodes, rep.Lost, runErr, rep.LostNodes, tail)
 	}
-	if rep.Heads[2].Nodes == 0 {
-		t.Errorf("head 3 answered no node before it was killed: the kill tested nothing")
+	// The kill must have caught nodes: some booted through head 3 before
+	// it died, or nodes mid-boot on it met a dead head (a refused
+	// connection, or the agent's fall-over to a peer). Under load the kill
+	// can come before any node registered (half past the agent), and then
+	// every node head 3 had started goes on elsewhere: Nodes is 0 but the
+	// kill tested the fall-back paths all the same.
+	caught := rep.Heads[2].Nodes
+	for k, v := range rep.Retries {
+		if strings.HasSuffix(k, " connection") || strings.HasSuffix(k, " fail-over") {
+			caught += v
+		}
+	}
+	if caught == 0 {
+		t.Errorf("head 3 answered no node and no node met it dead: the kill tested nothing")
 	}
 
 	// The inventory, as each surviving head serves it: every node, booted.

@@ -191,8 +191,11 @@ func (d *DB) Authenticate(name, token string, from netip.Addr) (NodeStatus, erro
 		}
 		t.Stop()
 	}
+	// Past that wait the token is committed (ReserveToken commits it
+	// before the overlay goes), so a refusal is final, unless this head's
+	// memory is behind a shared store: then it catches up once.
 	synced := !d.shared()
-	for waited := false; ; waited = true {
+	for {
 		d.mu.Lock()
 		r, ok := d.nodes[name]
 		if !ok || r.Node.Name == "" {
@@ -212,23 +215,14 @@ func (d *DB) Authenticate(name, token string, from netip.Addr) (NodeStatus, erro
 			d.mu.Unlock()
 			return v, nil
 		}
-		p := d.pending[name]
 		d.mu.Unlock()
-		if !synced && (errors.Is(err, ErrBadToken) || errors.Is(err, ErrConflict)) && (p == nil || !equalSecret(hashHex(token), p.hash)) {
+		if !synced && (errors.Is(err, ErrBadToken) || errors.Is(err, ErrConflict)) {
 			synced = true
 			if d.Sync() == nil {
 				continue
 			}
 		}
-		if waited || !errors.Is(err, ErrBadToken) || p == nil || !equalSecret(hashHex(token), p.hash) {
-			return NodeStatus{}, fmt.Errorf("request of node %s: %w", name, err)
-		}
-		t := time.NewTimer(tokenWait)
-		select {
-		case <-p.done:
-		case <-t.C:
-		}
-		t.Stop()
+		return NodeStatus{}, fmt.Errorf("request of node %s: %w", name, err)
 	}
 }
 

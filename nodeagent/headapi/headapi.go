@@ -184,22 +184,39 @@ func (c *Client) do(ctx context.Context, method, route string, auth bool, in, ou
 			return fmt.Errorf("encode %s body: %w", route, err)
 		}
 	}
+	var (
+		resp *answer
+		url  string
+	)
+	err := c.onHeads(ctx, func(cfg overlay.Config) (err error) {
+		resp, url, err = c.attempt(ctx, cfg, method, route, auth, b)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return c.answer(resp, method, url, route, out)
+}
+
+// onHeads calls try with the configuration turned to each head it names
+// (Heads: the head, then the peers), in turn, until one answers (try
+// returns nil) or ctx ends, and makes a peer that answered the client's
+// head (failOver). It returns every head's error when none answered.
+func (c *Client) onHeads(ctx context.Context, try func(cfg overlay.Config) error) error {
 	cfg := c.NodeConfig()
-	heads := cfg.Heads()
 	var errs []error
-	for i, head := range heads {
-		resp, url, err := c.attempt(ctx, cfg.OnHead(head), method, route, auth, b)
-		if err != nil {
-			errs = append(errs, err)
-			if ctx.Err() != nil || i+1 == len(heads) {
-				break
+	for i, head := range cfg.Heads() {
+		err := try(cfg.OnHead(head))
+		if err == nil {
+			if i > 0 {
+				c.failOver(cfg, head, errors.Join(errs...))
 			}
-			continue
+			return nil
 		}
-		if i > 0 {
-			c.failOver(cfg, head, errors.Join(errs...))
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
 		}
-		return c.answer(resp, method, url, route, out)
 	}
 	return errors.Join(errs...)
 }

@@ -2,7 +2,6 @@ package headapi
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -35,31 +34,24 @@ func (c *Client) JobEvent(ctx context.Context, ev overlay.JobEvent) error {
 // body and checks what it read. A head that does not answer is passed
 // over for the next of the configuration's peers, as by every call.
 func (c *Client) Download(ctx context.Context, path string) (io.ReadCloser, error) {
-	cfg := c.NodeConfig()
-	var errs []error
-	for i, head := range cfg.Heads() {
-		u := head + path
+	var resp *http.Response
+	err := c.onHeads(ctx, func(cfg overlay.Config) error {
+		u := strings.TrimRight(cfg.HeadURL, "/") + path
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 		if err != nil {
-			return nil, fmt.Errorf("GET %s: %w", u, err)
+			return fmt.Errorf("GET %s: %w", u, err)
 		}
-		resp, err := c.send(req)
-		if err != nil {
-			// No answer: the next head, if the configuration names peers.
-			errs = append(errs, fmt.Errorf("GET %s: %w", u, err))
-			if ctx.Err() != nil {
-				break
-			}
-			continue
+		if resp, err = c.send(req); err != nil {
+			return fmt.Errorf("GET %s: %w", u, err) // no answer: the next head
 		}
-		if i > 0 {
-			c.failOver(cfg, head, errors.Join(errs...))
-		}
-		if resp.StatusCode != http.StatusOK {
-			resp.Body.Close()
-			return nil, &StatusError{Route: path, Code: resp.StatusCode, Message: resp.Status}
-		}
-		return resp.Body, nil
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, errors.Join(errs...)
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, &StatusError{Route: path, Code: resp.StatusCode, Message: resp.Status}
+	}
+	return resp.Body, nil
 }

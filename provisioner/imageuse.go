@@ -70,29 +70,10 @@ func RecordBackend(cfg config.Config, cfgPath string) error {
 
 // WritePrivateFile writes path through fill: into a temporary file beside
 // it, mode 0600, synced, and renamed over path only once fill succeeded,
-// so that path is never seen half-written nor readable by others.
+// so that path is never seen half-written nor readable by others (see
+// state.WritePrivateFile).
 func WritePrivateFile(path string, fill func(io.Writer) error) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	err = f.Chmod(0o600)
-	if err == nil {
-		err = fill(f)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-	}
-	return err
+	return state.WritePrivateFile(path, fill, nil)
 }
 
 // OfflineImageUse reads the inventory of state directory dir: from the

@@ -295,34 +295,49 @@ func copyVerified(src, dst string) (Summary, error) {
 // renamed over path and the directory synced. A failure at any point
 // leaves path as it was.
 func WriteFileAtomic(path string, fill func(io.Writer) error) (Summary, error) {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".ramboot-db-*.tmp")
+	var sum Summary
+	err := WritePrivateFile(path, fill, func(tmp string) error {
+		var err error
+		if sum, err = Verify(tmp); err != nil {
+			return fmt.Errorf("the copy does not verify: %w", err)
+		}
+		return nil
+	})
+	return sum, err
+}
+
+// WritePrivateFile writes path through fill: into a temporary file beside
+// it, mode 0600, synced and, when check is not nil, checked by name,
+// then renamed over path and the directory synced; so path is never seen
+// half-written nor readable by others, and a failure at any point leaves
+// it as it was.
+func WritePrivateFile(path string, fill func(io.Writer) error, check func(tmp string) error) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
-		return Summary{}, fmt.Errorf("write %s: %w", path, err)
+		return fmt.Errorf("write %s: %w", path, err)
 	}
 	defer os.Remove(tmp.Name()) // after a successful rename, a no-op
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return Summary{}, fmt.Errorf("write %s: %w", path, err)
+	err = tmp.Chmod(0o600)
+	if err == nil {
+		err = fill(tmp)
 	}
-	err = fill(tmp)
 	if err == nil {
 		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
+	if err == nil && check != nil {
+		err = check(tmp.Name())
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err == nil {
+		err = store.SyncDir(filepath.Dir(path))
+	}
 	if err != nil {
-		return Summary{}, fmt.Errorf("write %s: %w", path, err)
+		return fmt.Errorf("write %s: %w", path, err)
 	}
-	sum, err := Verify(tmp.Name())
-	if err != nil {
-		return Summary{}, fmt.Errorf("write %s: the copy does not verify: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return Summary{}, fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := store.SyncDir(filepath.Dir(path)); err != nil {
-		return Summary{}, fmt.Errorf("write %s: %w", path, err)
-	}
-	return sum, nil
+	return nil
 }

@@ -18,11 +18,22 @@ import (
 // openShared opens a head's database on the etcd cluster's endpoints.
 func openShared(t *testing.T, endpoints []string, prefix string) *DB {
 	t.Helper()
+	return openSharedVia(t, endpoints, prefix, nil)
+}
+
+// openSharedVia is openShared with the etcd store wrapped by wrap (if
+// not nil).
+func openSharedVia(t *testing.T, endpoints []string, prefix string, wrap func(store.Store) store.Store) *DB {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	var st store.Store
 	st, err := store.OpenEtcd(ctx, store.EtcdOptions{Endpoints: endpoints, Prefix: prefix, RequestTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if wrap != nil {
+		st = wrap(st)
 	}
 	db, err := OpenStore(st, Options{})
 	if err != nil {
@@ -539,17 +550,7 @@ func (l lagging) Watch(ctx context.Context, prefix string, rev int64) <-chan sto
 func TestLaggingHeadAuthenticates(t *testing.T) {
 	c := etcdtest.Start(t, etcdtest.Options{Members: 1})
 	a := openShared(t, c.Endpoints(), "/l/")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	st, err := store.OpenEtcd(ctx, store.EtcdOptions{Endpoints: c.Endpoints(), Prefix: "/l/", RequestTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	slow, err := OpenStore(lagging{st, 500 * time.Millisecond}, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { slow.Close() })
+	slow := openSharedVia(t, c.Endpoints(), "/l/", func(st store.Store) store.Store { return lagging{st, 500 * time.Millisecond} })
 
 	if err := a.AddNode(node("n1", "52:54:00:00:00:01", "10.0.0.11")); err != nil {
 		t.Fatal(err)
